@@ -1,0 +1,184 @@
+"""Command line: ``python -m engine fit|export|eval|render|doctor`` (contract in PROTOCOL.md)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+import traceback
+from pathlib import Path
+
+from .errors import Cancelled, DeviceError, EngineError, InputError
+from .protocol import Emitter
+
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises InputError (exit 2 with one line) instead of printing usage and exiting."""
+
+    def error(self, message: str):
+        raise InputError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _ArgumentParser(prog="neus-engine", description="NeuS surface reconstruction engine")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
+
+    f = sub.add_parser("fit", help="train on a folder of posed photos, then export the mesh")
+    f.add_argument("data_dir", type=Path)
+    f.add_argument("--out", type=Path, required=True, help="run folder")
+    f.add_argument("--format", default="auto", choices=["auto", "dtu", "blender", "colmap"])
+    f.add_argument("--preset", default="preview", choices=["preview", "fast", "quality"])
+    f.add_argument("--steps", type=int, default=None)
+    f.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    f.add_argument("--config", default=None, help="extra YAML config file")
+    f.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    f.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.ckpt")
+    f.add_argument("--progress", default="bar", choices=["jsonl", "bar", "none"])
+    f.add_argument("--export-on-cancel", action="store_true", help="write the current mesh when cancelled")
+
+    e = sub.add_parser("export", help="re-extract the mesh from a run's checkpoint")
+    e.add_argument("run_dir", type=Path)
+    e.add_argument("--resolution", type=int, default=None)
+    e.add_argument("--texture", action="store_true")
+    e.add_argument("--format", dest="formats", action="append", choices=["ply", "obj", "glb"], default=None)
+    e.add_argument("--frame", default=None, choices=["normalized", "world"])
+    e.add_argument("--color", default=None, choices=["field", "photos"])
+    e.add_argument("--device", default="auto")
+    e.add_argument("--progress", default="bar", choices=["jsonl", "bar", "none"])
+
+    v = sub.add_parser("eval", help="Chamfer-L1 and F-score of a mesh against a ground truth")
+    v.add_argument("mesh", type=Path)
+    v.add_argument("--gt", type=Path, required=True, help="ground-truth mesh or point cloud (PLY/OBJ/...)")
+    v.add_argument("--threshold", type=float, default=0.01, help="F-score distance, normalized units")
+    v.add_argument("--samples", type=int, default=200_000)
+    v.add_argument("--normalization", type=Path, default=None,
+                   help="normalization.json (scale_mat): also report metrics in the world frame")
+    v.add_argument("--json", action="store_true")
+
+    r = sub.add_parser("render", help="render novel views along a spherical trajectory")
+    r.add_argument("run_dir", type=Path)
+    r.add_argument("--frames", type=int, default=60)
+    r.add_argument("--downscale", type=int, default=2)
+    r.add_argument("--device", default="auto")
+    r.add_argument("--progress", default="bar", choices=["jsonl", "bar", "none"])
+
+    d = sub.add_parser("doctor", help="what will run here: Python, torch, devices, accelerators")
+    d.add_argument("--json", action="store_true")
+    return p
+
+
+@contextlib.contextmanager
+def protocol_stdout(enabled: bool):
+    """In jsonl mode, keeps the real stdout for protocol lines and sends everything else printed to stderr."""
+    if not enabled:
+        yield sys.stdout
+        return
+    sys.stdout.flush()
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    old = sys.stdout
+    sys.stdout = sys.stderr
+    try:
+        yield proto
+    finally:
+        sys.stdout = old
+        os.dup2(saved, 1)
+        os.close(saved)
+        proto.close()
+
+
+def _install_cancel(token) -> None:
+    def handler(signum, frame):
+        token.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+    def watch_stdin() -> None:
+        try:
+            for line in sys.stdin:
+                if line.strip().lower() == "stop":
+                    token.set()
+                    return
+        except (OSError, ValueError):
+            return
+
+    if sys.stdin is not None and not sys.stdin.isatty():
+        threading.Thread(target=watch_stdin, daemon=True, name="stdin-stop").start()
+
+
+def _cmd_fit(args, emitter: Emitter) -> int:
+    from .train import CancelToken, FitRequest, env_threads, run_fit
+
+    env_threads()
+    req = FitRequest(data_dir=args.data_dir, run_dir=args.out, format=args.format, preset=args.preset,
+                     steps=args.steps, device=args.device, config_file=args.config, overrides=args.overrides,
+                     resume=args.resume, export_on_cancel=args.export_on_cancel)
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"{args.out}: exists and is not a folder")
+    stop_file = args.out / "STOP"
+    with contextlib.suppress(FileNotFoundError):
+        stop_file.unlink()  # a stale stop request from an earlier run must not stop this one
+    token = CancelToken(stop_file)
+    _install_cancel(token)
+    try:
+        result = run_fit(req, emitter, token)
+    except Cancelled:
+        emitter.emit("cancelled", step=0, checkpoint=None, mesh=None)
+        return EXIT_CANCELLED
+    event = result.pop("event")
+    emitter.emit(event, **result)
+    return EXIT_CANCELLED if event == "cancelled" else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    mode = "bar"
+    if "--progress" in argv:
+        i = argv.index("--progress")
+        mode = argv[i + 1] if i + 1 < len(argv) else mode
+    with protocol_stdout(mode == "jsonl") as out:
+        emitter = Emitter(mode if mode in ("jsonl", "bar", "none") else "bar", out)
+        try:
+            args = build_parser().parse_args(argv)
+            if args.command == "fit":
+                return _cmd_fit(args, emitter)
+            from . import commands
+
+            return getattr(commands, f"cmd_{args.command}")(args, emitter)
+        except InputError as exc:
+            return _fail(emitter, exc, mode)
+        except DeviceError as exc:
+            return _fail(emitter, exc, mode)
+        except EngineError as exc:
+            return _fail(emitter, exc, mode)
+        except KeyboardInterrupt:
+            emitter.emit("cancelled", step=0, checkpoint=None, mesh=None)
+            return EXIT_CANCELLED
+        except MemoryError as exc:
+            return _fail(emitter, DeviceError(f"out of memory: {exc}"), mode)
+        except Exception as exc:  # an internal error: full traceback on stderr, one line in the protocol
+            if "out of memory" in str(exc).lower():
+                return _fail(emitter, DeviceError(str(exc).splitlines()[0]), mode)
+            traceback.print_exc(file=sys.stderr)
+            return _fail(emitter, EngineError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"),
+                         mode)
+
+
+def _fail(emitter: Emitter, exc: EngineError, mode: str) -> int:
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if mode == "jsonl":
+        emitter.emit("error", kind=exc.kind, message=message)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return exc.exit_code
+
+
+def print_json(obj) -> None:
+    print(json.dumps(obj, indent=2))

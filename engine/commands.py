@@ -1,0 +1,210 @@
+"""The ``export``, ``eval``, ``render`` and ``doctor`` commands."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+from .errors import InputError
+from .protocol import Emitter
+
+
+def load_run(run_dir: Path, device_name: str = "auto"):
+    """Rebuilds a trained model from ``RUN_DIR/config.yaml`` and ``checkpoints/last.ckpt``. Returns (cfg, model)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from .device import select_device
+    from .model import NeuSModel
+    from .train import checkpoint_path
+
+    cfg_path, ckpt = run_dir / "config.yaml", checkpoint_path(run_dir)
+    for p in (cfg_path, ckpt):
+        if not p.is_file():
+            raise InputError(f"{p}: not found (is {run_dir} a run folder written by `fit`?)")
+    cfg = OmegaConf.load(cfg_path)
+    device = select_device(device_name)
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    except Exception as exc:
+        raise InputError(f"{ckpt}: unreadable checkpoint ({type(exc).__name__})") from exc
+    model = NeuSModel(cfg.model)
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    prog = cfg.model.geometry.progressive
+    if prog.enabled:
+        model.update_step(int(cfg.train.steps))  # all levels active, as at the end of training
+    return cfg, model.to(device).eval()
+
+
+def _load_scene_for(cfg):
+    import datasets
+
+    path = cfg.data.get("path")
+    if not path or not Path(path).is_dir():
+        return None
+    try:
+        return datasets.load(path, format=cfg.data.format, downscale=int(cfg.data.downscale),
+                             cameras_file=cfg.data.cameras_file, split=str(cfg.data.split))
+    except datasets.DatasetError as exc:
+        raise InputError(str(exc)) from exc
+
+
+def cmd_export(args, emitter: Emitter) -> int:
+    from .export import ExportOptions, export_mesh
+
+    cfg, model = load_run(args.run_dir, args.device)
+    emitter.emit("stage", stage="loading")
+    scene = _load_scene_for(cfg)
+    opts = ExportOptions.from_config(cfg.export, resolution=args.resolution, frame=args.frame, color=args.color,
+                                     formats=tuple(args.formats) if args.formats else None)
+    if args.texture:
+        opts.texture = True
+    t0 = time.monotonic()
+    timings: dict = {}
+    files = export_mesh(model, cfg, scene, args.run_dir, emitter, opts, timings)
+    emitter.emit("done", mesh=str(files["ply"].resolve()), files={k: str(v.resolve()) for k, v in files.items()},
+                 steps=int(cfg.train.steps), timings={"load_s": 0.0, "train_s": 0.0,
+                                                      "extract_s": round(timings.get("extract_s", 0), 2),
+                                                      "export_s": round(timings.get("export_s", 0), 2),
+                                                      "total_s": round(time.monotonic() - t0, 2)})
+    return 0
+
+
+def cmd_eval(args, emitter: Emitter) -> int:
+    from .mesh.evaluate import evaluate_mesh
+    from .mesh.io import MeshFileError, read_normalization_json
+
+    scale_mat = None
+    if args.normalization is not None:
+        try:
+            scale_mat, _ = read_normalization_json(args.normalization)
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"{args.normalization}: {exc}") from exc
+    try:
+        result = evaluate_mesh(args.mesh, args.gt, threshold=args.threshold, n_samples=args.samples,
+                               scale_mat=scale_mat)
+    except MeshFileError as exc:
+        raise InputError(str(exc)) from exc
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for frame, m in (result.items() if "normalized" in result else [("normalized", result)]):
+            print(f"{frame}: chamfer-L1 {m['chamfer_l1']:.5f} (acc {m['accuracy']:.5f}, comp {m['completeness']:.5f})"
+                  f", F-score@{m['threshold']:g} {m['fscore']:.4f}")
+    return 0
+
+
+def cmd_render(args, emitter: Emitter) -> int:
+    import imageio.v2 as imageio
+    import numpy as np
+    import torch
+
+    from datasets.rays import spherical_trajectory
+
+    from .mesh.io import atomic_path
+    from .system import scale_intrinsics_t
+
+    cfg, model = load_run(args.run_dir, args.device)
+    scene = _load_scene_for(cfg)
+    if scene is None:
+        raise InputError(f"{args.run_dir}: the run's data folder is gone; render needs its camera intrinsics")
+    device = next(model.parameters()).device
+    cam_dist = float(np.median(np.linalg.norm(scene.c2w[:, :, 3], axis=1)))
+    elev = float(np.degrees(np.arcsin(np.clip(np.median(scene.c2w[:, :, 3] @ scene.up) / cam_dist, -1, 1))))
+    poses = spherical_trajectory(args.frames, cam_dist, elev, up=tuple(scene.up))
+    K = scale_intrinsics_t(torch.from_numpy(scene.K[0]).float(), float(args.downscale)).to(device)
+    h, w = scene.height // args.downscale, scene.width // args.downscale
+    out_dir = args.run_dir / "render"
+    out_dir.mkdir(exist_ok=True)
+    bg = torch.ones(3, device=device)
+    frames = []
+    emitter.emit("stage", stage="rendering")
+    for i, c2w in enumerate(poses):
+        img = model.render_image(K, torch.from_numpy(c2w).float().to(device), h, w, bg)["rgb"]
+        frame = (img.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        with atomic_path(out_dir / f"{i:04d}.png") as tmp:
+            imageio.imwrite(tmp, frame)
+        frames.append(frame)
+        emitter.progress(step=i + 1, total=len(poses), loss=None, psnr=None, rays=h * w, samples_per_step=None,
+                         elapsed_s=None, eta_s=None)
+    with atomic_path(out_dir / "trajectory.gif") as tmp:
+        imageio.mimsave(tmp, frames, duration=1000 / 24, loop=0)
+    files = {"frames": str(out_dir.resolve()), "gif": str((out_dir / "trajectory.gif").resolve())}
+    try:
+        with atomic_path(out_dir / "trajectory.mp4") as tmp:
+            imageio.mimsave(tmp, frames, fps=24)
+        files["mp4"] = str((out_dir / "trajectory.mp4").resolve())
+    except Exception as exc:  # needs imageio-ffmpeg; the GIF is always there
+        print(f"no MP4 ({type(exc).__name__}); install imageio-ffmpeg for video", file=sys.stderr)
+    emitter.emit("done", mesh=None, files=files, steps=int(cfg.train.steps), timings={})
+    return 0
+
+
+def doctor_report() -> dict:
+    """What will run here. Every probe is real: it imports or runs the thing it reports on."""
+    import importlib.util
+
+    import torch
+
+    from .device import mps_available
+
+    info: dict = {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
+                  "cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(), "mps": mps_available(),
+                  "devices": []}
+    try:
+        import psutil  # optional
+
+        info["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        try:
+            import os
+
+            info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+        except (ValueError, OSError, AttributeError):
+            info["memory_gb"] = None
+    info["devices"].append({"name": "cpu", "type": "cpu"})
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            info["devices"].append({"name": p.name, "type": f"cuda:{i}", "memory_gb": round(p.total_memory / 2**30, 1)})
+    if info["mps"]:
+        info["devices"].append({"name": "Apple MPS", "type": "mps"})
+    info["tinycudann"] = importlib.util.find_spec("tinycudann") is not None
+    info["nerfacc"] = importlib.util.find_spec("nerfacc") is not None
+    info["torch_compile"] = _probe_compile()
+    for mod in ("lightning", "omegaconf", "mcubes", "trimesh", "xatlas", "PIL"):
+        info[mod] = importlib.util.find_spec(mod) is not None
+    info["ok"] = all(info[m] for m in ("lightning", "omegaconf", "mcubes", "trimesh", "PIL"))
+    info["default_device"] = "cuda" if info["cuda"] else ("mps" if info["mps"] else "cpu")
+    return info
+
+
+def _probe_compile() -> bool | str:
+    """torch.compile works on CUDA in practice; on CPU it needs a C++ compiler, so we only check it is present."""
+    import shutil
+
+    import torch
+
+    if not hasattr(torch, "compile"):
+        return False
+    if torch.cuda.is_available():
+        try:
+            import triton  # noqa: F401
+
+            return True
+        except ImportError:
+            return "no triton"
+    return "cpu (needs a C++ compiler)" if shutil.which("c++") or shutil.which("g++") else False
+
+
+def cmd_doctor(args, emitter: Emitter) -> int:
+    info = doctor_report()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for k, v in info.items():
+            print(f"{k:14s} {v}")
+    return 0 if info["ok"] else 1

@@ -1,0 +1,77 @@
+"""Configuration: OmegaConf YAML files merged as base <- preset <- format defaults <- --config <- --set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+PRESETS = ("preview", "fast", "quality")
+FORMAT_DEFAULTS = {"dtu": "dtu", "dtu_mask": "dtu_mask", "blender": "blender", "colmap": "colmap"}
+
+
+class ConfigError(ValueError):
+    """A bad preset, config file or override (reported as bad input, exit code 2)."""
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    try:
+        cfg = OmegaConf.load(path)
+    except (OSError, OmegaConfBaseException, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path}: a config file must hold a mapping")
+    return cfg
+
+
+def build_config(preset: str = "preview", fmt: str | None = None, has_masks: bool = False,
+                 config_file: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """Merges the layers into one config.
+
+    Args:
+        preset: one of ``PRESETS``.
+        fmt: the scene's format (``dtu``, ``blender``, ``colmap``) for per-format defaults, or None.
+        has_masks: whether the scene has masks (DTU with masks uses the ``dtu_mask`` defaults).
+        config_file: optional user YAML.
+        overrides: ``key=value`` strings (OmegaConf dotlist syntax).
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    layers = [_load_yaml(CONFIG_DIR / "base.yaml"), _load_yaml(CONFIG_DIR / f"{preset}.yaml")]
+    if fmt is not None:
+        name = "dtu_mask" if fmt == "dtu" and has_masks else fmt
+        if name in FORMAT_DEFAULTS:
+            layers.append(_load_yaml(CONFIG_DIR / f"{FORMAT_DEFAULTS[name]}.yaml"))
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        layers.append(_load_yaml(path))
+    try:
+        layers.append(OmegaConf.from_dotlist(list(overrides or [])))
+        cfg = OmegaConf.merge(*layers)
+    except (OmegaConfBaseException, ValueError) as exc:
+        raise ConfigError(f"bad override: {str(exc).splitlines()[0]}") from exc
+    cfg.preset = preset
+    return cfg
+
+
+def resolve_auto(cfg: DictConfig, has_masks: bool, device_type: str) -> DictConfig:
+    """Replaces ``auto`` values once the scene and device are known (in place; returns cfg)."""
+    use_mask = cfg.data.use_mask
+    if use_mask == "auto":
+        use_mask = has_masks
+    cfg.data.use_mask = bool(use_mask) and has_masks
+    if cfg.model.background.enabled == "auto":
+        cfg.model.background.enabled = not cfg.data.use_mask
+    if cfg.data.background == "auto":
+        cfg.data.background = "random" if cfg.data.use_mask else "white"
+    if cfg.train.compile == "auto":
+        cfg.train.compile = device_type == "cuda"
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg)

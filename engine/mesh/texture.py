@@ -1,0 +1,199 @@
+"""UV unwrapping (xatlas) and diffuse-texture baking by rasterizing the UV triangles.
+
+UV convention (OBJ, and trimesh's): ``v = 0`` is the bottom row of the image. Texel ``(row r, column c)`` of
+an ``S x S`` texture is centred at ``u = (c + 0.5) / S``, ``v = 1 - (r + 0.5) / S``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .color import ColorSource
+from .extract import mesh_vertex_normals
+
+
+def unwrap_uv(
+    vertices: np.ndarray, faces: np.ndarray, texture_size: int = 2048, padding: int = 2
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parametrizes the mesh into charts packed in one ``texture_size`` atlas.
+
+    xatlas splits vertices along chart seams, so the result indexes a new vertex list.
+
+    Args:
+        vertices: (V, 3); faces: (F, 3).
+        texture_size: atlas resolution the packing targets (texels).
+        padding: texels between charts (room for dilation and bilinear filtering).
+    Returns:
+        vmapping (V',) int64 index of each new vertex in ``vertices``, faces (F, 3) int64 into the new
+        vertices, uvs (V', 2) float32 in [0, 1].
+    """
+    import xatlas
+
+    v = np.ascontiguousarray(vertices, dtype=np.float32)
+    f = np.ascontiguousarray(faces, dtype=np.uint32)
+    if len(f) == 0:
+        raise ValueError("unwrap_uv: the mesh has no faces")
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(v, f)
+    pack = xatlas.PackOptions()
+    pack.resolution = int(texture_size)
+    pack.padding = int(padding)
+    pack.bilinear = True
+    atlas.generate(xatlas.ChartOptions(), pack)
+    vmapping, new_faces, uvs = atlas[0]
+    uvs = np.clip(np.asarray(uvs, dtype=np.float32), 0.0, 1.0)
+    return vmapping.astype(np.int64), new_faces.astype(np.int64).reshape(-1, 3), uvs
+
+
+def rasterize_uv(
+    uvs: np.ndarray, faces: np.ndarray, size: int, budget: int = 1 << 22
+) -> tuple[np.ndarray, np.ndarray]:
+    """Finds, for every texel centre, the UV triangle containing it and its barycentric coordinates.
+
+    Vectorized over triangles: the integer texel centres inside each triangle's bounding box are enumerated in
+    batches of about ``budget`` candidates and tested with edge functions.
+
+    Args:
+        uvs: (V, 2) in [0, 1]; faces: (F, 3) indices into ``uvs``.
+        size: texture side S.
+        budget: candidate texels per batch (memory bound).
+    Returns:
+        tri (S, S) int64 triangle index per texel (-1 outside every triangle) and bary (S, S, 3) float32.
+    """
+    uv = np.asarray(uvs, dtype=np.float64)
+    f = np.asarray(faces, dtype=np.int64)
+    # Pixel coordinates where texel centres are integers: x = column, y = row (v up -> rows down).
+    px = np.stack([uv[:, 0] * size - 0.5, (1.0 - uv[:, 1]) * size - 0.5], axis=1)
+    tri_xy = px[f]  # (F, 3, 2)
+    lo = np.clip(np.ceil(tri_xy.min(axis=1) - 1e-9), 0, size - 1).astype(np.int64)
+    hi = np.clip(np.floor(tri_xy.max(axis=1) + 1e-9), 0, size - 1).astype(np.int64)
+    nx = np.maximum(hi[:, 0] - lo[:, 0] + 1, 0)
+    ny = np.maximum(hi[:, 1] - lo[:, 1] + 1, 0)
+    a, b, c = tri_xy[:, 0], tri_xy[:, 1], tri_xy[:, 2]
+    area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    counts = np.where(np.abs(area) > 1e-12, nx * ny, 0)
+    tri_map = np.full((size, size), -1, dtype=np.int64)
+    bary_map = np.zeros((size, size, 3), dtype=np.float32)
+    ends = np.cumsum(counts)
+    start_tri = 0
+    while start_tri < len(f):
+        # The largest run of triangles whose candidates fit the budget (at least one triangle).
+        base = ends[start_tri - 1] if start_tri else 0
+        stop = max(int(np.searchsorted(ends, base + budget, side="right")), start_tri + 1)
+        ids = np.arange(start_tri, stop)
+        n = counts[ids]
+        start_tri = stop
+        if n.sum() == 0:
+            continue
+        rep = np.repeat(ids, n)
+        local = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+        x = lo[rep, 0] + local % nx[rep]
+        y = lo[rep, 1] + local // nx[rep]
+        ax, ay = a[rep, 0], a[rep, 1]
+        # Barycentrics from signed sub-areas (works for either winding).
+        w1 = ((x - ax) * (c[rep, 1] - ay) - (y - ay) * (c[rep, 0] - ax)) / area[rep]
+        w2 = ((b[rep, 0] - ax) * (y - ay) - (b[rep, 1] - ay) * (x - ax)) / area[rep]
+        w0 = 1.0 - w1 - w2
+        inside = (w0 >= -1e-7) & (w1 >= -1e-7) & (w2 >= -1e-7)
+        tri_map[y[inside], x[inside]] = rep[inside]
+        bary_map[y[inside], x[inside]] = np.stack([w0[inside], w1[inside], w2[inside]], axis=1)
+    return tri_map, bary_map
+
+
+def dilate_texture(
+    texture: np.ndarray, filled: np.ndarray, padding: int | None = None, background: Any = (0, 0, 0)
+) -> np.ndarray:
+    """Copies each chart's edge colours outward so bilinear filtering and mipmaps never fetch background.
+
+    Args:
+        texture: (S, S, C) texture; filled: (S, S) bool texels that hold real colours.
+        padding: fill only texels within this many texels of a chart; None fills every texel (nearest chart).
+        background: colour of texels left unfilled.
+    Returns:
+        (S, S, C) texture of the same dtype.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    if filled.all() or not filled.any():
+        return texture.copy()
+    dist, (iy, ix) = distance_transform_edt(~filled, return_indices=True)
+    out = texture[iy, ix]
+    if padding is not None:
+        far = dist > padding
+        out[far] = np.asarray(background, dtype=texture.dtype)
+    return out
+
+
+def bake_texture(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    uvs: np.ndarray,
+    color_source: ColorSource,
+    normals: np.ndarray | None = None,
+    size: int = 2048,
+    padding: int | None = None,
+) -> np.ndarray:
+    """Bakes a diffuse texture: each texel inside a UV triangle gets the colour of its 3D point.
+
+    Args:
+        vertices: (V, 3) positions; faces: (F, 3); uvs: (V, 2) in [0, 1] (one UV per vertex, as from xatlas).
+        color_source: ((P, 3) points, (P, 3) unit normals) numpy float32 -> (P, 3) RGB in [0, 1]
+            (see :func:`engine.mesh.color.field_color_source` / ``photo_color_source``).
+        normals: (V, 3) vertex normals interpolated per texel; None uses area-weighted mesh normals.
+        size: texture side S.
+        padding: dilation in texels (None: fill the whole background with the nearest chart colour).
+    Returns:
+        (S, S, 3) uint8 texture (row 0 = top, i.e. v = 1).
+    """
+    v = np.asarray(vertices, dtype=np.float32)
+    f = np.asarray(faces, dtype=np.int64)
+    nrm = mesh_vertex_normals(v, f) if normals is None else np.asarray(normals, dtype=np.float32)
+    tri, bary = rasterize_uv(uvs, f, size)
+    filled = tri >= 0
+    rows, cols = np.nonzero(filled)
+    t = tri[rows, cols]
+    w = bary[rows, cols]  # (P, 3)
+    corners = f[t]  # (P, 3)
+    pts = np.einsum("pk,pkc->pc", w, v[corners]).astype(np.float32)
+    n = np.einsum("pk,pkc->pc", w, nrm[corners])
+    n = (n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    rgb = np.asarray(color_source(pts, n), dtype=np.float32).reshape(-1, 3) if len(pts) else np.zeros((0, 3))
+    texture = np.zeros((size, size, 3), dtype=np.uint8)
+    texture[rows, cols] = np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return dilate_texture(texture, filled, padding)
+
+
+def texture_mesh(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    color_source: ColorSource,
+    normals: np.ndarray | None = None,
+    texture_size: int = 2048,
+    padding: int | None = None,
+    atlas_padding: int = 2,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """UV-unwraps a mesh and bakes its diffuse texture.
+
+    Args:
+        vertices: (V, 3); faces: (F, 3).
+        color_source: see :func:`bake_texture`.
+        normals: (V, 3) normals of the input vertices (e.g. SDF gradients), or None for mesh normals.
+        texture_size: texture side (texels).
+        padding: texture dilation (see :func:`dilate_texture`).
+        atlas_padding: texels between charts in the atlas.
+    Returns:
+        new_vertices (V', 3) float32, new_faces (F, 3) int64, uvs (V', 2) float32 in [0, 1],
+        texture (T, T, 3) uint8.
+    """
+    v = np.asarray(vertices, dtype=np.float32)
+    f = np.asarray(faces, dtype=np.int64)
+    vmapping, new_faces, uvs = unwrap_uv(v, f, texture_size, atlas_padding)
+    nrm = mesh_vertex_normals(v, f) if normals is None else np.asarray(normals, dtype=np.float32)
+    new_v = v[vmapping]
+    texture = bake_texture(new_v, new_faces, uvs, color_source, nrm[vmapping], texture_size, padding)
+    return new_v, new_faces, uvs, texture
+
+
+__all__ = ["bake_texture", "dilate_texture", "rasterize_uv", "texture_mesh", "unwrap_uv"]

@@ -1,0 +1,234 @@
+"""The NeuS model: SDF + radiance fields, occupancy-grid marching, learned background, and its losses."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .fields.geometry import BackgroundField, RadianceField, SDFField
+from .render.occupancy import OccupancyGrid
+from .render.primitives import (
+    accumulate_along_rays,
+    exclusive_cumsum_per_ray,
+    neus_alpha,
+    ray_sphere_intersect,
+    render_weights_from_alpha,
+    render_weights_from_density,
+    sample_uniform_along_rays,
+)
+
+
+def scheduled(value, step: int) -> float:
+    """A loss weight or other scalar that may follow a schedule.
+
+    ``value`` is a number, or a mapping ``{start, end, start_step, end_step}`` interpolated linearly (held constant
+    outside the range).
+    """
+    if isinstance(value, int | float):
+        return float(value)
+    start, end = float(value["start"]), float(value["end"])
+    s0, s1 = int(value.get("start_step", 0)), int(value["end_step"])
+    if step <= s0:
+        return start
+    if step >= s1:
+        return end
+    return start + (end - start) * (step - s0) / max(1, s1 - s0)
+
+
+@dataclass
+class RenderOutput:
+    """Per-ray results (R rays) and per-sample tensors needed by the losses (S samples)."""
+
+    rgb: Tensor  # (R, 3) composited with the background
+    opacity: Tensor  # (R,) foreground opacity
+    depth: Tensor  # (R,)
+    normal: Tensor  # (R, 3) accumulated foreground normal
+    n_samples: int  # foreground samples S
+    sdf: Tensor  # (S,)
+    gradients: Tensor  # (S, 3)
+    weights: Tensor  # (S,)
+    t_mid: Tensor  # (S,)
+    t_len: Tensor  # (S,)
+    ray_indices: Tensor  # (S,)
+    points: Tensor  # (S, 3)
+
+
+class NeuSModel(nn.Module):
+    """NeuS with a hash-grid SDF (instant-nsr-pl style), all in PyTorch.
+
+    ``cfg`` is the ``model`` section of the config (see ``engine/configs/base.yaml``).
+    """
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.radius = float(cfg.radius)
+        g = cfg.geometry
+        self.geometry = SDFField(
+            encoding=dict(g.encoding), mlp=dict(g.mlp), radius=self.radius, feature_dim=int(g.feature_dim),
+            include_xyz=bool(g.include_xyz), grad_mode=str(g.grad_mode), fd_points=int(g.fd_points),
+            fd_eps=float(g.fd_eps),
+        )
+        r = cfg.radiance
+        self.radiance = RadianceField(int(g.feature_dim), dict(r.mlp), int(r.sh_degree), bool(r.use_view_dir),
+                                      bool(r.use_normal))
+        self.variance = nn.Parameter(torch.tensor(float(cfg.variance_init)))
+        self.background = None
+        if cfg.background.enabled:
+            b = cfg.background
+            self.background = BackgroundField(dict(b.encoding), dict(b.mlp), dict(b.color_mlp))
+        occ = cfg.occupancy
+        self.occupancy = OccupancyGrid(self.radius * 1.0, int(occ.resolution), float(occ.threshold)) if occ.enabled \
+            else None
+        self.step_size = math.sqrt(3) * 2 * self.radius / float(cfg.num_samples_per_ray)
+        self.register_buffer("cos_anneal_ratio", torch.tensor(1.0 if int(cfg.cos_anneal_end) <= 0 else 0.0))
+
+    # ---------------------------------------------------------------- schedules
+    def inv_s(self) -> Tensor:
+        return torch.exp(self.variance * 10.0).clamp(1e-6, 1e6)
+
+    def update_step(self, step: int) -> None:
+        """Applies the step-dependent schedules (progressive levels, cos annealing, occupancy refresh)."""
+        cfg = self.cfg
+        prog = cfg.geometry.progressive
+        if prog.enabled:
+            n_levels = int(prog.start_level) + max(0, step - int(prog.start_step)) // max(1, int(prog.update_steps))
+            self.geometry.set_progress(n_levels)
+        end = int(cfg.cos_anneal_end)
+        self.cos_anneal_ratio.fill_(1.0 if end <= 0 else min(1.0, step / end))
+        occ = cfg.occupancy
+        if self.occupancy is not None and step >= int(occ.warmup_steps) and step % int(occ.update_every) == 0:
+            self.occupancy.update(self.geometry.sdf, float(self.inv_s().detach()), self.step_size)
+
+    # ---------------------------------------------------------------- rendering
+    def render_rays(self, origins: Tensor, dirs: Tensor, bg_color: Tensor, stratified: bool = False) -> RenderOutput:
+        """Renders rays.
+
+        Args:
+            origins, dirs: (R, 3) in the normalized frame, dirs unit length.
+            bg_color: (R, 3) or (3,) colour behind the foreground when there is no learned background.
+            stratified: jitter sample positions (training).
+        Returns:
+            RenderOutput.
+        """
+        n_rays = origins.shape[0]
+        near, far, hit = ray_sphere_intersect(origins, dirs, self.radius)
+        far_fg = torch.where(hit, far, near)
+        occupied = self.occupancy.query if self.occupancy is not None else None
+        max_samples = int(math.ceil(2 * self.radius / self.step_size)) + 1
+        t0, t1, ray_idx = sample_uniform_along_rays(origins, dirs, near, far_fg, self.step_size, max_samples,
+                                                    occupied, stratified)
+        t_mid = 0.5 * (t0 + t1)
+        t_len = t1 - t0
+        d = dirs[ray_idx]
+        pts = origins[ray_idx] + d * t_mid[:, None]
+        sdf, grad, feat = self.geometry(pts, with_grad=True)
+        normals = F.normalize(grad, dim=-1)
+        rgb_s = self.radiance(feat, d, normals)
+        alpha = neus_alpha(sdf, normals, d, t_len, self.inv_s(), float(self.cos_anneal_ratio))
+        weights, _ = render_weights_from_alpha(alpha, ray_idx, n_rays)
+        opacity = accumulate_along_rays(weights, ray_idx, n_rays)[:, 0]
+        rgb = accumulate_along_rays(weights, ray_idx, n_rays, rgb_s)
+        depth = accumulate_along_rays(weights, ray_idx, n_rays, t_mid[:, None])[:, 0]
+        normal = accumulate_along_rays(weights, ray_idx, n_rays, normals)
+
+        if self.background is not None:
+            bg = self._render_background(origins, dirs, torch.where(hit, far, near), stratified)
+        else:
+            bg = bg_color.expand(n_rays, 3) if bg_color.dim() == 1 else bg_color
+        rgb = rgb + (1.0 - opacity[:, None]) * bg
+        return RenderOutput(rgb, opacity, depth, normal, int(t_mid.shape[0]), sdf, grad, weights, t_mid, t_len,
+                            ray_idx, pts)
+
+    def _render_background(self, origins: Tensor, dirs: Tensor, t_start: Tensor, stratified: bool) -> Tensor:
+        """Colour of the scene behind the bounding sphere: samples uniform in inverse depth from ``t_start``."""
+        n = int(self.cfg.background.n_samples)
+        n_rays = origins.shape[0]
+        u = (torch.arange(n, device=origins.device, dtype=origins.dtype) + 0.5) / n
+        if stratified:
+            u = (u[None, :] + (torch.rand(n_rays, n, device=origins.device) - 0.5) / n).clamp(0, 1 - 1e-4)
+        else:
+            u = u[None, :].expand(n_rays, n)
+        t_far = float(self.cfg.background.far)
+        start = t_start.clamp_min(1e-3)[:, None]
+        t = 1.0 / (1.0 / start * (1 - u) + u / t_far)  # (R, n), uniform in disparity
+        edges = torch.cat([start, 0.5 * (t[:, 1:] + t[:, :-1]), torch.full_like(start, t_far)], 1)
+        ray_idx = torch.arange(n_rays, device=origins.device).repeat_interleave(n)
+        pts = (origins[:, None, :] + dirs[:, None, :] * t[..., None]).reshape(-1, 3)
+        density, rgb_s = self.background(pts, dirs[ray_idx])
+        weights, _, _ = render_weights_from_density(density, edges[:, :-1].reshape(-1), edges[:, 1:].reshape(-1),
+                                                    ray_idx, n_rays)
+        return accumulate_along_rays(weights, ray_idx, n_rays, rgb_s)
+
+    @torch.no_grad()
+    def render_image(self, K: Tensor, c2w: Tensor, height: int, width: int, bg_color: Tensor, chunk: int = 8192
+                     ) -> dict[str, Tensor]:
+        """Renders a full view. K (3,3), c2w (3,4) -> rgb (H,W,3), opacity (H,W), depth (H,W), normal (H,W,3)."""
+        from .rays import camera_rays
+
+        origins, dirs = camera_rays(K, c2w, height, width)
+        outs: dict[str, list[Tensor]] = {"rgb": [], "opacity": [], "depth": [], "normal": []}
+        for s in range(0, origins.shape[0], chunk):
+            out = self.render_rays(origins[s:s + chunk], dirs[s:s + chunk], bg_color)
+            for key in outs:
+                outs[key].append(getattr(out, key))
+        result = {k: torch.cat(v) for k, v in outs.items()}
+        return {k: v.reshape(height, width, -1).squeeze(-1) for k, v in result.items()}
+
+    # ---------------------------------------------------------------- queries used by mesh export
+    @torch.no_grad()
+    def sdf(self, points: Tensor) -> Tensor:
+        """(N, 3) -> (N,) signed distance."""
+        return self.geometry.sdf(points)
+
+    @torch.no_grad()
+    def albedo(self, points: Tensor, normals: Tensor) -> Tensor:
+        """Colour seen head-on (view direction = -normal): (N, 3), (N, 3) -> (N, 3)."""
+        _, _, feat = self.geometry(points, with_grad=False)
+        n = F.normalize(normals, dim=-1)
+        return self.radiance(feat, -n, n)
+
+
+def distortion_loss(weights: Tensor, t_mid: Tensor, t_len: Tensor, ray_indices: Tensor, n_rays: int) -> Tensor:
+    """Mip-NeRF 360 distortion loss on packed samples in O(S), (S,) tensors -> scalar (mean over rays)."""
+    wm = weights * t_mid
+    w_before = exclusive_cumsum_per_ray(weights, ray_indices, n_rays)
+    wm_before = exclusive_cumsum_per_ray(wm, ray_indices, n_rays)
+    inter = 2.0 * weights * (t_mid * w_before - wm_before)
+    intra = weights * weights * t_len / 3.0
+    return (inter + intra).sum() / max(1, n_rays)
+
+
+def compute_losses(model: NeuSModel, out: RenderOutput, target_rgb: Tensor, target_mask: Tensor | None,
+                   weights_cfg, step: int) -> tuple[Tensor, dict[str, float]]:
+    """Weighted sum of the configured losses and their values (for logging)."""
+    terms: dict[str, Tensor] = {}
+    w = {k: scheduled(v, step) for k, v in weights_cfg.items()}
+    n_rays = target_rgb.shape[0]
+    if w.get("rgb_l1", 0) > 0:
+        terms["rgb_l1"] = F.l1_loss(out.rgb, target_rgb)
+    if w.get("rgb_mse", 0) > 0:
+        terms["rgb_mse"] = F.mse_loss(out.rgb, target_rgb)
+    if w.get("eikonal", 0) > 0 and out.n_samples > 0:
+        terms["eikonal"] = ((out.gradients.norm(dim=-1) - 1.0) ** 2).mean()
+    if target_mask is not None and w.get("mask", 0) > 0:
+        op = out.opacity.clamp(1e-3, 1 - 1e-3)
+        terms["mask"] = F.binary_cross_entropy(op, target_mask)
+    if w.get("opaque", 0) > 0:
+        op = out.opacity.clamp(1e-3, 1 - 1e-3)
+        terms["opaque"] = F.binary_cross_entropy(op, op.detach().round())
+    if w.get("sparsity", 0) > 0 and out.n_samples > 0:
+        terms["sparsity"] = torch.exp(-float(model.cfg.sparsity_scale) * out.sdf.abs()).mean()
+    if w.get("curvature", 0) > 0 and out.n_samples > 0:
+        lap = model.geometry.laplacian(out.points, out.sdf, float(model.cfg.geometry.fd_eps) * 4)
+        terms["curvature"] = lap.abs().mean()
+    if w.get("distortion", 0) > 0 and out.n_samples > 0:
+        terms["distortion"] = distortion_loss(out.weights, out.t_mid, out.t_len, out.ray_indices, n_rays)
+    total = sum(w[k] * v for k, v in terms.items())
+    if not isinstance(total, Tensor):
+        total = out.rgb.sum() * 0.0
+    return total, {k: float(v.detach()) for k, v in terms.items()}

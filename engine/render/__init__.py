@@ -1,0 +1,1 @@
+"""Pure-PyTorch volume-rendering core: packed samples, per-ray scans, NeuS alpha, occupancy grid."""

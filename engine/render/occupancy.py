@@ -1,0 +1,71 @@
+"""Occupancy grid over the bounding cube, used to skip empty space while marching."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+class OccupancyGrid(nn.Module):
+    """A ``resolution^3`` boolean grid over ``[-radius, radius]^3``, refreshed from the SDF every few steps.
+
+    A cell is occupied when an exponential moving average of its estimated opacity exceeds ``threshold`` or when
+    the SDF at its centre is within the cell's half-diagonal (times ``margin``) of zero: for a field whose gradient
+    norm is about 1, a cell whose centre is farther than that from the surface cannot contain the surface.
+    """
+
+    def __init__(self, radius: float = 1.0, resolution: int = 128, threshold: float = 1e-3, ema_decay: float = 0.95,
+                 margin: float = 1.5) -> None:
+        super().__init__()
+        self.radius = radius
+        self.resolution = resolution
+        self.threshold = threshold
+        self.ema_decay = ema_decay
+        self.margin = margin
+        self.register_buffer("occupied", torch.ones(resolution**3, dtype=torch.bool))
+        self.register_buffer("density", torch.ones(resolution**3))
+        axis = (torch.arange(resolution) + 0.5) / resolution * 2 - 1
+        centres = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3) * radius
+        self.register_buffer("centres", centres, persistent=False)
+
+    @property
+    def cell_size(self) -> float:
+        return 2.0 * self.radius / self.resolution
+
+    def cell_index(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        """(M, 3) points -> (M,) flat cell indices and (M,) bool inside the grid."""
+        u = (points / self.radius + 1.0) * 0.5 * self.resolution
+        inside = ((u >= 0) & (u < self.resolution)).all(-1)
+        ijk = u.long().clamp(0, self.resolution - 1)
+        r = self.resolution
+        return (ijk[:, 0] * r + ijk[:, 1]) * r + ijk[:, 2], inside
+
+    def query(self, points: Tensor) -> Tensor:
+        """(M, 3) -> (M,) bool: the point lies in an occupied cell."""
+        idx, inside = self.cell_index(points)
+        return self.occupied[idx] & inside
+
+    @torch.no_grad()
+    def update(self, sdf_fn: Callable[[Tensor], Tensor], inv_s: float, step_size: float, chunk: int = 2**18,
+               jitter: bool = True) -> None:
+        """Re-evaluates every cell: ``sdf_fn`` maps (M, 3) -> (M,)."""
+        half_diag = 0.5 * self.cell_size * 3**0.5
+        alpha_parts, near_parts = [], []
+        for start in range(0, self.centres.shape[0], chunk):
+            c = self.centres[start:start + chunk]
+            if jitter:
+                c = c + (torch.rand_like(c) - 0.5) * self.cell_size
+            sdf = sdf_fn(c)
+            # Opacity of one marching step centred here, for a ray hitting the surface head-on.
+            prev_cdf = torch.sigmoid((sdf + 0.5 * step_size) * inv_s)
+            next_cdf = torch.sigmoid((sdf - 0.5 * step_size) * inv_s)
+            alpha_parts.append(((prev_cdf - next_cdf + 1e-5) / (prev_cdf + 1e-5)).clamp(0, 1))
+            near_parts.append(sdf.abs() <= self.margin * half_diag + (self.cell_size * 0.5 * 3**0.5 if jitter else 0))
+        alpha = torch.cat(alpha_parts)
+        self.density.copy_(torch.maximum(self.density * self.ema_decay, alpha))
+        self.occupied.copy_((self.density > self.threshold) | torch.cat(near_parts))
+
+    def occupied_fraction(self) -> float:
+        return self.occupied.float().mean().item()

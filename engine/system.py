@@ -1,0 +1,155 @@
+"""Training with PyTorch Lightning: ray sampling from device-resident images, losses, optimizers, schedules."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
+
+from .model import NeuSModel, compute_losses
+from .rays import directions_from_pixels
+
+
+class _Steps(IterableDataset):
+    """Lightning wants a data loader; the rays are sampled on the device inside ``training_step`` instead."""
+
+    def __iter__(self):
+        while True:
+            yield 0
+
+
+def scale_intrinsics_t(K: Tensor, factor: float) -> Tensor:
+    """Torch twin of ``datasets.geometry.scale_intrinsics`` (pixel-centre aware): (..., 3, 3) -> (..., 3, 3)."""
+    K = K.clone()
+    K[..., :2, :] /= factor
+    K[..., 0, 2] += 0.5 / factor - 0.5
+    K[..., 1, 2] += 0.5 / factor - 0.5
+    return K
+
+
+class RaySource:
+    """Training views kept on the training device; samples random pixels of random views (batch-image sampling).
+
+    images: (N, H, W, 3) uint8, masks: (N, H, W) bool or None, K: (N, 3, 3), c2w: (N, 3, 4).
+    """
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray | None, K: np.ndarray, c2w: np.ndarray) -> None:
+        self.images = torch.from_numpy(np.ascontiguousarray(np.round(images * 255.0).astype(np.uint8)))
+        self.masks = None if masks is None else torch.from_numpy(np.ascontiguousarray(masks > 0.5))
+        self.K = torch.from_numpy(K).float()
+        self.c2w = torch.from_numpy(c2w).float()
+
+    def to(self, device: torch.device) -> RaySource:
+        self.images = self.images.to(device)
+        self.masks = None if self.masks is None else self.masks.to(device)
+        self.K, self.c2w = self.K.to(device), self.c2w.to(device)
+        return self
+
+    def sample(self, n_rays: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """-> origins (R,3), dirs (R,3), rgb (R,3) float in [0,1], mask (R,) float or None."""
+        n, h, w, _ = self.images.shape
+        dev = self.images.device
+        view = torch.randint(0, n, (n_rays,), device=dev)
+        x = torch.randint(0, w, (n_rays,), device=dev)
+        y = torch.randint(0, h, (n_rays,), device=dev)
+        origins, dirs = directions_from_pixels(self.K[view], self.c2w[view], x.float(), y.float())
+        rgb = self.images[view, y, x].float() / 255.0
+        mask = None if self.masks is None else self.masks[view, y, x].float()
+        return origins, dirs, rgb, mask
+
+
+class NeuSSystem(L.LightningModule):
+    """Lightning wrapper: one training step = sample rays, render, losses, adapt the ray count."""
+
+    def __init__(self, cfg, rays: RaySource | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.model = NeuSModel(cfg.model)
+        self.rays = rays
+        self.n_rays = int(cfg.train.init_rays)
+        self.last_stats: dict[str, float] = {}
+        self._compiled = False
+
+    # Lightning hooks -------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.rays is not None:
+            self.rays.to(self.device)
+        if bool(self.cfg.train.compile) and not self._compiled and self.device.type == "cuda":
+            self._compile()
+
+    def _compile(self) -> None:
+        """Compiles the field forwards (dynamic sample counts); falls back to eager if compilation fails."""
+        try:
+            geo = self.model.geometry
+            geo.forward = torch.compile(geo.forward, dynamic=True)
+            rad = self.model.radiance
+            rad.forward = torch.compile(rad.forward, dynamic=True)
+            self._compiled = True
+        except Exception as exc:  # torch.compile support varies by platform; eager always works
+            print(f"torch.compile unavailable, running eager: {exc}", flush=True)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Steps(), batch_size=None)
+
+    def background_color(self, n: int) -> Tensor:
+        mode = self.cfg.data.background
+        if mode == "random":
+            return torch.rand(n, 3, device=self.device)
+        value = 1.0 if mode == "white" else 0.0
+        return torch.full((n, 3), value, device=self.device)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        step = int(self.global_step)
+        self.model.update_step(step)
+        origins, dirs, rgb, mask = self.rays.sample(self.n_rays)
+        bg = self.background_color(self.n_rays)
+        use_mask = bool(self.cfg.data.use_mask) and mask is not None
+        if use_mask:
+            rgb = rgb * mask[:, None] + bg * (1.0 - mask[:, None])
+        out = self.model.render_rays(origins, dirs, bg, stratified=True)
+        loss, terms = compute_losses(self.model, out, rgb, mask if use_mask else None, self.cfg.train.loss, step)
+        # Hold the number of samples per step near the target by adapting the ray count.
+        t = self.cfg.train
+        n_next = self.n_rays * float(t.target_samples) / max(1, out.n_samples)
+        self.n_rays = int(min(int(t.max_rays), max(int(t.min_rays), 0.7 * self.n_rays + 0.3 * n_next)))
+        with torch.no_grad():
+            mse = torch.mean((out.rgb - rgb) ** 2)
+        self.last_stats = {
+            "loss": float(loss.detach()),
+            "psnr": float(-10.0 * torch.log10(mse.clamp_min(1e-10))),
+            "rays": origins.shape[0],
+            "samples": out.n_samples,
+            "inv_s": float(self.model.inv_s().detach()),
+            **terms,
+        }
+        return loss
+
+    def configure_optimizers(self):
+        t = self.cfg.train
+        m = self.model
+        groups = [
+            {"params": list(m.geometry.encoding.parameters()), "lr": float(t.lr_geometry_encoding)},
+            {"params": list(m.geometry.mlp.parameters()) + list(m.radiance.parameters()), "lr": float(t.lr)},
+            {"params": [m.variance], "lr": float(t.lr_variance)},
+        ]
+        if m.background is not None:
+            groups.append({"params": list(m.background.parameters()), "lr": float(t.lr_background)})
+        opt = torch.optim.AdamW(groups, betas=(0.9, 0.99), eps=1e-15, weight_decay=float(t.weight_decay))
+        total, warmup, final = int(t.steps), int(t.warmup_steps), float(t.final_lr_factor)
+
+        def factor(step: int) -> float:
+            ramp = min(1.0, (step + 1) / max(1, warmup))
+            return ramp * math.pow(final, min(1.0, step / max(1, total)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["n_rays"] = self.n_rays
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.n_rays = int(checkpoint.get("n_rays", self.n_rays))

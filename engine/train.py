@@ -1,0 +1,257 @@
+"""The ``fit`` job: load a scene, train with Lightning, extract and export the mesh, report progress."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+import datasets
+
+from .config import ConfigError, build_config, resolve_auto, to_yaml
+from .device import device_name, select_device
+from .errors import Cancelled, InputError
+from .mesh.io import atomic_path, atomic_write
+from .protocol import PROTOCOL_VERSION, Emitter
+from .system import NeuSSystem, RaySource
+
+
+class CancelToken:
+    """Set by SIGINT/SIGTERM, a ``stop`` line on stdin, or a ``STOP`` file in the run folder."""
+
+    def __init__(self, stop_file: Path | None = None) -> None:
+        self._event = threading.Event()
+        self.stop_file = stop_file
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        if not self._event.is_set() and self.stop_file is not None and self.stop_file.exists():
+            self._event.set()
+        return self._event.is_set()
+
+
+@dataclass
+class FitRequest:
+    data_dir: Path
+    run_dir: Path
+    format: str = "auto"
+    preset: str = "preview"
+    steps: int | None = None
+    device: str = "auto"
+    config_file: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    resume: bool = False
+    export_on_cancel: bool = False
+
+
+def checkpoint_path(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def save_checkpoint(trainer: L.Trainer, run_dir: Path) -> Path:
+    """Writes ``checkpoints/last.ckpt`` atomically (a kill mid-write leaves the previous one intact)."""
+    path = checkpoint_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        trainer.save_checkpoint(tmp)
+    return path
+
+
+def _load_scene(req: FitRequest, cfg_data):
+    try:
+        return datasets.load(req.data_dir, format=cfg_data.format, downscale=int(cfg_data.downscale),
+                             cameras_file=cfg_data.cameras_file, split=str(cfg_data.split))
+    except datasets.DatasetError as exc:
+        raise InputError(str(exc)) from exc
+
+
+def split_views(n_views: int, holdout_every: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training and held-out view indices: every ``holdout_every``-th view is held out (none when 0)."""
+    idx = np.arange(n_views)
+    if holdout_every <= 0 or n_views < 3:
+        return idx, idx[:0]
+    held = idx[holdout_every // 2::holdout_every]
+    return np.setdiff1d(idx, held), held
+
+
+class ProgressCallback(L.Callback):
+    """Reports progress, honours cancel requests within one step, writes periodic checkpoints and previews."""
+
+    def __init__(self, emitter: Emitter, cancel: CancelToken, run_dir: Path, cfg, total: int, start_step: int,
+                 on_preview=None, on_validate=None) -> None:
+        self.emitter, self.cancel, self.run_dir, self.cfg = emitter, cancel, run_dir, cfg
+        self.total, self.start_step = total, start_step
+        self.on_preview, self.on_validate = on_preview, on_validate
+        self.t0 = time.monotonic()
+        self.last_ckpt_time = time.monotonic()
+        self.cancelled = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = int(trainer.global_step)
+        stats = pl_module.last_stats
+        elapsed = time.monotonic() - self.t0
+        done = max(1, step - self.start_step)
+        eta = elapsed / done * (self.total - step)
+        self.emitter.progress(force=step >= self.total, step=step, total=self.total, loss=stats.get("loss"),
+                              psnr=stats.get("psnr"), rays=stats.get("rays"), samples_per_step=stats.get("samples"),
+                              elapsed_s=round(elapsed, 2), eta_s=round(eta, 1), inv_s=stats.get("inv_s"))
+        t = self.cfg.train
+        if self.cancel.is_set():
+            self.cancelled = True
+            trainer.should_stop = True
+            return
+        every_steps, every_s = int(t.checkpoint_every_steps), float(t.checkpoint_every_seconds)
+        if step < self.total and ((every_steps > 0 and step % every_steps == 0)
+                                  or (every_s > 0 and time.monotonic() - self.last_ckpt_time > every_s)):
+            save_checkpoint(trainer, self.run_dir)
+            self.last_ckpt_time = time.monotonic()
+        if self.on_preview is not None and int(t.preview_every) > 0 and step % int(t.preview_every) == 0:
+            self.on_preview(step)
+        if self.on_validate is not None and int(t.val_every) > 0 and step % int(t.val_every) == 0:
+            self.on_validate(step)
+
+
+def _trainer_kwargs(device: torch.device, cfg) -> dict:
+    accel = {"cpu": "cpu", "cuda": "gpu", "mps": "mps"}[device.type]
+    devices: int | list[int] = int(cfg.train.devices)
+    if device.type == "cuda" and devices == 1:
+        devices = [device.index or 0]
+    if device.type != "cuda":
+        devices = 1
+    strategy = str(cfg.train.strategy)
+    if strategy == "auto" and isinstance(devices, int) and devices > 1:
+        strategy = "ddp"
+    return dict(accelerator=accel, devices=devices, strategy=strategy, precision=cfg.train.precision,
+                max_steps=int(cfg.train.steps), logger=False, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                limit_val_batches=0, log_every_n_steps=10**9, deterministic=False)
+
+
+def prepare(req: FitRequest, emitter: Emitter):
+    """Loads the scene and builds the resolved config (or the saved one on ``--resume``)."""
+    if not req.data_dir.is_dir():
+        raise InputError(f"{req.data_dir}: data folder not found")
+    saved = req.run_dir / "config.yaml"
+    if req.resume:
+        if not checkpoint_path(req.run_dir).is_file() or not saved.is_file():
+            raise InputError(f"{req.run_dir}: nothing to resume (no checkpoints/last.ckpt and config.yaml)")
+        cfg = OmegaConf.load(saved)
+        if req.steps is not None:
+            cfg.train.steps = int(req.steps)
+        scene = _load_scene(req, cfg.data)
+        return cfg, scene
+    overrides = list(req.overrides)
+    if req.format != "auto":
+        overrides.append(f"data.format={req.format}")
+    try:
+        # Format defaults depend on the scene; read its cameras first (cheap), then the images.
+        probe = build_config(req.preset, None, False, req.config_file, overrides)
+        try:
+            cams = datasets.load_cameras(req.data_dir, format=probe.data.format, cameras_file=probe.data.cameras_file)
+        except datasets.DatasetError as exc:
+            raise InputError(str(exc)) from exc
+        cfg = build_config(req.preset, cams.format, cams.mask_paths is not None, req.config_file, overrides)
+    except ConfigError as exc:
+        raise InputError(str(exc)) from exc
+    if req.steps is not None:
+        if req.steps <= 0:
+            raise InputError(f"--steps must be positive, got {req.steps}")
+        cfg.train.steps = int(req.steps)
+    cfg.device = req.device if req.device != "auto" else cfg.device
+    cfg.data.path = str(req.data_dir.resolve())
+    scene = _load_scene(req, cfg.data)
+    return cfg, scene
+
+
+def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
+    """Runs the whole job. Returns the ``done`` (or ``cancelled``) event's fields; raises EngineError/Cancelled."""
+    t_start = time.monotonic()
+    emitter.emit("stage", stage="loading")
+    req.run_dir.mkdir(parents=True, exist_ok=True)
+    cfg, scene = prepare(req, emitter)
+    device = select_device(str(cfg.device))
+    resolve_auto(cfg, scene.masks is not None, device.type)
+    if cancel.is_set():
+        raise Cancelled()
+    train_idx, held_idx = split_views(scene.n_views, int(cfg.data.holdout_every))
+    rays = RaySource(scene.images[train_idx], None if scene.masks is None else scene.masks[train_idx],
+                     scene.K[train_idx], scene.c2w[train_idx])
+    with atomic_write(req.run_dir / "config.yaml", "w") as f:
+        f.write(to_yaml(cfg))
+    L.seed_everything(int(cfg.seed), verbose=False)
+    system = NeuSSystem(cfg, rays)
+    start_step = 0
+    ckpt = checkpoint_path(req.run_dir) if req.resume else None
+    if ckpt is not None:
+        start_step = int(torch.load(ckpt, map_location="cpu", weights_only=False).get("global_step", 0))
+    total = int(cfg.train.steps)
+    t_load = time.monotonic() - t_start
+    enc = cfg.model.geometry.encoding
+    emitter.emit("start", version=PROTOCOL_VERSION, command="fit", data_dir=str(req.data_dir.resolve()),
+                 run_dir=str(req.run_dir.resolve()), preset=str(cfg.preset), device=str(device),
+                 device_name=device_name(device), total_steps=total, start_step=start_step,
+                 config={"format": scene.format, "n_images": scene.n_views, "n_train": int(len(train_idx)),
+                         "resolution": [scene.width, scene.height], "masks": bool(cfg.data.use_mask),
+                         "encoding": f"hashgrid {enc.n_levels}x{enc.n_features_per_level} 2^{enc.log2_hashmap_size}",
+                         "grad_mode": str(cfg.model.geometry.grad_mode),
+                         "samples_per_step": int(cfg.train.target_samples)})
+
+    from .export import ExportOptions, export_mesh, write_preview_mesh
+    from .validate import validation_psnr
+
+    def preview(step: int) -> None:
+        path = write_preview_mesh(system.model, cfg, req.run_dir, step)
+        if path is not None:
+            emitter.emit("preview_mesh", step=step, path=str(path.resolve()))
+
+    def validate(step: int) -> None:
+        if len(held_idx):
+            psnr = validation_psnr(system.model, scene, held_idx, cfg)
+            emitter.emit("validation", step=step, psnr=psnr, n_views=int(min(len(held_idx), cfg.train.val_max_views)))
+
+    callback = ProgressCallback(emitter, cancel, req.run_dir, cfg, total, start_step, preview, validate)
+    emitter.emit("stage", stage="training")
+    t_train0 = time.monotonic()
+    trainer = L.Trainer(callbacks=[callback], **_trainer_kwargs(device, cfg))
+    if start_step < total:
+        trainer.fit(system, ckpt_path=str(ckpt) if ckpt is not None else None)
+    else:
+        system.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
+    t_train = time.monotonic() - t_train0
+    model = system.model.to(device).eval()
+    step = max(int(trainer.global_step), start_step)
+    ckpt_out = save_checkpoint(trainer, req.run_dir) if start_step < total else checkpoint_path(req.run_dir)
+
+    if callback.cancelled:
+        mesh = None
+        if req.export_on_cancel:
+            files = export_mesh(model, cfg, scene, req.run_dir, emitter, ExportOptions.from_config(cfg.export))
+            mesh = files.get("ply")
+        return {"event": "cancelled", "step": step, "checkpoint": str(ckpt_out.resolve()),
+                "mesh": None if mesh is None else str(mesh)}
+
+    if len(held_idx):
+        validate(step)
+    t0 = time.monotonic()
+    files = export_mesh(model, cfg, scene, req.run_dir, emitter, ExportOptions.from_config(cfg.export),
+                        timings := {})
+    return {"event": "done", "mesh": str(files["ply"]), "files": {k: str(v) for k, v in files.items()},
+            "steps": step, "timings": {"load_s": round(t_load, 2), "train_s": round(t_train, 2),
+                                       "extract_s": round(timings.get("extract_s", 0.0), 2),
+                                       "export_s": round(timings.get("export_s", time.monotonic() - t0), 2),
+                                       "total_s": round(time.monotonic() - t_start, 2)}}
+
+
+def env_threads() -> None:
+    """Uses every core for intra-op parallelism unless the user chose (OMP_NUM_THREADS)."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
