@@ -69,17 +69,29 @@ class HashGrid(nn.Module):
 
         Args:
             cell: (N, L, 3) integer lower corner of the cell at each level.
-            levels: which levels ``cell`` covers.
+            levels: which levels ``cell`` covers (dense levels come first, hashed ones after).
         Returns:
-            (N, L, 8) long indices into ``table``.
+            (N, L, 8) indices into ``table``; corner ``c`` is offset ``(c & 1, c >> 1 & 1, c >> 2 & 1)``.
         """
-        vert = cell[:, :, None, :] + self.corners  # (N, L, 8, 3)
-        res1 = (self.resolutions[levels] + 1)[None, :, None]
-        dense_idx = vert[..., 0] + res1 * (vert[..., 1] + res1 * vert[..., 2])
-        hashed = (vert[..., 0] * HASH_PRIMES[0]) ^ (vert[..., 1] * HASH_PRIMES[1]) ^ (vert[..., 2] * HASH_PRIMES[2])
-        hashed = hashed & (self.hashmap_size - 1)
-        idx = torch.where(self.dense[levels][None, :, None], dense_idx, hashed)
-        return idx + self.offsets[levels][None, :, None]
+        n_dense = int(self.dense[levels].sum())
+        parts = []
+        if n_dense:
+            # Per-axis index contributions of both corners, (N, Ld, 2) each, combined by broadcasting to 8.
+            c = cell[:, :n_dense]
+            res1 = self.resolutions[levels][:n_dense] + 1
+            ix = torch.stack([c[..., 0], c[..., 0] + 1], -1)
+            iy = torch.stack([c[..., 1], c[..., 1] + 1], -1) * res1[:, None]
+            iz = torch.stack([c[..., 2], c[..., 2] + 1], -1) * (res1 * res1)[:, None]
+            parts.append(iz[..., :, None, None] + iy[..., None, :, None] + ix[..., None, None, :])
+        if n_dense < cell.shape[1]:
+            c = cell[:, n_dense:]
+            hx = torch.stack([c[..., 0], c[..., 0] + 1], -1) * HASH_PRIMES[0]
+            hy = torch.stack([c[..., 1], c[..., 1] + 1], -1) * HASH_PRIMES[1]
+            hz = torch.stack([c[..., 2], c[..., 2] + 1], -1) * HASH_PRIMES[2]
+            h = hz[..., :, None, None] ^ hy[..., None, :, None] ^ hx[..., None, None, :]
+            parts.append(h & (self.hashmap_size - 1))
+        idx = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+        return idx.reshape(cell.shape[0], cell.shape[1], 8) + self.offsets[levels][None, :, None]
 
     def forward(self, x: Tensor, with_jacobian: bool = False) -> tuple[Tensor, Tensor | None]:
         """Encodes points.
@@ -102,24 +114,20 @@ class HashGrid(nn.Module):
         idx = self.vertex_indices(cell.long(), levels)  # (N, L, 8)
         feats = self.table[idx]  # (N, L, 8, F)
 
-        # Trilinear weights: per axis, frac for corner bit 1 and (1 - frac) for bit 0.
-        bits = self.corners.to(x.dtype)  # (8, 3)
-        f = frac[:, :, None, :]  # (N, L, 1, 3)
-        axis_w = bits * f + (1 - bits) * (1 - f)  # (N, L, 8, 3)
-        w = axis_w.prod(-1)  # (N, L, 8)
-        out = (w[..., None] * feats).sum(2)  # (N, L, F)
+        # Trilinear weights as an outer product of per-axis weights (1 - f, f), laid out (z, y, x) like the corners.
+        wx, wy, wz = (torch.stack([1 - frac[..., d], frac[..., d]], -1) for d in range(3))  # (N, L, 2) each
+        w = (wz[..., :, None, None] * wy[..., None, :, None] * wx[..., None, None, :]).reshape(n_pts, n_act, 8)
+        out = torch.einsum("nlc,nlcf->nlf", w, feats)
         out = self._pad_levels(out.reshape(n_pts, -1))
-
         if not with_jacobian:
             return out, None
-        # d w / d frac_d = (2 * bit_d - 1) * prod_{e != d} axis_w_e ; d frac / d x = res.
-        sign = 2 * bits - 1  # (8, 3)
-        others = torch.stack(
-            [axis_w[..., 1] * axis_w[..., 2], axis_w[..., 0] * axis_w[..., 2], axis_w[..., 0] * axis_w[..., 1]], -1
-        )  # (N, L, 8, 3)
-        dw = sign * others * res[None, :, None, None]  # (N, L, 8, 3)
-        jac = torch.einsum("nlcf,nlcd->nlfd", feats, dw)  # (N, L, F, 3)
-        jac = jac.reshape(n_pts, -1, 3)
+        # d w / d x_d replaces the axis-d factor by d(1 - f, f)/dx = (-res, res).
+        ds = torch.tensor([-1.0, 1.0], device=x.device, dtype=x.dtype) * res[:, None]  # (L, 2)
+        dx = (wz[..., :, None, None] * wy[..., None, :, None] * ds[:, None, None, :]).reshape(n_pts, n_act, 8)
+        dy = (wz[..., :, None, None] * ds[:, None, :, None] * wx[..., None, None, :]).reshape(n_pts, n_act, 8)
+        dz = (ds[:, :, None, None] * wy[..., None, :, None] * wx[..., None, None, :]).reshape(n_pts, n_act, 8)
+        dw = torch.stack([dx, dy, dz], -1)  # (N, L, 8, 3)
+        jac = torch.einsum("nlcf,nlcd->nlfd", feats, dw).reshape(n_pts, -1, 3)
         if n_act < self.n_levels:
             jac = torch.cat([jac, jac.new_zeros(n_pts, self.output_dim - jac.shape[1], 3)], 1)
         return out, jac

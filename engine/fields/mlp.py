@@ -65,7 +65,7 @@ class MLP(nn.Module):
     ) -> None:
         super().__init__()
         dims = [in_dim] + [hidden_dim] * n_hidden_layers + [out_dim]
-        self.layers = nn.ModuleList(Linear(a, b, weight_norm) for a, b in zip(dims[:-1], dims[1:]))
+        self.layers = nn.ModuleList(Linear(a, b, weight_norm) for a, b in zip(dims[:-1], dims[1:], strict=True))
         self.activation = activation
         self.output_activation = output_activation
         self.beta = softplus_beta
@@ -129,6 +129,6 @@ class MLP(nn.Module):
         w_last = last.weight()
         y = F.linear(h, w_last, last.bias)
         g = w_last[0].expand(x.shape[0], -1)  # (N, hidden)
-        for w, z in zip(reversed(weights), reversed(pre)):
+        for w, z in zip(reversed(weights), reversed(pre), strict=True):
             g = (g * self._act_grad(z)) @ w
         return self._out(y), g

@@ -25,7 +25,7 @@ class OccupancyGrid(nn.Module):
         self.ema_decay = ema_decay
         self.margin = margin
         self.register_buffer("occupied", torch.ones(resolution**3, dtype=torch.bool))
-        self.register_buffer("density", torch.ones(resolution**3))
+        self.register_buffer("density", torch.zeros(resolution**3))  # EMA starts empty: the first update prunes
         axis = (torch.arange(resolution) + 0.5) / resolution * 2 - 1
         centres = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3) * radius
         self.register_buffer("centres", centres, persistent=False)
