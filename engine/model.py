@@ -102,7 +102,8 @@ class NeuSModel(nn.Module):
         self.cos_anneal_ratio.fill_(1.0 if end <= 0 else min(1.0, step / end))
         occ = cfg.occupancy
         if self.occupancy is not None and step >= int(occ.warmup_steps) and step % int(occ.update_every) == 0:
-            self.occupancy.update(self.geometry.sdf, float(self.inv_s().detach()), self.step_size)
+            self.occupancy.update(self.geometry.sdf, float(self.inv_s().detach()), self.step_size,
+                                  fraction=float(occ.get("update_fraction", 1.0)))
 
     # ---------------------------------------------------------------- rendering
     def render_rays(self, origins: Tensor, dirs: Tensor, bg_color: Tensor, stratified: bool = False) -> RenderOutput:

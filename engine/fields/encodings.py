@@ -118,7 +118,7 @@ class HashGrid(nn.Module):
         wx, wy, wz = (torch.stack([1 - frac[..., d], frac[..., d]], -1) for d in range(3))  # (N, L, 2) each
         w = (wz[..., :, None, None] * wy[..., None, :, None] * wx[..., None, None, :]).reshape(n_pts, n_act, 8)
         out = torch.einsum("nlc,nlcf->nlf", w, feats)
-        out = self._pad_levels(out.reshape(n_pts, -1))
+        out = self._pad_levels(out.reshape(n_pts, n_act * self.n_features))
         if not with_jacobian:
             return out, None
         # d w / d x_d replaces the axis-d factor by d(1 - f, f)/dx = (-res, res).
@@ -127,7 +127,7 @@ class HashGrid(nn.Module):
         dy = (wz[..., :, None, None] * ds[:, None, :, None] * wx[..., None, None, :]).reshape(n_pts, n_act, 8)
         dz = (ds[:, :, None, None] * wy[..., None, :, None] * wx[..., None, None, :]).reshape(n_pts, n_act, 8)
         dw = torch.stack([dx, dy, dz], -1)  # (N, L, 8, 3)
-        jac = torch.einsum("nlcf,nlcd->nlfd", feats, dw).reshape(n_pts, -1, 3)
+        jac = torch.einsum("nlcf,nlcd->nlfd", feats, dw).reshape(n_pts, n_act * self.n_features, 3)
         if n_act < self.n_levels:
             jac = torch.cat([jac, jac.new_zeros(n_pts, self.output_dim - jac.shape[1], 3)], 1)
         return out, jac

@@ -49,23 +49,32 @@ class OccupancyGrid(nn.Module):
 
     @torch.no_grad()
     def update(self, sdf_fn: Callable[[Tensor], Tensor], inv_s: float, step_size: float, chunk: int = 2**18,
-               jitter: bool = True) -> None:
-        """Re-evaluates every cell: ``sdf_fn`` maps (M, 3) -> (M,)."""
+               jitter: bool = True, fraction: float = 1.0) -> None:
+        """Re-evaluates the cells (all, or a random ``fraction`` of them): ``sdf_fn`` maps (M, 3) -> (M,).
+
+        Cells not drawn this time keep their state; with ``fraction`` f every cell is refreshed about every
+        1/f updates, which keeps the cost per update low on the CPU.
+        """
+        n_cells = self.centres.shape[0]
+        if fraction >= 1.0:
+            cells = torch.arange(n_cells, device=self.centres.device)
+        else:
+            cells = torch.randperm(n_cells, device=self.centres.device)[: max(1, int(n_cells * fraction))]
         half_diag = 0.5 * self.cell_size * 3**0.5
-        alpha_parts, near_parts = [], []
-        for start in range(0, self.centres.shape[0], chunk):
-            c = self.centres[start:start + chunk]
+        # With jitter the sample lies up to another half-diagonal from the centre.
+        near_limit = self.margin * half_diag + (half_diag if jitter else 0.0)
+        for start in range(0, cells.shape[0], chunk):
+            idx = cells[start:start + chunk]
+            c = self.centres[idx]
             if jitter:
                 c = c + (torch.rand_like(c) - 0.5) * self.cell_size
             sdf = sdf_fn(c)
             # Opacity of one marching step centred here, for a ray hitting the surface head-on.
             prev_cdf = torch.sigmoid((sdf + 0.5 * step_size) * inv_s)
             next_cdf = torch.sigmoid((sdf - 0.5 * step_size) * inv_s)
-            alpha_parts.append(((prev_cdf - next_cdf + 1e-5) / (prev_cdf + 1e-5)).clamp(0, 1))
-            near_parts.append(sdf.abs() <= self.margin * half_diag + (self.cell_size * 0.5 * 3**0.5 if jitter else 0))
-        alpha = torch.cat(alpha_parts)
-        self.density.copy_(torch.maximum(self.density * self.ema_decay, alpha))
-        self.occupied.copy_((self.density > self.threshold) | torch.cat(near_parts))
+            alpha = ((prev_cdf - next_cdf + 1e-5) / (prev_cdf + 1e-5)).clamp(0, 1)
+            self.density[idx] = torch.maximum(self.density[idx] * self.ema_decay, alpha)
+            self.occupied[idx] = (self.density[idx] > self.threshold) | (sdf.abs() <= near_limit)
 
     def occupied_fraction(self) -> float:
         return self.occupied.float().mean().item()

@@ -1,0 +1,148 @@
+"""Pixel loading with Pillow, imported lazily by ``scene.py`` and ``downscale.py`` (Blender has no Pillow).
+
+Images with an alpha channel are composited over white (the NeRF-synthetic convention) at full resolution,
+then box-filtered; masks come from the alpha channel when there is one, else from the grey level, are
+box-filtered, and thresholded at half range (some masks are anti-aliased). Downscaling by ``s`` box-filters
+the top-left ``(w * s) x (h * s)`` region into ``w x h`` pixels (see ``datasets.cameras``), so ``K`` stays
+exact: integer ``s`` averages ``s x s`` blocks, fractional ``s`` weights source pixels by their exact overlap.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from datasets.errors import DatasetError
+
+_DECODE_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    struct.error,
+    zlib.error,
+    Image.DecompressionBombError,
+)
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        im = Image.open(path)
+        im.load()
+    except FileNotFoundError:
+        raise DatasetError(path, "image file not found") from None
+    except _DECODE_ERRORS as exc:
+        raise DatasetError(path, f"cannot decode image: {exc}") from None
+    return im
+
+
+def _check_size(path: Path, im: Image.Image, factor: float, width: int, height: int) -> None:
+    need_w, need_h = width * factor, height * factor
+    if im.width < need_w - 1e-6 or im.height < need_h - 1e-6 or (factor == 1 and im.size != (width, height)):
+        raise DatasetError(path, f"image is {im.width}x{im.height}, expected {round(need_w)}x{round(need_h)}")
+
+
+def _reduce(im: Image.Image, s: int, width: int, height: int) -> Image.Image:
+    """Integer box filter (exact ``s x s`` block means) of the top-left ``width*s x height*s`` region."""
+    if s == 1:
+        return im
+    if im.size != (width * s, height * s):
+        im = im.crop((0, 0, width * s, height * s))
+    return im.reduce(s)
+
+
+def _area_resize_axis(arr: np.ndarray, factor: float, n_out: int, axis: int) -> np.ndarray:
+    """Exact area average along ``axis``: output pixel i covers source edges [i * factor, (i + 1) * factor]."""
+    arr = np.moveaxis(arr, axis, 0)
+    n_in = arr.shape[0]
+    csum = np.concatenate([np.zeros((1,) + arr.shape[1:]), np.cumsum(arr, axis=0, dtype=np.float64)])
+    edges = np.minimum(np.arange(n_out + 1) * factor, n_in)
+    k = np.minimum(np.floor(edges).astype(np.int64), n_in - 1)
+    frac = (edges - k).reshape((-1,) + (1,) * (arr.ndim - 1))
+    integral = csum[k] + frac * arr[k]  # pixels are constant, so the integral is linear inside each one
+    return np.moveaxis(np.diff(integral, axis=0) / factor, 0, axis)
+
+
+def _downscale(path: Path, im: Image.Image, factor: float, width: int, height: int) -> np.ndarray:
+    """``im`` box-filtered to (height, width[, C]), values 0..255: uint8 for integer factors (PIL's exact block
+    means), float32 for fractional ones (exact area weights, which PIL's BOX resize does not give)."""
+    _check_size(path, im, factor, width, height)
+    if float(factor).is_integer():
+        return np.asarray(_reduce(im, int(factor), width, height), dtype=np.uint8)
+    arr = np.asarray(im, dtype=np.float32)
+    arr = _area_resize_axis(arr, factor, height, 0)
+    return _area_resize_axis(arr, factor, width, 1).astype(np.float32)
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    return "A" in im.getbands() or (im.mode == "P" and "transparency" in im.info)
+
+
+def read_image(path: Path, factor: float, width: int, height: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Reads one image as (height, width, 3) float32 in [0, 1], into ``out`` when given.
+
+    Raises:
+        DatasetError: unreadable / corrupt file, or a size that does not match.
+    """
+    im = _open(path)
+    if im.mode in _SIXTEEN_BIT:
+        grey = np.asarray(im, dtype=np.float32) / 65535.0
+        im = Image.fromarray(np.clip(grey * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if _has_alpha(im):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba).convert("RGB")
+    elif im.mode != "RGB":
+        im = im.convert("RGB")
+    arr = _downscale(path, im, factor, width, height)
+    if out is None:
+        out = np.empty((height, width, 3), dtype=np.float32)
+    np.multiply(arr, np.float32(1.0 / 255.0), out=out, casting="unsafe")
+    return out
+
+
+def read_mask(path: Path, factor: float, width: int, height: int, out: np.ndarray | None = None) -> np.ndarray:
+    """One mask as (height, width) float32 in {0, 1}, into ``out`` if given (alpha if any, else grey)."""
+    im = _open(path)
+    if im.mode in _SIXTEEN_BIT:
+        grey = np.asarray(im, dtype=np.float32) / 65535.0
+        im = Image.fromarray(np.clip(grey * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif _has_alpha(im):
+        im = im.convert("RGBA").getchannel("A")
+    elif im.mode != "L":
+        im = im.convert("L")
+    arr = _downscale(path, im, factor, width, height)
+    if out is None:
+        out = np.empty((height, width), dtype=np.float32)
+    np.greater(arr, 127.5, out=out, casting="unsafe")  # half range: 128..255 is foreground
+    return out
+
+
+def write_downscaled(src: Path, dst: Path, factor: int, width: int, height: int, mask: bool = False) -> None:
+    """Writes a box-filtered ``width x height`` copy of ``src`` to ``dst`` (same file type, same colour mode).
+
+    Masks become 8-bit grey (their alpha channel when they have one), box-filtered but not thresholded, so the
+    anti-aliasing survives and ``read_mask`` thresholds them as it would the original.
+    """
+    im = _open(src)
+    if mask:
+        if im.mode in _SIXTEEN_BIT:
+            grey = np.asarray(im, dtype=np.float32) / 65535.0
+            im = Image.fromarray(np.clip(grey * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        elif _has_alpha(im):
+            im = im.convert("RGBA").getchannel("A")
+        elif im.mode != "L":
+            im = im.convert("L")
+    elif im.mode not in ("RGB", "RGBA", "L", "LA"):
+        im = im.convert("RGBA" if _has_alpha(im) else "RGB")
+    _check_size(src, im, factor, width, height)
+    im = _reduce(im, factor, width, height)
+    if dst.suffix.lower() in (".jpg", ".jpeg"):
+        im.convert("RGB").save(dst, format="JPEG", quality=95)
+    else:
+        im.save(dst, format="PNG")

@@ -1,0 +1,64 @@
+"""A dataset with its pixels: cameras (``datasets.cameras``) plus images and masks read with Pillow.
+
+Pillow is imported only inside ``load`` so ``import datasets`` works in Blender's Python, which has numpy
+only.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from datasets.cameras import CameraSet, load_cameras
+
+
+@dataclass
+class Scene(CameraSet):
+    """A CameraSet plus pixels at the loaded resolution.
+
+    Attributes:
+        images: (N, H, W, 3) float32 in [0, 1] (RGBA images composited over white).
+        masks: (N, H, W) float32 in {0, 1}, or None when the dataset has no masks.
+    (``n_views``, ``height`` and ``width`` describe both arrays.)
+    """
+
+    images: np.ndarray
+    masks: np.ndarray | None
+
+
+def load(
+    path: str | Path,
+    format: str = "auto",
+    downscale: float = 1,
+    cameras_file: str | Path | None = None,
+    split: str = "train",
+    workers: int | None = None,
+) -> Scene:
+    """Loads cameras, images and masks of a dataset folder.
+
+    Args:
+        path, format, downscale, cameras_file, split: as ``datasets.load_cameras`` (downscale: floor sizes,
+            box filter over the top-left ``(W' * s) x (H' * s)`` pixels, consistent with ``K``).
+        workers: decoding threads (Pillow releases the GIL while decoding); default min(8, CPU count).
+    Raises:
+        DatasetError: bad input, including images that fail to decode; nothing is returned half-loaded.
+    """
+    from datasets import images as io  # Pillow
+
+    cams = load_cameras(path, format=format, downscale=downscale, cameras_file=cameras_file, split=split)
+    n, h, w = cams.n_views, cams.height, cams.width
+    images = np.empty((n, h, w, 3), dtype=np.float32)
+    masks = np.empty((n, h, w), dtype=np.float32) if cams.mask_paths is not None else None
+    jobs = [(io.read_image, p, images[i]) for i, p in enumerate(cams.image_paths)]
+    if masks is not None:
+        jobs += [(io.read_mask, p, masks[i]) for i, p in enumerate(cams.mask_paths)]
+    n_workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=n_workers) as pool:
+        # list() re-raises the first failure (a DatasetError naming the file) after the pool has finished.
+        list(pool.map(lambda job: job[0](job[1], cams.downscale, w, h, out=job[2]), jobs))
+    values = {f.name: getattr(cams, f.name) for f in fields(CameraSet)}
+    return Scene(**values, images=images, masks=masks)

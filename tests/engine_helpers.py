@@ -1,0 +1,40 @@
+"""Shared helpers for tests that run the engine's command line as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "datasets" / "sample_scene" / "data"
+DTU = (REPO / ".." / "shared" / "data" / "dtu_scan65").resolve()
+
+# Small, fast settings for smoke runs on the bundled scene.
+TINY = ["--set", "export.resolution=48", "--set", "export.coarse_resolution=24", "--set", "train.checkpoint_every_steps=5"]
+
+
+def engine_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "2")
+    return env
+
+
+def run_engine(*args: str, timeout: float = 600) -> tuple[int, list[dict], str]:
+    """Runs ``python -m engine ARGS``; returns (exit code, parsed stdout JSON lines, stderr)."""
+    proc = subprocess.run([sys.executable, "-m", "engine", *args], cwd=REPO, env=engine_env(), capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return proc.returncode, parse_events(proc.stdout), proc.stderr
+
+
+def parse_events(stdout: str) -> list[dict]:
+    """Every stdout line must be a JSON object (the protocol allows nothing else on stdout)."""
+    events = []
+    for line in stdout.splitlines():
+        obj = json.loads(line)
+        assert isinstance(obj, dict) and "event" in obj, line
+        events.append(obj)
+    return events

@@ -1,0 +1,153 @@
+"""The engine's command line and JSON-lines protocol, run for real on the bundled scene."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import trimesh
+
+from engine_helpers import REPO, SAMPLE, TINY, engine_env, parse_events, run_engine
+
+pytestmark = pytest.mark.skipif(not (SAMPLE / "cameras_sphere.npz").is_file(), reason="bundled sample scene missing")
+
+
+def test_fit_event_sequence_and_outputs(tmp_path):
+    run = tmp_path / "run"
+    code, events, err = run_engine("fit", str(SAMPLE), "--out", str(run), "--steps", "12", "--progress", "jsonl",
+                                   "--set", "export.formats=[ply,obj,glb]", *TINY)
+    assert code == 0, err
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "stage" and events[0]["stage"] == "loading"
+    assert kinds[1] == "start"
+    start = events[1]
+    assert start["version"] == 1 and start["total_steps"] == 12 and start["device"] == "cpu"
+    assert start["config"]["n_images"] == 40 and start["config"]["resolution"] == [400, 300]
+    stages = [e["stage"] for e in events if e["event"] == "stage"]
+    assert stages == ["loading", "training", "extracting", "exporting"]
+    progress = [e for e in events if e["event"] == "progress"]
+    steps = [p["step"] for p in progress]
+    assert steps == sorted(steps) and steps[-1] == 12
+    for p in progress:
+        assert {"step", "total", "loss", "psnr", "rays", "samples_per_step", "elapsed_s", "eta_s"} <= p.keys()
+        assert p["total"] == 12 and p["rays"] > 0 and np.isfinite(p["loss"])
+    assert kinds[-1] == "done"
+    done = events[-1]
+    assert done["steps"] == 12
+    for name, path in done["files"].items():
+        assert (run / path.split("/")[-1]).is_file() or name.startswith("obj_"), name
+    mesh = trimesh.load(done["mesh"], process=False)
+    assert len(mesh.faces) > 100 and mesh.visual.vertex_colors.shape[0] == len(mesh.vertices)
+    norm = json.loads((run / "normalization.json").read_text())
+    np.testing.assert_allclose(np.array(norm["scale_mat"]), np.load(SAMPLE / "cameras_sphere.npz")["scale_mat_0"])
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "config.yaml").is_file()
+    assert not list(run.rglob(".neus_tmp*")), "temporary files left behind"
+
+
+def test_sigint_saves_checkpoint_and_resume_finishes(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "engine", "fit", str(SAMPLE), "--out", str(run), "--steps", "400", "--progress",
+           "jsonl", *TINY]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=engine_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    lines = []
+    step = 0
+    deadline = time.monotonic() + 300
+    while step < 8 and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        ev = json.loads(line)
+        step = ev.get("step", step) if ev["event"] == "progress" else step
+    assert step >= 8, "".join(lines) + proc.stderr.read()
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    elapsed = time.monotonic() - t0
+    events = parse_events("".join(lines) + out)
+    assert proc.returncode == 130, err
+    assert elapsed < 10  # within 2 s of the signal plus saving a checkpoint, with slack for a loaded CI machine
+    cancelled = events[-1]
+    assert cancelled["event"] == "cancelled" and 8 <= cancelled["step"] < 400
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert not (run / "mesh.ply").exists()
+
+    code, events, err = run_engine("fit", str(SAMPLE), "--out", str(run), "--steps", str(cancelled["step"] + 6),
+                                   "--resume", "--progress", "jsonl")
+    assert code == 0, err
+    start = next(e for e in events if e["event"] == "start")
+    assert start["start_step"] == cancelled["step"]
+    first = next(e for e in events if e["event"] == "progress")
+    assert first["step"] == cancelled["step"] + 1
+    assert events[-1]["event"] == "done" and events[-1]["steps"] == cancelled["step"] + 6
+    assert (run / "mesh.ply").is_file()
+
+
+def test_stop_file_cancels(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "fit", str(SAMPLE), "--out", str(run), "--steps", "400",
+                             "--progress", "jsonl", *TINY], cwd=REPO, env=engine_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if json.loads(line)["event"] == "progress":
+            (run / "STOP").write_text("")
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert parse_events(out)[-1]["event"] == "cancelled"
+
+
+@pytest.mark.parametrize("case", ["missing_dir", "empty_dir", "bad_preset", "bad_override"])
+def test_bad_input_exits_2_with_error_event(tmp_path, case):
+    run = tmp_path / "run"
+    data = tmp_path / "data"
+    args = ["fit", str(data), "--out", str(run), "--progress", "jsonl"]
+    if case == "empty_dir":
+        data.mkdir()
+    elif case == "bad_preset":
+        args = ["fit", str(SAMPLE), "--out", str(run), "--progress", "jsonl", "--preset", "ultra"]
+    elif case == "bad_override":
+        args = ["fit", str(SAMPLE), "--out", str(run), "--progress", "jsonl", "--set", "train.steps"]
+    code, events, err = run_engine(*args)
+    assert code == 2
+    assert events[-1]["event"] == "error" and events[-1]["kind"] == "input"
+    assert "\n" not in events[-1]["message"] and events[-1]["message"]
+    assert "Traceback" not in err
+    assert not (run / "mesh.ply").exists()
+
+
+def test_export_eval_and_doctor(tmp_path):
+    run = tmp_path / "run"
+    code, _, err = run_engine("fit", str(SAMPLE), "--out", str(run), "--steps", "6", "--progress", "none", *TINY)
+    assert code == 0, err
+    code, events, err = run_engine("export", str(run), "--resolution", "40", "--frame", "world", "--format", "glb",
+                                   "--progress", "jsonl")
+    assert code == 0, err
+    files = events[-1]["files"]
+    world = trimesh.load(files["ply_world"], process=False)
+    norm = trimesh.load(files["ply"], process=False)
+    scale_mat = np.load(SAMPLE / "cameras_sphere.npz")["scale_mat_0"]
+    np.testing.assert_allclose(world.vertices, norm.vertices @ scale_mat[:3, :3].T + scale_mat[:3, 3], atol=1e-4)
+    assert files["glb"].endswith(".glb")
+
+    gt = SAMPLE / "gt_mesh_normalized.ply"
+    proc = subprocess.run([sys.executable, "-m", "engine", "eval", str(gt), "--gt", str(gt), "--json",
+                           "--samples", "20000"], cwd=REPO, env=engine_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(proc.stdout)
+    assert metrics["chamfer_l1"] < 0.01 and metrics["fscore"] > 0.95
+    proc = subprocess.run([sys.executable, "-m", "engine", "eval", str(tmp_path / "nope.ply"), "--gt", str(gt)],
+                          cwd=REPO, env=engine_env(), capture_output=True, text=True)
+    assert proc.returncode == 2 and "nope.ply" in proc.stderr
+
+    proc = subprocess.run([sys.executable, "-m", "engine", "doctor", "--json"], cwd=REPO, env=engine_env(),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["torch"] and info["default_device"] == "cpu" and info["devices"][0]["type"] == "cpu"
