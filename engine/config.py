@@ -49,13 +49,44 @@ def build_config(preset: str = "preview", fmt: str | None = None, has_masks: boo
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         layers.append(_load_yaml(path))
+    for item in overrides or []:
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise ConfigError(f"bad override {item!r}: expected key=value")
+    # Struct mode: a misspelt key in a preset, a config file or an override is an error, not silently ignored.
+    OmegaConf.set_struct(layers[0], True)
     try:
         layers.append(OmegaConf.from_dotlist(list(overrides or [])))
         cfg = OmegaConf.merge(*layers)
     except (OmegaConfBaseException, ValueError) as exc:
-        raise ConfigError(f"bad override: {str(exc).splitlines()[0]}") from exc
+        raise ConfigError(f"bad config: {str(exc).splitlines()[0]}") from exc
+    _check_types(layers[0], cfg, "")
+    OmegaConf.set_struct(cfg, False)
     cfg.preset = preset
     return cfg
+
+
+def _check_types(base: DictConfig, cfg: DictConfig, prefix: str) -> None:
+    """Every value keeps the type of its default (ints may stand for floats; null stays allowed where it was)."""
+    for key, default in base.items_ex(resolve=False):
+        value = cfg[key]
+        name = f"{prefix}{key}"
+        if isinstance(default, DictConfig):
+            if isinstance(value, DictConfig):
+                _check_types(default, value, name + ".")
+            elif key not in ("geometry", "background") or value is not None:
+                raise ConfigError(f"bad config: {name} must be a mapping")
+            continue
+        if default is None or value is None and default is None:
+            continue
+        ok = isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int))
+        if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, bool):
+            ok = False
+        if isinstance(default, str) and default == "auto" and isinstance(value, bool | str):
+            ok = True  # "auto" switches also take true/false
+        if isinstance(default, bool) and isinstance(value, str) and value == "auto":
+            ok = True
+        if not ok:
+            raise ConfigError(f"bad config: {name} must be a {type(default).__name__}, got {value!r}")
 
 
 def resolve_auto(cfg: DictConfig, has_masks: bool, device_type: str) -> DictConfig:

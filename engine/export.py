@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from .mesh.color import (
     vertex_colors_from_field,
     vertex_colors_from_photos,
 )
-from .mesh.extract import clean_mesh, decimate, extract_mesh
+from .mesh.extract import MeshExtractionError, clean_mesh, decimate, extract_mesh
 from .mesh.io import transform_vertices, write_glb, write_normalization_json, write_obj, write_ply
 from .mesh.texture import texture_mesh
 from .model import NeuSModel
@@ -84,8 +85,11 @@ def extract_colored_mesh(model: NeuSModel, opts: ExportOptions, scene=None, prog
                                 progress=progress)
     if opts.clean:
         masks = None if scene is None else scene.masks
-        verts, faces = clean_mesh(verts, faces, K=None if masks is None else scene.K,
-                                  c2w=None if masks is None else scene.c2w, masks=masks)
+        try:
+            verts, faces = clean_mesh(verts, faces, K=None if masks is None else scene.K,
+                                      c2w=None if masks is None else scene.c2w, masks=masks)
+        except MeshExtractionError as exc:  # e.g. a barely trained surface lies outside the visual hull
+            print(f"warning: mesh clean-up skipped: {exc}", file=sys.stderr, flush=True)
     if opts.decimate and len(faces) > int(opts.decimate):
         verts, faces = decimate(verts, faces, int(opts.decimate))
     normals = model_normals(model, verts, device)
@@ -145,8 +149,6 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
 
 def write_preview_mesh(model: NeuSModel, cfg, run_dir: Path, step: int) -> Path | None:
     """A quick low-resolution coloured mesh for live preview; None while the surface is still empty."""
-    from .mesh.extract import MeshExtractionError
-
     was_training = model.training
     model.eval()
     try:
