@@ -13,7 +13,8 @@ SAMPLE = REPO / "datasets" / "sample_scene" / "data"
 DTU = (REPO / ".." / "shared" / "data" / "dtu_scan65").resolve()
 
 # Small, fast settings for smoke runs on the bundled scene.
-TINY = ["--set", "export.resolution=48", "--set", "export.coarse_resolution=24", "--set", "train.checkpoint_every_steps=5"]
+TINY = ["--set", "export.resolution=48", "--set", "export.coarse_resolution=24",
+        "--set", "train.checkpoint_every_steps=5"]
 
 
 def engine_env() -> dict[str, str]:

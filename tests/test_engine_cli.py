@@ -11,7 +11,6 @@ import time
 import numpy as np
 import pytest
 import trimesh
-
 from engine_helpers import REPO, SAMPLE, TINY, engine_env, parse_events, run_engine
 
 pytestmark = pytest.mark.skipif(not (SAMPLE / "cameras_sphere.npz").is_file(), reason="bundled sample scene missing")
@@ -138,7 +137,8 @@ def test_export_eval_and_doctor(tmp_path):
 
     gt = SAMPLE / "gt_mesh_normalized.ply"
     proc = subprocess.run([sys.executable, "-m", "engine", "eval", str(run / "mesh.ply"), "--gt", str(gt), "--json",
-                           "--samples", "20000", "--threshold", "0.02", "--normalization", str(run / "normalization.json")],
+                           "--samples", "20000", "--threshold", "0.02",
+                           "--normalization", str(run / "normalization.json")],
                           cwd=REPO, env=engine_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(proc.stdout)

@@ -115,7 +115,8 @@ def neus_alpha(sdf: Tensor, normals: Tensor, dirs: Tensor, dists: Tensor, inv_s:
     """
     true_cos = (dirs * normals).sum(-1)
     # Early in training the cosine is relaxed towards -1/2 (1 - ratio) so that back faces still receive gradient.
-    iter_cos = -(torch.relu(-true_cos * 0.5 + 0.5) * (1.0 - cos_anneal_ratio) + torch.relu(-true_cos) * cos_anneal_ratio)
+    ratio = cos_anneal_ratio
+    iter_cos = -(torch.relu(-true_cos * 0.5 + 0.5) * (1.0 - ratio) + torch.relu(-true_cos) * ratio)
     half = iter_cos * dists * 0.5
     prev_cdf = torch.sigmoid((sdf - half) * inv_s)
     next_cdf = torch.sigmoid((sdf + half) * inv_s)

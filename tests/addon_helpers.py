@@ -1,0 +1,146 @@
+"""Shared pieces of the add-on tests: paths, numpy PLY writers, synthetic cameras, a bpy fixture helper.
+
+The PLY writers here are written independently of ``neus_blender_addon.ply_io`` (straight from the PLY spec), so a
+reader bug cannot hide behind a matching writer bug.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # plain `pytest` puts tests/ on sys.path, not the repository root
+    sys.path.insert(0, str(REPO))
+
+DTU = (REPO / ".." / "shared" / "data" / "dtu_scan65").resolve()
+SAMPLE_SCENE = REPO / "datasets" / "sample_scene" / "data"
+ENGINE_CLI = REPO / "engine" / "cli.py"
+HAS_BPY = importlib.util.find_spec("bpy") is not None
+NO_BPY_REASON = "needs the bpy module (Blender as a Python module; pip install bpy==4.5.*)"
+NO_DTU_REASON = f"real DTU data not found at {DTU}"
+
+
+# -- PLY ---------------------------------------------------------------------------------------------------
+def write_ply_binary(path: Path, verts: np.ndarray, faces: list[list[int]] | np.ndarray,
+                     colors: np.ndarray | None = None, big_endian: bool = False, float_colors: bool = False,
+                     extra: bool = True) -> None:
+    """Binary PLY: float32 xyz (+ float32 normals and an unrelated ``quality`` property when ``extra``), colours
+    as uchar (or float32 in [0, 1]), faces as ``uchar count + int32 indices``, and an extra ``edge`` element that
+    readers must skip."""
+    bo = ">" if big_endian else "<"
+    n = len(verts)
+    props = [("x", "f4"), ("y", "f4"), ("z", "f4")]
+    if extra:
+        props += [("nx", "f4"), ("ny", "f4"), ("nz", "f4"), ("quality", "f8")]
+    if colors is not None:
+        ct = "f4" if float_colors else "u1"
+        props += [("red", ct), ("green", ct), ("blue", ct)]
+    dt = np.dtype([(name, bo + t) for name, t in props])
+    rec = np.zeros(n, dtype=dt)
+    rec["x"], rec["y"], rec["z"] = verts[:, 0], verts[:, 1], verts[:, 2]
+    if extra:
+        nrm = verts / np.maximum(np.linalg.norm(verts, axis=1, keepdims=True), 1e-9)
+        rec["nx"], rec["ny"], rec["nz"] = nrm.T
+        rec["quality"] = np.arange(n)
+    if colors is not None:
+        for i, c in enumerate(("red", "green", "blue")):
+            rec[c] = colors[:, i]
+    names = {"f4": "float", "f8": "double", "u1": "uchar"}
+    header = ["ply", f"format binary_{'big' if big_endian else 'little'}_endian 1.0", "comment test file",
+              f"element vertex {n}"]
+    header += [f"property {names[t]} {name}" for name, t in props]
+    header += [f"element face {len(faces)}", "property list uchar int vertex_indices"]
+    if extra:
+        header += ["element edge 1", "property int vertex1", "property int vertex2"]
+    header.append("end_header")
+    body = bytearray(rec.tobytes())
+    for f in faces:
+        body += np.array([len(f)], dtype="u1").tobytes() + np.asarray(f, dtype=bo + "i4").tobytes()
+    if extra:
+        body += np.array([0, 1], dtype=bo + "i4").tobytes()
+    path.write_bytes(("\n".join(header) + "\n").encode("ascii") + bytes(body))
+
+
+def write_ply_ascii(path: Path, verts: np.ndarray, faces: list[list[int]], colors: np.ndarray | None = None,
+                    alpha: bool = False) -> None:
+    """ASCII PLY, one record per line, uchar colours (RGBA when ``alpha``), faces as ``uchar count + uint``."""
+    lines = ["ply", "format ascii 1.0", f"element vertex {len(verts)}",
+             "property float x", "property float y", "property float z"]
+    if colors is not None:
+        lines += ["property uchar red", "property uchar green", "property uchar blue"]
+        if alpha:
+            lines.append("property uchar alpha")
+    lines += [f"element face {len(faces)}", "property list uchar uint vertex_index", "end_header"]
+    for i, v in enumerate(verts):
+        row = [repr(float(x)) for x in v]
+        if colors is not None:
+            row += [str(int(c)) for c in colors[i][: 4 if alpha else 3]]
+        lines.append(" ".join(row))
+    for f in faces:
+        lines.append(" ".join(str(x) for x in [len(f), *f]))
+    path.write_text("\n".join(lines) + "\n", encoding="ascii")
+
+
+def grid_mesh(nx: int = 6, ny: int = 5, quads: bool = False) -> tuple[np.ndarray, list[list[int]]]:
+    """A wavy height-field grid: (nx*ny, 3) vertices and triangle (or quad) faces."""
+    xs, ys = np.meshgrid(np.linspace(-0.5, 0.5, nx), np.linspace(-0.4, 0.4, ny))
+    verts = np.stack([xs.ravel(), ys.ravel(), 0.1 * np.sin(3 * xs.ravel()) * np.cos(2 * ys.ravel())], axis=1)
+    faces: list[list[int]] = []
+    for j in range(ny - 1):
+        for i in range(nx - 1):
+            a, b, c, d = j * nx + i, j * nx + i + 1, (j + 1) * nx + i + 1, (j + 1) * nx + i
+            faces += [[a, b, c, d]] if quads else [[a, b, c], [a, c, d]]
+    return verts.astype(np.float32), faces
+
+
+# -- cameras -----------------------------------------------------------------------------------------------
+def look_at_c2w(eye: np.ndarray, target: np.ndarray, up: tuple[float, float, float] = (0.0, 0.0, 1.0)) -> np.ndarray:
+    """(3, 4) camera-to-world with OpenGL axes (camera looks down -z) from ``eye`` towards ``target``."""
+    up = np.asarray(up, dtype=np.float64)
+    back = eye - target
+    back = back / np.linalg.norm(back)
+    right = np.cross(up, back)
+    if np.linalg.norm(right) < 1e-6:
+        right = np.cross(np.array([0.0, 1.0, 0.0]), back)
+    right /= np.linalg.norm(right)
+    true_up = np.cross(back, right)
+    return np.concatenate([np.stack([right, true_up, back], axis=1), eye[:, None]], axis=1)
+
+
+def ring_cameras(n: int, radius: float = 3.0, seed: int = 0) -> np.ndarray:
+    """(n, 3, 4) cameras on a sphere of ``radius`` looking at points near the origin."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        az = 2 * np.pi * i / n
+        el = rng.uniform(-0.6, 0.8)
+        eye = radius * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+        out.append(look_at_c2w(eye, rng.normal(scale=0.1, size=3)))
+    return np.stack(out)
+
+
+def points_in_unit_sphere(n: int, seed: int = 0) -> np.ndarray:
+    """(n, 3) points uniformly distributed in the unit ball."""
+    rng = np.random.default_rng(seed)
+    d = rng.normal(size=(n, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    return d * rng.uniform(0, 1, (n, 1)) ** (1.0 / 3.0)
+
+
+def blender_project(scene, cam_obj, points: np.ndarray) -> np.ndarray:
+    """(P, 2) OpenCV pixel coordinates of world points through a Blender camera, via
+    ``bpy_extras.object_utils.world_to_camera_view`` (normalized frame coordinates, y up)."""
+    from bpy_extras.object_utils import world_to_camera_view
+    from mathutils import Vector
+
+    W = scene.render.resolution_x
+    H = scene.render.resolution_y
+    out = np.empty((len(points), 2))
+    for i, p in enumerate(points):
+        x, y, _z = world_to_camera_view(scene, cam_obj, Vector([float(c) for c in p]))
+        out[i] = (x * W - 0.5, (1.0 - y) * H - 0.5)
+    return out

@@ -1,0 +1,206 @@
+"""Reconstruction from Blender with the real engine (``python -m engine fit``) on the bundled sample scene.
+
+Runs are kept tiny (a few training steps, coarse extraction) so each takes tens of seconds on 2 CPU cores: what is
+under test is the add-on's handling of a real engine (progress, preview, result import, cancel, errors), not the
+reconstruction quality.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from addon_helpers import ENGINE_CLI, HAS_BPY, NO_BPY_REASON, REPO, SAMPLE_SCENE
+
+pytestmark = [
+    pytest.mark.blender,
+    pytest.mark.slow,
+    pytest.mark.skipif(not HAS_BPY, reason=NO_BPY_REASON),
+    pytest.mark.skipif(not ENGINE_CLI.is_file(), reason=f"the engine is not written yet ({ENGINE_CLI} missing)"),
+    pytest.mark.skipif(not (SAMPLE_SCENE / "cameras_sphere.npz").is_file(),
+                       reason=f"sample scene not generated yet ({SAMPLE_SCENE})"),
+]
+
+STEPS = 12
+# Coarse extraction keeps the runs short; the engine's defaults are for real use.
+FAST_EXPORT = "export.resolution=48 export.coarse_resolution=0"
+
+
+@pytest.fixture
+def bpy(tmp_path):
+    import bpy as _bpy
+
+    import neus_blender_addon as addon
+    from neus_blender_addon import reconstruct
+
+    _bpy.ops.wm.read_factory_settings(use_empty=True)
+    addon.register()
+    s = _bpy.context.scene.neus
+    s.data_dir = str(SAMPLE_SCENE)
+    s.output_dir = str(tmp_path / "run")
+    s.preset = "preview"
+    s.device = "cpu"
+    s.steps = STEPS
+    yield _bpy
+    addon.unregister()  # also kills an engine a failed test left running
+    assert not reconstruct.is_running()
+
+
+def pump(until, timeout: float = 300.0, every: float = 0.1) -> list[dict]:
+    """Calls the add-on's timer function as Blender's event loop would, recording the status after each tick."""
+    import bpy
+
+    from neus_blender_addon import reconstruct
+
+    seen, t0 = [], time.time()
+    while time.time() - t0 < timeout:
+        delay = reconstruct.timer_step()
+        s = bpy.context.scene.neus
+        seen.append({"stage": s.stage, "step": s.step, "state": s.state, "progress": s.progress,
+                     "preview": any(o.name.endswith("NeuS preview") for o in bpy.data.objects)})
+        if delay is None or until(s):
+            return seen
+        time.sleep(every)
+    raise AssertionError(f"timed out; last status {seen[-1] if seen else None}")
+
+
+def world_bbox(obj) -> np.ndarray:
+    v = np.array([list(obj.matrix_world @ x.co) for x in obj.data.vertices])
+    return np.stack([v.min(0), v.max(0)])
+
+
+def test_headless_demo_end_to_end_textured_world_frame(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "neus_blender_addon.headless", str(SAMPLE_SCENE), "--out", str(out),
+           "--preset", "preview", "--steps", str(STEPS), "--device", "cpu", "--frame", "world", "--texture",
+           "--set", "export.texture_size=256"]
+    for kv in FAST_EXPORT.split():
+        cmd += ["--set", kv]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "[neus] stage: training" in res.stdout and f"Training {STEPS}/{STEPS}" in res.stdout
+    assert (out / "scene.blend").is_file() and (out / "mesh.ply").is_file()
+
+    import bpy
+
+    from neus_blender_addon.ply_io import read_ply
+    from neus_blender_addon.run_files import read_normalization
+
+    bpy.ops.wm.open_mainfile(filepath=str(out / "scene.blend"))
+    cams = [o for o in bpy.data.objects if o.type == "CAMERA"]
+    assert len(cams) == 40
+    obj = bpy.data.objects["sample_scene NeuS"]
+    assert obj.parent is not None and obj.parent is cams[0].parent  # world frame: the cameras' empty
+    nodes = obj.active_material.node_tree.nodes
+    tex = next(n for n in nodes if n.type == "TEX_IMAGE")
+    assert tex.image is not None and tex.image.size[0] == 256  # the baked texture, not vertex colours
+    ply = read_ply(out / "mesh.ply")  # normalized frame
+    S = read_normalization(out)
+    expected = np.stack([ply.vertices.min(0), ply.vertices.max(0)]) @ S[:3, :3].T + S[:3, 3]
+    np.testing.assert_allclose(world_bbox(obj), expected, rtol=1e-5, atol=1e-4)
+
+    # The GLB holds the same textured mesh; imported in the normalized frame it lands where the PLY is.
+    import neus_blender_addon as addon
+
+    addon.register()
+    try:
+        bpy.context.scene.neus.frame = "normalized"
+        glb = out / "mesh_textured.glb"
+        assert bpy.ops.neus.import_mesh(filepath=str(glb)) == {"FINISHED"}
+        g = bpy.data.objects["sample_scene mesh_textured"]  # named after the dataset and the file
+        bpy.context.view_layer.update()
+        np.testing.assert_allclose(world_bbox(g), [ply.vertices.min(0), ply.vertices.max(0)], atol=1e-5)
+    finally:
+        addon.unregister()
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+
+
+def test_headless_bad_input_exits_2(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "neus_blender_addon.headless", str(tmp_path / "missing"), "--out",
+                          str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "missing" in res.stderr and "does not exist" in res.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_timer_driven_run_with_live_preview(bpy, tmp_path):
+    from neus_blender_addon import reconstruct
+
+    s = bpy.context.scene.neus
+    s.show_preview = True
+    s.engine_settings = f"{FAST_EXPORT} train.preview_every=6 train.preview_resolution=32"
+    assert bpy.ops.neus.reconstruct(mode="ASYNC") == {"FINISHED"}
+    assert reconstruct.is_running() and s.running
+    with pytest.raises(RuntimeError, match="already running"):  # one reconstruction at a time
+        bpy.ops.neus.reconstruct(mode="ASYNC")
+    seen = pump(lambda st: False)
+    assert s.state == "done" and not s.running and not reconstruct.is_running()
+    steps = [x["step"] for x in seen if x["stage"] == "training"]
+    assert any(0 < step < STEPS for step in steps) and max(x["step"] for x in seen) == STEPS  # live progress
+    assert any(0 < x["progress"] < 1 for x in seen) and s.progress == 1.0
+    assert any(x["preview"] for x in seen)  # the live preview appeared ...
+    assert not any(o.name.endswith("NeuS preview") for o in bpy.data.objects)  # ... and made way for the result
+    obj = bpy.data.objects[s.result_object]
+    assert obj.name == "sample_scene NeuS" and len(obj.data.vertices) > 0 and "Col" in obj.data.color_attributes
+    assert s.has_loss and s.loss > 0 and s.last_error == ""
+
+
+def test_cancel_during_training(bpy, tmp_path):
+    from neus_blender_addon import reconstruct
+
+    s = bpy.context.scene.neus
+    s.steps = 100000  # would run for hours
+    s.show_preview = False
+    assert bpy.ops.neus.reconstruct(mode="ASYNC") == {"FINISHED"}
+    run = reconstruct.active_run()
+    pump(lambda st: st.stage == "training" and st.step >= 2)
+    t0 = time.time()
+    assert bpy.ops.neus.cancel() == {"FINISHED"}
+    pump(lambda st: False, timeout=60)
+    assert time.time() - t0 < 30
+    assert s.state == "cancelled" and run.status.returncode == 130
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()  # the engine saved its work
+    assert not (tmp_path / "run" / "STOP").exists()
+    assert "sample_scene NeuS" not in bpy.data.objects
+    assert bpy.ops.neus.cancel() == {"CANCELLED"}  # nothing left to cancel (a warning, not an error)
+
+
+def test_engine_error_is_shown(bpy, tmp_path):
+    from neus_blender_addon import reconstruct
+
+    s = bpy.context.scene.neus
+    s.engine_settings = "train.lr=[0.1"  # an override the engine's config parser cannot read
+    s.show_preview = False
+    with pytest.raises(RuntimeError, match="Reconstruction failed"):
+        bpy.ops.neus.reconstruct(mode="BLOCKING")
+    run = reconstruct.last_run
+    assert s.state == "failed" and run.status.returncode in (1, 2) and not s.running
+    # The engine's own one-line message (it also prints it as "error: ..." on stderr) reaches the UI.
+    log = (tmp_path / "run" / "engine_stderr.log").read_text()
+    engine_msg = next(ln[len("error: "):] for ln in log.splitlines() if ln.startswith("error: "))
+    assert engine_msg and engine_msg in s.last_error
+
+
+def test_unregister_stops_a_running_engine(bpy):
+    import neus_blender_addon as addon
+    from neus_blender_addon import reconstruct
+
+    s = bpy.context.scene.neus
+    s.steps = 100000
+    s.show_preview = False
+    assert bpy.ops.neus.reconstruct(mode="ASYNC") == {"FINISHED"}
+    run = reconstruct.active_run()
+    addon.unregister()
+    try:
+        assert run.process.wait(15) is not None  # the engine process is gone ...
+        assert not reconstruct.is_running()  # ... and the add-on forgot it
+    finally:
+        addon.register()  # the fixture unregisters
+
+
+def test_check_engine_runs_doctor(bpy, capfd):
+    assert bpy.ops.neus.check_engine() == {"FINISHED"}
+    out = capfd.readouterr().out
+    assert "Engine: " in out and "torch: " in out and "python: " in out
