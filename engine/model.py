@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .fields.geometry import BackgroundField, RadianceField, SDFField
+from .profiling import PhaseTimer
 from .render.occupancy import OccupancyGrid
 from .render.primitives import (
     accumulate_along_rays,
@@ -86,6 +87,7 @@ class NeuSModel(nn.Module):
             else None
         self.step_size = math.sqrt(3) * 2 * self.radius / float(cfg.num_samples_per_ray)
         self.register_buffer("cos_anneal_ratio", torch.tensor(1.0 if int(cfg.cos_anneal_end) <= 0 else 0.0))
+        self.timer = PhaseTimer()
 
     # ---------------------------------------------------------------- schedules
     def inv_s(self) -> Tensor:
@@ -104,6 +106,7 @@ class NeuSModel(nn.Module):
         if self.occupancy is not None and step >= int(occ.warmup_steps) and step % int(occ.update_every) == 0:
             self.occupancy.update(self.geometry.sdf, float(self.inv_s().detach()), self.step_size,
                                   fraction=float(occ.get("update_fraction", 1.0)))
+        self.timer.mark("occupancy_update")
 
     # ---------------------------------------------------------------- rendering
     def render_rays(self, origins: Tensor, dirs: Tensor, bg_color: Tensor, stratified: bool = False) -> RenderOutput:
@@ -127,9 +130,11 @@ class NeuSModel(nn.Module):
         t_len = t1 - t0
         d = dirs[ray_idx]
         pts = origins[ray_idx] + d * t_mid[:, None]
+        self.timer.mark("marching")
         sdf, grad, feat = self.geometry(pts, with_grad=True)
         normals = F.normalize(grad, dim=-1)
         rgb_s = self.radiance(feat, d, normals)
+        self.timer.mark("field_forward")
         alpha = neus_alpha(sdf, normals, d, t_len, self.inv_s(), float(self.cos_anneal_ratio))
         weights, _ = render_weights_from_alpha(alpha, ray_idx, n_rays)
         opacity = accumulate_along_rays(weights, ray_idx, n_rays)[:, 0]
@@ -142,6 +147,7 @@ class NeuSModel(nn.Module):
         else:
             bg = bg_color.expand(n_rays, 3) if bg_color.dim() == 1 else bg_color
         rgb = rgb + (1.0 - opacity[:, None]) * bg
+        self.timer.mark("rendering")
         return RenderOutput(rgb, opacity, depth, normal, int(t_mid.shape[0]), sdf, grad, weights, t_mid, t_len,
                             ray_idx, pts)
 

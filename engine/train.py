@@ -51,6 +51,7 @@ class FitRequest:
     overrides: list[str] = field(default_factory=list)
     resume: bool = False
     export_on_cancel: bool = False
+    profile: bool = False  # per-phase timings (synchronises the device every phase: benchmark only)
 
 
 def checkpoint_path(run_dir: Path) -> Path:
@@ -94,10 +95,12 @@ class ProgressCallback(L.Callback):
         self.t0 = time.monotonic()
         self.last_ckpt_time = time.monotonic()
         self.cancelled = False
+        self.samples_total = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = int(trainer.global_step)
         stats = pl_module.last_stats
+        self.samples_total += int(stats.get("samples", 0))
         elapsed = time.monotonic() - self.t0
         done = max(1, step - self.start_step)
         eta = elapsed / done * (self.total - step)
@@ -206,19 +209,26 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
                          "samples_per_step": int(cfg.train.target_samples)})
 
     from .export import ExportOptions, export_mesh, write_preview_mesh
-    from .validate import validation_psnr
+    from .validate import validation_metrics
 
     def preview(step: int) -> None:
         path = write_preview_mesh(system.model, cfg, req.run_dir, step)
         if path is not None:
             emitter.emit("preview_mesh", step=step, path=str(path.resolve()))
 
+    metrics: dict = {}
+
     def validate(step: int) -> None:
         if len(held_idx):
-            psnr = validation_psnr(system.model, scene, held_idx, cfg)
-            emitter.emit("validation", step=step, psnr=psnr, n_views=int(min(len(held_idx), cfg.train.val_max_views)))
+            metrics.update(validation_metrics(system.model, scene, held_idx, cfg))
+            emitter.emit("validation", step=step, psnr=metrics["psnr"], mask_iou=metrics["mask_iou"],
+                         n_views=int(min(len(held_idx), cfg.train.val_max_views)))
 
     callback = ProgressCallback(emitter, cancel, req.run_dir, cfg, total, start_step, preview, validate)
+    if req.profile:
+        system.model.timer.enable(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     emitter.emit("stage", stage="training")
     t_train0 = time.monotonic()
     trainer = L.Trainer(callbacks=[callback], **_trainer_kwargs(device, cfg))
@@ -244,11 +254,21 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
     t0 = time.monotonic()
     files = export_mesh(model, cfg, scene, req.run_dir, emitter, ExportOptions.from_config(cfg.export),
                         timings := {})
-    return {"event": "done", "mesh": str(files["ply"]), "files": {k: str(v) for k, v in files.items()},
-            "steps": step, "timings": {"load_s": round(t_load, 2), "train_s": round(t_train, 2),
-                                       "extract_s": round(timings.get("extract_s", 0.0), 2),
-                                       "export_s": round(timings.get("export_s", time.monotonic() - t0), 2),
-                                       "total_s": round(time.monotonic() - t_start, 2)}}
+    result = {"event": "done", "mesh": str(files["ply"]), "files": {k: str(v) for k, v in files.items()},
+              "steps": step, "timings": {"load_s": round(t_load, 2), "train_s": round(t_train, 2),
+                                         "extract_s": round(timings.get("extract_s", 0.0), 2),
+                                         "export_s": round(timings.get("export_s", time.monotonic() - t0), 2),
+                                         "total_s": round(time.monotonic() - t_start, 2)}}
+    if metrics:
+        result["validation"] = metrics
+    if req.profile:
+        result["profile_ms_per_step"] = system.model.timer.summary_ms()
+        result["device"] = str(device)
+        result["device_name"] = device_name(device)
+        result["mean_samples_per_step"] = callback.samples_total / max(1, step - start_step)
+        if device.type == "cuda":
+            result["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+    return result
 
 
 def env_threads() -> None:

@@ -11,20 +11,27 @@ from typing import Any
 import numpy as np
 
 from .color import ColorSource
-from .extract import mesh_vertex_normals
+from .extract import decimate, mesh_vertex_normals
 
 
 def unwrap_uv(
-    vertices: np.ndarray, faces: np.ndarray, texture_size: int = 2048, padding: int = 2
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    texture_size: int = 2048,
+    padding: int = 2,
+    max_chart_faces: int | None = 2000,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Parametrizes the mesh into charts packed in one ``texture_size`` atlas.
 
-    xatlas splits vertices along chart seams, so the result indexes a new vertex list.
+    xatlas splits vertices along chart seams, so the result indexes a new vertex list. Its chart growing is
+    super-linear in the chart size (an unbounded 200k-face mesh took ~10 min on 2 cores, ~20-40 s with the
+    default bound), so charts are capped at about ``max_chart_faces`` faces' worth of area and boundary.
 
     Args:
         vertices: (V, 3); faces: (F, 3).
         texture_size: atlas resolution the packing targets (texels).
         padding: texels between charts (room for dilation and bilinear filtering).
+        max_chart_faces: chart size bound in average faces (None: xatlas defaults, unbounded).
     Returns:
         vmapping (V',) int64 index of each new vertex in ``vertices``, faces (F, 3) int64 into the new
         vertices, uvs (V', 2) float32 in [0, 1].
@@ -35,13 +42,24 @@ def unwrap_uv(
     f = np.ascontiguousarray(faces, dtype=np.uint32)
     if len(f) == 0:
         raise ValueError("unwrap_uv: the mesh has no faces")
-    atlas = xatlas.Atlas()
-    atlas.add_mesh(v, f)
-    pack = xatlas.PackOptions()
-    pack.resolution = int(texture_size)
-    pack.padding = int(padding)
-    pack.bilinear = True
-    atlas.generate(xatlas.ChartOptions(), pack)
+    chart = xatlas.ChartOptions()
+    if max_chart_faces is not None and len(f) > max_chart_faces:
+        tri = v[f].astype(np.float64)
+        area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1).sum()
+        chart_area = float(area) * max_chart_faces / len(f)
+        chart.max_chart_area = chart_area
+        chart.max_boundary_length = 4.0 * chart_area**0.5  # the perimeter of a square of that area
+    for resolution in (int(texture_size), 0):
+        atlas = xatlas.Atlas()
+        atlas.add_mesh(v, f)
+        pack = xatlas.PackOptions()
+        pack.resolution = resolution
+        pack.padding = int(padding)
+        pack.bilinear = True
+        atlas.generate(chart, pack)
+        # Charts that overflow one atlas go to a second one with overlapping UVs: repack auto-sized instead.
+        if atlas.atlas_count == 1:
+            break
     vmapping, new_faces, uvs = atlas[0]
     uvs = np.clip(np.asarray(uvs, dtype=np.float32), 0.0, 1.0)
     return vmapping.astype(np.int64), new_faces.astype(np.int64).reshape(-1, 3), uvs
@@ -173,8 +191,13 @@ def texture_mesh(
     texture_size: int = 2048,
     padding: int | None = None,
     atlas_padding: int = 2,
+    max_chart_faces: int | None = 2000,
+    max_faces: int | None = 200_000,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """UV-unwraps a mesh and bakes its diffuse texture.
+    """UV-unwraps a mesh and bakes its diffuse texture (decimating it first if it has over ``max_faces`` faces).
+
+    The returned geometry is the textured mesh (split along UV seams, possibly decimated): export it, not the
+    input. xatlas needs ~20-40 s for 200k faces on 2 CPU cores and grows super-linearly, hence ``max_faces``.
 
     Args:
         vertices: (V, 3); faces: (F, 3).
@@ -183,13 +206,19 @@ def texture_mesh(
         texture_size: texture side (texels).
         padding: texture dilation (see :func:`dilate_texture`).
         atlas_padding: texels between charts in the atlas.
+        max_chart_faces: chart size bound for xatlas (see :func:`unwrap_uv`).
+        max_faces: decimate larger meshes to this many faces first (None: never; the normals are then
+            recomputed from the decimated mesh). Needs ``fast-simplification`` when it applies.
     Returns:
         new_vertices (V', 3) float32, new_faces (F, 3) int64, uvs (V', 2) float32 in [0, 1],
         texture (T, T, 3) uint8.
     """
     v = np.asarray(vertices, dtype=np.float32)
     f = np.asarray(faces, dtype=np.int64)
-    vmapping, new_faces, uvs = unwrap_uv(v, f, texture_size, atlas_padding)
+    if max_faces is not None and len(f) > max_faces:
+        v, f = decimate(v, f, int(max_faces))
+        normals = None
+    vmapping, new_faces, uvs = unwrap_uv(v, f, texture_size, atlas_padding, max_chart_faces)
     nrm = mesh_vertex_normals(v, f) if normals is None else np.asarray(normals, dtype=np.float32)
     new_v = v[vmapping]
     texture = bake_texture(new_v, new_faces, uvs, color_source, nrm[vmapping], texture_size, padding)

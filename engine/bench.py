@@ -1,0 +1,96 @@
+"""Benchmark: run a preset on a scene and print one JSON summary (speed, memory, quality, per-phase profile).
+
+    python -m engine.bench datasets/sample_scene/data --preset preview \
+        --gt datasets/sample_scene/data/gt_mesh_normalized.ply
+
+Not a test: it prints figures. Copy the ones you quote into engine/BENCHMARKS.md with device, date and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .protocol import Emitter
+from .train import CancelToken, FitRequest, env_threads, run_fit
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).parent, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_benchmark(scene: Path, preset: str, device: str, steps: int | None, gt: Path | None, holdout: int,
+                  overrides: list[str], out_dir: Path) -> dict:
+    env_threads()
+    req = FitRequest(data_dir=scene, run_dir=out_dir, preset=preset, steps=steps, device=device,
+                     overrides=[f"data.holdout_every={holdout}", *overrides], profile=True)
+    result = run_fit(req, Emitter("none"), CancelToken())
+    t = result["timings"]
+    n_steps = int(result["steps"])
+    summary = {
+        "date": datetime.date.today().isoformat(), "commit": git_commit(), "scene": str(scene), "preset": preset,
+        "device": result["device"], "device_name": result["device_name"], "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "steps": n_steps, "train_s": t["train_s"], "extract_s": t["extract_s"],
+        "export_s": t["export_s"], "load_s": t["load_s"],
+        "wall_to_mesh_s": round(t["train_s"] + t["extract_s"] + t["export_s"], 2),
+        "steps_per_s": round(n_steps / max(t["train_s"], 1e-9), 2),
+        "samples_per_s": round(result["mean_samples_per_step"] * n_steps / max(t["train_s"], 1e-9)),
+        "mean_samples_per_step": round(result["mean_samples_per_step"]),
+        "peak_gpu_memory_gb": result.get("peak_memory_gb"),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "heldout_psnr": (result.get("validation") or {}).get("psnr"),
+        "mask_iou": (result.get("validation") or {}).get("mask_iou"),
+        "profile_ms_per_step": result["profile_ms_per_step"],
+    }
+    if gt is not None:
+        from .mesh.evaluate import evaluate_mesh
+        from .mesh.io import read_mesh
+
+        metrics = evaluate_mesh(result["mesh"], gt, threshold=0.01, n_samples=200_000)["normalized"]
+        gt_vertices = read_mesh(gt).vertices
+        radius = float(np.linalg.norm(gt_vertices - gt_vertices.mean(0), axis=1).max())
+        summary.update(chamfer_l1=round(metrics["chamfer_l1"], 5), fscore_at_0_01=round(metrics["fscore"], 4),
+                       gt_radius=round(radius, 4), chamfer_pct_of_radius=round(100 * metrics["chamfer_l1"] / radius, 3))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("scene", type=Path)
+    p.add_argument("--preset", default="preview")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--gt", type=Path, default=None, help="ground-truth mesh (normalized frame) for Chamfer")
+    p.add_argument("--holdout", type=int, default=8, help="hold out every k-th view for PSNR / IoU")
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--out", type=Path, default=None, help="run folder (default: a temporary one)")
+    p.add_argument("--results", type=Path, default=None, help="append the JSON summary to this JSON-lines file")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = run_benchmark(args.scene, args.preset, args.device, args.steps, args.gt, args.holdout,
+                                args.overrides, args.out or Path(tmp) / "run")
+    print(json.dumps(summary))
+    if args.results is not None:
+        with open(args.results, "a") as f:
+            f.write(json.dumps(summary) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
