@@ -104,5 +104,19 @@ def resolve_auto(cfg: DictConfig, has_masks: bool, device_type: str) -> DictConf
     return cfg
 
 
+def resolve_accelerators(cfg: DictConfig, device) -> DictConfig:
+    """Switches the hash grid to tinycudann and the scans to nerfacc where configured and possible (in place)."""
+    from .accel import want
+
+    if want(cfg.accel.tcnn, "tinycudann", device) and cfg.model.geometry.encoding.otype == "HashGrid":
+        cfg.model.geometry.encoding.otype = "TcnnHashGrid"
+        if cfg.model.geometry.grad_mode == "closed_form":
+            cfg.model.geometry.grad_mode = "finite_difference"
+    cfg.model.use_nerfacc = want(cfg.accel.nerfacc, "nerfacc", device)
+    cfg.accel.tcnn = cfg.model.geometry.encoding.otype == "TcnnHashGrid"
+    cfg.accel.nerfacc = bool(cfg.model.use_nerfacc)
+    return cfg
+
+
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg)

@@ -88,6 +88,11 @@ class NeuSModel(nn.Module):
         self.step_size = math.sqrt(3) * 2 * self.radius / float(cfg.num_samples_per_ray)
         self.register_buffer("cos_anneal_ratio", torch.tensor(1.0 if int(cfg.cos_anneal_end) <= 0 else 0.0))
         self.timer = PhaseTimer()
+        self.weights_from_alpha = render_weights_from_alpha
+        if cfg.get("use_nerfacc", False):
+            from .accel import nerfacc_weights
+
+            self.weights_from_alpha = nerfacc_weights
 
     # ---------------------------------------------------------------- schedules
     def inv_s(self) -> Tensor:
@@ -136,7 +141,7 @@ class NeuSModel(nn.Module):
         rgb_s = self.radiance(feat, d, normals)
         self.timer.mark("field_forward")
         alpha = neus_alpha(sdf, normals, d, t_len, self.inv_s(), float(self.cos_anneal_ratio))
-        weights, _ = render_weights_from_alpha(alpha, ray_idx, n_rays)
+        weights, _ = self.weights_from_alpha(alpha, ray_idx, n_rays)
         opacity = accumulate_along_rays(weights, ray_idx, n_rays)[:, 0]
         rgb = accumulate_along_rays(weights, ray_idx, n_rays, rgb_s)
         depth = accumulate_along_rays(weights, ray_idx, n_rays, t_mid[:, None])[:, 0]

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 import datasets
 
-from .config import ConfigError, build_config, resolve_auto, to_yaml
+from .config import ConfigError, build_config, resolve_accelerators, resolve_auto, to_yaml
 from .device import device_name, select_device
 from .errors import Cancelled, InputError
 from .mesh.io import atomic_path, atomic_write
@@ -182,7 +182,9 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
     req.run_dir.mkdir(parents=True, exist_ok=True)
     cfg, scene = prepare(req, emitter)
     device = select_device(str(cfg.device))
-    resolve_auto(cfg, scene.masks is not None, device.type)
+    if not req.resume:
+        resolve_auto(cfg, scene.masks is not None, device.type)
+        resolve_accelerators(cfg, device)
     if cancel.is_set():
         raise Cancelled()
     train_idx, held_idx = split_views(scene.n_views, int(cfg.data.holdout_every))

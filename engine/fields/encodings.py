@@ -214,4 +214,8 @@ def make_encoding(cfg: dict) -> nn.Module:
         return HashGrid(**cfg)
     if otype == "Frequency":
         return FrequencyEncoding(**cfg)
+    if otype == "TcnnHashGrid":
+        from ..accel import TcnnHashGrid
+
+        return TcnnHashGrid(**cfg)
     raise ValueError(f"unknown encoding type {otype!r}")

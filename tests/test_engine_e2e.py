@@ -1,0 +1,39 @@
+"""End to end on the CPU: train on the bundled scene, then judge the surface and held-out views.
+
+Smoke bounds (not the goal; see engine/BENCHMARKS.md): Chamfer-L1 within 5 % of the object's bounding radius and
+held-out PSNR >= 20 dB.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import trimesh
+from engine_helpers import SAMPLE, run_engine
+
+from engine.mesh.evaluate import evaluate_mesh
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (SAMPLE / "cameras_sphere.npz").is_file(), reason="bundled sample scene missing")]
+
+
+def test_preview_reconstructs_the_sample_scene(tmp_path):
+    run = tmp_path / "run"
+    code, events, err = run_engine("fit", str(SAMPLE), "--out", str(run), "--preset", "preview", "--steps", "500",
+                                   "--progress", "jsonl", "--set", "data.holdout_every=8",
+                                   "--set", "export.resolution=128", timeout=900)
+    assert code == 0, err[-3000:]
+    validation = [e for e in events if e["event"] == "validation"]
+    assert validation, "no held-out validation was reported"
+    assert validation[-1]["psnr"] >= 20.0, validation[-1]
+    assert validation[-1]["mask_iou"] > 0.9, validation[-1]
+
+    gt_radius = json.loads((SAMPLE / "scene.json").read_text())["bounding_radius_normalized"]
+    metrics = evaluate_mesh(run / "mesh.ply", SAMPLE / "gt_mesh_normalized.ply", threshold=0.02,
+                            n_samples=50_000)["normalized"]
+    assert metrics["chamfer_l1"] < 0.05 * gt_radius, metrics
+    mesh = trimesh.load(run / "mesh.ply", process=False)
+    colors = np.asarray(mesh.visual.vertex_colors)[:, :3]
+    assert colors.std() > 10, "vertex colours are flat"
