@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -57,7 +58,7 @@ def build_config(preset: str = "preview", fmt: str | None = None, has_masks: boo
     try:
         layers.append(OmegaConf.from_dotlist(list(overrides or [])))
         cfg = OmegaConf.merge(*layers)
-    except (OmegaConfBaseException, ValueError) as exc:
+    except (OmegaConfBaseException, ValueError, yaml.YAMLError) as exc:
         raise ConfigError(f"bad config: {str(exc).splitlines()[0]}") from exc
     _check_types(layers[0], cfg, "")
     OmegaConf.set_struct(cfg, False)

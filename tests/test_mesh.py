@@ -248,7 +248,11 @@ def test_decimate():
     assert np.abs(np.linalg.norm(dv, axis=1) - 0.5).max() < 0.02
     mesh = trimesh.Trimesh(dv, df, process=False)
     assert mesh.is_watertight and mesh.volume > 0
-    assert decimate(v, f, len(f) + 10)[1] is not None and len(decimate(v, f, len(f) + 10)[1]) == len(f)
+    assert len(decimate(v, f, len(f) + 10)[1]) == len(f)
+    # Texturing decimates meshes above max_faces first.
+    tv, tf, uvs, tex = texture_mesh(v, f, lambda p, n: rgb_of_position(p), texture_size=128, max_faces=600)
+    assert 480 <= len(tf) <= 660 and uvs.shape == (len(tv), 2)
+    assert np.abs(np.linalg.norm(tv, axis=1) - 0.5).max() < 0.03
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,0 +1,97 @@
+"""Scene settings and run status (``scene.neus``)."""
+
+# No `from __future__ import annotations`: Blender reads the property annotations as objects.
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+
+from .protocol import RunStatus, format_eta
+
+PRESET_ITEMS = [
+    ("preview", "Preview", "Fast, coarse result to check the setup (minutes on a GPU)"),
+    ("fast", "Fast", "Good quality in a short time"),
+    ("quality", "Quality", "Best quality; slowest"),
+]
+DEVICE_ITEMS = [
+    ("auto", "Auto", "CUDA if available, then Apple MPS, else CPU"),
+    ("cpu", "CPU", "Run on the CPU (slow)"),
+    ("cuda", "CUDA", "NVIDIA GPU"),
+    ("mps", "MPS", "Apple silicon GPU"),
+]
+FRAME_ITEMS = [
+    ("normalized", "Normalized", "Object inside the unit sphere, as the engine works (default)"),
+    ("world", "World", "The dataset's own world frame: cameras and mesh parented to an empty holding scale_mat"),
+]
+FORMAT_ITEMS = [
+    ("auto", "Auto", "Detect from the files in the folder"),
+    ("dtu", "DTU / NeuS", "cameras_sphere.npz + image/ (+ mask/)"),
+    ("blender", "NeRF Synthetic", "transforms_*.json"),
+    ("colmap", "COLMAP", "sparse/0 + images/"),
+]
+
+
+class NEUS_PG_settings(bpy.types.PropertyGroup):
+    """Per-scene settings of the reconstruction and the status of the current run."""
+
+    data_dir: StringProperty(name="Photos", description="Dataset folder (DTU, NeRF-synthetic or COLMAP layout)",
+                             subtype="DIR_PATH", default="")
+    output_dir: StringProperty(name="Output", description="Run folder for the engine's results "
+                               "(empty: neus_runs/<dataset> beside the .blend file, or in the temp folder)",
+                               subtype="DIR_PATH", default="")
+    data_format: EnumProperty(name="Format", items=FORMAT_ITEMS, default="auto")
+    preset: EnumProperty(name="Preset", items=PRESET_ITEMS, default="fast")
+    device: EnumProperty(name="Device", items=DEVICE_ITEMS, default="auto")
+    steps: IntProperty(name="Steps", description="Training steps (0 = the preset's default)", default=0, min=0,
+                       soft_max=100000)
+    frame: EnumProperty(name="Frame", items=FRAME_ITEMS, default="normalized")
+    texture: BoolProperty(name="Texture", description="Also export and import a textured mesh (UV atlas)",
+                          default=False)
+    engine_settings: StringProperty(name="Extra Settings", description="Advanced: engine config overrides, "
+                                    "space-separated KEY=VALUE (e.g. export.resolution=256 train.lr=0.01)",
+                                    default="")
+    show_preview: BoolProperty(name="Live Preview", description="Show the engine's low-resolution preview meshes "
+                               "while it trains", default=True)
+
+    # Run status (written by the add-on only).
+    running: BoolProperty(name="Running", default=False)
+    state: StringProperty(name="State", default="idle")
+    stage: StringProperty(name="Stage", default="")
+    step: IntProperty(name="Step", default=0)
+    total: IntProperty(name="Total", default=0)
+    loss: FloatProperty(name="Loss", default=0.0)
+    psnr: FloatProperty(name="PSNR", default=0.0)
+    has_loss: BoolProperty(default=False)
+    has_psnr: BoolProperty(default=False)
+    eta: StringProperty(name="ETA", default="")
+    progress: FloatProperty(name="Progress", subtype="FACTOR", min=0.0, max=1.0, default=0.0)
+    status_text: StringProperty(name="Status", default="")
+    last_error: StringProperty(name="Last Error", default="")
+    run_dir: StringProperty(name="Run Folder", description="Folder of the last run", subtype="DIR_PATH", default="")
+    result_object: StringProperty(name="Result", default="")
+
+
+def apply_status(settings: NEUS_PG_settings, status: RunStatus) -> None:
+    """Copies a :class:`RunStatus` into the scene properties (main thread only)."""
+    settings.running = status.state == "running"
+    settings.state = status.state
+    settings.stage = status.stage
+    settings.step = int(status.step)
+    settings.total = int(status.total)
+    settings.has_loss = status.loss is not None
+    settings.loss = float(status.loss or 0.0)
+    settings.has_psnr = status.psnr is not None
+    settings.psnr = float(status.psnr or 0.0)
+    settings.eta = format_eta(status.eta_s) if status.state == "running" else ""
+    settings.progress = status.fraction
+    settings.status_text = status.status_text()
+    settings.last_error = status.last_error
+
+
+classes = (NEUS_PG_settings,)
+
+
+def register() -> None:
+    bpy.types.Scene.neus = bpy.props.PointerProperty(type=NEUS_PG_settings)
+
+
+def unregister() -> None:
+    del bpy.types.Scene.neus

@@ -1,0 +1,76 @@
+"""Files in an engine run directory (``engine/PROTOCOL.md``, "Files in RUN_DIR"). No bpy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+NORMALIZATION_JSON = "normalization.json"
+MESH_PLY = "mesh.ply"
+MESH_SUFFIXES = (".ply", ".obj", ".glb", ".gltf")
+# OBJ first: it holds plain coordinates, while glTF importers convert axes (see blender_mesh).
+TEXTURED_SUFFIXES = (".obj", ".glb", ".gltf")
+
+
+def read_normalization(path: str | Path) -> np.ndarray:
+    """``scale_mat`` (4, 4) normalized -> world from ``normalization.json`` (a file or its run directory).
+
+    Raises:
+        ValueError: missing file, bad JSON, or a ``scale_mat`` that is not a finite 4x4 matrix.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / NORMALIZATION_JSON
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror or e})") from e
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(obj, dict) or "scale_mat" not in obj:
+        raise ValueError(f"{path}: no 'scale_mat' entry")
+    try:
+        mat = np.array(obj["scale_mat"], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: 'scale_mat' is not a numeric matrix") from e
+    if mat.shape != (4, 4) or not np.all(np.isfinite(mat)):
+        raise ValueError(f"{path}: 'scale_mat' must be a finite 4x4 list of rows, got shape {mat.shape}")
+    return mat
+
+
+def mesh_format(path: str | Path) -> str:
+    """``"ply" | "obj" | "gltf"`` from a mesh file's suffix; ValueError for anything else."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".ply":
+        return "ply"
+    if suffix == ".obj":
+        return "obj"
+    if suffix in (".glb", ".gltf"):
+        return "gltf"
+    raise ValueError(f"{path}: unsupported mesh format '{suffix}' (expected .ply, .obj, .glb or .gltf)")
+
+
+def textured_mesh_from(files: dict[str, str]) -> str | None:
+    """A textured mesh (OBJ first, then glTF) among a ``done`` event's ``files``, if any."""
+    for suffix in TEXTURED_SUFFIXES:
+        for path in files.values():
+            if str(path).lower().endswith(suffix):
+                return str(path)
+    return None
+
+
+def newest_mesh(run_dir: str | Path, suffixes: tuple[str, ...] = TEXTURED_SUFFIXES, since: float = 0.0) -> str | None:
+    """The most recently written mesh with one of ``suffixes`` directly in ``run_dir`` (modified after
+    ``since``, seconds since the epoch)."""
+    best: tuple[float, str] | None = None
+    root = Path(run_dir)
+    if not root.is_dir():
+        return None
+    for p in root.iterdir():
+        if p.is_file() and p.suffix.lower() in suffixes:
+            mtime = p.stat().st_mtime
+            if mtime >= since and (best is None or mtime > best[0]):
+                best = (mtime, str(p))
+    return best[1] if best else None
