@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The whole GPU check (issues 3 and 7) in one script, for a bare GPU machine with no network that has PyTorch
+# (CUDA), Triton and Lightning but not every other dependency.
+#
+#   bash engine/gpu/gpu_check.sh --prepare   # here, once: wheels + an 800x600 copy of the DTU scan into .gpu/
+#   bash engine/gpu/gpu_check.sh             # there, from the repo root, with .gpu/ carried; results in $OUT
+#
+# Budget: <= 8 minutes wall in total (each run is capped by `timeout`). Copy the printed JSON lines into
+# engine/BENCHMARKS.md with the device, date and commit they carry.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+
+if [ "${1:-}" = "--prepare" ]; then
+  set -e
+  grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
+  mkdir -p .gpu/whl
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d .gpu/whl omegaconf==2.4.0 PyMCubes==0.1.6 trimesh==4.5.0 xatlas==0.0.11
+  [ -d .gpu/dtu65_800 ] || .venv/bin/python -m datasets.downscale ../shared/data/dtu_scan65 .gpu/dtu65_800 --factor 2
+  du -sh .gpu
+  exit 0
+fi
+
+OUT="${OUT:-/tmp/gpu_check}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl \
+  || { echo "wheel install failed"; exit 1; }
+export PYTHONPATH="/tmp/site:$PWD"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/nvidia_smi.txt"
+git rev-parse --short HEAD 2>/dev/null | tee "$OUT/commit.txt"
+python3 -m engine doctor --json > "$OUT/doctor.json" || cat "$OUT/doctor.json"
+
+SCENE=.gpu/dtu65_800
+RESULTS="$OUT/results.jsonl"
+# Unit tests that only run where CUDA (and the optional accelerators) exist.
+timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_engine_accel.py tests/test_engine_render.py \
+  2>&1 | tail -5 | tee "$OUT/pytest.txt"
+# fast: a usable mesh in <= 60 s is the goal; quality: 20k steps + 512^3 mesh in <= 3 minutes.
+timeout 150 python3 -m engine.bench "$SCENE" --preset fast --results "$RESULTS" 2> "$OUT/fast.err" \
+  || tail -20 "$OUT/fast.err"
+timeout 300 python3 -m engine.bench "$SCENE" --preset quality --results "$RESULTS" 2> "$OUT/quality.err" \
+  || tail -20 "$OUT/quality.err"
+cat "$RESULTS"
