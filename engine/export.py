@@ -105,6 +105,9 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
                 timings: dict | None = None) -> dict[str, Path]:
     """Writes ``mesh.ply`` (always, normalized frame), ``normalization.json`` and the requested extras.
 
+    OBJ and GLB files are written Y-up, as those formats expect (``(x, y, z)`` stored as ``(x, z, -y)``), so
+    Blender's and other tools' importers place them like ``mesh.ply``.
+
     Returns a mapping of output names to paths.
     """
     timings = {} if timings is None else timings
@@ -135,14 +138,14 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
                                         fallback=model.albedo, bound_radius=model.radius, device=_device_of(model))
         tv, tf, uvs, tex = texture_mesh(verts, faces, source, normals=normals, texture_size=int(opts.texture_size))
         tv_out = transform_vertices(tv, scale_mat) if opts.frame == "world" else tv
-        for key, path in write_obj(run_dir / f"mesh_textured{suffix}.obj", tv_out, tf, uvs, tex).items():
+        for key, path in write_obj(run_dir / f"mesh_textured{suffix}.obj", tv_out, tf, uvs, tex, yup=True).items():
             files[f"obj_{key}" if key != "obj" else "obj"] = path
-        files["glb"] = write_glb(run_dir / f"mesh_textured{suffix}.glb", tv_out, tf, uvs=uvs, texture=tex)
+        files["glb"] = write_glb(run_dir / f"mesh_textured{suffix}.glb", tv_out, tf, uvs=uvs, texture=tex, yup=True)
     else:
         if "obj" in extra:
-            files["obj"] = write_obj(run_dir / f"mesh{suffix}.obj", out_verts, faces, colors=colors)["obj"]
+            files["obj"] = write_obj(run_dir / f"mesh{suffix}.obj", out_verts, faces, colors=colors, yup=True)["obj"]
         if "glb" in extra:
-            files["glb"] = write_glb(run_dir / f"mesh{suffix}.glb", out_verts, faces, colors=colors)
+            files["glb"] = write_glb(run_dir / f"mesh{suffix}.glb", out_verts, faces, colors=colors, yup=True)
     timings["export_s"] = time.monotonic() - t1
     return files
 

@@ -109,14 +109,15 @@ def _import_with_operator(path: Path, fmt: str, gltf_z_up: bool) -> list[bpy.typ
     before = set(bpy.data.objects)
     with _operator_context():
         if fmt == "obj":
-            # The engine writes coordinates as they are (Z up): no axis conversion.
-            bpy.ops.wm.obj_import(filepath=str(path), forward_axis="Y", up_axis="Z")
+            # OBJ and glTF files from the engine are Y-up (each format's convention): the importers' default
+            # axis conversion brings them back to the normalized frame's Z-up.
+            bpy.ops.wm.obj_import(filepath=str(path))
         else:
             bpy.ops.import_scene.gltf(filepath=str(path))
     new = [o for o in bpy.data.objects if o not in before]
     if fmt == "gltf" and gltf_z_up:
-        # The glTF importer turns the file's +Y-up into Blender's +Z-up: (x, y, z) -> (x, -z, y). The engine's
-        # files hold normalized-frame (Z-up) coordinates, so undo that on the mesh data.
+        # For files holding raw Z-up coordinates (not the engine's): the glTF importer turns +Y-up into
+        # Blender's +Z-up, (x, y, z) -> (x, -z, y), so undo that on the mesh data.
         undo = Matrix.Rotation(-np.pi / 2, 4, "X")
         for o in new:
             if o.type == "MESH" and o.parent is None:
@@ -127,7 +128,7 @@ def _import_with_operator(path: Path, fmt: str, gltf_z_up: bool) -> list[bpy.typ
 
 def import_mesh(path: str | Path, name: str, collection: bpy.types.Collection,
                 parent: bpy.types.Object | None = None, scene: bpy.types.Scene | None = None,
-                gltf_z_up: bool = True) -> bpy.types.Object:
+                gltf_z_up: bool = False) -> bpy.types.Object:
     """Imports a mesh file as object ``name`` (replacing an existing object of that name) in the normalized
     frame, i.e. as a child of ``parent`` (the world-frame empty) when given.
 
@@ -163,9 +164,13 @@ def import_mesh(path: str | Path, name: str, collection: bpy.types.Collection,
             collection.objects.link(o)
             if o is not obj and o.parent is None:
                 o.parent = obj
+    if obj.matrix_basis != Matrix.Identity(4):
+        # Importers may express their axis conversion as the object's transform: bake it into the mesh so
+        # the object itself sits exactly in the cameras' frame.
+        obj.data.transform(obj.matrix_basis)
+        obj.matrix_basis = Matrix.Identity(4)
     if parent is not None:
         obj.parent = parent
         obj.matrix_parent_inverse = Matrix.Identity(4)
-    obj.matrix_basis = Matrix.Identity(4)
     obj[RESULT_PROP] = str(path)
     return obj

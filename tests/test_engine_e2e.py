@@ -30,7 +30,7 @@ def test_preview_reconstructs_the_sample_scene(tmp_path):
     assert validation[-1]["psnr"] >= 20.0, validation[-1]
     assert validation[-1]["mask_iou"] > 0.9, validation[-1]
 
-    gt_radius = json.loads((SAMPLE / "scene.json").read_text())["bounding_radius_normalized"]
+    gt_radius = json.loads((SAMPLE / "scene.json").read_text())["object"]["bounding_radius_normalized"]
     metrics = evaluate_mesh(run / "mesh.ply", SAMPLE / "gt_mesh_normalized.ply", threshold=0.02,
                             n_samples=50_000)["normalized"]
     assert metrics["chamfer_l1"] < 0.05 * gt_radius, metrics

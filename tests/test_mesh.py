@@ -29,6 +29,7 @@ from engine.mesh import (
     read_normalization_json,
     sample_surface,
     sdf_normals,
+    segment_occluded,
     texture_mesh,
     transform_mesh,
     transform_vertices,
@@ -336,6 +337,17 @@ def test_photo_colors_respect_occlusion_masks_and_fallback():
     np.testing.assert_allclose(col[0], rgb_of_position(bottom[0]), atol=1e-6)
 
 
+def test_segment_occluded_catches_thin_occluders_and_spares_near_misses():
+    slab = box_sdf((0.0, 0.0, 0.0), (0.5, 0.5, 0.004))  # a sheet 8e-3 thick
+    starts = torch.tensor([[0.0, 0.0, -0.8], [0.0, 0.0, -0.8], [0.7, 0.0, -0.8]])
+    ends = torch.tensor([[0.0, 0.0, 0.8], [0.0, 0.0, -0.1], [0.7, 0.0, 0.8]])  # through, short of it, beside it
+    assert segment_occluded(slab, starts, ends).tolist() == [True, False, False]
+    # Leaving the trusted sphere ends the march: a "wall" outside it is ignored.
+    wall = lambda p: 1.5 - p[:, 2]  # noqa: E731  (negative beyond z = 1.5)
+    assert segment_occluded(wall, starts[:1], torch.tensor([[0.0, 0.0, 3.0]])).tolist() == [False]
+    assert segment_occluded(wall, starts[:1], torch.tensor([[0.0, 0.0, 3.0]]), bound_radius=2.0).tolist() == [True]
+
+
 # ----------------------------------------------------------------------------------------------------
 # Texture
 # ----------------------------------------------------------------------------------------------------
@@ -490,6 +502,9 @@ def test_atomic_write_leaves_nothing_on_error(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         with atomic_write(target, "wb") as fh:
             fh.write(b"half a file")
+            # While writing: a hidden temporary that no "*.ply" glob matches, the old file intact.
+            (tmp,) = tmp_path.glob(f"{TMP_PREFIX}*")
+            assert tmp.name.endswith(".tmp") and target.read_bytes() == b"old"
             raise RuntimeError("boom")
     assert target.read_bytes() == b"old" and no_temp_files(tmp_path)
     with pytest.raises(ValueError, match="shape"):

@@ -66,14 +66,16 @@ def _bilinear(image: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Te
     h, w = image.shape[:2]
     u = u.clamp(0, w - 1)
     v = v.clamp(0, h - 1)
-    u0 = u.floor().long().clamp(max=w - 2) if w > 1 else u.floor().long()
-    v0 = v.floor().long().clamp(max=h - 2) if h > 1 else v.floor().long()
+    # Truncation is floor for these non-negative coordinates (and, unlike floor, fast on multi-threaded CPU).
+    u0 = u.long().clamp(max=max(w - 2, 0))
+    v0 = v.long().clamp(max=max(h - 2, 0))
     u1 = (u0 + 1).clamp(max=w - 1)
     v1 = (v0 + 1).clamp(max=h - 1)
     fu = (u - u0.to(u.dtype))[:, None]
     fv = (v - v0.to(v.dtype))[:, None]
-    top = image[v0, u0] * (1 - fu) + image[v0, u1] * fu
-    bot = image[v1, u0] * (1 - fu) + image[v1, u1] * fu
+    flat = image.reshape(h * w, -1)
+    top = flat[v0 * w + u0] * (1 - fu) + flat[v0 * w + u1] * fu
+    bot = flat[v1 * w + u0] * (1 - fu) + flat[v1 * w + u1] * fu
     return top * (1 - fv) + bot * fv
 
 

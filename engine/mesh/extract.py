@@ -325,8 +325,10 @@ def outside_visual_hull(
     """
     from datasets.geometry import project_points
 
-    K = np.asarray(K, dtype=np.float64).reshape(-1, 3, 3)
-    c2w = np.asarray(c2w, dtype=np.float64).reshape(-1, 3, 4)
+    K = np.asarray(K.cpu() if torch.is_tensor(K) else K, dtype=np.float64).reshape(-1, 3, 3)
+    c2w = np.asarray(c2w.cpu() if torch.is_tensor(c2w) else c2w, dtype=np.float64).reshape(-1, 3, 4)
+    if torch.is_tensor(masks):
+        masks = masks.cpu().numpy()
     if len(masks) != len(K) or len(c2w) != len(K):
         raise ValueError(f"got {len(K)} intrinsics, {len(c2w)} poses and {len(masks)} masks")
     v = np.asarray(vertices, dtype=np.float64)

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,20 +62,41 @@ class MeshData:
 # ----------------------------------------------------------------------------------------------------
 
 
+# mkstemp creates 0600 files; give the final file the mode a plain open() would (read once: os.umask sets it).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def _replace(src: Path, dst: Path, tries: int = 20) -> None:
+    """os.replace, retried briefly: on Windows it fails while another process (Blender) has ``dst`` open."""
+    for attempt in range(tries):
+        try:
+            os.replace(src, dst)
+            return
+        except PermissionError:
+            if os.name != "nt" or attempt == tries - 1:
+                raise
+            time.sleep(0.05)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, keep_suffix: bool = True) -> Iterator[Path]:
     """Yields a temporary path next to ``path``; renames it onto ``path`` if the block succeeds.
 
-    For libraries that write by file name. The temporary name keeps ``path``'s suffix, so writers that pick
-    the format from the extension still work. On an exception the temporary is removed and ``path`` untouched.
+    For libraries that write by file name. The temporary is a hidden file named ``.neus_tmp.<name>.<random>``
+    ending in ``path``'s suffix (``keep_suffix``, for writers that pick the format from the extension) or in
+    ``.tmp``. On an exception the temporary is removed and ``path`` is untouched.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}.{path.stem}.", suffix=path.suffix, dir=path.parent)
+    suffix = path.suffix if keep_suffix else ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}.{path.stem}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
+        with contextlib.suppress(OSError):
+            os.chmod(tmp_path, 0o666 & ~_UMASK)
+        _replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
@@ -97,7 +119,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
         raise ValueError(f"atomic_write: mode must be 'w' or 'wb', got {mode!r}")
     if "b" not in mode and encoding is None:
         encoding = "utf-8"
-    with atomic_path(path) as tmp:
+    # A ".tmp" ending: a folder watcher globbing "*.ply" never picks up a file still being written.
+    with atomic_path(path, keep_suffix=False) as tmp:
         with open(tmp, mode, encoding=encoding) as f:
             yield f
             f.flush()
