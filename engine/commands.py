@@ -102,10 +102,10 @@ def cmd_render(args, emitter: Emitter) -> int:
     import numpy as np
     import torch
 
+    from datasets.geometry import scale_intrinsics
     from datasets.rays import spherical_trajectory
 
     from .mesh.io import atomic_path
-    from .system import scale_intrinsics_t
 
     cfg, model = load_run(args.run_dir, args.device)
     scene = _load_scene_for(cfg)
@@ -115,7 +115,7 @@ def cmd_render(args, emitter: Emitter) -> int:
     cam_dist = float(np.median(np.linalg.norm(scene.c2w[:, :, 3], axis=1)))
     elev = float(np.degrees(np.arcsin(np.clip(np.median(scene.c2w[:, :, 3] @ scene.up) / cam_dist, -1, 1))))
     poses = spherical_trajectory(args.frames, cam_dist, elev, up=tuple(scene.up))
-    K = scale_intrinsics_t(torch.from_numpy(scene.K[0]).float(), float(args.downscale)).to(device)
+    K = torch.from_numpy(scale_intrinsics(scene.K[0], args.downscale)).float().to(device)
     h, w = scene.height // args.downscale, scene.width // args.downscale
     out_dir = args.run_dir / "render"
     out_dir.mkdir(exist_ok=True)

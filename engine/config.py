@@ -82,6 +82,8 @@ def _check_types(base: DictConfig, cfg: DictConfig, prefix: str) -> None:
         ok = isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int))
         if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, bool):
             ok = False
+        if isinstance(default, int | float) and not isinstance(default, bool) and isinstance(value, DictConfig):
+            ok = True  # a schedule {start, end, start_step, end_step} in place of a number
         if isinstance(default, str) and default == "auto" and isinstance(value, bool | str):
             ok = True  # "auto" switches also take true/false
         if isinstance(default, bool) and isinstance(value, str) and value == "auto":

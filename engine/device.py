@@ -43,4 +43,11 @@ def device_name(device: torch.device) -> str:
         return "Apple MPS"
     import platform
 
+    try:  # Linux: the processor's marketing name
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine() or "cpu"

@@ -31,6 +31,8 @@ def scheduled(value, step: int) -> float:
     """
     if isinstance(value, int | float):
         return float(value)
+    if not hasattr(value, "get"):
+        raise ValueError(f"a schedule must be a number or {{start, end, start_step, end_step}}, got {value!r}")
     start, end = float(value["start"]), float(value["end"])
     s0, s1 = int(value.get("start_step", 0)), int(value["end_step"])
     if step <= s0:
@@ -72,7 +74,7 @@ class NeuSModel(nn.Module):
         self.geometry = SDFField(
             encoding=dict(g.encoding), mlp=dict(g.mlp), radius=self.radius, feature_dim=int(g.feature_dim),
             include_xyz=bool(g.include_xyz), grad_mode=str(g.grad_mode), fd_points=int(g.fd_points),
-            fd_eps=float(g.fd_eps),
+            fd_eps=scheduled(g.fd_eps, 0),
         )
         r = cfg.radiance
         self.radiance = RadianceField(int(g.feature_dim), dict(r.mlp), int(r.sh_degree), bool(r.use_view_dir),
@@ -105,6 +107,7 @@ class NeuSModel(nn.Module):
         if prog.enabled:
             n_levels = int(prog.start_level) + max(0, step - int(prog.start_step)) // max(1, int(prog.update_steps))
             self.geometry.set_progress(n_levels)
+        self.geometry.fd_eps = scheduled(cfg.geometry.fd_eps, step)  # optionally shrinking FD step
         end = int(cfg.cos_anneal_end)
         self.cos_anneal_ratio.fill_(1.0 if end <= 0 else min(1.0, step / end))
         occ = cfg.occupancy
@@ -236,7 +239,7 @@ def compute_losses(model: NeuSModel, out: RenderOutput, target_rgb: Tensor, targ
     if w.get("sparsity", 0) > 0 and out.n_samples > 0:
         terms["sparsity"] = torch.exp(-float(model.cfg.sparsity_scale) * out.sdf.abs()).mean()
     if w.get("curvature", 0) > 0 and out.n_samples > 0:
-        lap = model.geometry.laplacian(out.points, out.sdf, float(model.cfg.geometry.fd_eps) * 4)
+        lap = model.geometry.laplacian(out.points, out.sdf, model.geometry.fd_eps * 4)
         terms["curvature"] = lap.abs().mean()
     if w.get("distortion", 0) > 0 and out.n_samples > 0:
         terms["distortion"] = distortion_loss(out.weights, out.t_mid, out.t_len, out.ray_indices, n_rays)

@@ -22,15 +22,6 @@ class _Steps(IterableDataset):
             yield 0
 
 
-def scale_intrinsics_t(K: Tensor, factor: float) -> Tensor:
-    """Torch twin of ``datasets.geometry.scale_intrinsics`` (pixel-centre aware): (..., 3, 3) -> (..., 3, 3)."""
-    K = K.clone()
-    K[..., :2, :] /= factor
-    K[..., 0, 2] += 0.5 / factor - 0.5
-    K[..., 1, 2] += 0.5 / factor - 0.5
-    return K
-
-
 class RaySource:
     """Training views kept on the training device; samples random pixels of random views (batch-image sampling).
 

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import torch
 
+from datasets.geometry import scale_intrinsics
+
 from .model import NeuSModel
-from .system import scale_intrinsics_t
 
 
 @torch.no_grad()
@@ -20,7 +21,7 @@ def render_views(model: NeuSModel, scene, indices, downscale: int, bg: str = "wh
     bg_color = torch.full((3,), 1.0 if bg == "white" else 0.0, device=device)
     try:
         for i in indices:
-            K = scale_intrinsics_t(torch.from_numpy(scene.K[i]).float(), float(downscale)).to(device)
+            K = torch.from_numpy(scale_intrinsics(scene.K[i], downscale)).float().to(device)
             c2w = torch.from_numpy(scene.c2w[i]).float().to(device)
             h, w = scene.height // downscale, scene.width // downscale
             out = model.render_image(K, c2w, h, w, bg_color, chunk)

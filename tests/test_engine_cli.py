@@ -149,6 +149,12 @@ def test_export_eval_and_doctor(tmp_path):
                           cwd=REPO, env=engine_env(), capture_output=True, text=True)
     assert proc.returncode == 2 and "nope.ply" in proc.stderr
 
+    code, events, err = run_engine("render", str(run), "--frames", "3", "--downscale", "8", "--progress", "jsonl")
+    assert code == 0, err
+    frames = sorted((run / "render").glob("*.png"))
+    assert len(frames) == 3 and (run / "render" / "trajectory.gif").stat().st_size > 0
+    assert events[-1]["event"] == "done"
+
     proc = subprocess.run([sys.executable, "-m", "engine", "doctor", "--json"], cwd=REPO, env=engine_env(),
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
