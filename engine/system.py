@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import lightning as L
 import numpy as np
@@ -12,6 +13,25 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from .model import NeuSModel, compute_losses
 from .rays import directions_from_pixels
+
+
+def compile_with_fallback(fn, name: str):
+    """``torch.compile(fn)``, except that a failure to compile (which surfaces at the first call) switches
+    that function back to eager for the rest of the run instead of ending it."""
+    compiled = torch.compile(fn, dynamic=True)
+    use_compiled = [True]
+
+    def call(*args, **kwargs):
+        if use_compiled[0]:
+            try:
+                return compiled(*args, **kwargs)
+            except Exception as exc:  # compiler support varies by platform and version; eager always works
+                use_compiled[0] = False
+                print(f"torch.compile failed for {name} ({type(exc).__name__}: {str(exc)[:200]}); running eager",
+                      file=sys.stderr, flush=True)
+        return fn(*args, **kwargs)
+
+    return call
 
 
 class _Steps(IterableDataset):
@@ -73,15 +93,13 @@ class NeuSSystem(L.LightningModule):
             self._compile()
 
     def _compile(self) -> None:
-        """Compiles the field forwards (dynamic sample counts); falls back to eager if compilation fails."""
-        try:
-            geo = self.model.geometry
-            geo.forward = torch.compile(geo.forward, dynamic=True)
-            rad = self.model.radiance
-            rad.forward = torch.compile(rad.forward, dynamic=True)
-            self._compiled = True
-        except Exception as exc:  # torch.compile support varies by platform; eager always works
-            print(f"torch.compile unavailable, running eager: {exc}", flush=True)
+        """Compiles the field forwards (dynamic sample counts); each falls back to eager if compilation fails."""
+        encoding = self.model.geometry.encoding
+        if hasattr(encoding, "static_levels"):
+            encoding.static_levels = True  # progressive levels by masking: no recompilation as levels unlock
+        for module in (self.model.geometry, self.model.radiance):
+            module.forward = compile_with_fallback(module.forward, type(module).__name__)
+        self._compiled = True
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Steps(), batch_size=None)

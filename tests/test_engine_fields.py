@@ -79,6 +79,10 @@ def test_progressive_levels_zero_the_inactive_features():
     part, jac = grid(x, with_jacobian=True)
     torch.testing.assert_close(part[:, :4], full[:, :4])
     assert torch.all(part[:, 4:] == 0) and torch.all(jac[:, 4:] == 0)
+    grid.static_levels = True  # the torch.compile-friendly path computes every level, then masks
+    static, static_jac = grid(x, with_jacobian=True)
+    torch.testing.assert_close(static, part)
+    torch.testing.assert_close(static_jac, jac)
 
 
 @pytest.mark.parametrize("mode", ["closed_form", "finite_difference"])

@@ -58,11 +58,20 @@ class HashGrid(nn.Module):
         self.register_buffer("dense", torch.tensor(dense, dtype=torch.bool), persistent=False)
         self.register_buffer("corners", _CORNERS.clone(), persistent=False)
         self.level_sizes = sizes
+        # Resolutions grow with the level, so the densely indexed levels are exactly the first ones. Kept as a
+        # Python int: reading it from a tensor would cost a host sync (and a graph break under torch.compile).
+        self.n_dense_levels = sum(dense)
         self.table = nn.Parameter(torch.empty(offsets[-1], n_features_per_level).uniform_(-init_std, init_std))
         self.active_levels = n_levels
+        # static_levels: compute every level and zero the inactive ones with a mask tensor, so shapes never
+        # change with the progressive schedule (under torch.compile a change would force a recompilation).
+        self.static_levels = False
+        self.register_buffer("level_mask", torch.ones(self.output_dim), persistent=False)
 
     def set_active_levels(self, n: int) -> None:
         self.active_levels = max(1, min(self.n_levels, int(n)))
+        self.level_mask.fill_(0.0)
+        self.level_mask[: self.active_levels * self.n_features] = 1.0
 
     def vertex_indices(self, cell: Tensor, levels: slice) -> Tensor:
         """Table rows of the 8 corners of each cell.
@@ -73,7 +82,7 @@ class HashGrid(nn.Module):
         Returns:
             (N, L, 8) indices into ``table``; corner ``c`` is offset ``(c & 1, c >> 1 & 1, c >> 2 & 1)``.
         """
-        n_dense = int(self.dense[levels].sum())
+        n_dense = min(self.n_dense_levels, cell.shape[1])
         parts = []
         if n_dense:
             # Per-axis index contributions of both corners, (N, Ld, 2) each, combined by broadcasting to 8.
@@ -104,7 +113,7 @@ class HashGrid(nn.Module):
             jacobian: (N, n_levels * n_features, 3) or None.
         """
         n_pts = x.shape[0]
-        n_act = self.active_levels
+        n_act = self.n_levels if self.static_levels else self.active_levels
         levels = slice(0, n_act)
         x = x.clamp(0.0, 1.0)
         res = self.resolutions[levels].to(x.dtype)  # (L,)
@@ -119,6 +128,8 @@ class HashGrid(nn.Module):
         w = (wz[..., :, None, None] * wy[..., None, :, None] * wx[..., None, None, :]).reshape(n_pts, n_act, 8)
         out = torch.einsum("nlc,nlcf->nlf", w, feats)
         out = self._pad_levels(out.reshape(n_pts, n_act * self.n_features))
+        if self.static_levels:
+            out = out * self.level_mask
         if not with_jacobian:
             return out, None
         # d w / d x_d replaces the axis-d factor by d(1 - f, f)/dx = (-res, res).
@@ -128,6 +139,8 @@ class HashGrid(nn.Module):
         dz = (ds[:, :, None, None] * wy[..., None, :, None] * wx[..., None, None, :]).reshape(n_pts, n_act, 8)
         dw = torch.stack([dx, dy, dz], -1)  # (N, L, 8, 3)
         jac = torch.einsum("nlcf,nlcd->nlfd", feats, dw).reshape(n_pts, n_act * self.n_features, 3)
+        if self.static_levels:
+            jac = jac * self.level_mask[:, None]
         if n_act < self.n_levels:
             jac = torch.cat([jac, jac.new_zeros(n_pts, self.output_dim - jac.shape[1], 3)], 1)
         return out, jac
