@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("data_dir", type=Path)
     f.add_argument("--out", type=Path, required=True, help="run folder")
     f.add_argument("--format", default="auto", choices=["auto", "dtu", "blender", "colmap"])
-    f.add_argument("--preset", default="preview", choices=["preview", "fast", "quality"])
+    f.add_argument("--preset", default="auto", choices=["auto", "preview", "fast", "quality"],
+                   help="auto: preview on a CPU or MPS, fast on CUDA")
     f.add_argument("--steps", type=int, default=None)
     f.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     f.add_argument("--config", default=None, help="extra YAML config file")

@@ -44,7 +44,7 @@ class FitRequest:
     data_dir: Path
     run_dir: Path
     format: str = "auto"
-    preset: str = "preview"
+    preset: str = "auto"
     steps: int | None = None
     device: str = "auto"
     config_file: str | None = None
@@ -153,6 +153,8 @@ def prepare(req: FitRequest, emitter: Emitter):
         scene = _load_scene(req, cfg.data)
         return cfg, scene
     overrides = list(req.overrides)
+    if req.preset == "auto":  # sized for the device: laptops get preview, CUDA gets fast
+        req.preset = "fast" if select_device(req.device).type == "cuda" else "preview"
     if req.format != "auto":
         overrides.append(f"data.format={req.format}")
     try:

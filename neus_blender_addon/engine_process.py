@@ -28,7 +28,7 @@ ENV_VAR = "NEUS_ENGINE_PYTHON"
 STOP_FILE = "STOP"
 STDERR_LOG = "engine_stderr.log"
 
-PRESETS = ("preview", "fast", "quality")
+PRESETS = ("auto", "preview", "fast", "quality")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 FORMATS = ("auto", "dtu", "blender", "colmap")
 
@@ -131,7 +131,7 @@ def build_fit_command(
     python: Path | str,
     data_dir: Path | str,
     run_dir: Path | str,
-    preset: str = "fast",
+    preset: str = "auto",
     device: str = "auto",
     steps: int = 0,
     data_format: str = "auto",

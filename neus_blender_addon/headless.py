@@ -1,6 +1,6 @@
 """Headless demo: cameras + reconstruction + coloured mesh into a .blend, without the Blender UI.
 
-    python -m neus_blender_addon.headless DATA_DIR --out RUN_DIR [--preset preview|fast|quality] [--steps N]
+    python -m neus_blender_addon.headless DATA_DIR --out RUN_DIR [--preset auto|preview|fast|quality] [--steps N]
         [--device auto|cpu|cuda|mps] [--frame normalized|world] [--texture] [--engine-python PATH]
 
 Run it with the project's venv Python (which has the ``bpy`` module), from the repository root. It starts from an
@@ -21,7 +21,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m neus_blender_addon.headless", description=__doc__.splitlines()[0])
     ap.add_argument("data_dir", type=Path, help="dataset folder (DTU, NeRF-synthetic or COLMAP layout)")
     ap.add_argument("--out", type=Path, required=True, help="run folder: engine outputs and scene.blend")
-    ap.add_argument("--preset", choices=("preview", "fast", "quality"), default="fast")
+    ap.add_argument("--preset", choices=("auto", "preview", "fast", "quality"), default="auto")
     ap.add_argument("--steps", type=int, default=0, help="training steps (0: the preset's default)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     ap.add_argument("--format", dest="data_format", choices=("auto", "dtu", "blender", "colmap"), default="auto")

@@ -7,7 +7,8 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, St
 from .protocol import RunStatus, format_eta
 
 PRESET_ITEMS = [
-    ("preview", "Preview", "Fast, coarse result to check the setup (minutes on a GPU)"),
+    ("auto", "Auto", "Preview on a CPU or Apple GPU, Fast on an NVIDIA GPU"),
+    ("preview", "Preview", "Sized for a laptop CPU: a recognisable mesh in a few minutes"),
     ("fast", "Fast", "Good quality in a short time"),
     ("quality", "Quality", "Best quality; slowest"),
 ]
@@ -38,7 +39,7 @@ class NEUS_PG_settings(bpy.types.PropertyGroup):
                                "(empty: neus_runs/<dataset> beside the .blend file, or in the temp folder)",
                                subtype="DIR_PATH", default="")
     data_format: EnumProperty(name="Format", items=FORMAT_ITEMS, default="auto")
-    preset: EnumProperty(name="Preset", items=PRESET_ITEMS, default="fast")
+    preset: EnumProperty(name="Preset", items=PRESET_ITEMS, default="auto")
     device: EnumProperty(name="Device", items=DEVICE_ITEMS, default="auto")
     steps: IntProperty(name="Steps", description="Training steps (0 = the preset's default)", default=0, min=0,
                        soft_max=100000)

@@ -42,7 +42,7 @@ class RunRequest:
     run_dir: Path
     dataset: str  # collection name
     engine: EngineLocation
-    preset: str = "fast"
+    preset: str = "auto"
     device: str = "auto"
     steps: int = 0
     data_format: str = "auto"

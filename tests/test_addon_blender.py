@@ -50,7 +50,7 @@ def test_register_unregister_twice():
     for _ in range(2):
         addon.register()
         assert hasattr(bpy.types.Scene, "neus")
-        assert bpy.context.scene.neus.preset == "fast"
+        assert bpy.context.scene.neus.preset == "auto"
         for op in ("import_cameras", "reconstruct", "cancel", "import_mesh", "check_engine"):
             assert hasattr(bpy.ops.neus, op)
         assert "NEUS_PT_reconstruct" in dir(bpy.types)
