@@ -33,9 +33,9 @@ def load_run(run_dir: Path, device_name: str = "auto"):
         raise InputError(f"{ckpt}: unreadable checkpoint ({type(exc).__name__})") from exc
     model = NeuSModel(cfg.model)
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
-    prog = cfg.model.geometry.progressive
-    if prog.enabled:
-        model.update_step(int(cfg.train.steps))  # all levels active, as at the end of training
+    if cfg.model.geometry.progressive.enabled:  # every level active, as at the end of training
+        model.geometry.set_progress(int(cfg.model.geometry.encoding.get("n_levels", 10**6)))
+    model.cos_anneal_ratio.fill_(1.0)
     return cfg, model.to(device).eval()
 
 

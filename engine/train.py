@@ -98,6 +98,11 @@ class ProgressCallback(L.Callback):
         self.samples_total = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.cancel.is_set():
+            self.cancelled = True
+            trainer.should_stop = True
+        if not trainer.is_global_zero:  # with DDP, only the first process reports and writes files
+            return
         step = int(trainer.global_step)
         stats = pl_module.last_stats
         self.samples_total += int(stats.get("samples", 0))
@@ -108,9 +113,7 @@ class ProgressCallback(L.Callback):
                               psnr=stats.get("psnr"), rays=stats.get("rays"), samples_per_step=stats.get("samples"),
                               elapsed_s=round(elapsed, 2), eta_s=round(eta, 1), inv_s=stats.get("inv_s"))
         t = self.cfg.train
-        if self.cancel.is_set():
-            self.cancelled = True
-            trainer.should_stop = True
+        if self.cancelled:
             return
         every_steps, every_s = int(t.checkpoint_every_steps), float(t.checkpoint_every_seconds)
         if step < self.total and ((every_steps > 0 and step % every_steps == 0)
