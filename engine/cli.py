@@ -124,6 +124,10 @@ def _cmd_fit(args, emitter: Emitter) -> int:
                      resume=args.resume, export_on_cancel=args.export_on_cancel)
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"{args.out}: exists and is not a folder")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{args.out}: cannot create the run folder ({exc.strerror or exc})") from exc
     stop_file = args.out / "STOP"
     with contextlib.suppress(FileNotFoundError):
         stop_file.unlink()  # a stale stop request from an earlier run must not stop this one
@@ -164,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
             emitter.emit("cancelled", step=0, checkpoint=None, mesh=None)
             return EXIT_CANCELLED
         except MemoryError as exc:
-            return _fail(emitter, DeviceError(f"out of memory: {exc}"), mode)
+            return _fail(emitter, DeviceError(f"out of memory: {exc}", exit_code=1), mode)
         except Exception as exc:  # an internal error: full traceback on stderr, one line in the protocol
             if "out of memory" in str(exc).lower():
-                return _fail(emitter, DeviceError(str(exc).splitlines()[0]), mode)
+                return _fail(emitter, DeviceError(str(exc).splitlines()[0], exit_code=1), mode)
             traceback.print_exc(file=sys.stderr)
             return _fail(emitter, EngineError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"),
                          mode)

@@ -14,10 +14,14 @@ class InputError(EngineError):
 
 
 class DeviceError(EngineError):
-    """The requested device is missing or ran out of memory."""
+    """The requested device is missing (a bad argument: exit 2) or ran out of memory (exit 1)."""
 
     kind = "device"
-    exit_code = 1
+    exit_code = 2
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class Cancelled(Exception):

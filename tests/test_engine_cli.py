@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 import trimesh
 from engine_helpers import REPO, SAMPLE, TINY, engine_env, parse_events, run_engine
 
@@ -88,21 +89,29 @@ def test_sigint_saves_checkpoint_and_resume_finishes(tmp_path):
     assert (run / "mesh.ply").is_file()
 
 
-def test_stop_file_cancels(tmp_path):
+@pytest.mark.parametrize("how", ["stop_file", "stdin"])
+def test_stop_file_or_stdin_line_cancels(tmp_path, how):
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "engine", "fit", str(SAMPLE), "--out", str(run), "--steps", "400",
                              "--progress", "jsonl", *TINY], cwd=REPO, env=engine_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+                            stderr=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+    lines = []
     for line in proc.stdout:
+        lines.append(line)
         if json.loads(line)["event"] == "progress":
-            (run / "STOP").write_text("")
+            if how == "stop_file":
+                (run / "STOP").write_text("")
+            else:
+                proc.stdin.write("stop\n")
+                proc.stdin.flush()
             break
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert parse_events(out)[-1]["event"] == "cancelled"
+    events = parse_events("".join(lines) + out)
+    assert events[-1]["event"] == "cancelled" and events[-1]["step"] < 400
 
 
-@pytest.mark.parametrize("case", ["missing_dir", "empty_dir", "bad_preset", "bad_override"])
+@pytest.mark.parametrize("case", ["missing_dir", "empty_dir", "bad_preset", "bad_override", "missing_device"])
 def test_bad_input_exits_2_with_error_event(tmp_path, case):
     run = tmp_path / "run"
     data = tmp_path / "data"
@@ -113,9 +122,14 @@ def test_bad_input_exits_2_with_error_event(tmp_path, case):
         args = ["fit", str(SAMPLE), "--out", str(run), "--progress", "jsonl", "--preset", "ultra"]
     elif case == "bad_override":
         args = ["fit", str(SAMPLE), "--out", str(run), "--progress", "jsonl", "--set", "train.steps"]
+    elif case == "missing_device":
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+        args = ["fit", str(SAMPLE), "--out", str(run), "--progress", "jsonl", "--device", "cuda"]
     code, events, err = run_engine(*args)
     assert code == 2
-    assert events[-1]["event"] == "error" and events[-1]["kind"] == "input"
+    assert events[-1]["event"] == "error"
+    assert events[-1]["kind"] == ("device" if case == "missing_device" else "input")
     assert "\n" not in events[-1]["message"] and events[-1]["message"]
     assert "Traceback" not in err
     assert not (run / "mesh.ply").exists()
