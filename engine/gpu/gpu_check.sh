@@ -35,16 +35,16 @@ python3 -m engine doctor --json > "$OUT/doctor.json" || cat "$OUT/doctor.json"
 SCENE=.gpu/dtu65_800
 RESULTS="$OUT/results.jsonl"
 # Unit tests that only run where CUDA (and the optional accelerators) exist.
-timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_engine_accel.py tests/test_engine_render.py \
+timeout 45 python3 -m pytest -q -p no:cacheprovider tests/test_engine_accel.py tests/test_engine_render.py \
   2>&1 | tail -5 | tee "$OUT/pytest.txt"
 # fast: a usable mesh in <= 60 s is the goal; quality: 20k steps + 512^3 mesh in <= 3 minutes.
-timeout 150 python3 -m engine.bench "$SCENE" --preset fast --set accel.tcnn=false --set accel.nerfacc=false --results "$RESULTS" 2> "$OUT/fast.err" \
+timeout 120 python3 -m engine.bench "$SCENE" --preset fast --set accel.tcnn=false --set accel.nerfacc=false --results "$RESULTS" 2> "$OUT/fast.err" \
   || tail -20 "$OUT/fast.err"
-timeout 300 python3 -m engine.bench "$SCENE" --preset quality --set accel.tcnn=false --set accel.nerfacc=false --results "$RESULTS" 2> "$OUT/quality.err" \
+timeout 260 python3 -m engine.bench "$SCENE" --preset quality --set accel.tcnn=false --set accel.nerfacc=false --results "$RESULTS" 2> "$OUT/quality.err" \
   || tail -20 "$OUT/quality.err"
 # Side by side with the optional accelerators, where the machine has them (none is installed by this script).
 if python3 -c "import tinycudann" 2>/dev/null || python3 -c "import nerfacc" 2>/dev/null; then
-  timeout 150 python3 -m engine.bench "$SCENE" --preset fast --set accel.tcnn=auto --set accel.nerfacc=auto \
+  timeout 100 python3 -m engine.bench "$SCENE" --preset fast --set accel.tcnn=auto --set accel.nerfacc=auto \
     --results "$RESULTS" 2> "$OUT/fast_accel.err" || tail -20 "$OUT/fast_accel.err"
 fi
 cat "$RESULTS"
