@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -25,6 +26,9 @@ from .train import CancelToken, FitRequest, env_threads, run_fit
 
 
 def git_commit() -> str:
+    """The commit being measured (NEUS_COMMIT when the tree was copied without .git, as on the GPU machine)."""
+    if os.environ.get("NEUS_COMMIT"):
+        return os.environ["NEUS_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).parent, timeout=10)

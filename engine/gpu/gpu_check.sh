@@ -18,6 +18,8 @@ if [ "${1:-}" = "--prepare" ]; then
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .gpu/whl omegaconf==2.4.0 PyMCubes==0.1.6 trimesh==4.5.0 xatlas==0.0.11
   [ -d .gpu/dtu65_800 ] || .venv/bin/python -m datasets.downscale ../shared/data/dtu_scan65 .gpu/dtu65_800 --factor 2
+  # The GPU machine gets a copy of the working tree without .git: record the commit it is running.
+  echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!.gpu' || echo -dirty)" > .gpu/commit.txt
   du -sh .gpu
   exit 0
 fi
@@ -29,7 +31,9 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --tar
   || { echo "wheel install failed"; exit 1; }
 export PYTHONPATH="/tmp/site:$PWD"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/nvidia_smi.txt"
-git rev-parse --short HEAD 2>/dev/null | tee "$OUT/commit.txt"
+NEUS_COMMIT="$(cat .gpu/commit.txt 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+export NEUS_COMMIT
+echo "$NEUS_COMMIT" | tee "$OUT/commit.txt"
 python3 -m engine doctor --json > "$OUT/doctor.json" || cat "$OUT/doctor.json"
 
 SCENE=.gpu/dtu65_800
