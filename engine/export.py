@@ -31,6 +31,7 @@ FRAMES = ("normalized", "world")
 class ExportOptions:
     resolution: int = 512
     coarse_resolution: int = 128
+    method: str = "auto"
     chunk: int = 2**18
     color: str = "field"
     texture: bool = False
@@ -82,7 +83,7 @@ def extract_colored_mesh(model: NeuSModel, opts: ExportOptions, scene=None, prog
     r = model.radius
     verts, faces = extract_mesh(_sdf_fn(model), (-r, -r, -r), (r, r, r), resolution=int(opts.resolution),
                                 chunk=int(opts.chunk), device=device, coarse_resolution=int(opts.coarse_resolution),
-                                progress=progress)
+                                progress=progress, method=str(opts.method))
     if opts.clean:
         masks = None if scene is None else scene.masks
         try:

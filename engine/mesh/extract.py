@@ -43,7 +43,8 @@ def evaluate_sdf_grid(
     chunk: int = 2**18,
     device: str | torch.device = "cpu",
     progress: Callable[[float], None] | None = None,
-) -> np.ndarray:
+    as_tensor: bool = False,
+) -> np.ndarray | torch.Tensor:
     """SDF on the grid ``linspace(bound_min[a], bound_max[a], counts[a])`` for each axis a.
 
     Points are generated chunk by chunk on ``device`` (never the whole (N, 3) grid at once).
@@ -55,8 +56,9 @@ def evaluate_sdf_grid(
         chunk: points per ``sdf_fn`` call.
         device: where the points are created and ``sdf_fn`` runs.
         progress: optional callback with the fraction done in [0, 1].
+        as_tensor: return a float32 tensor on ``device`` instead of a numpy array (no copy to the host).
     Returns:
-        (nx, ny, nz) float32 array, axis 0 = x.
+        (nx, ny, nz) float32 array (or tensor), axis 0 = x.
     Raises:
         MeshExtractionError: ``sdf_fn`` returned non-finite values or a wrong shape.
     """
@@ -69,7 +71,7 @@ def evaluate_sdf_grid(
         for a, n in enumerate((nx, ny, nz))
     ]
     total = nx * ny * nz
-    out = np.empty(total, dtype=np.float32)
+    out = torch.empty(total, dtype=torch.float32, device=device) if as_tensor else np.empty(total, dtype=np.float32)
     for start in range(0, total, chunk):
         idx = torch.arange(start, min(start + chunk, total), device=device)
         i, j, k = idx // (ny * nz), (idx // nz) % ny, idx % nz
@@ -78,13 +80,12 @@ def evaluate_sdf_grid(
         sdf = sdf.reshape(-1)
         if sdf.shape[0] != pts.shape[0]:
             raise MeshExtractionError(f"sdf_fn returned {sdf.shape[0]} values for {pts.shape[0]} points")
-        out[start : start + len(idx)] = sdf.float().cpu().numpy()
+        out[start : start + len(idx)] = sdf.float() if as_tensor else sdf.float().cpu().numpy()
         if progress is not None:
             progress(min(start + chunk, total) / total)
-    if not np.all(np.isfinite(out)):
-        raise MeshExtractionError(
-            f"the SDF is NaN or infinite at {int((~np.isfinite(out)).sum())} grid points (diverged model?)"
-        )
+    n_bad = int((~torch.isfinite(out)).sum()) if as_tensor else int((~np.isfinite(out)).sum())
+    if n_bad:
+        raise MeshExtractionError(f"the SDF is NaN or infinite at {n_bad} grid points (diverged model?)")
     return out.reshape(nx, ny, nz)
 
 
@@ -148,6 +149,7 @@ def extract_mesh(
     margin: float | None = None,
     level: float = 0.0,
     progress: Callable[[float], None] | None = None,
+    method: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Extracts the ``level`` iso-surface of an SDF: a coarse pass then a fine pass (NeuS / instant-nsr-pl).
 
@@ -166,6 +168,8 @@ def extract_mesh(
         margin: padding of the surface box, normalized units (default: two coarse voxels), clamped to bounds.
         level: iso-value.
         progress: optional callback with the overall fraction done in [0, 1].
+        method: ``marching_cubes`` (PyMCubes, CPU), ``surface_nets`` (tensor ops on ``device``) or ``auto``:
+            surface nets on CUDA, where the grid never leaves the GPU, marching cubes elsewhere.
     Returns:
         vertices (V, 3) float32 in the same frame as the bounds, faces (F, 3) int64 (outward normals).
     Raises:
@@ -197,10 +201,21 @@ def extract_mesh(
         fine_max = np.maximum(fine_max, np.minimum(fine_min + step, bmax))
         fine_min = np.minimum(fine_min, fine_max - step)
     counts = _counts_for_resolution(fine_max - fine_min, resolution)
+    if method == "auto":
+        method = "surface_nets" if torch.device(device).type == "cuda" else "marching_cubes"
+    if method not in ("marching_cubes", "surface_nets"):
+        raise ValueError(f"unknown meshing method {method!r}")
     volume = evaluate_sdf_grid(
-        sdf_fn, fine_min, fine_max, counts, chunk, device, report(0.1 if two_pass else 0.0, 1.0)
+        sdf_fn, fine_min, fine_max, counts, chunk, device, report(0.1 if two_pass else 0.0, 1.0),
+        as_tensor=method == "surface_nets",
     )
-    vertices, faces = marching_cubes(volume, fine_min, fine_max, level)
+    if method == "surface_nets":
+        from .surface_nets import surface_nets
+
+        vertices, faces = surface_nets(volume, fine_min, fine_max, level)
+        volume = volume.cpu().numpy() if len(faces) == 0 else volume
+    else:
+        vertices, faces = marching_cubes(volume, fine_min, fine_max, level)
     if len(faces) == 0:
         raise MeshExtractionError(_empty_message(volume, level, fine_min, fine_max))
     return vertices, faces
