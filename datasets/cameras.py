@@ -128,9 +128,10 @@ def detect_format(path: str | Path) -> str:
         return "dtu"
     if any((root / f"transforms{suffix}.json").is_file() for suffix in ("", "_train", "_val", "_test")):
         return "blender"
-    for sparse in (root / "sparse" / "0", root / "sparse"):
-        if any((sparse / f"cameras{ext}").is_file() for ext in (".txt", ".bin")):
-            return "colmap"
+    from datasets.formats.colmap import find_sparse_folder  # here: the format modules import this one
+
+    if find_sparse_folder(root) is not None:
+        return "colmap"
     raise DatasetError(
         root,
         "unknown dataset format: expected cameras_sphere.npz (DTU/NeuS), transforms_train.json or "

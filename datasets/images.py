@@ -83,16 +83,29 @@ def _has_alpha(im: Image.Image) -> bool:
     return "A" in im.getbands() or (im.mode == "P" and "transparency" in im.info)
 
 
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit grey -> 8-bit grey ("L", rounded); other modes unchanged."""
+    if im.mode not in _SIXTEEN_BIT:
+        return im
+    grey = np.asarray(im, dtype=np.float32) / 65535.0
+    return Image.fromarray(np.clip(grey * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+
+
+def _mask_channel(im: Image.Image) -> Image.Image:
+    """The mask of an image as 8-bit grey ("L"): its alpha channel when it has one, else its grey level."""
+    im = _to_8bit(im)
+    if _has_alpha(im):
+        return im.convert("RGBA").getchannel("A")
+    return im if im.mode == "L" else im.convert("L")
+
+
 def read_image(path: Path, factor: float, width: int, height: int, out: np.ndarray | None = None) -> np.ndarray:
     """Reads one image as (height, width, 3) float32 in [0, 1], into ``out`` when given.
 
     Raises:
         DatasetError: unreadable / corrupt file, or a size that does not match.
     """
-    im = _open(path)
-    if im.mode in _SIXTEEN_BIT:
-        grey = np.asarray(im, dtype=np.float32) / 65535.0
-        im = Image.fromarray(np.clip(grey * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    im = _to_8bit(_open(path))
     if _has_alpha(im):
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -108,15 +121,7 @@ def read_image(path: Path, factor: float, width: int, height: int, out: np.ndarr
 
 def read_mask(path: Path, factor: float, width: int, height: int, out: np.ndarray | None = None) -> np.ndarray:
     """One mask as (height, width) float32 in {0, 1}, into ``out`` if given (alpha if any, else grey)."""
-    im = _open(path)
-    if im.mode in _SIXTEEN_BIT:
-        grey = np.asarray(im, dtype=np.float32) / 65535.0
-        im = Image.fromarray(np.clip(grey * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    elif _has_alpha(im):
-        im = im.convert("RGBA").getchannel("A")
-    elif im.mode != "L":
-        im = im.convert("L")
-    arr = _downscale(path, im, factor, width, height)
+    arr = _downscale(path, _mask_channel(_open(path)), factor, width, height)
     if out is None:
         out = np.empty((height, width), dtype=np.float32)
     np.greater(arr, 127.5, out=out, casting="unsafe")  # half range: 128..255 is foreground
@@ -131,13 +136,7 @@ def write_downscaled(src: Path, dst: Path, factor: int, width: int, height: int,
     """
     im = _open(src)
     if mask:
-        if im.mode in _SIXTEEN_BIT:
-            grey = np.asarray(im, dtype=np.float32) / 65535.0
-            im = Image.fromarray(np.clip(grey * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-        elif _has_alpha(im):
-            im = im.convert("RGBA").getchannel("A")
-        elif im.mode != "L":
-            im = im.convert("L")
+        im = _mask_channel(im)
     elif im.mode not in ("RGB", "RGBA", "L", "LA"):
         im = im.convert("RGBA" if _has_alpha(im) else "RGB")
     _check_size(src, im, factor, width, height)

@@ -115,6 +115,12 @@ def _parse_header(path: Path, data: bytes) -> tuple[str, list[PlyElement], int]:
     return fmt, elements, body + 1
 
 
+def _columns(el: PlyElement, out: dict[str, list]) -> dict[str, np.ndarray | list]:
+    """Record-by-record values -> columns: scalar properties as (count,) arrays, list properties kept as lists."""
+    return {k: (v if any(q.name == k and q.count_dtype for q in el.properties) else np.array(v))
+            for k, v in out.items()}
+
+
 def _read_binary(path: Path, el: PlyElement, data: bytes, offset: int, bo: str) -> tuple[dict[str, np.ndarray], int]:
     """Reads one element; returns {property: (count,) array or list-array} and the new offset."""
     lists = [p for p in el.properties if p.count_dtype]
@@ -163,8 +169,7 @@ def _read_binary(path: Path, el: PlyElement, data: bytes, offset: int, bo: str) 
                     offset += np.dtype(p.dtype).itemsize
             except ValueError as e:
                 raise PlyError(f"{path}: file ends inside element '{el.name}'") from e
-    return {k: (v if any(q.name == k and q.count_dtype for q in el.properties) else np.array(v))
-            for k, v in out.items()}, offset
+    return _columns(el, out), offset
 
 
 def _read_ascii(path: Path, el: PlyElement, tokens: list[bytes], pos: int) -> tuple[dict[str, np.ndarray], int]:
@@ -197,8 +202,7 @@ def _read_ascii(path: Path, el: PlyElement, tokens: list[bytes], pos: int) -> tu
         raise PlyError(f"{path}: file ends inside element '{el.name}'") from e
     except ValueError as e:
         raise PlyError(f"{path}: non-numeric value in element '{el.name}'") from e
-    return {k2: (v if any(q.name == k2 and q.count_dtype for q in el.properties) else np.array(v))
-            for k2, v in out.items()}, pos
+    return _columns(el, out), pos
 
 
 def _to_unit(values: np.ndarray) -> np.ndarray:

@@ -14,25 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_datasets import centre_aware, dtu_or_skip, project_with  # tests/ is on sys.path (pyproject)
 
 import datasets
 from datasets import DatasetError
 from datasets.geometry import project_points
 
-REPO = Path(__file__).resolve().parents[1]
-DTU = (REPO / ".." / "shared" / "data" / "dtu_scan65").resolve()
 FACTOR = 4  # scenes are written at 400x300 to keep the tests fast
 CV_TO_GL = np.diag([1.0, -1.0, -1.0])
-
-
-def dtu_or_skip() -> Path:
-    if not (DTU / "cameras_sphere.npz").is_file():
-        pytest.skip(f"DTU scan 65 not found at {DTU}")
-    return DTU
-
-
-def centre_aware(factor: float) -> np.ndarray:
-    return np.array([[1 / factor, 0, 0.5 / factor - 0.5], [0, 1 / factor, 0.5 / factor - 0.5], [0, 0, 1]])
 
 
 class DtuViews:
@@ -68,8 +57,7 @@ class DtuViews:
         """Loaded cameras (normalized frame) project world points like DTU's world_mat, within 1e-3 px."""
         order = list(range(len(self.views))) if order is None else order
         X = self.world_points(500)
-        h = np.einsum("nij,pj->npi", self.P_world[order], np.c_[X, np.ones(len(X))])
-        expected = h[..., :2] / h[..., 2:]
+        expected = project_with(self.P_world[order], X)
         inv = np.linalg.inv(cams.scale_mat)
         x_norm = X @ inv[:3, :3].T + inv[:3, 3]
         uv, depth = project_points(cams.K, cams.c2w, x_norm)

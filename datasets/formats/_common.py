@@ -1,4 +1,4 @@
-"""Pieces shared by the format loaders: image listing and size checks, mask pairing, CameraSet assembly."""
+"""Pieces shared by the format loaders: file reading, image size checks, mask pairing, CameraSet assembly."""
 
 from __future__ import annotations
 
@@ -11,6 +11,24 @@ from datasets.errors import DatasetError
 from datasets.geometry import scale_intrinsics
 from datasets.imageinfo import ImageInfo, list_images, read_image_info
 from datasets.normalization import mean_up
+
+
+def read_bytes(path: Path) -> bytes:
+    """The bytes of a model / transforms file; an unreadable file is a DatasetError naming it."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(path, f"cannot read file: {exc.strerror or exc}") from None
+
+
+def read_text(path: Path, not_utf8: str) -> str:
+    """A UTF-8 text file with universal newlines (as ``Path.read_text``); ``not_utf8`` is the problem reported
+    when it does not decode."""
+    try:
+        text = read_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise DatasetError(path, not_utf8) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def first_folder(root: Path, names: tuple[str, ...]) -> Path | None:

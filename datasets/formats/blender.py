@@ -38,7 +38,7 @@ import numpy as np
 
 from datasets.cameras import CameraSet
 from datasets.errors import DatasetError
-from datasets.formats._common import build_camera_set, common_size
+from datasets.formats._common import build_camera_set, common_size, read_text
 from datasets.imageinfo import IMAGE_SUFFIXES
 from datasets.normalization import (
     camera_distances,
@@ -79,14 +79,11 @@ def json_files(root: Path, cameras_file: Path | None, split: str) -> list[Path]:
 
 def read_json(path: Path) -> dict:
     """A transforms file as a dict with a non-empty ``frames`` list."""
+    text = read_text(path, "invalid JSON: not UTF-8 text")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DatasetError(path, f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except UnicodeDecodeError:
-        raise DatasetError(path, "invalid JSON: not UTF-8 text") from None
-    except OSError as exc:
-        raise DatasetError(path, f"cannot read file: {exc.strerror or exc}") from None
     if not isinstance(meta, dict):
         raise DatasetError(path, "invalid transforms file: the top level must be a JSON object")
     frames = meta.get("frames")
@@ -129,6 +126,16 @@ def _rotation_part(json_path: Path, where: str, matrix) -> np.ndarray:
     return out
 
 
+def _focal(vals: dict[str, float], axis: str, size: int) -> float | None:
+    """Focal length in pixels along ``axis`` ("x" or "y"): ``fl_<axis>``, else from ``camera_angle_<axis>``
+    (the field of view across ``size`` pixels); None when neither is given."""
+    if f"fl_{axis}" in vals:
+        return vals[f"fl_{axis}"]
+    if f"camera_angle_{axis}" in vals:
+        return 0.5 * size / math.tan(0.5 * vals[f"camera_angle_{axis}"])
+    return None
+
+
 def _intrinsics(json_path: Path, where: str, params: dict, width: int, height: int) -> np.ndarray:
     """(3, 3) OpenCV intrinsics of one frame from the merged top-level and frame keys."""
     vals = {k: _number(json_path, where, k, params[k]) for k in _INTRINSIC_KEYS if params.get(k) is not None}
@@ -138,17 +145,11 @@ def _intrinsics(json_path: Path, where: str, params: dict, width: int, height: i
     for key, actual in (("w", width), ("h", height)):
         if key in vals and int(round(vals[key])) != actual:
             raise DatasetError(json_path, f"{where}: '{key}' is {vals[key]:g} but the image is {width}x{height}")
-    if "fl_x" in vals:
-        fx = vals["fl_x"]
-    elif "camera_angle_x" in vals:
-        fx = 0.5 * width / math.tan(0.5 * vals["camera_angle_x"])
-    else:
+    fx = _focal(vals, "x", width)
+    if fx is None:
         raise DatasetError(json_path, f"{where}: missing 'camera_angle_x' (or 'fl_x')")
-    if "fl_y" in vals:
-        fy = vals["fl_y"]
-    elif "camera_angle_y" in vals:
-        fy = 0.5 * height / math.tan(0.5 * vals["camera_angle_y"])
-    else:
+    fy = _focal(vals, "y", height)
+    if fy is None:
         fy = fx
     if not (fx > 0 and fy > 0):
         raise DatasetError(json_path, f"{where}: focal length must be positive (check camera_angle_x / fl_x)")

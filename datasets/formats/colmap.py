@@ -33,7 +33,14 @@ import numpy as np
 
 from datasets.cameras import CameraSet
 from datasets.errors import DatasetError
-from datasets.formats._common import build_camera_set, check_mask_sizes, common_size, first_folder
+from datasets.formats._common import (
+    build_camera_set,
+    check_mask_sizes,
+    common_size,
+    first_folder,
+    read_bytes,
+    read_text,
+)
 from datasets.geometry import c2w_from_opencv
 from datasets.imageinfo import list_images, natural_key
 from datasets.normalization import (
@@ -102,12 +109,7 @@ def qvec_to_rotmat(q: np.ndarray) -> np.ndarray:
 
 def _data_lines(path: Path) -> list[tuple[int, str]]:
     """(line number, line) of a text model file; comments dropped, blank lines kept (images.txt has some)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DatasetError(path, "not a UTF-8 text file") from None
-    except OSError as exc:
-        raise DatasetError(path, f"cannot read file: {exc.strerror or exc}") from None
+    text = read_text(path, "not a UTF-8 text file")
     return [
         (n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if not line.lstrip().startswith("#")
     ]
@@ -185,10 +187,7 @@ class _Reader:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            self.data = path.read_bytes()
-        except OSError as exc:
-            raise DatasetError(path, f"cannot read file: {exc.strerror or exc}") from None
+        self.data = read_bytes(path)
         self.pos = 0
 
     def read(self, fmt: str) -> tuple:
@@ -272,10 +271,18 @@ def read_points_binary(path: Path) -> np.ndarray:
 # --- loading ---------------------------------------------------------------------------------------------
 
 
-def sparse_folder(root: Path) -> Path:
+def find_sparse_folder(root: Path) -> Path | None:
+    """``sparse/0`` or ``sparse`` of ``root``, the first holding cameras.bin or cameras.txt; None if neither."""
     for folder in (root / "sparse" / "0", root / "sparse"):
         if any((folder / f"cameras{ext}").is_file() for ext in (".bin", ".txt")):
             return folder
+    return None
+
+
+def sparse_folder(root: Path) -> Path:
+    folder = find_sparse_folder(root)
+    if folder is not None:
+        return folder
     raise DatasetError(
         root / "sparse" / "0", "COLMAP model not found (expected sparse/0/cameras.bin or .txt)"
     )
