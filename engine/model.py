@@ -83,7 +83,8 @@ class NeuSModel(nn.Module):
         self.background = None
         if cfg.background.enabled:
             b = cfg.background
-            self.background = BackgroundField(dict(b.encoding), dict(b.mlp), dict(b.color_mlp))
+            self.background = BackgroundField(dict(b.encoding), dict(b.mlp), dict(b.color_mlp),
+                                              use_view_dir=bool(b.use_view_dir))
         occ = cfg.occupancy
         self.occupancy = OccupancyGrid(self.radius * 1.0, int(occ.resolution), float(occ.threshold)) if occ.enabled \
             else None
@@ -151,7 +152,11 @@ class NeuSModel(nn.Module):
         normal = accumulate_along_rays(weights, ray_idx, n_rays, normals)
 
         if self.background is not None:
-            bg = self._render_background(origins, dirs, torch.where(hit, far, near), stratified)
+            # The background starts where the ray leaves the sphere of radius start_radius * radius.
+            start_r = float(self.cfg.background.get("start_radius", 1.0)) * self.radius
+            _, far_bg, hit_bg = ray_sphere_intersect(origins, dirs, start_r) if start_r != self.radius else (
+                near, far, hit)
+            bg = self._render_background(origins, dirs, torch.where(hit_bg, far_bg, near), stratified)
         else:
             bg = bg_color.expand(n_rays, 3) if bg_color.dim() == 1 else bg_color
         rgb = rgb + (1.0 - opacity[:, None]) * bg

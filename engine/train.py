@@ -226,7 +226,8 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
     metrics: dict = {}
 
     def validate(step: int) -> None:
-        if len(held_idx):
+        if len(held_idx) and metrics.get("step") != step:
+            metrics["step"] = step
             metrics.update(validation_metrics(system.model, scene, held_idx, cfg))
             emitter.emit("validation", step=step, psnr=metrics["psnr"], mask_iou=metrics["mask_iou"],
                          n_views=int(min(len(held_idx), cfg.train.val_max_views)))
@@ -267,7 +268,7 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
                                          "export_s": round(timings.get("export_s", time.monotonic() - t0), 2),
                                          "total_s": round(time.monotonic() - t_start, 2)}}
     if metrics:
-        result["validation"] = metrics
+        result["validation"] = {k: v for k, v in metrics.items() if k != "step"}
     if req.profile:
         result["profile_ms_per_step"] = system.model.timer.summary_ms()
         result["device"] = str(device)

@@ -90,3 +90,17 @@ def test_format_defaults_layer_on_presets():
     assert build_config("quality", "blender").data.background == "white"
     assert build_config("preview", "dtu", has_masks=True).data.use_mask is True
     assert build_config("fast").train.steps == 5000
+
+
+def test_learned_background_path_without_masks():
+    cfg = build_config("preview", "colmap", False)
+    resolve_auto(cfg, has_masks=False, device_type="cpu")
+    assert cfg.model.background.enabled and not cfg.data.use_mask
+    model = NeuSModel(cfg.model)
+    o, d = _rays(32)
+    out = model.render_rays(o, d, torch.ones(3), stratified=True)
+    assert torch.isfinite(out.rgb).all() and out.rgb.shape == (32, 3)
+    loss, terms = compute_losses(model, out, torch.rand(32, 3), None, cfg.train.loss, step=0)
+    assert "mask" not in terms
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.background.parameters())

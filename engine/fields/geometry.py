@@ -151,17 +151,22 @@ class BackgroundField(nn.Module):
     ``forward(x (N,3) in the normalized frame, dirs (N,3)) -> (density (N,), rgb (N,3))``.
     """
 
-    def __init__(self, encoding: dict, mlp: dict, color_mlp: dict, feature_dim: int = 15, sh_degree: int = 4) -> None:
+    def __init__(self, encoding: dict, mlp: dict, color_mlp: dict, feature_dim: int = 15, sh_degree: int = 4,
+                 use_view_dir: bool = True) -> None:
         super().__init__()
         self.encoding = make_encoding(encoding)
         self.mlp = MLP(self.encoding.output_dim, 1 + feature_dim, **mlp)
-        self.dir_encoding = SphericalHarmonics(sh_degree)
-        self.color_mlp = MLP(feature_dim + self.dir_encoding.output_dim, 3, output_activation="sigmoid", **color_mlp)
+        # Without view dependence a background point has one colour for every camera, so the background cannot
+        # paint a different picture of the object for each view (and steal it from the foreground).
+        self.dir_encoding = SphericalHarmonics(sh_degree) if use_view_dir else None
+        dir_dim = self.dir_encoding.output_dim if use_view_dir else 0
+        self.color_mlp = MLP(feature_dim + dir_dim, 3, output_activation="sigmoid", **color_mlp)
 
     def forward(self, x: Tensor, dirs: Tensor) -> tuple[Tensor, Tensor]:
         u = contract_unbounded(x) * 0.25 + 0.5  # ball of radius 2 -> [0, 1]^3
         enc, _ = self.encoding(u)
         out = self.mlp(enc)
         density = torch.exp(out[:, 0].clamp(max=15.0) - 1.0)  # shifted exp: starts nearly transparent
-        rgb = self.color_mlp(torch.cat([out[:, 1:], self.dir_encoding(dirs)], -1))
+        feats = out[:, 1:] if self.dir_encoding is None else torch.cat([out[:, 1:], self.dir_encoding(dirs)], -1)
+        rgb = self.color_mlp(feats)
         return density, rgb
