@@ -86,8 +86,8 @@ class NeuSModel(nn.Module):
             self.background = BackgroundField(dict(b.encoding), dict(b.mlp), dict(b.color_mlp),
                                               use_view_dir=bool(b.use_view_dir))
         occ = cfg.occupancy
-        self.occupancy = OccupancyGrid(self.radius * 1.0, int(occ.resolution), float(occ.threshold)) if occ.enabled \
-            else None
+        self.occupancy = OccupancyGrid(self.radius, int(occ.resolution), float(occ.threshold),
+                                       margin=float(occ.margin)) if occ.enabled else None
         self.step_size = math.sqrt(3) * 2 * self.radius / float(cfg.num_samples_per_ray)
         self.register_buffer("cos_anneal_ratio", torch.tensor(1.0 if int(cfg.cos_anneal_end) <= 0 else 0.0))
         self.timer = PhaseTimer()
