@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -184,6 +183,3 @@ def _fail(emitter: Emitter, exc: EngineError, mode: str) -> int:
     print(f"error: {message}", file=sys.stderr, flush=True)
     return exc.exit_code
 
-
-def print_json(obj) -> None:
-    print(json.dumps(obj, indent=2))

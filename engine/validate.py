@@ -56,6 +56,3 @@ def validation_metrics(model: NeuSModel, scene, indices, cfg) -> dict[str, float
             ious.append(float(np.logical_and(pred, mask).sum() / union) if union else 1.0)
     return {"psnr": float(np.mean(psnrs)) if psnrs else None, "mask_iou": float(np.mean(ious)) if ious else None}
 
-
-def validation_psnr(model: NeuSModel, scene, indices, cfg) -> float | None:
-    return validation_metrics(model, scene, indices, cfg)["psnr"]

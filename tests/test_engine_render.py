@@ -59,6 +59,16 @@ def test_exclusive_cumsum_per_ray_long_segments_float32():
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5, atol=1e-2)
 
 
+def test_padded_scan_used_on_mps_matches_the_float64_scan():
+    from engine.render.primitives import _exclusive_cumsum_padded
+
+    rng = np.random.default_rng(2)
+    counts, ray_idx = _packed(rng)
+    vals = torch.from_numpy(rng.random(int(counts.sum())).astype(np.float32))
+    torch.testing.assert_close(_exclusive_cumsum_padded(vals, ray_idx, len(counts)),
+                               exclusive_cumsum_per_ray(vals, ray_idx, len(counts)), rtol=1e-5, atol=1e-5)
+
+
 def test_weights_from_density_and_gradients_flow():
     sigma = torch.tensor([0.0, 1.0, 100.0], requires_grad=True)
     t0, t1 = torch.tensor([0.0, 0.5, 1.0]), torch.tensor([0.5, 1.0, 1.5])

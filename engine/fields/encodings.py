@@ -43,7 +43,7 @@ class HashGrid(nn.Module):
         self.n_features = n_features_per_level
         self.output_dim = n_levels * n_features_per_level
         self.hashmap_size = 2**log2_hashmap_size
-        resolutions, offsets, dense, sizes = [], [0], [], []
+        resolutions, offsets, dense = [], [0], []
         for level in range(n_levels):
             res = int(math.floor(base_resolution * per_level_scale**level))
             n_vertices = (res + 1) ** 3
@@ -51,13 +51,11 @@ class HashGrid(nn.Module):
             size = n_vertices if is_dense else self.hashmap_size
             resolutions.append(res)
             dense.append(is_dense)
-            sizes.append(size)
             offsets.append(offsets[-1] + size)
         self.register_buffer("resolutions", torch.tensor(resolutions, dtype=torch.long), persistent=False)
         self.register_buffer("offsets", torch.tensor(offsets[:-1], dtype=torch.long), persistent=False)
         self.register_buffer("dense", torch.tensor(dense, dtype=torch.bool), persistent=False)
         self.register_buffer("corners", _CORNERS.clone(), persistent=False)
-        self.level_sizes = sizes
         # Resolutions grow with the level, so the densely indexed levels are exactly the first ones. Kept as a
         # Python int: reading it from a tensor would cost a host sync (and a graph break under torch.compile).
         self.n_dense_levels = sum(dense)
