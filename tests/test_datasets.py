@@ -10,25 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dataset_helpers import DTU, REPO, centre_aware, dtu_or_skip, project_with
 
 import datasets
 from datasets import DatasetError
 from datasets.geometry import decompose_projection, project_points, projection_matrix
 
-REPO = Path(__file__).resolve().parents[1]
-DTU = (REPO / ".." / "shared" / "data" / "dtu_scan65").resolve()
 N_DTU = 49
-
-
-def dtu_or_skip() -> Path:
-    if not (DTU / "cameras_sphere.npz").is_file():
-        pytest.skip(f"DTU scan 65 not found at {DTU}")
-    return DTU
-
-
-def centre_aware(factor: float) -> np.ndarray:
-    """Pixel map of a downscale, written out independently of datasets.geometry: u' = (u + 0.5) / s - 0.5."""
-    return np.array([[1 / factor, 0, 0.5 / factor - 0.5], [0, 1 / factor, 0.5 / factor - 0.5], [0, 0, 1]])
 
 
 def npz_projections(npz: Path, factor: float = 1) -> np.ndarray:
@@ -37,12 +25,6 @@ def npz_projections(npz: Path, factor: float = 1) -> np.ndarray:
     n = len([k for k in data.files if k.startswith("world_mat_") and "inv" not in k])
     P = [(data[f"world_mat_{i}"].astype(np.float64) @ data[f"scale_mat_{i}"].astype(np.float64))[:3] for i in range(n)]
     return centre_aware(factor) @ np.stack(P)
-
-
-def project_with(P: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """(N, P, 2) pixels of points (P, 3) through projections (N, 3, 4)."""
-    h = np.einsum("nij,pj->npi", P, np.c_[pts, np.ones(len(pts))])
-    return h[..., :2] / h[..., 2:]
 
 
 def random_ball(n: int, seed: int = 0, radius: float = 1.0) -> np.ndarray:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_datasets import centre_aware, dtu_or_skip, project_with  # tests/ is on sys.path (pyproject)
+from dataset_helpers import centre_aware, dtu_or_skip, project_with
 
 import datasets
 from datasets import DatasetError
