@@ -225,7 +225,7 @@ def distortion_loss(weights: Tensor, t_mid: Tensor, t_len: Tensor, ray_indices: 
 
 def compute_losses(model: NeuSModel, out: RenderOutput, target_rgb: Tensor, target_mask: Tensor | None,
                    weights_cfg, step: int) -> tuple[Tensor, dict[str, float]]:
-    """Weighted sum of the configured losses and their values (for logging)."""
+    """Weighted sum of the configured losses, and each term's value as a detached 0-d tensor (for logging)."""
     terms: dict[str, Tensor] = {}
     w = {k: scheduled(v, step) for k, v in weights_cfg.items()}
     n_rays = target_rgb.shape[0]
@@ -251,4 +251,5 @@ def compute_losses(model: NeuSModel, out: RenderOutput, target_rgb: Tensor, targ
     total = sum(w[k] * v for k, v in terms.items())
     if not isinstance(total, Tensor):
         total = out.rgb.sum() * 0.0
-    return total, {k: float(v.detach()) for k, v in terms.items()}
+    # Detached tensors, not floats: reading them forces a device sync, so callers do it only when reporting.
+    return total, {k: v.detach() for k, v in terms.items()}

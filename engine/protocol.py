@@ -39,12 +39,15 @@ class Emitter:
         elif self.mode == "bar":
             self._bar(record)
 
+    def progress_due(self, force: bool = False) -> bool:
+        """Whether a ``progress`` event may go out now (at most one per ``min_interval_s`` unless ``force``)."""
+        return force or time.monotonic() - self._last_progress >= self.min_interval_s
+
     def progress(self, force: bool = False, **fields) -> None:
         """A ``progress`` event, rate-limited to one per ``min_interval_s`` unless ``force``."""
-        now = time.monotonic()
-        if not force and now - self._last_progress < self.min_interval_s:
+        if not self.progress_due(force):
             return
-        self._last_progress = now
+        self._last_progress = time.monotonic()
         self.emit("progress", **fields)
 
     def log(self, message: str) -> None:

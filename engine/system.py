@@ -82,7 +82,7 @@ class NeuSSystem(L.LightningModule):
         self.model = NeuSModel(cfg.model)
         self.rays = rays
         self.n_rays = int(cfg.train.init_rays)
-        self.last_stats: dict[str, float] = {}
+        self.last_stats: dict[str, Tensor | int] = {}
         self._compiled = False
 
     # Lightning hooks -------------------------------------------------------
@@ -131,15 +131,20 @@ class NeuSSystem(L.LightningModule):
         self.n_rays = int(min(int(t.max_rays), max(int(t.min_rays), 0.7 * self.n_rays + 0.3 * n_next)))
         with torch.no_grad():
             mse = torch.mean((out.rgb - rgb) ** 2)
+        # Kept as tensors: converting them every step would stall the GPU; the reporter converts when it reports.
         self.last_stats = {
-            "loss": float(loss.detach()),
-            "psnr": float(-10.0 * torch.log10(mse.clamp_min(1e-10))),
+            "loss": loss.detach(),
+            "psnr": -10.0 * torch.log10(mse.clamp_min(1e-10)),
             "rays": origins.shape[0],
             "samples": out.n_samples,
-            "inv_s": float(self.model.inv_s().detach()),
+            "inv_s": self.model.inv_s().detach(),
             **terms,
         }
         return loss
+
+    def stats(self) -> dict[str, float | int]:
+        """The last step's statistics as Python numbers (one device sync)."""
+        return {k: v.item() if isinstance(v, Tensor) else v for k, v in self.last_stats.items()}
 
     # Phase profile (benchmark only): backward and the optimizer run outside training_step.
     def on_before_backward(self, loss: Tensor) -> None:

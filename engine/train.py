@@ -104,14 +104,14 @@ class ProgressCallback(L.Callback):
         if not trainer.is_global_zero:  # with DDP, only the first process reports and writes files
             return
         step = int(trainer.global_step)
-        stats = pl_module.last_stats
-        self.samples_total += int(stats.get("samples", 0))
-        elapsed = time.monotonic() - self.t0
-        done = max(1, step - self.start_step)
-        eta = elapsed / done * (self.total - step)
-        self.emitter.progress(force=step >= self.total, step=step, total=self.total, loss=stats.get("loss"),
-                              psnr=stats.get("psnr"), rays=stats.get("rays"), samples_per_step=stats.get("samples"),
-                              elapsed_s=round(elapsed, 2), eta_s=round(eta, 1), inv_s=stats.get("inv_s"))
+        self.samples_total += int(pl_module.last_stats.get("samples", 0))
+        if self.emitter.progress_due(force=step >= self.total):
+            stats = pl_module.stats()
+            elapsed = time.monotonic() - self.t0
+            eta = elapsed / max(1, step - self.start_step) * (self.total - step)
+            self.emitter.progress(force=True, step=step, total=self.total, loss=stats.get("loss"),
+                                  psnr=stats.get("psnr"), rays=stats.get("rays"), samples_per_step=stats.get("samples"),
+                                  elapsed_s=round(elapsed, 2), eta_s=round(eta, 1), inv_s=stats.get("inv_s"))
         t = self.cfg.train
         if self.cancelled:
             return
