@@ -9,6 +9,7 @@ lines from stdout on a thread and hands them to the main thread through a :class
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import queue
@@ -355,6 +356,10 @@ class EngineProcess:
             self.events.put({"event": protocol.LOG_EVENT, "message": f"stdout reader stopped: {e}"})
         finally:
             rc = self._proc.wait()
+            for pipe in (self._proc.stdout, self._proc.stdin):  # the process is gone: release its pipes
+                if pipe is not None:
+                    with contextlib.suppress(OSError, ValueError):
+                        pipe.close()
             if self._log_file is not None:
                 self._log_file.close()
             (self.run_dir / STOP_FILE).unlink(missing_ok=True)
