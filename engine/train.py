@@ -142,7 +142,7 @@ def _trainer_kwargs(device: torch.device, cfg) -> dict:
                 limit_val_batches=0, log_every_n_steps=10**9, deterministic=False)
 
 
-def prepare(req: FitRequest, emitter: Emitter):
+def prepare(req: FitRequest):
     """Loads the scene and builds the resolved config (or the saved one on ``--resume``)."""
     if not req.data_dir.is_dir():
         raise InputError(f"{req.data_dir}: data folder not found")
@@ -185,7 +185,7 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
     t_start = time.monotonic()
     emitter.emit("stage", stage="loading")
     req.run_dir.mkdir(parents=True, exist_ok=True)
-    cfg, scene = prepare(req, emitter)
+    cfg, scene = prepare(req)
     device = select_device(str(cfg.device))
     if not req.resume:
         resolve_auto(cfg, scene.masks is not None, device.type)
@@ -255,14 +255,15 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
             files = export_mesh(model, cfg, scene, req.run_dir, emitter, ExportOptions.from_config(cfg.export))
             mesh = files.get("ply")
         return {"event": "cancelled", "step": step, "checkpoint": str(ckpt_out.resolve()),
-                "mesh": None if mesh is None else str(mesh)}
+                "mesh": None if mesh is None else str(mesh.resolve())}
 
     if len(held_idx):
         validate(step)
     t0 = time.monotonic()
     files = export_mesh(model, cfg, scene, req.run_dir, emitter, ExportOptions.from_config(cfg.export),
                         timings := {})
-    result = {"event": "done", "mesh": str(files["ply"]), "files": {k: str(v) for k, v in files.items()},
+    result = {"event": "done", "mesh": str(files["ply"].resolve()),
+              "files": {k: str(v.resolve()) for k, v in files.items()},
               "steps": step, "timings": {"load_s": round(t_load, 2), "train_s": round(t_train, 2),
                                          "extract_s": round(timings.get("extract_s", 0.0), 2),
                                          "export_s": round(timings.get("export_s", time.monotonic() - t0), 2),
