@@ -201,8 +201,10 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
     system = NeuSSystem(cfg, rays)
     start_step = 0
     ckpt = checkpoint_path(req.run_dir) if req.resume else None
+    saved_state = None
     if ckpt is not None:
-        start_step = int(torch.load(ckpt, map_location="cpu", weights_only=False).get("global_step", 0))
+        saved_state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        start_step = int(saved_state.get("global_step", 0))
     total = int(cfg.train.steps)
     t_load = time.monotonic() - t_start
     enc = cfg.model.geometry.encoding
@@ -243,7 +245,7 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
     if start_step < total:
         trainer.fit(system, ckpt_path=str(ckpt) if ckpt is not None else None)
     else:
-        system.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
+        system.load_state_dict(saved_state["state_dict"])
     t_train = time.monotonic() - t_train0
     model = system.model.to(device).eval()
     step = max(int(trainer.global_step), start_step)
