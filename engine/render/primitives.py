@@ -3,9 +3,14 @@
 Samples of all rays are stored flat, sorted by ray: ``t_starts (S,)``, ``t_ends (S,)`` and ``ray_indices (S,)``
 (long, non-decreasing). Rays with no samples simply do not appear. Every function here is differentiable where it
 makes sense and works on CPU, CUDA and MPS.
+
+``sample_static`` produces the same layout in buffers of a fixed size: the unused tail points at a dummy ray ``R``
+(pass ``n_rays = R + 1`` to the scans and accumulations, then drop the last row).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -60,9 +65,12 @@ def _exclusive_cumsum_padded(values: Tensor, ray_indices: Tensor, n_rays: int) -
 
 
 def segment_first_index(ray_indices: Tensor, n_rays: int) -> Tensor:
-    """Index of the first sample of each ray (rays without samples get a harmless 0). (S,) -> (R,)."""
-    counts = torch.bincount(ray_indices, minlength=n_rays)
-    return torch.cumsum(counts, 0) - counts
+    """Index of the first sample of each ray (rays without samples get the next ray's start). (S,) -> (R,).
+
+    A binary search on the sorted indices: unlike ``bincount`` (whose output size depends on the data, so CUDA
+    reads the maximum back to the host) its shape is known up front, so it neither syncs nor breaks a compiled graph.
+    """
+    return torch.searchsorted(ray_indices, torch.arange(n_rays, device=ray_indices.device, dtype=ray_indices.dtype))
 
 
 def render_weights_from_alpha(alphas: Tensor, ray_indices: Tensor, n_rays: int) -> tuple[Tensor, Tensor]:
@@ -161,3 +169,71 @@ def sample_uniform_along_rays(
         tm = t_mid[ray_i, step_i]
     half = 0.5 * step_size
     return tm - half, tm + half, ray_i
+
+
+class StaticSamples(NamedTuple):
+    """Output of ``sample_static`` for R rays and a budget of S samples."""
+
+    t_starts: Tensor  # (S,) float; 0 in the padding
+    t_ends: Tensor  # (S,) float; 0 in the padding (zero-length segments)
+    ray_indices: Tensor  # (S,) long, non-decreasing; R (a dummy ray) in the padding
+    valid: Tensor  # (S,) bool, False in the padding; the valid entries come first
+    complete: Tensor  # (R,) bool: every candidate of this ray and of all earlier rays fit in the budget
+    n_valid: Tensor  # () long: valid candidates before truncation (may exceed S)
+
+
+def sample_static(
+    origins: Tensor,
+    dirs: Tensor,
+    near: Tensor,
+    far: Tensor,
+    step_size: float,
+    n_steps: int,
+    budget: int,
+    occupied_fn=None,
+    stratified: bool = False,
+) -> StaticSamples:
+    """``sample_uniform_along_rays`` with shapes fixed by (R, T, S) alone: no host sync, no data-dependent shape.
+
+    Marches ``n_steps`` (T) candidates per ray, keeps those inside ``[near, far)`` and in occupied space, and
+    compacts them, in ray order, into ``budget`` (S) slots with a prefix sum and a scatter. With the same random
+    offsets and a budget that is not exceeded, the valid entries equal ``sample_uniform_along_rays``'s output.
+
+    When more than S candidates are valid, the ones past the budget are dropped. ``complete`` then marks the prefix
+    of rays whose samples all fit: the ray that was cut and every later ray (even one with no candidates) are
+    incomplete. Keeping a prefix of the (randomly drawn) rays keeps the rays used by the losses an unbiased subset;
+    excluding only the cut rays would over-represent empty rays after the cut.
+
+    Args:
+        origins, dirs: (R, 3); near, far: (R,) (rays with far <= near get no samples);
+        step_size: distance between samples; n_steps: T, candidates per ray (a Python int known up front);
+        budget: S, the output size; occupied_fn: maps (M, 3) points to (M,) bool, or None to keep everything;
+        stratified: jitter the first sample of each ray by a random fraction of a step.
+    Returns:
+        StaticSamples (see there for the shapes).
+    """
+    n_rays, dev = origins.shape[0], origins.device
+    # Same draws and arithmetic as sample_uniform_along_rays, so the two agree sample for sample.
+    offset = torch.rand(n_rays, 1, device=dev) if stratified else torch.full((n_rays, 1), 0.5, device=dev)
+    k = torch.arange(n_steps, device=dev, dtype=origins.dtype)[None, :]
+    t_mid = near[:, None] + (k + offset) * step_size  # (R, T)
+    valid = t_mid < far[:, None]
+    if occupied_fn is not None:
+        pts = origins[:, None, :] + dirs[:, None, :] * t_mid[..., None]
+        valid = valid & occupied_fn(pts.reshape(-1, 3)).reshape(n_rays, n_steps)
+    counts = valid.sum(1)  # (R,)
+    complete = torch.cumsum(counts, 0) <= budget
+    flat = valid.reshape(-1)  # ray-major, so the compacted samples stay sorted by ray
+    pos = torch.cumsum(flat, 0) - 1  # destination slot of each valid candidate
+    n_valid = counts.sum()
+    # Invalid and over-budget candidates all land in a scratch slot S that is cut off afterwards.
+    dest = torch.where(flat & (pos < budget), pos, budget)
+    ray_of = torch.arange(n_rays, device=dev)[:, None].expand(n_rays, n_steps).reshape(-1)
+    t_buf = t_mid.new_zeros(budget + 1).scatter_(0, dest, t_mid.reshape(-1))[:budget]
+    ray_buf = torch.full((budget + 1,), n_rays, dtype=torch.long, device=dev).scatter_(0, dest, ray_of)[:budget]
+    slot_valid = torch.arange(budget, device=dev) < n_valid
+    half = 0.5 * step_size
+    zero = t_buf.new_zeros(())
+    t_starts = torch.where(slot_valid, t_buf - half, zero)
+    t_ends = torch.where(slot_valid, t_buf + half, zero)
+    return StaticSamples(t_starts, t_ends, ray_buf, slot_valid, complete, n_valid)
