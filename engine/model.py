@@ -19,6 +19,7 @@ from .render.primitives import (
     ray_sphere_intersect,
     render_weights_from_alpha,
     render_weights_from_density,
+    sample_static,
     sample_uniform_along_rays,
 )
 
@@ -50,7 +51,7 @@ class RenderOutput:
     opacity: Tensor  # (R,) foreground opacity
     depth: Tensor  # (R,)
     normal: Tensor  # (R, 3) accumulated foreground normal
-    n_samples: int  # foreground samples S
+    n_samples: int | Tensor  # foreground samples S (static sampler: valid samples kept, a 0-d tensor)
     sdf: Tensor  # (S,)
     gradients: Tensor  # (S, 3)
     weights: Tensor  # (S,)
@@ -58,6 +59,10 @@ class RenderOutput:
     t_len: Tensor  # (S,)
     ray_indices: Tensor  # (S,)
     points: Tensor  # (S, 3)
+    # Static sampler only (None otherwise); S is then the fixed budget, and ray_indices is R in the padding.
+    complete: Tensor | None = None  # (R,) bool: rays whose samples all fit in the budget (the losses use these)
+    valid: Tensor | None = None  # (S,) bool: False in the padding
+    n_candidates: Tensor | None = None  # () valid candidates before truncation (the demand; may exceed S)
 
 
 class NeuSModel(nn.Module):
@@ -89,6 +94,12 @@ class NeuSModel(nn.Module):
         self.occupancy = OccupancyGrid(self.radius, int(occ.resolution), float(occ.threshold),
                                        margin=float(occ.margin)) if occ.enabled else None
         self.step_size = math.sqrt(3) * 2 * self.radius / float(cfg.num_samples_per_ray)
+        self.max_steps = int(math.ceil(2 * self.radius / self.step_size)) + 1  # candidates per ray (any chord)
+        self.sampler = str(cfg.get("sampler", "packed"))
+        if self.sampler not in ("packed", "static"):
+            raise ValueError(f"model.sampler must be packed or static, got {self.sampler!r}")
+        # Samples per static render_rays call when none is given; training passes train.target_samples.
+        self.static_budget = max(2**18, self.max_steps)
         self.register_buffer("cos_anneal_ratio", torch.tensor(1.0 if int(cfg.cos_anneal_end) <= 0 else 0.0))
         self.timer = PhaseTimer()
         self.weights_from_alpha = render_weights_from_alpha
@@ -118,13 +129,16 @@ class NeuSModel(nn.Module):
         self.timer.mark("occupancy_update")
 
     # ---------------------------------------------------------------- rendering
-    def render_rays(self, origins: Tensor, dirs: Tensor, bg_color: Tensor, stratified: bool = False) -> RenderOutput:
+    def render_rays(self, origins: Tensor, dirs: Tensor, bg_color: Tensor, stratified: bool = False,
+                    budget: int | None = None) -> RenderOutput:
         """Renders rays.
 
         Args:
             origins, dirs: (R, 3) in the normalized frame, dirs unit length.
             bg_color: (R, 3) or (3,) colour behind the foreground when there is no learned background.
             stratified: jitter sample positions (training).
+            budget: static sampler only: the fixed sample count S (default ``static_budget``); rays that do not
+                fit are marked incomplete in ``RenderOutput.complete``.
         Returns:
             RenderOutput.
         """
@@ -132,24 +146,43 @@ class NeuSModel(nn.Module):
         near, far, hit = ray_sphere_intersect(origins, dirs, self.radius)
         far_fg = torch.where(hit, far, near)
         occupied = self.occupancy.query if self.occupancy is not None else None
-        max_samples = int(math.ceil(2 * self.radius / self.step_size)) + 1
-        t0, t1, ray_idx = sample_uniform_along_rays(origins, dirs, near, far_fg, self.step_size, max_samples,
-                                                    occupied, stratified)
+        static = None
+        if self.sampler == "static":
+            budget = int(budget or self.static_budget)
+            static = sample_static(origins, dirs, near, far_fg, self.step_size, self.max_steps, budget, occupied,
+                                   stratified)
+            t0, t1, ray_idx = static.t_starts, static.t_ends, static.ray_indices
+        else:
+            t0, t1, ray_idx = sample_uniform_along_rays(origins, dirs, near, far_fg, self.step_size, self.max_steps,
+                                                        occupied, stratified)
         t_mid = 0.5 * (t0 + t1)
         t_len = t1 - t0
-        d = dirs[ray_idx]
-        pts = origins[ray_idx] + d * t_mid[:, None]
+        if static is None:
+            d = dirs[ray_idx]
+            pts = origins[ray_idx] + d * t_mid[:, None]
+        else:
+            # Padding belongs to the dummy ray R: borrow a real ray's direction and park its points at the centre.
+            ray_g = ray_idx.clamp_max(max(0, n_rays - 1))
+            d = dirs[ray_g]
+            pts = torch.where(static.valid[:, None], origins[ray_g] + d * t_mid[:, None], 0.0)
         self.timer.mark("marching")
         sdf, grad, feat = self.geometry(pts, with_grad=True)
         normals = F.normalize(grad, dim=-1)
         rgb_s = self.radiance(feat, d, normals)
         self.timer.mark("field_forward")
-        alpha = neus_alpha(sdf, normals, d, t_len, self.inv_s(), float(self.cos_anneal_ratio))
-        weights, _ = self.weights_from_alpha(alpha, ray_idx, n_rays)
-        opacity = accumulate_along_rays(weights, ray_idx, n_rays)[:, 0]
-        rgb = accumulate_along_rays(weights, ray_idx, n_rays, rgb_s)
-        depth = accumulate_along_rays(weights, ray_idx, n_rays, t_mid[:, None])[:, 0]
-        normal = accumulate_along_rays(weights, ray_idx, n_rays, normals)
+        n_acc = n_rays  # rays accumulated over; the static sampler adds the dummy ray R, dropped below
+        if static is None:
+            alpha = neus_alpha(sdf, normals, d, t_len, self.inv_s(), float(self.cos_anneal_ratio))
+        else:
+            # The annealing ratio stays a tensor (no host read); padding is forced transparent: zero weight.
+            alpha = torch.where(static.valid,
+                                neus_alpha(sdf, normals, d, t_len, self.inv_s(), self.cos_anneal_ratio), 0.0)
+            n_acc = n_rays + 1
+        weights, _ = self.weights_from_alpha(alpha, ray_idx, n_acc)
+        opacity = accumulate_along_rays(weights, ray_idx, n_acc)[:n_rays, 0]
+        rgb = accumulate_along_rays(weights, ray_idx, n_acc, rgb_s)[:n_rays]
+        depth = accumulate_along_rays(weights, ray_idx, n_acc, t_mid[:, None])[:n_rays, 0]
+        normal = accumulate_along_rays(weights, ray_idx, n_acc, normals)[:n_rays]
 
         if self.background is not None:
             # The background starts where the ray leaves the sphere of radius start_radius * radius.
@@ -161,8 +194,11 @@ class NeuSModel(nn.Module):
             bg = bg_color.expand(n_rays, 3) if bg_color.dim() == 1 else bg_color
         rgb = rgb + (1.0 - opacity[:, None]) * bg
         self.timer.mark("rendering")
-        return RenderOutput(rgb, opacity, depth, normal, int(t_mid.shape[0]), sdf, grad, weights, t_mid, t_len,
-                            ray_idx, pts)
+        if static is None:
+            return RenderOutput(rgb, opacity, depth, normal, int(t_mid.shape[0]), sdf, grad, weights, t_mid, t_len,
+                                ray_idx, pts)
+        return RenderOutput(rgb, opacity, depth, normal, static.n_valid.clamp_max(budget), sdf, grad, weights, t_mid,
+                            t_len, ray_idx, pts, static.complete, static.valid, static.n_valid)
 
     def _render_background(self, origins: Tensor, dirs: Tensor, t_start: Tensor, stratified: bool) -> Tensor:
         """Colour of the scene behind the bounding sphere: samples uniform in inverse depth from ``t_start``."""
@@ -192,10 +228,15 @@ class NeuSModel(nn.Module):
 
         origins, dirs = camera_rays(K, c2w, height, width)
         outs: dict[str, list[Tensor]] = {"rgb": [], "opacity": [], "depth": [], "normal": []}
-        for s in range(0, origins.shape[0], chunk):
-            out = self.render_rays(origins[s:s + chunk], dirs[s:s + chunk], bg_color)
+        # Static sampler: about 32 samples per ray; the rays that did not fit (a suffix) go into the next call.
+        budget = max(self.max_steps, 32 * chunk)
+        s = 0
+        while s < origins.shape[0]:
+            out = self.render_rays(origins[s:s + chunk], dirs[s:s + chunk], bg_color, budget=budget)
+            n_done = out.rgb.shape[0] if out.complete is None else int(out.complete.sum())  # >= 1: budget >= T
             for key in outs:
-                outs[key].append(getattr(out, key))
+                outs[key].append(getattr(out, key)[:n_done])
+            s += n_done
         result = {k: torch.cat(v) for k, v in outs.items()}
         return {k: v.reshape(height, width, -1).squeeze(-1) for k, v in result.items()}
 
@@ -213,14 +254,29 @@ class NeuSModel(nn.Module):
         return self.radiance(feat, -n, n)
 
 
-def distortion_loss(weights: Tensor, t_mid: Tensor, t_len: Tensor, ray_indices: Tensor, n_rays: int) -> Tensor:
-    """Mip-NeRF 360 distortion loss on packed samples in O(S), (S,) tensors -> scalar (mean over rays)."""
+def distortion_loss(weights: Tensor, t_mid: Tensor, t_len: Tensor, ray_indices: Tensor, n_rays: int,
+                    ray_weights: Tensor | None = None) -> Tensor:
+    """Mip-NeRF 360 distortion loss on packed samples in O(S), (S,) tensors -> scalar (mean over rays).
+
+    ``ray_weights`` (n_rays,): a weighted mean over rays instead (the static sampler: its completeness mask, with the
+    dummy padding ray last).
+    """
     wm = weights * t_mid
     w_before = exclusive_cumsum_per_ray(weights, ray_indices, n_rays)
     wm_before = exclusive_cumsum_per_ray(wm, ray_indices, n_rays)
     inter = 2.0 * weights * (t_mid * w_before - wm_before)
     intra = weights * weights * t_len / 3.0
-    return (inter + intra).sum() / max(1, n_rays)
+    if ray_weights is None:
+        return (inter + intra).sum() / max(1, n_rays)
+    return ((inter + intra) * ray_weights[ray_indices]).sum() / ray_weights.sum().clamp_min(1.0)
+
+
+def _masked_mean(values: Tensor, weights: Tensor | None) -> Tensor:
+    """Mean of ``values`` over the leading dimension, weighted by ``weights`` (0/1) when given; shapes (N, ...)."""
+    if weights is None:
+        return values.mean()
+    per_row = values.reshape(values.shape[0], -1).mean(1)
+    return (per_row * weights).sum() / weights.sum().clamp_min(1.0)
 
 
 def compute_losses(model: NeuSModel, out: RenderOutput, target_rgb: Tensor, target_mask: Tensor | None,
@@ -229,25 +285,49 @@ def compute_losses(model: NeuSModel, out: RenderOutput, target_rgb: Tensor, targ
     terms: dict[str, Tensor] = {}
     w = {k: scheduled(v, step) for k, v in weights_cfg.items()}
     n_rays = target_rgb.shape[0]
-    if w.get("rgb_l1", 0) > 0:
-        terms["rgb_l1"] = F.l1_loss(out.rgb, target_rgb)
-    if w.get("rgb_mse", 0) > 0:
-        terms["rgb_mse"] = F.mse_loss(out.rgb, target_rgb)
-    if w.get("eikonal", 0) > 0 and out.n_samples > 0:
-        terms["eikonal"] = ((out.gradients.norm(dim=-1) - 1.0) ** 2).mean()
-    if target_mask is not None and w.get("mask", 0) > 0:
-        op = out.opacity.clamp(1e-3, 1 - 1e-3)
-        terms["mask"] = F.binary_cross_entropy(op, target_mask)
-    if w.get("opaque", 0) > 0:
-        op = out.opacity.clamp(1e-3, 1 - 1e-3)
-        terms["opaque"] = F.binary_cross_entropy(op, op.detach().round())
-    if w.get("sparsity", 0) > 0 and out.n_samples > 0:
-        terms["sparsity"] = torch.exp(-float(model.cfg.sparsity_scale) * out.sdf.abs()).mean()
-    if w.get("curvature", 0) > 0 and out.n_samples > 0:
+    if out.complete is None:
+        has_samples = out.n_samples > 0
+        if w.get("rgb_l1", 0) > 0:
+            terms["rgb_l1"] = F.l1_loss(out.rgb, target_rgb)
+        if w.get("rgb_mse", 0) > 0:
+            terms["rgb_mse"] = F.mse_loss(out.rgb, target_rgb)
+        if target_mask is not None and w.get("mask", 0) > 0:
+            op = out.opacity.clamp(1e-3, 1 - 1e-3)
+            terms["mask"] = F.binary_cross_entropy(op, target_mask)
+        if w.get("opaque", 0) > 0:
+            op = out.opacity.clamp(1e-3, 1 - 1e-3)
+            terms["opaque"] = F.binary_cross_entropy(op, op.detach().round())
+    else:
+        # Static sampler: only complete rays count (a truncated ray's colour is biased); no test on the sample
+        # count, which would read it back to the host: the masked means handle zero samples.
+        has_samples = True
+        ray_w = out.complete.to(out.rgb.dtype)
+        if w.get("rgb_l1", 0) > 0:
+            terms["rgb_l1"] = _masked_mean((out.rgb - target_rgb).abs(), ray_w)
+        if w.get("rgb_mse", 0) > 0:
+            terms["rgb_mse"] = _masked_mean((out.rgb - target_rgb) ** 2, ray_w)
+        if target_mask is not None and w.get("mask", 0) > 0:
+            op = out.opacity.clamp(1e-3, 1 - 1e-3)
+            terms["mask"] = _masked_mean(F.binary_cross_entropy(op, target_mask, reduction="none"), ray_w)
+        if w.get("opaque", 0) > 0:
+            op = out.opacity.clamp(1e-3, 1 - 1e-3)
+            terms["opaque"] = _masked_mean(F.binary_cross_entropy(op, op.detach().round(), reduction="none"), ray_w)
+    # Per-sample regularisers: every valid sample counts, padding does not (sample_w is None for packed samples).
+    sample_w = None if out.valid is None else out.valid.to(out.sdf.dtype)
+    if w.get("eikonal", 0) > 0 and has_samples:
+        terms["eikonal"] = _masked_mean((out.gradients.norm(dim=-1) - 1.0) ** 2, sample_w)
+    if w.get("sparsity", 0) > 0 and has_samples:
+        terms["sparsity"] = _masked_mean(torch.exp(-float(model.cfg.sparsity_scale) * out.sdf.abs()), sample_w)
+    if w.get("curvature", 0) > 0 and has_samples:
         lap = model.geometry.laplacian(out.points, out.sdf, model.geometry.fd_eps * 4)
-        terms["curvature"] = lap.abs().mean()
-    if w.get("distortion", 0) > 0 and out.n_samples > 0:
-        terms["distortion"] = distortion_loss(out.weights, out.t_mid, out.t_len, out.ray_indices, n_rays)
+        terms["curvature"] = _masked_mean(lap.abs(), sample_w)
+    if w.get("distortion", 0) > 0 and has_samples:
+        if out.complete is None:
+            terms["distortion"] = distortion_loss(out.weights, out.t_mid, out.t_len, out.ray_indices, n_rays)
+        else:
+            ray_w = torch.cat([out.complete, out.complete.new_zeros(1)]).to(out.weights.dtype)  # + dummy ray
+            terms["distortion"] = distortion_loss(out.weights, out.t_mid, out.t_len, out.ray_indices, n_rays + 1,
+                                                  ray_w)
     total = sum(w[k] * v for k, v in terms.items())
     if not isinstance(total, Tensor):
         total = out.rgb.sum() * 0.0

@@ -15,10 +15,12 @@ from .model import NeuSModel, compute_losses
 from .rays import directions_from_pixels
 
 
-def compile_with_fallback(fn, name: str):
+def compile_with_fallback(fn, name: str, mode: str | None = None):
     """``torch.compile(fn)``, except that a failure to compile (which surfaces at the first call) switches
-    that function back to eager for the rest of the run instead of ending it."""
-    compiled = torch.compile(fn, dynamic=True)
+    that function back to eager for the rest of the run instead of ending it.
+
+    ``mode="reduce-overhead"`` (CUDA graphs) compiles for static shapes, one graph per input shape."""
+    compiled = torch.compile(fn, dynamic=True) if mode is None else torch.compile(fn, mode=mode, dynamic=False)
     use_compiled = [True]
 
     def call(*args, **kwargs):
@@ -32,6 +34,36 @@ def compile_with_fallback(fn, name: str):
         return fn(*args, **kwargs)
 
     return call
+
+
+def bucket_rays(n: float, lo: int, hi: int) -> int:
+    """Rounds a ray count to the nearest of 8 sizes per octave (m * 2^k, m = 8..15), clamped to [lo, hi].
+
+    The static sampler's shapes depend on the ray count only, so few distinct counts mean few distinct shapes
+    (few CUDA graphs, few recompilations) while the count still tracks the wanted samples within ~6 %.
+    """
+    n = min(max(float(n), lo), hi)
+    q = 2 ** max(0, math.floor(math.log2(n)) - 3)
+    return int(min(max(round(n / q) * q, lo), hi))
+
+
+class _HostReadback:
+    """Copies a device scalar to the host without waiting for it; ``poll`` gives the value once it has landed."""
+
+    def __init__(self, value: Tensor) -> None:
+        self.event = None
+        if value.device.type == "cuda":
+            self.host = torch.empty((), dtype=value.dtype, pin_memory=True)
+            self.host.copy_(value.detach(), non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = value.detach().to("cpu")  # CPU: already there; MPS: this waits, which is fine there
+
+    def poll(self) -> float | None:
+        if self.event is not None and not self.event.query():
+            return None
+        return float(self.host)
 
 
 class _Steps(IterableDataset):
@@ -84,6 +116,17 @@ class NeuSSystem(L.LightningModule):
         self.n_rays = int(cfg.train.init_rays)
         self.last_stats: dict[str, Tensor | int] = {}
         self._compiled = False
+        # Static sampler: fixed sample budget; the ray count follows the candidates per ray, read back lagged.
+        self.static = self.model.sampler == "static"
+        self.cuda_graphs = False
+        if self.static:
+            t = cfg.train
+            self.n_rays = bucket_rays(self.n_rays, int(t.min_rays), int(t.max_rays))
+            self.model.static_budget = max(int(t.target_samples), self.model.max_steps)
+            self._demand_ema: Tensor | None = None  # candidates per ray, on the device
+            self._demand: float | None = None  # the last value that reached the host
+            self._readback: _HostReadback | None = None
+            self._readback_step = -(10**9)
 
     # Lightning hooks -------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -93,12 +136,19 @@ class NeuSSystem(L.LightningModule):
             self._compile()
 
     def _compile(self) -> None:
-        """Compiles the field forwards (dynamic sample counts); each falls back to eager if compilation fails."""
+        """Compiles the field forwards (dynamic sample counts); each falls back to eager if compilation fails.
+
+        With the static sampler and ``train.cuda_graphs``, the fields are compiled for static shapes with CUDA
+        graphs instead (``mode="reduce-overhead"``): their input size is the fixed budget, so one graph serves
+        every step. Compilation errors fall back to eager; errors while replaying graphs are not caught.
+        """
         encoding = self.model.geometry.encoding
         if hasattr(encoding, "static_levels"):
             encoding.static_levels = True  # progressive levels by masking: no recompilation as levels unlock
+        self.cuda_graphs = self.static and bool(self.cfg.train.get("cuda_graphs", False))
+        mode = "reduce-overhead" if self.cuda_graphs else None
         for module in (self.model.geometry, self.model.radiance):
-            module.forward = compile_with_fallback(module.forward, type(module).__name__)
+            module.forward = compile_with_fallback(module.forward, type(module).__name__, mode)
         self._compiled = True
 
     def train_dataloader(self) -> DataLoader:
@@ -115,6 +165,10 @@ class NeuSSystem(L.LightningModule):
         step = int(self.global_step)
         timer = self.model.timer
         timer.start()
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration: earlier graph outputs may be overwritten
+        if self.static:
+            self._adapt_static_rays(step)
         self.model.update_step(step)
         origins, dirs, rgb, mask = self.rays.sample(self.n_rays)
         timer.mark("data")
@@ -125,12 +179,20 @@ class NeuSSystem(L.LightningModule):
         out = self.model.render_rays(origins, dirs, bg, stratified=True)
         loss, terms = compute_losses(self.model, out, rgb, mask if use_mask else None, self.cfg.train.loss, step)
         timer.mark("losses")
-        # Hold the number of samples per step near the target by adapting the ray count.
         t = self.cfg.train
-        n_next = self.n_rays * float(t.target_samples) / max(1, out.n_samples)
-        self.n_rays = int(min(int(t.max_rays), max(int(t.min_rays), 0.7 * self.n_rays + 0.3 * n_next)))
-        with torch.no_grad():
-            mse = torch.mean((out.rgb - rgb) ** 2)
+        if self.static:
+            with torch.no_grad():
+                per_ray = out.n_candidates.float() / origins.shape[0]
+                # Device-side EMA; the host reads it only now and then (see _adapt_static_rays).
+                self._demand_ema = per_ray if self._demand_ema is None else 0.8 * self._demand_ema + 0.2 * per_ray
+                c = out.complete.float()
+                mse = (((out.rgb - rgb) ** 2).mean(-1) * c).sum() / c.sum().clamp_min(1.0)
+        else:
+            # Hold the number of samples per step near the target by adapting the ray count.
+            n_next = self.n_rays * float(t.target_samples) / max(1, out.n_samples)
+            self.n_rays = int(min(int(t.max_rays), max(int(t.min_rays), 0.7 * self.n_rays + 0.3 * n_next)))
+            with torch.no_grad():
+                mse = torch.mean((out.rgb - rgb) ** 2)
         # Kept as tensors: converting them every step would stall the GPU; the reporter converts when it reports.
         self.last_stats = {
             "loss": loss.detach(),
@@ -141,6 +203,33 @@ class NeuSSystem(L.LightningModule):
             **terms,
         }
         return loss
+
+    def _adapt_static_rays(self, step: int) -> None:
+        """Static sampler: picks the ray count for a budget of ``target_samples`` without syncing every step.
+
+        Every ``train.static_adapt_every`` steps the candidates-per-ray EMA is copied to the host asynchronously;
+        once the copy has landed (a step or two later on CUDA), the ray count moves to the bucket that fills
+        ``static_fill`` of the budget. Changes under 10 % are ignored, so the shapes settle.
+        """
+        t = self.cfg.train
+        if self._readback is not None:
+            value = self._readback.poll()
+            if value is None:
+                return
+            self._readback = None
+            self._demand = max(value, 1e-3)
+            self._set_static_rays(self._demand)
+        if self._demand_ema is not None and step - self._readback_step >= int(t.get("static_adapt_every", 50)):
+            self._readback = _HostReadback(self._demand_ema)
+            self._readback_step = step
+
+    def _set_static_rays(self, demand: float) -> None:
+        t = self.cfg.train
+        wanted = float(t.get("static_fill", 0.9)) * int(t.target_samples) / demand
+        wanted = min(max(wanted, 0.25 * self.n_rays), 4.0 * self.n_rays)  # one noisy estimate cannot swing it far
+        new = bucket_rays(wanted, int(t.min_rays), int(t.max_rays))
+        if abs(new - self.n_rays) > 0.1 * self.n_rays:
+            self.n_rays = new
 
     def stats(self) -> dict[str, float | int]:
         """The last step's statistics as Python numbers (one device sync)."""
@@ -183,6 +272,12 @@ class NeuSSystem(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["n_rays"] = self.n_rays
+        if self.static and self._demand is not None:
+            checkpoint["static_demand"] = self._demand  # candidates per ray, as last read back
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.n_rays = int(checkpoint.get("n_rays", self.n_rays))
+        if self.static:
+            t = self.cfg.train
+            self.n_rays = bucket_rays(self.n_rays, int(t.min_rays), int(t.max_rays))  # e.g. saved by a packed run
+            self._demand = checkpoint.get("static_demand")

@@ -104,7 +104,9 @@ class ProgressCallback(L.Callback):
         if not trainer.is_global_zero:  # with DDP, only the first process reports and writes files
             return
         step = int(trainer.global_step)
-        self.samples_total += int(pl_module.last_stats.get("samples", 0))
+        samples = pl_module.last_stats.get("samples", 0)
+        # A device tensor with the static sampler: summed on the device, read once at the end (no per-step sync).
+        self.samples_total += samples.detach() if isinstance(samples, torch.Tensor) else int(samples)
         if self.emitter.progress_due(force=step >= self.total):
             stats = pl_module.stats()
             elapsed = time.monotonic() - self.t0
@@ -276,7 +278,7 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
         result["profile_ms_per_step"] = system.model.timer.summary_ms()
         result["device"] = str(device)
         result["device_name"] = device_name(device)
-        result["mean_samples_per_step"] = callback.samples_total / max(1, step - start_step)
+        result["mean_samples_per_step"] = float(callback.samples_total) / max(1, step - start_step)
         if device.type == "cuda":
             result["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
     return result
