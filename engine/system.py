@@ -19,8 +19,9 @@ def compile_with_fallback(fn, name: str, mode: str | None = None):
     """``torch.compile(fn)``, except that a failure to compile (which surfaces at the first call) switches
     that function back to eager for the rest of the run instead of ending it.
 
-    ``mode="reduce-overhead"`` (CUDA graphs) compiles for static shapes, one graph per input shape."""
-    compiled = torch.compile(fn, dynamic=True) if mode is None else torch.compile(fn, mode=mode, dynamic=False)
+    With ``mode="reduce-overhead"`` (CUDA graphs) dynamic shapes are left to torch.compile's default: one graph is
+    recorded per input shape anyway, and other callers (export, validation) may bring other shapes."""
+    compiled = torch.compile(fn, dynamic=True) if mode is None else torch.compile(fn, mode=mode)
     use_compiled = [True]
 
     def call(*args, **kwargs):

@@ -51,7 +51,8 @@ class FitRequest:
     overrides: list[str] = field(default_factory=list)
     resume: bool = False
     export_on_cancel: bool = False
-    profile: bool = False  # per-phase timings (synchronises the device every phase: benchmark only)
+    profile: bool = False  # benchmark figures in the result, with per-phase timings unless phase_timer is off
+    phase_timer: bool = True  # the per-phase timer synchronises the device at every phase: off to time sync-free runs
 
 
 def checkpoint_path(run_dir: Path) -> Path:
@@ -237,7 +238,7 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
                          n_views=int(min(len(held_idx), cfg.train.val_max_views)))
 
     callback = ProgressCallback(emitter, cancel, req.run_dir, cfg, total, start_step, preview, validate)
-    if req.profile:
+    if req.profile and req.phase_timer:
         system.model.timer.enable(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -205,3 +205,28 @@ def test_short_static_training_run_learns(tmp_path):
     assert all(0 < p["samples_per_step"] <= 8192 for p in progress)
     assert len({p["rays"] for p in progress}) > 1  # the ray count adapted (from 256 at the start)
     assert events[-1]["event"] == "done"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run by engine/gpu/gpu_check.sh)")
+def test_cuda_static_step_matches_packed_and_never_syncs():
+    _, packed, static = _model_pair()
+    packed, static = packed.cuda(), static.cuda()
+    for m in (packed, static):
+        _prune(m)
+    o, d = (x.cuda() for x in _rays(256))
+    bg = torch.ones(3, device="cuda")
+    a = packed.render_rays(o, d, bg)
+    b = static.render_rays(o, d, bg, budget=a.n_samples + 100)  # also the warm-up (lazy CUDA initialisation)
+    for key in ("rgb", "opacity", "depth", "normal"):
+        torch.testing.assert_close(getattr(b, key), getattr(a, key), rtol=1e-5, atol=1e-5)
+    weights = {k: 0.3 for k in ("rgb_l1", "eikonal", "opaque", "sparsity", "distortion")}
+    target = torch.rand(256, 3, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host sync (.item(), nonzero, bincount ...) raises
+    try:
+        out = static.render_rays(o, d, bg, stratified=True, budget=4096)
+        loss, _ = compute_losses(static, out, target, None, weights, step=5)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(loss)
