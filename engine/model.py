@@ -124,7 +124,9 @@ class NeuSModel(nn.Module):
         self.cos_anneal_ratio.fill_(1.0 if end <= 0 else min(1.0, step / end))
         occ = cfg.occupancy
         if self.occupancy is not None and step >= int(occ.warmup_steps) and step % int(occ.update_every) == 0:
-            self.occupancy.update(self.geometry.sdf, float(self.inv_s().detach()), self.step_size,
+            # Static sampler: inv_s stays on the device, so the refresh does not wait for the GPU either.
+            inv_s = self.inv_s().detach() if self.sampler == "static" else float(self.inv_s().detach())
+            self.occupancy.update(self.geometry.sdf, inv_s, self.step_size,
                                   fraction=float(occ.get("update_fraction", 1.0)))
         self.timer.mark("occupancy_update")
 

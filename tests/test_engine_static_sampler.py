@@ -167,6 +167,16 @@ def test_render_image_in_static_mode_continues_with_the_rays_that_did_not_fit():
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-5)
 
 
+def test_occupancy_refresh_takes_inv_s_as_a_device_tensor():
+    # The static sampler passes inv_s without reading it back; the refresh must be the same as with a float.
+    sdf = lambda x: x.norm(dim=-1) - 0.5  # noqa: E731
+    grids = [OccupancyGrid(radius=1.0, resolution=16) for _ in range(2)]
+    for grid, inv_s in zip(grids, (300.0, torch.tensor(300.0)), strict=True):
+        torch.manual_seed(0)
+        grid.update(sdf, inv_s, step_size=0.02, fraction=0.5)
+    assert torch.equal(grids[0].occupied, grids[1].occupied) and torch.equal(grids[0].density, grids[1].density)
+
+
 def test_ray_count_buckets_and_lagged_adaptation():
     assert [bucket_rays(n, 128, 16384) for n in (100, 1000, 1100, 5000, 10**6)] == [128, 1024, 1152, 5120, 16384]
     cfg = build_config("preview", "dtu", False, overrides=["model.sampler=static", "train.static_adapt_every=4"])

@@ -48,7 +48,7 @@ class OccupancyGrid(nn.Module):
         return self.occupied[idx] & inside
 
     @torch.no_grad()
-    def update(self, sdf_fn: Callable[[Tensor], Tensor], inv_s: float, step_size: float, chunk: int = 2**18,
+    def update(self, sdf_fn: Callable[[Tensor], Tensor], inv_s: float | Tensor, step_size: float, chunk: int = 2**18,
                jitter: bool = True, fraction: float = 1.0) -> None:
         """Re-evaluates the cells (all, or a random ``fraction`` of them): ``sdf_fn`` maps (M, 3) -> (M,).
 
