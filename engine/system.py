@@ -139,9 +139,9 @@ class NeuSSystem(L.LightningModule):
     def _compile(self) -> None:
         """Compiles the field forwards (dynamic sample counts); each falls back to eager if compilation fails.
 
-        With the static sampler and ``train.cuda_graphs``, the fields are compiled for static shapes with CUDA
-        graphs instead (``mode="reduce-overhead"``): their input size is the fixed budget, so one graph serves
-        every step. Compilation errors fall back to eager; errors while replaying graphs are not caught.
+        With the static sampler and ``train.cuda_graphs``, they are compiled with CUDA graphs instead
+        (``mode="reduce-overhead"``): in training their input size is the fixed budget, so one recorded graph
+        serves every step. Compilation errors fall back to eager; errors while replaying graphs are not caught.
         """
         encoding = self.model.geometry.encoding
         if hasattr(encoding, "static_levels"):
