@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from .model import NeuSModel, compute_losses
+from .model import NeuSModel, compute_losses, scheduled
 from .rays import directions_from_pixels
 
 
@@ -19,8 +19,8 @@ def compile_with_fallback(fn, name: str, mode: str | None = None):
     """``torch.compile(fn)``, except that a failure to compile (which surfaces at the first call) switches
     that function back to eager for the rest of the run instead of ending it.
 
-    With ``mode="reduce-overhead"`` (CUDA graphs) dynamic shapes are left to torch.compile's default: one graph is
-    recorded per input shape anyway, and other callers (export, validation) may bring other shapes."""
+    With ``mode="reduce-overhead"`` (CUDA graphs) dynamic shapes are left to torch.compile's default: a graph is
+    recorded per input shape anyway."""
     compiled = torch.compile(fn, dynamic=True) if mode is None else torch.compile(fn, mode=mode)
     use_compiled = [True]
 
@@ -128,6 +128,7 @@ class NeuSSystem(L.LightningModule):
             self._demand: float | None = None  # the last value that reached the host
             self._readback: _HostReadback | None = None
             self._readback_step = -(10**9)
+            self._static_step = self.static_forward  # compiled with CUDA graphs by _compile when configured
 
     # Lightning hooks -------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -139,17 +140,20 @@ class NeuSSystem(L.LightningModule):
     def _compile(self) -> None:
         """Compiles the field forwards (dynamic sample counts); each falls back to eager if compilation fails.
 
-        With the static sampler and ``train.cuda_graphs``, they are compiled with CUDA graphs instead
-        (``mode="reduce-overhead"``): in training their input size is the fixed budget, so one recorded graph
-        serves every step. Compilation errors fall back to eager; errors while replaying graphs are not caught.
+        With the static sampler and ``train.cuda_graphs``, the whole ``static_forward`` (render + losses) is
+        compiled instead, with CUDA graphs (``mode="reduce-overhead"``): one graph per ray-count bucket, replayed
+        every step; the fields stay eager for export and validation. Compilation errors fall back to eager; errors
+        while replaying graphs are not caught.
         """
         encoding = self.model.geometry.encoding
         if hasattr(encoding, "static_levels"):
             encoding.static_levels = True  # progressive levels by masking: no recompilation as levels unlock
         self.cuda_graphs = self.static and bool(self.cfg.train.get("cuda_graphs", False))
-        mode = "reduce-overhead" if self.cuda_graphs else None
-        for module in (self.model.geometry, self.model.radiance):
-            module.forward = compile_with_fallback(module.forward, type(module).__name__, mode)
+        if self.cuda_graphs:
+            self._static_step = compile_with_fallback(self.static_forward, "static_forward", "reduce-overhead")
+        else:
+            for module in (self.model.geometry, self.model.radiance):
+                module.forward = compile_with_fallback(module.forward, type(module).__name__)
         self._compiled = True
 
     def train_dataloader(self) -> DataLoader:
@@ -177,18 +181,23 @@ class NeuSSystem(L.LightningModule):
         use_mask = bool(self.cfg.data.use_mask) and mask is not None
         if use_mask:
             rgb = rgb * mask[:, None] + bg * (1.0 - mask[:, None])
-        out = self.model.render_rays(origins, dirs, bg, stratified=True)
-        loss, terms = compute_losses(self.model, out, rgb, mask if use_mask else None, self.cfg.train.loss, step)
-        timer.mark("losses")
         t = self.cfg.train
         if self.static:
-            with torch.no_grad():
-                per_ray = out.n_candidates.float() / origins.shape[0]
-                # Device-side EMA; the host reads it only now and then (see _adapt_static_rays).
+            weights = {k: scheduled(v, step) for k, v in t.loss.items()}
+            loss, terms, n_samples, per_ray, mse = self._static_step(origins, dirs, rgb, mask if use_mask else None,
+                                                                     bg, weights)
+            if self.cuda_graphs:  # the next replay overwrites graph outputs: keep copies of what outlives the step
+                loss = loss.clone()
+                terms = {k: v.clone() for k, v in terms.items()}
+                n_samples, per_ray, mse = n_samples.clone(), per_ray.clone(), mse.clone()
+            timer.mark("losses")
+            with torch.no_grad():  # device-side EMA; the host reads it only now and then (see _adapt_static_rays)
                 self._demand_ema = per_ray if self._demand_ema is None else 0.8 * self._demand_ema + 0.2 * per_ray
-                c = out.complete.float()
-                mse = (((out.rgb - rgb) ** 2).mean(-1) * c).sum() / c.sum().clamp_min(1.0)
         else:
+            out = self.model.render_rays(origins, dirs, bg, stratified=True)
+            loss, terms = compute_losses(self.model, out, rgb, mask if use_mask else None, t.loss, step)
+            timer.mark("losses")
+            n_samples = out.n_samples
             # Hold the number of samples per step near the target by adapting the ray count.
             n_next = self.n_rays * float(t.target_samples) / max(1, out.n_samples)
             self.n_rays = int(min(int(t.max_rays), max(int(t.min_rays), 0.7 * self.n_rays + 0.3 * n_next)))
@@ -199,11 +208,30 @@ class NeuSSystem(L.LightningModule):
             "loss": loss.detach(),
             "psnr": -10.0 * torch.log10(mse.clamp_min(1e-10)),
             "rays": origins.shape[0],
-            "samples": out.n_samples,
+            "samples": n_samples,
             "inv_s": self.model.inv_s().detach(),
             **terms,
         }
         return loss
+
+    def static_forward(self, origins: Tensor, dirs: Tensor, rgb: Tensor, mask: Tensor | None, bg: Tensor,
+                       weights: dict[str, float]) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor, Tensor]:
+        """Static sampler: render, losses and step statistics with shapes fixed by (R, budget) and no host sync, so
+        that it compiles to one graph (one CUDA graph with ``train.cuda_graphs``).
+
+        Args:
+            origins, dirs, rgb, bg: (R, 3); mask: (R,) or None; weights: loss weights for this step (numbers: a
+                change recompiles, so scheduled weights and CUDA graphs do not mix well).
+        Returns:
+            loss, detached terms, samples kept (), candidates per ray (), squared error over complete rays ().
+        """
+        out = self.model.render_rays(origins, dirs, bg, stratified=True)
+        loss, terms = compute_losses(self.model, out, rgb, mask, weights, 0)
+        with torch.no_grad():
+            c = out.complete.float()
+            mse = (((out.rgb - rgb) ** 2).mean(-1) * c).sum() / c.sum().clamp_min(1.0)
+            per_ray = out.n_candidates.float() / origins.shape[0]
+        return loss, terms, out.n_samples, per_ray, mse
 
     def _adapt_static_rays(self, step: int) -> None:
         """Static sampler: picks the ray count for a budget of ``target_samples`` without syncing every step.

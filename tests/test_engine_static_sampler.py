@@ -177,6 +177,36 @@ def test_occupancy_refresh_takes_inv_s_as_a_device_tensor():
     assert torch.equal(grids[0].occupied, grids[1].occupied) and torch.equal(grids[0].density, grids[1].density)
 
 
+def test_whole_static_training_forward_compiles_as_one_graph():
+    # What train.cuda_graphs compiles: render (with the learned background) + losses + statistics. One graph
+    # (fullgraph=True) means no host sync and no data-dependent shape anywhere in it.
+    cfg = build_config("preview", "dtu", False, overrides=["model.sampler=static", "train.loss.distortion=0.1",
+                                                            "train.loss.opaque=0.1"])
+    resolve_auto(cfg, has_masks=False, device_type="cpu")
+    torch.manual_seed(0)
+    system = NeuSSystem(cfg)
+    system.model.geometry.encoding.static_levels = True  # as _compile sets it
+    system.model.update_step(100)
+    o, d = _rays(256)
+    rgb, bg = torch.rand(256, 3), torch.ones(256, 3)
+    weights = {k: float(v) for k, v in cfg.train.loss.items()}
+    torch._dynamo.reset()
+    t0 = time.monotonic()
+    compiled = torch.compile(system.static_forward, fullgraph=True, backend="aot_eager")
+    torch.manual_seed(5)
+    got = compiled(o, d, rgb, None, bg, weights)
+    torch.manual_seed(5)
+    ref = system.static_forward(o, d, rgb, None, bg, weights)
+    torch.testing.assert_close(got[0], ref[0])
+    assert set(got[1]) == {"rgb_l1", "eikonal", "opaque", "distortion"}
+    for a, b in zip(got[2:], ref[2:], strict=True):
+        torch.testing.assert_close(a, b)
+    got[0].backward()
+    assert torch.isfinite(system.model.variance.grad)
+    if time.monotonic() - t0 > 60:
+        pytest.skip("compiling took over a minute on this CPU")
+
+
 def test_ray_count_buckets_and_lagged_adaptation():
     assert [bucket_rays(n, 128, 16384) for n in (100, 1000, 1100, 5000, 10**6)] == [128, 1024, 1152, 5120, 16384]
     cfg = build_config("preview", "dtu", False, overrides=["model.sampler=static", "train.static_adapt_every=4"])
