@@ -287,49 +287,41 @@ def compute_losses(model: NeuSModel, out: RenderOutput, target_rgb: Tensor, targ
     terms: dict[str, Tensor] = {}
     w = {k: scheduled(v, step) for k, v in weights_cfg.items()}
     n_rays = target_rgb.shape[0]
-    if out.complete is None:
-        has_samples = out.n_samples > 0
-        if w.get("rgb_l1", 0) > 0:
-            terms["rgb_l1"] = F.l1_loss(out.rgb, target_rgb)
-        if w.get("rgb_mse", 0) > 0:
-            terms["rgb_mse"] = F.mse_loss(out.rgb, target_rgb)
-        if target_mask is not None and w.get("mask", 0) > 0:
-            op = out.opacity.clamp(1e-3, 1 - 1e-3)
-            terms["mask"] = F.binary_cross_entropy(op, target_mask)
-        if w.get("opaque", 0) > 0:
-            op = out.opacity.clamp(1e-3, 1 - 1e-3)
-            terms["opaque"] = F.binary_cross_entropy(op, op.detach().round())
-    else:
-        # Static sampler: only complete rays count (a truncated ray's colour is biased); no test on the sample
-        # count, which would read it back to the host: the masked means handle zero samples.
-        has_samples = True
-        ray_w = out.complete.to(out.rgb.dtype)
-        if w.get("rgb_l1", 0) > 0:
-            terms["rgb_l1"] = _masked_mean((out.rgb - target_rgb).abs(), ray_w)
-        if w.get("rgb_mse", 0) > 0:
-            terms["rgb_mse"] = _masked_mean((out.rgb - target_rgb) ** 2, ray_w)
-        if target_mask is not None and w.get("mask", 0) > 0:
-            op = out.opacity.clamp(1e-3, 1 - 1e-3)
-            terms["mask"] = _masked_mean(F.binary_cross_entropy(op, target_mask, reduction="none"), ray_w)
-        if w.get("opaque", 0) > 0:
-            op = out.opacity.clamp(1e-3, 1 - 1e-3)
-            terms["opaque"] = _masked_mean(F.binary_cross_entropy(op, op.detach().round(), reduction="none"), ray_w)
-    # Per-sample regularisers: every valid sample counts, padding does not (sample_w is None for packed samples).
-    sample_w = None if out.valid is None else out.valid.to(out.sdf.dtype)
+    # Static sampler: only complete rays count (a truncated ray's colour is biased) and padding samples never; no
+    # test on the sample count, which would read it back to the host (the masked means handle zero samples).
+    # The terms keep their order, so the packed path sums them exactly as before.
+    static = out.complete is not None
+    ray_w = out.complete.to(out.rgb.dtype) if static else None
+    sample_w = out.valid.to(out.sdf.dtype) if static else None
+    has_samples = static or out.n_samples > 0
+    if w.get("rgb_l1", 0) > 0:
+        terms["rgb_l1"] = (_masked_mean((out.rgb - target_rgb).abs(), ray_w) if static
+                           else F.l1_loss(out.rgb, target_rgb))
+    if w.get("rgb_mse", 0) > 0:
+        terms["rgb_mse"] = (_masked_mean((out.rgb - target_rgb) ** 2, ray_w) if static
+                            else F.mse_loss(out.rgb, target_rgb))
     if w.get("eikonal", 0) > 0 and has_samples:
         terms["eikonal"] = _masked_mean((out.gradients.norm(dim=-1) - 1.0) ** 2, sample_w)
+    if target_mask is not None and w.get("mask", 0) > 0:
+        op = out.opacity.clamp(1e-3, 1 - 1e-3)
+        terms["mask"] = (_masked_mean(F.binary_cross_entropy(op, target_mask, reduction="none"), ray_w) if static
+                         else F.binary_cross_entropy(op, target_mask))
+    if w.get("opaque", 0) > 0:
+        op = out.opacity.clamp(1e-3, 1 - 1e-3)
+        terms["opaque"] = (_masked_mean(F.binary_cross_entropy(op, op.detach().round(), reduction="none"), ray_w)
+                           if static else F.binary_cross_entropy(op, op.detach().round()))
     if w.get("sparsity", 0) > 0 and has_samples:
         terms["sparsity"] = _masked_mean(torch.exp(-float(model.cfg.sparsity_scale) * out.sdf.abs()), sample_w)
     if w.get("curvature", 0) > 0 and has_samples:
         lap = model.geometry.laplacian(out.points, out.sdf, model.geometry.fd_eps * 4)
         terms["curvature"] = _masked_mean(lap.abs(), sample_w)
     if w.get("distortion", 0) > 0 and has_samples:
-        if out.complete is None:
-            terms["distortion"] = distortion_loss(out.weights, out.t_mid, out.t_len, out.ray_indices, n_rays)
-        else:
-            ray_w = torch.cat([out.complete, out.complete.new_zeros(1)]).to(out.weights.dtype)  # + dummy ray
+        if static:
+            ray_wd = torch.cat([ray_w, ray_w.new_zeros(1)])  # the dummy padding ray has no weight
             terms["distortion"] = distortion_loss(out.weights, out.t_mid, out.t_len, out.ray_indices, n_rays + 1,
-                                                  ray_w)
+                                                  ray_wd)
+        else:
+            terms["distortion"] = distortion_loss(out.weights, out.t_mid, out.t_len, out.ray_indices, n_rays)
     total = sum(w[k] * v for k, v in terms.items())
     if not isinstance(total, Tensor):
         total = out.rgb.sum() * 0.0
