@@ -33,8 +33,11 @@ def natural_key(name: str) -> list:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """PNG / JPEG files of ``folder`` (not recursive) in natural sort order; other files are ignored."""
-    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    """PNG / JPEG files of ``folder`` (not recursive) in natural sort order; other files are ignored, and so are
+    hidden ones: macOS leaves ``._name.png`` metadata files beside each image on non-Apple disks and in zips."""
+    files = [
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    ]
     return sorted(files, key=lambda p: natural_key(p.name))
 
 

@@ -258,6 +258,17 @@ def test_images_pair_with_views_by_sorted_order_whatever_their_names(tmp_path):
     assert np.abs(uv - expected).max() < 1e-3
 
 
+def test_hidden_files_beside_the_images_are_ignored(tmp_path):
+    # macOS writes "._<name>" metadata files (not images) next to every file it copies to a non-Apple disk.
+    root = make_small_dtu(tmp_path / "scan")
+    for folder, name in (("image", "000000.png"), ("mask", "000.png")):
+        (root / folder / f"._{name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+        (root / folder / ".hidden.png").write_bytes((root / folder / name).read_bytes())
+    cams = datasets.load_cameras(root)
+    assert cams.names == ["000000.png", "000001.png", "000002.png"]
+    assert [p.name for p in cams.mask_paths] == ["000.png", "001.png", "002.png"]
+
+
 def test_cameras_file_option_and_format_detection(tmp_path):
     root = make_small_dtu(tmp_path / "scan")
     assert datasets.detect_format(root) == "dtu"

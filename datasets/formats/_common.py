@@ -23,9 +23,9 @@ def read_bytes(path: Path) -> bytes:
 
 def read_text(path: Path, not_utf8: str) -> str:
     """A UTF-8 text file with universal newlines (as ``Path.read_text``); ``not_utf8`` is the problem reported
-    when it does not decode."""
+    when it does not decode. A leading byte-order mark (Windows editors write one) is dropped."""
     try:
-        text = read_bytes(path).decode("utf-8")
+        text = read_bytes(path).decode("utf-8-sig")
     except UnicodeDecodeError:
         raise DatasetError(path, not_utf8) from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
