@@ -10,6 +10,7 @@ import json
 import math
 import shutil
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -248,6 +249,24 @@ def test_bad_blender_input(tmp_path, kind, file_part, problem):
     assert "\n" not in str(info.value)
 
 
+def test_blender_files_from_other_tools_load(tmp_path):
+    """A byte-order mark, Windows path separators, an extension in another case, one focal length only."""
+    root = tmp_path / "scene"
+    meta = _blender_base(root)
+    (root / "transforms_train.json").write_text(json.dumps(meta))
+    reference = datasets.load_cameras(root)
+    (root / "train" / "r_1.png").rename(root / "train" / "r_1.PNG")
+    meta["frames"][0]["file_path"] = ".\\train\\r_0"
+    meta["frames"][1]["file_path"] = "./train/r_1.png"
+    meta["fl_y"] = 0.5 * 20 / math.tan(0.5 * meta.pop("camera_angle_x"))  # only the vertical focal length
+    (root / "transforms_train.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(meta).encode())
+    cams = datasets.load_cameras(root)
+    assert [p.name for p in cams.image_paths] == ["r_0.png", "r_1.PNG"]
+    np.testing.assert_allclose(cams.K, reference.K)  # square pixels: fx = fy
+    np.testing.assert_allclose(cams.c2w, reference.c2w)
+    assert cams.mask_paths == cams.image_paths
+
+
 def test_missing_transforms(tmp_path):
     root = tmp_path / "scene"
     root.mkdir()
@@ -369,6 +388,23 @@ def test_colmap_text_and_binary_models_match_dtu(tmp_path, dtu4):
     scene = datasets.load(bin_root, downscale=2)
     expected = np.asarray(dtu4.rgb[3].reduce(2), dtype=np.float32) / 255
     np.testing.assert_allclose(scene.images[3], expected, atol=1e-6)
+
+
+def test_colmap_text_model_with_byte_order_marks(tmp_path, dtu4):
+    root = tmp_path / "scene"
+    model = ColmapModel(dtu4)
+    model.write_images(root)
+    model.write_text(root / "sparse" / "0")
+    reference = datasets.load_cameras(root)
+    for name in ("cameras.txt", "images.txt", "points3D.txt"):
+        path = root / "sparse" / "0" / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    (root / "images" / "._img_00.png").write_bytes(b"\x00\x05\x16\x07")  # macOS metadata: not an image
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not even an "unregistered image" warning for it
+        cams = datasets.load_cameras(root)
+    np.testing.assert_array_equal(cams.c2w, reference.c2w)
+    np.testing.assert_array_equal(cams.scale_mat, reference.scale_mat)
 
 
 def test_colmap_masks_and_unregistered_images(tmp_path, dtu4):

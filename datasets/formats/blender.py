@@ -8,9 +8,9 @@
 
 Each JSON holds ``frames`` (``file_path``, ``transform_matrix`` = 4x4 camera-to-world, already OpenGL camera
 axes) and intrinsics: ``camera_angle_x`` (horizontal field of view, radians), optional ``camera_angle_y``, or
-``fl_x``/``fl_y``/``cx``/``cy``/``w``/``h`` in pixels (top level or per frame). Blender (and instant-ngp) put
-pixel centres at +0.5, so the OpenCV principal point is ``cx - 0.5``, and ``W / 2 - 0.5`` when ``cx`` is not
-given.
+``fl_x``/``fl_y``/``cx``/``cy``/``w``/``h`` in pixels (top level or per frame); with the focal length of one axis
+only, pixels are square. Blender (and instant-ngp) put pixel centres at +0.5, so the OpenCV principal point is
+``cx - 0.5``, and ``W / 2 - 0.5`` when ``cx`` is not given.
 
 Splits: ``split="train"|"val"|"test"`` reads ``transforms_<split>.json``; ``"all"`` reads every split file
 present. A lone ``transforms.json`` (no split files) serves ``"train"`` and ``"all"``.
@@ -93,14 +93,23 @@ def read_json(path: Path) -> dict:
 
 
 def resolve_image(json_path: Path, file_path: str) -> Path | None:
-    """``file_path`` relative to the JSON's folder, trying image extensions when it has none that exists."""
-    base = json_path.parent / file_path
+    """``file_path`` relative to the JSON's folder, trying image extensions when it has none that exists.
+
+    Windows-written files may use backslashes, and an extension may differ in case from the file's (``r_0.png``
+    for ``r_0.PNG``: the same file on Windows and macOS); both are accepted.
+    """
+    base = json_path.parent / file_path.replace("\\", "/")
     if base.is_file():
         return base
-    for suffix in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES):
+    suffixes = IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES)
+    for suffix in suffixes:
         candidate = base.with_name(base.name + suffix)
         if candidate.is_file():
             return candidate
+    if base.suffix.lower() in IMAGE_SUFFIXES:
+        for suffix in (base.suffix.lower(), base.suffix.upper()):
+            if base.with_suffix(suffix).is_file():
+                return base.with_suffix(suffix)
     return None
 
 
@@ -145,12 +154,12 @@ def _intrinsics(json_path: Path, where: str, params: dict, width: int, height: i
     for key, actual in (("w", width), ("h", height)):
         if key in vals and int(round(vals[key])) != actual:
             raise DatasetError(json_path, f"{where}: '{key}' is {vals[key]:g} but the image is {width}x{height}")
-    fx = _focal(vals, "x", width)
-    if fx is None:
-        raise DatasetError(json_path, f"{where}: missing 'camera_angle_x' (or 'fl_x')")
-    fy = _focal(vals, "y", height)
-    if fy is None:
-        fy = fx
+    fx, fy = _focal(vals, "x", width), _focal(vals, "y", height)
+    if fx is None and fy is None:
+        raise DatasetError(json_path, f"{where}: missing 'camera_angle_x' (or 'fl_x', 'fl_y', 'camera_angle_y')")
+    # One axis given: square pixels.
+    fx = fy if fx is None else fx
+    fy = fx if fy is None else fy
     if not (fx > 0 and fy > 0):
         raise DatasetError(json_path, f"{where}: focal length must be positive (check camera_angle_x / fl_x)")
     cx = vals.get("cx", 0.5 * width) - 0.5
@@ -191,9 +200,8 @@ def load(root: Path, factor: float, cameras_file: Path | None, split: str) -> Ca
             raise DatasetError(jf, f"frames[{i}]: missing 'transform_matrix'")
         path = resolve_image(jf, fp)
         if path is None:
-            raise DatasetError(
-                jf.parent / fp, f"missing image (frames[{i}] of {jf.name}; tried {', '.join(IMAGE_SUFFIXES)})"
-            )
+            tried = "" if Path(fp).suffix.lower() in IMAGE_SUFFIXES else f"; tried {', '.join(IMAGE_SUFFIXES)}"
+            raise DatasetError(jf.parent / fp, f"missing image (frames[{i}] of {jf.name}{tried})")
         image_paths.append(path)
     width, height, infos = common_size(image_paths)
 
