@@ -46,8 +46,8 @@ class CameraSet:
         names: N image names (file names; relative paths where the format has sub-folders).
         image_paths: N image files.
         mask_paths: N mask files, or None. A mask file with an alpha channel (NeRF-synthetic RGBA renders,
-            where mask_paths == image_paths) is read from its alpha; others from their grey level, thresholded
-            at half range.
+            where mask_paths == image_paths) is read from its alpha, and so is a separate mask file whose alpha
+            is not opaque everywhere; others from their grey level, thresholded at half range.
         K: (N, 3, 3) float64 intrinsics at the loaded resolution (OpenCV pixel convention).
         c2w: (N, 3, 4) float64 camera-to-world, OpenGL camera axes, normalized frame.
         scale_mat: (4, 4) float64, normalized -> dataset world frame.

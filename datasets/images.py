@@ -1,10 +1,11 @@
 """Pixel loading with Pillow, imported lazily by ``scene.py`` and ``downscale.py`` (Blender has no Pillow).
 
 Images with an alpha channel are composited over white (the NeRF-synthetic convention) at full resolution,
-then box-filtered; masks come from the alpha channel when there is one, else from the grey level, are
-box-filtered, and thresholded at half range (some masks are anti-aliased). Downscaling by ``s`` box-filters
-the top-left ``(w * s) x (h * s)`` region into ``w x h`` pixels (see ``datasets.cameras``), so ``K`` stays
-exact: integer ``s`` averages ``s x s`` blocks, fractional ``s`` weights source pixels by their exact overlap.
+then box-filtered; masks come from the alpha channel when there is one (and it is not opaque everywhere, in a
+separate mask file), else from the grey level, are box-filtered, and thresholded at half range (some masks are
+anti-aliased). Downscaling by ``s`` box-filters the top-left ``(w * s) x (h * s)`` region into ``w x h`` pixels
+(see ``datasets.cameras``), so ``K`` stays exact: integer ``s`` averages ``s x s`` blocks, fractional ``s``
+weights source pixels by their exact overlap.
 """
 
 from __future__ import annotations
@@ -91,11 +92,18 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(grey * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
 
 
-def _mask_channel(im: Image.Image) -> Image.Image:
-    """The mask of an image as 8-bit grey ("L"): its alpha channel when it has one, else its grey level."""
+def _mask_channel(im: Image.Image, own_alpha: bool = False) -> Image.Image:
+    """The mask of an image as 8-bit grey ("L"): its alpha channel when it has one, else its grey level.
+
+    A mask file whose alpha is opaque everywhere (a black-and-white mask saved as RGBA by an image editor) is read
+    from its grey level, unless ``own_alpha``: an RGBA photo that is its own mask (NeRF-synthetic) has only alpha.
+    """
     im = _to_8bit(im)
     if _has_alpha(im):
-        return im.convert("RGBA").getchannel("A")
+        alpha = im.convert("RGBA").getchannel("A")
+        if own_alpha or alpha.getextrema()[0] < 255:
+            return alpha
+        im = im.convert("RGB")
     return im if im.mode == "L" else im.convert("L")
 
 
@@ -119,9 +127,11 @@ def read_image(path: Path, factor: float, width: int, height: int, out: np.ndarr
     return out
 
 
-def read_mask(path: Path, factor: float, width: int, height: int, out: np.ndarray | None = None) -> np.ndarray:
-    """One mask as (height, width) float32 in {0, 1}, into ``out`` if given (alpha if any, else grey)."""
-    arr = _downscale(path, _mask_channel(_open(path)), factor, width, height)
+def read_mask(path: Path, factor: float, width: int, height: int, out: np.ndarray | None = None,
+              own_alpha: bool = False) -> np.ndarray:
+    """One mask as (height, width) float32 in {0, 1}, into ``out`` if given (alpha if any, else grey; see
+    ``_mask_channel`` for ``own_alpha``)."""
+    arr = _downscale(path, _mask_channel(_open(path), own_alpha), factor, width, height)
     if out is None:
         out = np.empty((height, width), dtype=np.float32)
     np.greater(arr, 127.5, out=out, casting="unsafe")  # half range: 128..255 is foreground

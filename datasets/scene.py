@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,9 @@ def load(
     masks = np.empty((n, h, w), dtype=np.float32) if cams.mask_paths is not None else None
     jobs = [(io.read_image, p, images[i]) for i, p in enumerate(cams.image_paths)]
     if masks is not None:
-        jobs += [(io.read_mask, p, masks[i]) for i, p in enumerate(cams.mask_paths)]
+        # An RGBA image that is its own mask (NeRF-synthetic) is read from its alpha even where that is opaque.
+        jobs += [(partial(io.read_mask, own_alpha=p == cams.image_paths[i]), p, masks[i])
+                 for i, p in enumerate(cams.mask_paths)]
     n_workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
         # list() re-raises the first failure (a DatasetError naming the file) after the pool has finished.

@@ -574,3 +574,34 @@ def test_downscaled_pixel_grid_follows_the_centre_aware_map(tmp_path, factor):
     cols = np.arange(w)
     far = np.abs(cols - edge) > 0.5
     np.testing.assert_array_equal(mask[0, far], (cols > edge)[far])
+
+
+def test_mask_and_image_pixel_modes(tmp_path):
+    """Masks: an opaque-alpha RGBA mask is read from its grey level, a transparent one from its alpha; 16-bit grey,
+    palette and 1-bit masks threshold at half range. Images: RGBA over white, 16-bit grey scaled to 8 bits."""
+    from PIL import Image
+
+    from datasets.images import read_image, read_mask
+
+    grey = np.zeros((6, 8), np.uint8)
+    grey[:, 4:] = 255
+    expected = (grey > 127).astype(np.float32)
+    rgba = np.dstack([np.stack([grey] * 3, axis=-1), np.full((6, 8), 255, np.uint8)])
+    variants = {
+        "opaque_rgba.png": Image.fromarray(rgba, "RGBA"),
+        "alpha_only.png": Image.fromarray(np.dstack([np.zeros((6, 8, 3), np.uint8), grey]), "RGBA"),
+        "grey16.png": Image.fromarray(grey.astype(np.uint16) * 257),
+        "palette.png": Image.fromarray(grey).convert("P"),
+        "bilevel.png": Image.fromarray(grey).convert("1"),
+    }
+    for name, im in variants.items():
+        im.save(tmp_path / name)
+        np.testing.assert_array_equal(read_mask(tmp_path / name, 1, 8, 6), expected, err_msg=name)
+    # An RGBA photo that is its own mask (NeRF-synthetic) keeps its alpha even when it is opaque.
+    np.testing.assert_array_equal(read_mask(tmp_path / "opaque_rgba.png", 1, 8, 6, own_alpha=True), 1.0)
+
+    photo = np.dstack([np.full((6, 8, 3), 51, np.uint8), grey])  # dark grey where opaque, else transparent
+    Image.fromarray(photo, "RGBA").save(tmp_path / "photo.png")
+    np.testing.assert_allclose(read_image(tmp_path / "photo.png", 1, 8, 6)[..., 0], np.where(grey, 0.2, 1.0), atol=1e-6)
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "photo16.png")
+    np.testing.assert_allclose(read_image(tmp_path / "photo16.png", 1, 8, 6), np.stack([grey / 255] * 3, -1), atol=1e-6)
