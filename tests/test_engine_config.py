@@ -1,0 +1,74 @@
+"""Config checks: values the code cannot use are refused when the config is built, before anything is written."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.config import PRESETS, ConfigError, build_config, load_run_config, to_yaml
+
+
+@pytest.mark.parametrize("override, problem", [
+    ("train.steps=-5", "train.steps must be >= 1"),
+    ("train.steps=0", "train.steps must be >= 1"),
+    ("export.resolution=0", "export.resolution must be >= 2"),
+    ("train.preview_resolution=1", "train.preview_resolution must be >= 2"),
+    ("data.downscale=0", "data.downscale must be >= 1"),
+    ("data.holdout_every=-1", "data.holdout_every must be >= 0"),
+    ("model.radius=0", "model.radius must be positive"),
+    ("model.num_samples_per_ray=0", "model.num_samples_per_ray must be >= 1"),
+    ("model.geometry.encoding.n_levels=0", "n_levels must be >= 1"),
+    ("train.lr=-0.01", "train.lr must be >= 0"),
+    ("export.decimate=2", "export.decimate must be 0"),
+    ("export.texture_size=0", "export.texture_size must be >= 16"),
+    ("export.formats=[stl]", "export.formats must be a list of ply, obj, glb"),
+    ("export.formats=obj", "export.formats must be a list"),
+    ("export.frame=world_frame", "export.frame must be one of normalized, world"),
+    ("export.method=voxels", "export.method must be one of auto, marching_cubes, surface_nets"),
+    ("export.color=vertex", "export.color must be one of field, photos"),
+    ("data.background=purple", "data.background must be one of auto, white, black, random"),
+    ("data.use_mask=sometimes", "data.use_mask must be one of auto, true, false"),
+    ("model.geometry.grad_mode=magic", "grad_mode must be one of closed_form"),
+    ("train.precision=7", "train.precision must be one of"),
+    ("train.steps=abc", "train.steps must be an integer"),
+])
+def test_unusable_values_are_refused(override, problem):
+    with pytest.raises(ConfigError) as info:
+        build_config("preview", "dtu", overrides=[override])
+    assert problem in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("override", ["train.precision=bf16-mixed", "train.precision=32", "data.use_mask=false",
+                                      "accel.tcnn=false", "export.formats=[obj,glb]", "export.coarse_resolution=0",
+                                      "train.loss.eikonal={start: 0.1, end: 0.01, end_step: 100}"])
+def test_documented_values_are_accepted(override):
+    build_config("preview", "dtu", overrides=[override])
+
+
+def test_every_preset_and_format_default_is_valid():
+    for preset in PRESETS:
+        for fmt in (None, "dtu", "blender", "colmap"):
+            for masks in (False, True):
+                build_config(preset, fmt, has_masks=masks)
+
+
+def test_config_file_with_a_yaml_error_names_the_file_on_one_line(tmp_path):
+    bad = tmp_path / "extra.yaml"
+    bad.write_text("train: [\n")
+    with pytest.raises(ConfigError) as info:
+        build_config("preview", config_file=bad)
+    assert str(bad) in str(info.value) and "line 2" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_saved_run_config(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(to_yaml(build_config("preview", "dtu")))
+    assert load_run_config(path).train.steps == build_config("preview", "dtu").train.steps
+    for text, problem in [("seed: 1\n", "not a run config"), ("- 1\n", "must hold a mapping"),
+                          ("model: [unclosed\n", "cannot read config"), ("", "not a run config")]:
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=problem) as info:
+            load_run_config(path)
+        assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+    path.write_text(to_yaml(build_config("preview", "dtu")).replace("steps: 1500", "steps: -1"))
+    with pytest.raises(ConfigError, match="train.steps must be >= 1"):
+        load_run_config(path)
