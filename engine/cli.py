@@ -123,13 +123,18 @@ def _cmd_fit(args, emitter: Emitter) -> int:
                      resume=args.resume, export_on_cancel=args.export_on_cancel)
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"{args.out}: exists and is not a folder")
+    created = not args.out.exists()
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"{args.out}: cannot create the run folder ({exc.strerror or exc})") from exc
     stop_file = args.out / "STOP"
-    with contextlib.suppress(FileNotFoundError):
+    try:
         stop_file.unlink()  # a stale stop request from an earlier run must not stop this one
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise InputError(f"{args.out}: the run folder is not writable ({exc.strerror or exc})") from exc
     token = CancelToken(stop_file)
     _install_cancel(token)
     try:
@@ -137,6 +142,10 @@ def _cmd_fit(args, emitter: Emitter) -> int:
     except Cancelled:
         emitter.emit("cancelled", step=0, checkpoint=None, mesh=None)
         return EXIT_CANCELLED
+    finally:
+        if created:  # a run that failed before writing anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                args.out.rmdir()
     event = result.pop("event")
     emitter.emit(event, **result)
     return EXIT_CANCELLED if event == "cancelled" else EXIT_OK

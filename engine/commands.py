@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import sys
 import time
@@ -14,27 +15,30 @@ from .protocol import Emitter
 
 def load_run(run_dir: Path, device_name: str = "auto"):
     """Rebuilds a trained model from ``RUN_DIR/config.yaml`` and ``checkpoints/last.ckpt``. Returns (cfg, model)."""
-    import torch
-    from omegaconf import OmegaConf
-
+    from .config import ConfigError, load_run_config
     from .device import select_device
     from .model import NeuSModel
-    from .train import checkpoint_path
+    from .train import checkpoint_path, config_errors_as_input, load_weights, read_checkpoint
 
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"{run_dir}: not a folder (expected a run folder written by `fit`)")
     cfg_path, ckpt = run_dir / "config.yaml", checkpoint_path(run_dir)
     for p in (cfg_path, ckpt):
         if not p.is_file():
             raise InputError(f"{p}: not found (is {run_dir} a run folder written by `fit`?)")
-    cfg = OmegaConf.load(cfg_path)
-    device = select_device(device_name)
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    except Exception as exc:
-        raise InputError(f"{ckpt}: unreadable checkpoint ({type(exc).__name__})") from exc
-    model = NeuSModel(cfg.model)
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
-    if cfg.model.geometry.progressive.enabled:  # every level active, as at the end of training
-        model.geometry.set_progress(int(cfg.model.geometry.encoding.get("n_levels", 10**6)))
+        cfg = load_run_config(cfg_path)
+    except ConfigError as exc:
+        raise InputError(str(exc)) from exc
+    device = select_device(device_name)
+    state = read_checkpoint(ckpt)["state_dict"]
+    with config_errors_as_input(cfg_path):
+        model = NeuSModel(cfg.model)
+        progressive = cfg.model.geometry.progressive.enabled
+        n_levels = int(cfg.model.geometry.encoding.get("n_levels", 10**6))
+    load_weights(model, {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}, ckpt)
+    if progressive:  # every level active, as at the end of training
+        model.geometry.set_progress(n_levels)
     model.cos_anneal_ratio.fill_(1.0)
     return cfg, model.to(device).eval()
 
@@ -55,6 +59,8 @@ def _load_scene_for(cfg):
 def cmd_export(args, emitter: Emitter) -> int:
     from .export import ExportOptions, export_mesh
 
+    if args.resolution is not None and args.resolution < 2:
+        raise InputError(f"--resolution must be at least 2, got {args.resolution}")
     cfg, model = load_run(args.run_dir, args.device)
     emitter.emit("stage", stage="loading")
     scene = _load_scene_for(cfg)
@@ -77,6 +83,10 @@ def cmd_eval(args, emitter: Emitter) -> int:
     from .mesh.evaluate import evaluate_mesh
     from .mesh.io import MeshFileError, read_normalization_json
 
+    if not args.samples >= 1:
+        raise InputError(f"--samples must be positive, got {args.samples}")
+    if not (math.isfinite(args.threshold) and args.threshold > 0):
+        raise InputError(f"--threshold must be a positive distance, got {args.threshold}")
     scale_mat = None
     if args.normalization is not None:
         try:
@@ -107,10 +117,16 @@ def cmd_render(args, emitter: Emitter) -> int:
 
     from .mesh.io import atomic_path
 
+    if args.frames < 1:
+        raise InputError(f"--frames must be positive, got {args.frames}")
+    if args.downscale < 1:
+        raise InputError(f"--downscale must be at least 1, got {args.downscale}")
     cfg, model = load_run(args.run_dir, args.device)
     scene = _load_scene_for(cfg)
     if scene is None:
         raise InputError(f"{args.run_dir}: the run's data folder is gone; render needs its camera intrinsics")
+    if scene.height // args.downscale < 1 or scene.width // args.downscale < 1:
+        raise InputError(f"--downscale {args.downscale} leaves no pixel of the {scene.width}x{scene.height} images")
     device = next(model.parameters()).device
     cam_dist = float(np.median(np.linalg.norm(scene.c2w[:, :, 3], axis=1)))
     elev = float(np.degrees(np.arcsin(np.clip(np.median(scene.c2w[:, :, 3] @ scene.up) / cam_dist, -1, 1))))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -11,11 +12,12 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from omegaconf.errors import OmegaConfBaseException
 
 import datasets
 
-from .config import ConfigError, build_config, resolve_accelerators, resolve_auto, to_yaml
+from .config import ConfigError, build_config, load_run_config, resolve_accelerators, resolve_auto, to_yaml
 from .device import device_name, select_device
 from .errors import Cancelled, InputError
 from .mesh.io import atomic_path, atomic_write
@@ -66,6 +68,43 @@ def save_checkpoint(trainer: L.Trainer, run_dir: Path) -> Path:
     with atomic_path(path) as tmp:
         trainer.save_checkpoint(tmp)
     return path
+
+
+def read_checkpoint(path: Path, resume: bool = False) -> dict:
+    """A checkpoint written by ``save_checkpoint``; a damaged or foreign file is bad input naming it (exit 2).
+
+    ``resume``: it must also hold the training state Lightning restores (optimizers, loops).
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except MemoryError:
+        raise
+    except Exception as exc:  # a damaged file fails in many ways: EOFError, UnpicklingError, RuntimeError (zip)...
+        raise InputError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from exc
+    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
+        raise InputError(f"{path}: not a checkpoint written by `fit` (no state_dict)")
+    if resume and not all(k in state for k in ("global_step", "optimizer_states", "pytorch-lightning_version")):
+        raise InputError(f"{path}: cannot resume from this checkpoint (it lacks the training state)")
+    return state
+
+
+def load_weights(module: torch.nn.Module, state_dict: dict, ckpt: Path) -> None:
+    """``module.load_state_dict`` where a mismatch (another config or version wrote the checkpoint) is bad input."""
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise InputError(f"{ckpt}: the checkpoint does not fit the run's config.yaml (written by another config "
+                         "or engine version?)") from exc
+
+
+@contextlib.contextmanager
+def config_errors_as_input(source: Path | None = None):
+    """A key missing from a saved (older or hand-edited) config.yaml surfaces while the model is built: bad input."""
+    try:
+        yield
+    except OmegaConfBaseException as exc:
+        where = "" if source is None else f"{source}: "
+        raise InputError(f"{where}bad config: {str(exc).splitlines()[0]}") from exc
 
 
 def _load_scene(req: FitRequest, cfg_data):
@@ -148,12 +187,17 @@ def _trainer_kwargs(device: torch.device, cfg) -> dict:
 def prepare(req: FitRequest):
     """Loads the scene and builds the resolved config (or the saved one on ``--resume``)."""
     if not req.data_dir.is_dir():
-        raise InputError(f"{req.data_dir}: data folder not found")
+        raise InputError(f"{req.data_dir}: " + ("not a folder" if req.data_dir.exists() else "data folder not found"))
+    if req.steps is not None and req.steps <= 0:
+        raise InputError(f"--steps must be positive, got {req.steps}")
     saved = req.run_dir / "config.yaml"
     if req.resume:
         if not checkpoint_path(req.run_dir).is_file() or not saved.is_file():
             raise InputError(f"{req.run_dir}: nothing to resume (no checkpoints/last.ckpt and config.yaml)")
-        cfg = OmegaConf.load(saved)
+        try:
+            cfg = load_run_config(saved)
+        except ConfigError as exc:
+            raise InputError(str(exc)) from exc
         if req.steps is not None:
             cfg.train.steps = int(req.steps)
         scene = _load_scene(req, cfg.data)
@@ -174,8 +218,6 @@ def prepare(req: FitRequest):
     except ConfigError as exc:
         raise InputError(str(exc)) from exc
     if req.steps is not None:
-        if req.steps <= 0:
-            raise InputError(f"--steps must be positive, got {req.steps}")
         cfg.train.steps = int(req.steps)
     cfg.device = req.device if req.device != "auto" else cfg.device
     cfg.data.path = str(req.data_dir.resolve())
@@ -198,16 +240,17 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
     train_idx, held_idx = split_views(scene.n_views, int(cfg.data.holdout_every))
     rays = RaySource(scene.images[train_idx], None if scene.masks is None else scene.masks[train_idx],
                      scene.K[train_idx], scene.c2w[train_idx])
-    with atomic_write(req.run_dir / "config.yaml", "w") as f:
-        f.write(to_yaml(cfg))
     L.seed_everything(int(cfg.seed), verbose=False)
-    system = NeuSSystem(cfg, rays)
+    # Nothing is written until the model, the checkpoint and the trainer are known to work with this config.
+    with config_errors_as_input(req.run_dir / "config.yaml" if req.resume else None):
+        system = NeuSSystem(cfg, rays)
     start_step = 0
     ckpt = checkpoint_path(req.run_dir) if req.resume else None
     saved_state = None
     if ckpt is not None:
-        saved_state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        start_step = int(saved_state.get("global_step", 0))
+        saved_state = read_checkpoint(ckpt, resume=True)
+        load_weights(system, saved_state["state_dict"], ckpt)
+        start_step = int(saved_state["global_step"])
     total = int(cfg.train.steps)
     t_load = time.monotonic() - t_start
     enc = cfg.model.geometry.encoding
@@ -242,13 +285,16 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
         system.model.timer.enable(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    try:
+        trainer = L.Trainer(callbacks=[callback], **_trainer_kwargs(device, cfg))
+    except (ValueError, MisconfigurationException) as exc:  # e.g. train.strategy, which Lightning checks
+        raise InputError(f"bad config: {str(exc).splitlines()[0]}") from exc
+    with atomic_write(req.run_dir / "config.yaml", "w") as f:
+        f.write(to_yaml(cfg))
     emitter.emit("stage", stage="training")
     t_train0 = time.monotonic()
-    trainer = L.Trainer(callbacks=[callback], **_trainer_kwargs(device, cfg))
     if start_step < total:
         trainer.fit(system, ckpt_path=str(ckpt) if ckpt is not None else None)
-    else:
-        system.load_state_dict(saved_state["state_dict"])
     t_train = time.monotonic() - t_train0
     model = system.model.to(device).eval()
     step = max(int(trainer.global_step), start_step)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,13 +112,22 @@ def test_stop_file_or_stdin_line_cancels(tmp_path, how):
     assert events[-1]["event"] == "cancelled" and events[-1]["step"] < 400
 
 
-@pytest.mark.parametrize("case", ["missing_dir", "empty_dir", "bad_preset", "bad_override", "missing_device"])
+@pytest.mark.parametrize("case", ["missing_dir", "empty_dir", "data_is_a_file", "bad_preset", "bad_override",
+                                  "negative_steps", "zero_resolution", "bad_config_file", "missing_device"])
 def test_bad_input_exits_2_with_error_event(tmp_path, case):
     run = tmp_path / "run"
     data = tmp_path / "data"
     args = ["fit", str(data), "--out", str(run), "--progress", "jsonl"]
     if case == "empty_dir":
         data.mkdir()
+    elif case == "data_is_a_file":
+        data.write_text("not a folder")
+    elif case in ("negative_steps", "zero_resolution"):  # they used to fail after training, leaving a checkpoint
+        override = "train.steps=-5" if case == "negative_steps" else "export.resolution=0"
+        args = ["fit", str(SAMPLE), "--out", str(run), "--progress", "jsonl", "--set", override]
+    elif case == "bad_config_file":
+        (tmp_path / "extra.yaml").write_text("train: [\n")
+        args = ["fit", str(SAMPLE), "--out", str(run), "--progress", "jsonl", "--config", str(tmp_path / "extra.yaml")]
     elif case == "bad_preset":
         args = ["fit", str(SAMPLE), "--out", str(run), "--progress", "jsonl", "--preset", "ultra"]
     elif case == "bad_override":
@@ -132,7 +142,60 @@ def test_bad_input_exits_2_with_error_event(tmp_path, case):
     assert events[-1]["kind"] == ("device" if case == "missing_device" else "input")
     assert "\n" not in events[-1]["message"] and events[-1]["message"]
     assert "Traceback" not in err
-    assert not (run / "mesh.ply").exists()
+    assert not run.exists()  # nothing written, not even the (empty) run folder
+    if case == "data_is_a_file":
+        assert events[-1]["message"] == f"{data}: not a folder"
+
+
+def test_damaged_run_folder_and_bad_arguments_exit_2_with_one_line(tmp_path, capsys):
+    """export / render / eval / fit --resume on a damaged run: exit 2, one line naming the file, nothing rewritten."""
+    import shutil
+
+    from engine.cli import main
+
+    good = tmp_path / "good"
+    code, _, err = run_engine("fit", str(SAMPLE), "--out", str(good), "--steps", "3", "--progress", "none", *TINY)
+    assert code == 0, err
+
+    def damaged(name: str, damage) -> Path:
+        run = tmp_path / name
+        shutil.copytree(good, run)
+        damage(run)
+        return run
+
+    ckpt = "checkpoints/last.ckpt"
+    state = torch.load(good / ckpt, weights_only=False)
+    state["state_dict"] = {k: v[..., :1] if v.ndim else v for k, v in state["state_dict"].items()}
+    cases = [
+        (damaged("zero_ckpt", lambda r: (r / ckpt).write_bytes(b"")), ["export"], ckpt, "unreadable checkpoint"),
+        (damaged("other_ckpt", lambda r: torch.save(state, r / ckpt)), ["render", "--frames", "1"], ckpt,
+         "does not fit the run's config.yaml"),
+        (damaged("bad_yaml", lambda r: (r / "config.yaml").write_text("model: [\n")), ["export"], "config.yaml",
+         "cannot read config"),
+        (damaged("no_model", lambda r: (r / "config.yaml").write_text("seed: 1\n")), ["render"], "config.yaml",
+         "not a run config"),
+        (good, ["export", "--resolution", "1"], None, "--resolution must be at least 2"),
+        (good, ["render", "--frames", "0"], None, "--frames must be positive"),
+        (good, ["render", "--downscale", "100000"], None, "leaves no pixel"),
+    ]
+    for run, (command, *options), file, problem in cases:
+        assert main([command, str(run), *options, "--progress", "none"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and problem in err[0] and (file is None or str(run / file) in err[0]), err
+    mesh = str(good / "mesh.ply")
+    for options, problem in [(["--samples", "0"], "--samples must be positive"),
+                             (["--threshold", "-1"], "--threshold must be a positive distance")]:
+        assert main(["eval", mesh, "--gt", mesh, *options]) == 2
+        assert problem in capsys.readouterr().err
+
+    # A damaged checkpoint stops --resume before anything is rewritten (config.yaml included).
+    run = damaged("resume", lambda r: (r / ckpt).write_bytes(b"\x00" * 100))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    code, events, err = run_engine("fit", str(SAMPLE), "--out", str(run), "--resume", "--steps", "6",
+                                   "--progress", "jsonl")
+    assert code == 2 and events[-1]["event"] == "error" and str(run / ckpt) in events[-1]["message"], err
+    assert "Traceback" not in err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
 def test_export_eval_and_doctor(tmp_path):
