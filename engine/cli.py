@@ -134,7 +134,7 @@ def _cmd_fit(args, emitter: Emitter) -> int:
     except FileNotFoundError:
         pass
     except OSError as exc:
-        raise InputError(f"{args.out}: the run folder is not writable ({exc.strerror or exc})") from exc
+        raise InputError(f"{stop_file}: cannot remove an earlier run's stop request ({exc.strerror or exc})") from exc
     token = CancelToken(stop_file)
     _install_cancel(token)
     try:
