@@ -17,8 +17,14 @@ import sys
 from pathlib import Path
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints the usage too; bad input is one line here, as in the engine
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m neus_blender_addon.headless", description=__doc__.splitlines()[0])
+    ap = _OneLineParser(prog="python -m neus_blender_addon.headless", description=__doc__.splitlines()[0])
     ap.add_argument("data_dir", type=Path, help="dataset folder (DTU, NeRF-synthetic or COLMAP layout)")
     ap.add_argument("--out", type=Path, required=True, help="run folder: engine outputs and scene.blend")
     ap.add_argument("--preset", choices=("auto", "preview", "fast", "quality"), default="auto")

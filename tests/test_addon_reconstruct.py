@@ -7,6 +7,7 @@ reconstruction quality.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -123,6 +124,26 @@ def test_headless_bad_input_exits_2(tmp_path):
     res = subprocess.run([sys.executable, "-m", "neus_blender_addon.headless", str(tmp_path / "missing"), "--out",
                           str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "missing" in res.stderr and "does not exist" in res.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("case", ["no_out", "bad_set", "empty_image"])
+def test_headless_bad_arguments_and_scene_give_one_line(tmp_path, case):
+    scene = tmp_path / "scene"
+    shutil.copytree(SAMPLE_SCENE, scene)
+    args = [str(scene), "--out", str(tmp_path / "run")]
+    if case == "no_out":
+        args = args[:1]
+    elif case == "bad_set":
+        args += ["--set", "export.resolution"]
+    else:
+        (scene / "image" / "000003.png").write_bytes(b"")
+    res = subprocess.run([sys.executable, "-m", "neus_blender_addon.headless", *args], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    if case == "empty_image":
+        assert "000003.png: image file is empty" in lines[0]
     assert not (tmp_path / "run").exists()
 
 
