@@ -221,6 +221,11 @@ def prepare(req: FitRequest):
         cfg.train.steps = int(req.steps)
     cfg.device = req.device if req.device != "auto" else cfg.device
     cfg.data.path = str(req.data_dir.resolve())
+    try:
+        cfg.data.path.encode("utf-8")
+    except UnicodeEncodeError:  # Linux names are bytes; config.yaml, which records the path, is UTF-8
+        shown = cfg.data.path.encode("utf-8", "backslashreplace").decode()
+        raise InputError(f"{shown}: the folder's path is not valid UTF-8 (rename it)") from None
     scene = _load_scene(req, cfg.data)
     return cfg, scene
 

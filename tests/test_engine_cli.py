@@ -147,6 +147,20 @@ def test_bad_input_exits_2_with_error_event(tmp_path, case):
         assert events[-1]["message"] == f"{data}: not a folder"
 
 
+def test_data_folder_whose_name_is_not_utf8_is_bad_input(tmp_path):
+    import os
+    import shutil
+
+    data = os.fsdecode(os.fsencode(tmp_path) + b"/scan_\xff")  # Linux names are bytes: one that is not UTF-8
+    try:
+        shutil.copytree(SAMPLE, data)
+    except (OSError, UnicodeError):
+        pytest.skip("this file system wants UTF-8 names")
+    code, events, err = run_engine("fit", data, "--out", str(tmp_path / "run"), "--progress", "jsonl")
+    assert code == 2 and "not valid UTF-8" in events[-1]["message"] and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_damaged_run_folder_and_bad_arguments_exit_2_with_one_line(tmp_path, capsys):
     """export / render / eval / fit --resume on a damaged run: exit 2, one line naming the file, nothing rewritten."""
     import shutil
