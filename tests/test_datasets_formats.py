@@ -390,7 +390,7 @@ def test_colmap_text_and_binary_models_match_dtu(tmp_path, dtu4):
     np.testing.assert_allclose(scene.images[3], expected, atol=1e-6)
 
 
-def test_colmap_text_model_with_byte_order_marks(tmp_path, dtu4):
+def test_colmap_text_model_with_byte_order_marks_and_junk(tmp_path, dtu4):
     root = tmp_path / "scene"
     model = ColmapModel(dtu4)
     model.write_images(root)
@@ -400,6 +400,8 @@ def test_colmap_text_model_with_byte_order_marks(tmp_path, dtu4):
         path = root / "sparse" / "0" / name
         path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     (root / "images" / "._img_00.png").write_bytes(b"\x00\x05\x16\x07")  # macOS metadata: not an image
+    with open(root / "sparse" / "0" / "points3D.txt", "a") as f:
+        f.write("9999 nan 0 0 0 0 0 0\n")  # a broken point is ignored, not a NaN normalization
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # not even an "unregistered image" warning for it
         cams = datasets.load_cameras(root)
@@ -441,11 +443,14 @@ def test_colmap_distortion_warns_and_fisheye_is_refused(tmp_path, dtu4):
         datasets.load_cameras(root)
 
 
-@pytest.mark.parametrize("case", ["missing image", "truncated images.bin", "image size", "no sparse", "bad line"])
+@pytest.mark.parametrize("case", ["missing image", "truncated images.bin", "image size", "no sparse", "bad line",
+                                  "registered twice"])
 def test_bad_colmap_input(tmp_path, dtu4, case):
     root = tmp_path / "scene"
     model = ColmapModel(dtu4)
     model.write_images(root)
+    if case == "registered twice":
+        model.images[1] = (*model.images[1][:4], model.images[0][4])
     if case == "bad line":
         model.write_text(root / "sparse" / "0")
         (root / "sparse" / "0" / "cameras.txt").write_text("10 PINHOLE 400 300 1.0 2.0\n")
@@ -465,6 +470,8 @@ def test_bad_colmap_input(tmp_path, dtu4, case):
     elif case == "no sparse":
         shutil.rmtree(root / "sparse")
         file_part, problem = "sparse", "COLMAP model not found"
+    elif case == "registered twice":
+        file_part, problem = "images.bin", f"{model.images[0][4]!r} is registered twice"
     with pytest.raises(DatasetError) as info:
         datasets.load_cameras(root, format="colmap")
     assert file_part in str(info.value) and problem in str(info.value), str(info.value)

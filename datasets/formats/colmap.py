@@ -341,6 +341,8 @@ def normalization(
     K: np.ndarray, c2w: np.ndarray, width: int, height: int, points: np.ndarray | None, where: Path
 ) -> np.ndarray:
     """``scale_mat`` (4, 4) for world-frame cameras and sparse points (see the module docstring)."""
+    if points is not None:
+        points = points[np.isfinite(points).all(axis=1)]  # a NaN would poison the percentile
     has_points = points is not None and len(points) > 0
     center = look_at_center(c2w)
     if center is None:
@@ -398,6 +400,13 @@ def load(root: Path, factor: float) -> CameraSet:
     if not image_dir.is_dir():
         raise DatasetError(image_dir, "image folder not found")
     ordered = sorted(images.values(), key=lambda im: natural_key(im.name))
+    first_id: dict[str, int] = {}
+    for im in ordered:  # two poses for one photo: a merged or hand-edited model
+        if im.name in first_id:
+            raise DatasetError(
+                img_file, f"image {im.name!r} is registered twice (image ids {first_id[im.name]} and {im.id})"
+            )
+        first_id[im.name] = im.id
     paths = []
     for im in ordered:
         if im.camera_id not in cameras:
