@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -297,7 +298,19 @@ def _resave_half(path: Path) -> None:
     im.resize((im.width // 2, im.height // 2)).save(path)
 
 
+def _pad_world_mat_keys(npz: Path) -> None:
+    """world_mat_0 -> world_mat_00 ...: names the loader must not take for the canonical ones."""
+    with np.load(npz) as data:
+        arrays = {re.sub(r"^world_mat_(\d+)$", lambda m: f"world_mat_{int(m[1]):02d}", k): data[k] for k in data.files}
+    np.savez(npz, **arrays)
+
+
 BAD_DTU_CASES = {
+    "zero-padded world_mat keys": (
+        lambda r: _pad_world_mat_keys(r / "cameras_sphere.npz"),
+        "cameras_sphere.npz",
+        "missing key world_mat_0",
+    ),
     "missing world_mat key": (
         lambda r: edit_npz(r / "cameras_sphere.npz", drop=["world_mat_1"]),
         "cameras_sphere.npz",

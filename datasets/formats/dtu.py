@@ -60,7 +60,8 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
 
 def projection_matrices(npz_path: Path, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Checks the keys; returns ``P`` (N, 3, 4) = (world_mat_i @ scale_mat_i)[:3], scale_mat_i (N, 4, 4)."""
-    ids = sorted(int(m.group(1)) for k in arrays if (m := re.fullmatch(r"world_mat_(\d+)", k)))
+    # Only canonical names (world_mat_0, not world_mat_00): the matrices are looked up by them.
+    ids = sorted(int(m.group(1)) for k in arrays if (m := re.fullmatch(r"world_mat_(0|[1-9]\d*)", k)))
     if not ids:
         raise DatasetError(
             npz_path, "missing key world_mat_0 (no world_mat_i arrays: not a DTU/IDR camera file)"
