@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import sys
+import tempfile
 import threading
 import traceback
 from pathlib import Path
@@ -115,7 +116,7 @@ def _install_cancel(token) -> None:
 
 
 def _cmd_fit(args, emitter: Emitter) -> int:
-    from .train import CancelToken, FitRequest, env_threads, run_fit
+    from .train import FitRequest, env_threads
 
     env_threads()
     req = FitRequest(data_dir=args.data_dir, run_dir=args.out, format=args.format, preset=args.preset,
@@ -128,7 +129,24 @@ def _cmd_fit(args, emitter: Emitter) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"{args.out}: cannot create the run folder ({exc.strerror or exc})") from exc
-    stop_file = args.out / "STOP"
+    try:
+        return _fit_in(args.out, req, emitter)
+    finally:
+        if created:  # a run that failed before writing anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                args.out.rmdir()
+
+
+def _fit_in(run_dir: Path, req, emitter: Emitter) -> int:
+    """``fit`` once the run folder exists."""
+    from .train import CancelToken, run_fit
+
+    try:  # an existing read-only folder would otherwise fail at the first write, as an internal error
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as exc:
+        raise InputError(f"{run_dir}: the run folder is not writable ({exc.strerror or exc})") from exc
+    stop_file = run_dir / "STOP"
     try:
         stop_file.unlink()  # a stale stop request from an earlier run must not stop this one
     except FileNotFoundError:
@@ -142,10 +160,6 @@ def _cmd_fit(args, emitter: Emitter) -> int:
     except Cancelled:
         emitter.emit("cancelled", step=0, checkpoint=None, mesh=None)
         return EXIT_CANCELLED
-    finally:
-        if created:  # a run that failed before writing anything leaves no empty folder behind
-            with contextlib.suppress(OSError):
-                args.out.rmdir()
     event = result.pop("event")
     emitter.emit(event, **result)
     return EXIT_CANCELLED if event == "cancelled" else EXIT_OK

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -147,8 +148,16 @@ def test_bad_input_exits_2_with_error_event(tmp_path, case):
         assert events[-1]["message"] == f"{data}: not a folder"
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="needs POSIX permissions (not root)")
+def test_read_only_run_folder_is_bad_input(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir(mode=0o555)
+    code, events, err = run_engine("fit", str(SAMPLE), "--out", str(run), "--progress", "jsonl")
+    assert code == 2 and events[-1]["message"].startswith(f"{run}: the run folder is not writable"), err
+    assert "Traceback" not in err
+
+
 def test_data_folder_whose_name_is_not_utf8_is_bad_input(tmp_path):
-    import os
     import shutil
 
     data = os.fsdecode(os.fsencode(tmp_path) + b"/scan_\xff")  # Linux names are bytes: one that is not UTF-8
