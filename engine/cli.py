@@ -7,7 +7,6 @@ import contextlib
 import os
 import signal
 import sys
-import tempfile
 import threading
 import traceback
 from pathlib import Path
@@ -139,13 +138,10 @@ def _cmd_fit(args, emitter: Emitter) -> int:
 
 def _fit_in(run_dir: Path, req, emitter: Emitter) -> int:
     """``fit`` once the run folder exists."""
+    from .commands import require_writable
     from .train import CancelToken, run_fit
 
-    try:  # an existing read-only folder would otherwise fail at the first write, as an internal error
-        with tempfile.TemporaryFile(dir=run_dir):
-            pass
-    except OSError as exc:
-        raise InputError(f"{run_dir}: the run folder is not writable ({exc.strerror or exc})") from exc
+    require_writable(run_dir)
     stop_file = run_dir / "STOP"
     try:
         stop_file.unlink()  # a stale stop request from an earlier run must not stop this one

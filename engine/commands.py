@@ -6,11 +6,21 @@ import json
 import math
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from .errors import InputError
 from .protocol import Emitter
+
+
+def require_writable(folder: Path) -> None:
+    """A read-only run folder is bad input up front, not an internal error at the first write."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise InputError(f"{folder}: the run folder is not writable ({exc.strerror or exc})") from exc
 
 
 def load_run(run_dir: Path, device_name: str = "auto"):
@@ -62,6 +72,7 @@ def cmd_export(args, emitter: Emitter) -> int:
     if args.resolution is not None and args.resolution < 2:
         raise InputError(f"--resolution must be at least 2, got {args.resolution}")
     cfg, model = load_run(args.run_dir, args.device)
+    require_writable(args.run_dir)
     emitter.emit("stage", stage="loading")
     scene = _load_scene_for(cfg)
     opts = ExportOptions.from_config(cfg.export, resolution=args.resolution, frame=args.frame, color=args.color,
@@ -122,6 +133,7 @@ def cmd_render(args, emitter: Emitter) -> int:
     if args.downscale < 1:
         raise InputError(f"--downscale must be at least 1, got {args.downscale}")
     cfg, model = load_run(args.run_dir, args.device)
+    require_writable(args.run_dir)
     scene = _load_scene_for(cfg)
     if scene is None:
         raise InputError(f"{args.run_dir}: the run's data folder is gone; render needs its camera intrinsics")

@@ -150,11 +150,18 @@ def test_bad_input_exits_2_with_error_event(tmp_path, case):
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="needs POSIX permissions (not root)")
 def test_read_only_run_folder_is_bad_input(tmp_path):
+    """fit into, export from and render from a folder that cannot be written to."""
     run = tmp_path / "run"
     run.mkdir(mode=0o555)
     code, events, err = run_engine("fit", str(SAMPLE), "--out", str(run), "--progress", "jsonl")
     assert code == 2 and events[-1]["message"].startswith(f"{run}: the run folder is not writable"), err
     assert "Traceback" not in err
+    good = tmp_path / "good"
+    assert run_engine("fit", str(SAMPLE), "--out", str(good), "--steps", "2", "--progress", "none", *TINY)[0] == 0
+    good.chmod(0o555)
+    for command in ("export", "render"):
+        code, events, err = run_engine(command, str(good), "--progress", "jsonl")
+        assert code == 2 and "the run folder is not writable" in events[-1]["message"], err
 
 
 def test_data_folder_whose_name_is_not_utf8_is_bad_input(tmp_path):
