@@ -23,9 +23,11 @@ CHOICES: dict[str, tuple] = {
     "data.use_mask": ("auto", True, False),
     "data.background": ("auto", "white", "black", "random"),
     "model.geometry.grad_mode": ("closed_form", "autograd", "finite_difference"),
+    "model.sampler": ("packed", "static"),
     "accel.tcnn": ("auto", True, False),
     "accel.nerfacc": ("auto", True, False),
     "train.compile": ("auto", True, False),
+    "train.cuda_graphs": (True, False),
     "train.precision": (32, 16, 64, "32", "16", "64", "bf16", "32-true", "16-true", "16-mixed", "bf16-true",
                         "bf16-mixed", "64-true"),
     "export.method": ("auto", "marching_cubes", "surface_nets"),
@@ -48,6 +50,7 @@ MINIMUM: dict[str, float] = {
     "train.init_rays": 1,
     "train.min_rays": 1,
     "train.max_rays": 1,
+    "train.static_adapt_every": 1,
     "train.devices": 1,
     "train.val_every": 0,
     "train.val_max_views": 1,
@@ -61,7 +64,7 @@ MINIMUM: dict[str, float] = {
     "export.texture_size": 16,
     "export.decimate": 0,
 }
-POSITIVE = ("model.radius",)  # strictly above zero
+POSITIVE = ("model.radius", "train.static_fill")  # strictly above zero
 
 
 def validate(cfg: DictConfig) -> None:

@@ -270,3 +270,12 @@ def test_cuda_static_step_matches_packed_and_never_syncs():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("override", ["model.sampler=dense", "train.cuda_graphs=auto", "train.static_fill=0",
+                                      "train.static_adapt_every=0"])
+def test_bad_static_sampler_settings_are_config_errors(override):
+    from engine.config import ConfigError
+
+    with pytest.raises(ConfigError):
+        build_config("preview", "dtu", True, overrides=[override])
