@@ -104,6 +104,17 @@ def _load_yaml(path: Path) -> DictConfig:
     return cfg
 
 
+def _default_layers(base: DictConfig, preset: str, fmt: str | None, masked: bool) -> list[DictConfig]:
+    """base <- preset <- format defaults (``dtu_mask`` for DTU with masks) <- ``no_mask`` when training without."""
+    layers = [base, _load_yaml(CONFIG_DIR / f"{preset}.yaml")]
+    name = "dtu_mask" if fmt == "dtu" and masked else fmt
+    if name in FORMAT_DEFAULTS:
+        layers.append(_load_yaml(CONFIG_DIR / f"{FORMAT_DEFAULTS[name]}.yaml"))
+    if not masked:
+        layers.append(_load_yaml(CONFIG_DIR / "no_mask.yaml"))
+    return layers
+
+
 def build_config(preset: str = "preview", fmt: str | None = None, has_masks: bool = False,
                  config_file: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
     """Merges the layers into one config.
@@ -111,33 +122,35 @@ def build_config(preset: str = "preview", fmt: str | None = None, has_masks: boo
     Args:
         preset: one of ``PRESETS``.
         fmt: the scene's format (``dtu``, ``blender``, ``colmap``) for per-format defaults, or None.
-        has_masks: whether the scene has masks (DTU with masks uses the ``dtu_mask`` defaults).
+        has_masks: whether the scene has masks (used unless ``data.use_mask`` is false; trained without them,
+            the ``no_mask`` defaults apply).
         config_file: optional user YAML.
         overrides: ``key=value`` strings (OmegaConf dotlist syntax).
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    layers = [_load_yaml(CONFIG_DIR / "base.yaml"), _load_yaml(CONFIG_DIR / f"{preset}.yaml")]
-    if fmt is not None:
-        name = "dtu_mask" if fmt == "dtu" and has_masks else fmt
-        if name in FORMAT_DEFAULTS:
-            layers.append(_load_yaml(CONFIG_DIR / f"{FORMAT_DEFAULTS[name]}.yaml"))
+    user = []
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
-        layers.append(_load_yaml(path))
+        user.append(_load_yaml(path))
     for item in overrides or []:
         if "=" not in item or not item.split("=", 1)[0].strip():
             raise ConfigError(f"bad override {item!r}: expected key=value")
+    base = _load_yaml(CONFIG_DIR / "base.yaml")
     # Struct mode: a misspelt key in a preset, a config file or an override is an error, not silently ignored.
-    OmegaConf.set_struct(layers[0], True)
+    OmegaConf.set_struct(base, True)
     try:
-        layers.append(OmegaConf.from_dotlist(list(overrides or [])))
-        cfg = OmegaConf.merge(*layers)
+        user.append(OmegaConf.from_dotlist(list(overrides or [])))
+        # The defaults depend on whether masks will be used, which the user's layers may decide: merge twice.
+        cfg = OmegaConf.merge(*_default_layers(base, preset, fmt, has_masks), *user)
+        masked = has_masks and cfg.data.use_mask is not False
+        if masked != has_masks:
+            cfg = OmegaConf.merge(*_default_layers(base, preset, fmt, masked), *user)
     except (OmegaConfBaseException, ValueError, yaml.YAMLError) as exc:
         raise ConfigError(f"bad config: {str(exc).splitlines()[0]}") from exc
-    _check_types(layers[0], cfg, "")
+    _check_types(base, cfg, "")
     validate(cfg)
     OmegaConf.set_struct(cfg, False)
     cfg.preset = preset

@@ -101,6 +101,8 @@ class NeuSModel(nn.Module):
         # Samples per static render_rays call when none is given; training passes train.target_samples.
         self.static_budget = max(2**18, self.max_steps)
         self.register_buffer("cos_anneal_ratio", torch.tensor(1.0 if int(cfg.cos_anneal_end) <= 0 else 0.0))
+        # Floor under the learned sharpness (a buffer, so compiled code reads it without recompiling).
+        self.register_buffer("min_inv_s", torch.tensor(scheduled(cfg.get("min_inv_s", 0.0), 0)), persistent=False)
         self.timer = PhaseTimer()
         self.weights_from_alpha = render_weights_from_alpha
         if cfg.get("use_nerfacc", False):
@@ -110,7 +112,7 @@ class NeuSModel(nn.Module):
 
     # ---------------------------------------------------------------- schedules
     def inv_s(self) -> Tensor:
-        return torch.exp(self.variance * 10.0).clamp(1e-6, 1e6)
+        return torch.maximum(torch.exp(self.variance * 10.0).clamp(1e-6, 1e6), self.min_inv_s)
 
     def update_step(self, step: int) -> None:
         """Applies the step-dependent schedules (progressive levels, cos annealing, occupancy refresh)."""
@@ -122,6 +124,7 @@ class NeuSModel(nn.Module):
         self.geometry.fd_eps = scheduled(cfg.geometry.fd_eps, step)  # optionally shrinking FD step
         end = int(cfg.cos_anneal_end)
         self.cos_anneal_ratio.fill_(1.0 if end <= 0 else min(1.0, step / end))
+        self.min_inv_s.fill_(scheduled(cfg.get("min_inv_s", 0.0), step))
         occ = cfg.occupancy
         if self.occupancy is not None and step >= int(occ.warmup_steps) and step % int(occ.update_every) == 0:
             # Static sampler: inv_s stays on the device, so the refresh does not wait for the GPU either.
@@ -189,9 +192,9 @@ class NeuSModel(nn.Module):
         if self.background is not None:
             # The background starts where the ray leaves the sphere of radius start_radius * radius.
             start_r = float(self.cfg.background.get("start_radius", 1.0)) * self.radius
-            _, far_bg, hit_bg = ray_sphere_intersect(origins, dirs, start_r) if start_r != self.radius else (
+            near_bg, far_bg, hit_bg = ray_sphere_intersect(origins, dirs, start_r) if start_r != self.radius else (
                 near, far, hit)
-            bg = self._render_background(origins, dirs, torch.where(hit_bg, far_bg, near), stratified)
+            bg = self._render_background(origins, dirs, torch.where(hit_bg, far_bg, near_bg), stratified)
         else:
             bg = bg_color.expand(n_rays, 3) if bg_color.dim() == 1 else bg_color
         rgb = rgb + (1.0 - opacity[:, None]) * bg
@@ -203,24 +206,34 @@ class NeuSModel(nn.Module):
                             t_len, ray_idx, pts, static.complete, static.valid, static.n_valid)
 
     def _render_background(self, origins: Tensor, dirs: Tensor, t_start: Tensor, stratified: bool) -> Tensor:
-        """Colour of the scene behind the bounding sphere: samples uniform in inverse depth from ``t_start``."""
-        n = int(self.cfg.background.n_samples)
+        """Colour of the scene behind the foreground sphere: (R, 3).
+
+        ``n_samples`` uniform in inverse depth from ``t_start`` (R,), where rays leave the sphere (or pass closest
+        to it), to ``background.far``.
+        """
         n_rays = origins.shape[0]
-        u = (torch.arange(n, device=origins.device, dtype=origins.dtype) + 0.5) / n
-        if stratified:
-            u = (u[None, :] + (torch.rand(n_rays, n, device=origins.device) - 0.5) / n).clamp(0, 1 - 1e-4)
-        else:
-            u = u[None, :].expand(n_rays, n)
-        t_far = float(self.cfg.background.far)
-        start = t_start.clamp_min(1e-3)[:, None]
-        t = 1.0 / (1.0 / start * (1 - u) + u / t_far)  # (R, n), uniform in disparity
-        edges = torch.cat([start, 0.5 * (t[:, 1:] + t[:, :-1]), torch.full_like(start, t_far)], 1)
+        edges = self._disparity_edges(t_start.clamp_min(1e-3), float(self.cfg.background.far),
+                                      int(self.cfg.background.n_samples), stratified)  # (R, n+1)
+        n = edges.shape[1] - 1
+        mid = 0.5 * (edges[:, 1:] + edges[:, :-1])
         ray_idx = torch.arange(n_rays, device=origins.device).repeat_interleave(n)
-        pts = (origins[:, None, :] + dirs[:, None, :] * t[..., None]).reshape(-1, 3)
+        pts = (origins[:, None, :] + dirs[:, None, :] * mid[..., None]).reshape(-1, 3)
         density, rgb_s = self.background(pts, dirs[ray_idx])
         weights, _, _ = render_weights_from_density(density, edges[:, :-1].reshape(-1), edges[:, 1:].reshape(-1),
                                                     ray_idx, n_rays)
         return accumulate_along_rays(weights, ray_idx, n_rays, rgb_s)
+
+    def _disparity_edges(self, start: Tensor, t_far: float, n: int, stratified: bool) -> Tensor:
+        """(R, n+1) segment edges from ``start`` (R,) to ``t_far``, sample midpoints uniform in disparity."""
+        n_rays = start.shape[0]
+        u = (torch.arange(n, device=start.device, dtype=start.dtype) + 0.5) / n
+        if stratified:
+            u = (u[None, :] + (torch.rand(n_rays, n, device=start.device) - 0.5) / n).clamp(0, 1 - 1e-4)
+        else:
+            u = u[None, :].expand(n_rays, n)
+        s = start[:, None]
+        t = 1.0 / (1.0 / s * (1 - u) + u / t_far)  # (R, n)
+        return torch.cat([s, 0.5 * (t[:, 1:] + t[:, :-1]), torch.full_like(s, t_far)], 1)
 
     @torch.no_grad()
     def render_image(self, K: Tensor, c2w: Tensor, height: int, width: int, bg_color: Tensor, chunk: int = 8192

@@ -72,3 +72,17 @@ def test_saved_run_config(tmp_path):
     path.write_text(to_yaml(build_config("preview", "dtu")).replace("steps: 1500", "steps: -1"))
     with pytest.raises(ConfigError, match="train.steps must be >= 1"):
         load_run_config(path)
+
+
+def test_no_mask_defaults_apply_exactly_when_training_without_masks():
+    with_masks = build_config("preview", "dtu", has_masks=True)
+    assert with_masks.model.min_inv_s == 0.0 and with_masks.train.loss.sparsity > 0  # dtu_mask layer
+    for cfg in (build_config("preview", "colmap", has_masks=False),
+                build_config("preview", "dtu", has_masks=True, overrides=["data.use_mask=false"])):
+        assert cfg.model.background.start_radius == 2.0
+        assert cfg.model.min_inv_s.end_step == cfg.train.steps  # the floor rises over the whole run
+        assert cfg.train.loss.sparsity == 0.0  # masks switched off: not the dtu_mask defaults either
+    # The user's layers still win over the no-mask defaults.
+    cfg = build_config("quality", "colmap", overrides=["model.min_inv_s=0", "model.background.start_radius=1.5"])
+    assert cfg.model.min_inv_s == 0 and cfg.model.background.start_radius == 1.5
+    assert build_config("fast", "colmap").model.min_inv_s.end_step == build_config("fast").train.steps

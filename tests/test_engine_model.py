@@ -104,3 +104,38 @@ def test_learned_background_path_without_masks():
     assert "mask" not in terms
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.background.parameters())
+
+
+def test_min_inv_s_floor_follows_its_schedule():
+    cfg, model = _small_model(**{"model.min_inv_s": "{start: 20, end: 1000, end_step: 100}",
+                                 "model.variance_init": 0.0})  # learned inv_s = 1, below the floor
+    model.update_step(0)
+    assert float(model.inv_s().detach()) == pytest.approx(20.0)
+    model.update_step(50)
+    assert float(model.inv_s().detach()) == pytest.approx(510.0)
+    model.update_step(10**6)
+    assert float(model.inv_s().detach()) == pytest.approx(1000.0)
+    with torch.no_grad():
+        model.variance.fill_(0.8)  # learned sharpness above the floor is kept
+    assert float(model.inv_s().detach()) == pytest.approx(float(torch.exp(torch.tensor(8.0))), rel=1e-5)
+
+
+def test_background_never_samples_inside_its_start_sphere():
+    cfg = build_config("preview", "colmap", False)
+    resolve_auto(cfg, has_masks=False, device_type="cpu")
+    start = cfg.model.background.start_radius * cfg.model.radius
+    assert start > cfg.model.radius
+    model = NeuSModel(cfg.model)
+    seen = []
+    forward = model.background.forward
+
+    def spy(x, dirs):  # records where the real background field is queried
+        seen.append(x.detach())
+        return forward(x, dirs)
+
+    model.background.forward = spy
+    o, d = _rays(256)  # from radius 2.5: some rays miss the start sphere, some cross it
+    out = model.render_rays(o, d, torch.ones(3), stratified=True)
+    assert torch.isfinite(out.rgb).all()
+    radii = torch.cat(seen).norm(dim=-1)
+    assert radii.min() >= start * (1 - 1e-4)
