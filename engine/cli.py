@@ -123,6 +123,8 @@ def _cmd_fit(args, emitter: Emitter) -> int:
                      resume=args.resume, export_on_cancel=args.export_on_cancel)
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"{args.out}: exists and is not a folder")
+    if args.resume and (args.overrides or args.config):
+        emitter.log(f"--resume continues with {args.out / 'config.yaml'}: --set and --config are ignored")
     created = not args.out.exists()
     try:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -81,8 +81,9 @@ def test_sigint_saves_checkpoint_and_resume_finishes(tmp_path):
     assert not (run / "mesh.ply").exists()
 
     code, events, err = run_engine("fit", str(SAMPLE), "--out", str(run), "--steps", str(cancelled["step"] + 6),
-                                   "--resume", "--progress", "jsonl")
+                                   "--resume", "--set", "train.lr=0.5", "--progress", "jsonl")
     assert code == 0, err
+    assert "--set and --config are ignored" in err  # the saved config.yaml wins, and the user is told so
     start = next(e for e in events if e["event"] == "start")
     assert start["start_step"] == cancelled["step"]
     first = next(e for e in events if e["event"] == "progress")
