@@ -268,3 +268,17 @@ def test_export_eval_and_doctor(tmp_path):
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["torch"] and info["default_device"] == "cpu" and info["devices"][0]["type"] == "cpu"
+
+
+def test_no_surface_is_reported_in_one_line_and_keeps_the_checkpoint(tmp_path):
+    """A model with no zero level set (here: an init sphere far smaller than a voxel) is a training outcome, not a
+    crash: exit 1, one line, no traceback, and the checkpoint stays for --resume or export."""
+    run = tmp_path / "run"
+    code, events, err = run_engine("fit", str(SAMPLE), "--out", str(run), "--preset", "preview", "--steps", "2",
+                                   "--set", "model.geometry.mlp.sphere_init_radius=0.001",
+                                   "--set", "export.resolution=32", "--set", "export.coarse_resolution=0",
+                                   "--progress", "jsonl")
+    assert code == 1, err[-2000:]
+    assert events[-1]["event"] == "error" and events[-1]["message"].startswith("no surface found"), events[-1]
+    assert "Traceback" not in err
+    assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "mesh.ply").exists()

@@ -12,11 +12,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import EngineError
+
 SdfFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-class MeshExtractionError(RuntimeError):
-    """No surface could be extracted (the SDF has no zero crossing in the bounds, or returned NaN/inf)."""
+class MeshExtractionError(EngineError, RuntimeError):
+    """No surface could be extracted (the SDF has no zero crossing in the bounds, or returned NaN/inf).
+
+    A training outcome, not a bug: the command line reports it in one line (exit 1) without a traceback."""
 
 
 class MeshDependencyError(ImportError):
