@@ -49,6 +49,9 @@ class NEUS_PG_settings(bpy.types.PropertyGroup):
     engine_settings: StringProperty(name="Extra Settings", description="Advanced: engine config overrides, "
                                     "space-separated KEY=VALUE (e.g. export.resolution=256 train.lr=0.01)",
                                     default="")
+    use_masks: BoolProperty(name="Use Masks", description="Train with the dataset's masks when it has them (off: a "
+                            "learned background separates the object; slower to converge, see the README)",
+                            default=True)
     show_preview: BoolProperty(name="Live Preview", description="Show the engine's low-resolution preview meshes "
                                "while it trains", default=True)
 

@@ -115,6 +115,8 @@ def request_from_scene(scene: bpy.types.Scene, engine_python: str = "") -> RunRe
         settings.append(f"train.preview_every={PREVIEW_EVERY}")
     if s.texture:
         settings.append("export.texture=true")  # the fit writes the textured OBJ/GLB itself
+    if not s.use_masks and not any(kv.startswith("data.use_mask=") for kv in settings):
+        settings.append("data.use_mask=false")  # the engine then layers its no-mask defaults
     engine = engine_process.find_engine_python(engine_python)
     return RunRequest(scene.name, data_dir, run_dir, dataset, engine, s.preset, s.device, int(s.steps),
                       s.data_format, s.frame, bool(s.texture), bool(s.show_preview),

@@ -36,6 +36,7 @@ class NEUS_PT_reconstruct(bpy.types.Panel):
         row = box.row()
         row.prop(s, "texture")
         row.prop(s, "show_preview")
+        box.prop(s, "use_masks")
         box.prop(s, "output_dir")
         box.prop(s, "engine_settings")
 

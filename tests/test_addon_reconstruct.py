@@ -205,6 +205,20 @@ def test_engine_error_is_shown(bpy, tmp_path):
     assert engine_msg and engine_msg in s.last_error
 
 
+def test_use_masks_off_reaches_the_engine(bpy, tmp_path):
+    from neus_blender_addon import reconstruct
+
+    s = bpy.context.scene.neus
+    s.engine_settings = FAST_EXPORT
+    s.show_preview = False
+    assert "data.use_mask=false" not in reconstruct.request_from_scene(bpy.context.scene).settings
+    s.use_masks = False
+    assert bpy.ops.neus.reconstruct(mode="BLOCKING") == {"FINISHED"}
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    # The run trained without masks: the learned background and the engine's no-mask defaults were used.
+    assert "use_mask: false" in saved and "min_inv_s:" in saved and "start_radius: 2.0" in saved
+
+
 def test_unregister_stops_a_running_engine(bpy):
     import neus_blender_addon as addon
     from neus_blender_addon import reconstruct
