@@ -49,6 +49,10 @@ def test_preview_without_masks_keeps_the_object_in_the_foreground(tmp_path):
     assert code == 0, err[-3000:]
     validation = [e for e in events if e["event"] == "validation"]
     assert validation and validation[-1]["mask_iou"] > 0.6, validation[-1:]
+    from engine.commands import load_run
+
+    cfg, model = load_run(run, "cpu")  # as export and render see it: the sharpness floor of the last step holds
+    assert float(model.inv_s().detach()) >= cfg.model.min_inv_s.end - 1e-3
     gt_radius = json.loads((SAMPLE / "scene.json").read_text())["object"]["bounding_radius_normalized"]
     metrics = evaluate_mesh(run / "mesh.ply", SAMPLE / "gt_mesh_normalized.ply", threshold=0.02,
                             n_samples=50_000)["normalized"]
