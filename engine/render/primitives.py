@@ -131,6 +131,18 @@ def neus_alpha(sdf: Tensor, normals: Tensor, dirs: Tensor, dists: Tensor, inv_s:
     return ((prev_cdf - next_cdf + 1e-5) / (prev_cdf + 1e-5)).clamp(0.0, 1.0)
 
 
+def _candidates(near: Tensor, far: Tensor, step_size: float, n_steps: int, stratified: bool
+                ) -> tuple[Tensor, Tensor]:
+    """Candidate midpoints ``near + (k + offset) * step`` for k < n_steps: t_mid (R, K), inside [near, far) (R, K).
+
+    The offset is 1/2, or with ``stratified`` one uniform draw per ray."""
+    n_rays, dev = near.shape[0], near.device
+    offset = torch.rand(n_rays, 1, device=dev) if stratified else torch.full((n_rays, 1), 0.5, device=dev)
+    k = torch.arange(n_steps, device=dev, dtype=near.dtype)[None, :]
+    t_mid = near[:, None] + (k + offset) * step_size
+    return t_mid, t_mid < far[:, None]
+
+
 def sample_uniform_along_rays(
     origins: Tensor,
     dirs: Tensor,
@@ -153,11 +165,7 @@ def sample_uniform_along_rays(
     """
     n_rays = origins.shape[0]
     n_steps = min(max_samples, max(1, int(torch.ceil((far - near).max() / step_size).item()) if n_rays else 1))
-    offset = torch.rand(n_rays, 1, device=origins.device) if stratified else torch.full((n_rays, 1), 0.5,
-                                                                                        device=origins.device)
-    k = torch.arange(n_steps, device=origins.device, dtype=origins.dtype)[None, :]
-    t_mid = near[:, None] + (k + offset) * step_size  # (R, K)
-    valid = t_mid < far[:, None]
+    t_mid, valid = _candidates(near, far, step_size, n_steps, stratified)
     if occupied_fn is not None:
         ray_i, step_i = valid.nonzero(as_tuple=True)
         tm = t_mid[ray_i, step_i]
@@ -213,11 +221,8 @@ def sample_static(
         StaticSamples (see there for the shapes).
     """
     n_rays, dev = origins.shape[0], origins.device
-    # Same draws and arithmetic as sample_uniform_along_rays, so the two agree sample for sample.
-    offset = torch.rand(n_rays, 1, device=dev) if stratified else torch.full((n_rays, 1), 0.5, device=dev)
-    k = torch.arange(n_steps, device=dev, dtype=origins.dtype)[None, :]
-    t_mid = near[:, None] + (k + offset) * step_size  # (R, T)
-    valid = t_mid < far[:, None]
+    # The same candidates as sample_uniform_along_rays, so the two agree sample for sample.
+    t_mid, valid = _candidates(near, far, step_size, n_steps, stratified)
     if occupied_fn is not None:
         pts = origins[:, None, :] + dirs[:, None, :] * t_mid[..., None]
         valid = valid & occupied_fn(pts.reshape(-1, 3)).reshape(n_rays, n_steps)
