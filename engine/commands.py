@@ -27,7 +27,7 @@ def load_run(run_dir: Path, device_name: str = "auto"):
     """Rebuilds a trained model from ``RUN_DIR/config.yaml`` and ``checkpoints/last.ckpt``. Returns (cfg, model)."""
     from .config import ConfigError, load_run_config
     from .device import select_device
-    from .model import NeuSModel, scheduled
+    from .model import NeuSModel
     from .train import checkpoint_path, config_errors_as_input, load_weights, read_checkpoint
 
     if run_dir.exists() and not run_dir.is_dir():
@@ -45,7 +45,7 @@ def load_run(run_dir: Path, device_name: str = "auto"):
     with config_errors_as_input(cfg_path):
         model = NeuSModel(cfg.model)
         # The sharpness floor as it stood at the last step, so renders look like the end of training.
-        model.min_inv_s.fill_(scheduled(cfg.model.get("min_inv_s", 0.0), int(cfg.train.steps)))
+        model.min_inv_s.fill_(model.sharpness_floor(int(cfg.train.steps)))
         progressive = cfg.model.geometry.progressive.enabled
         n_levels = int(cfg.model.geometry.encoding.get("n_levels", 10**6))
     load_weights(model, {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}, ckpt)

@@ -102,7 +102,7 @@ class NeuSModel(nn.Module):
         self.static_budget = max(2**18, self.max_steps)
         self.register_buffer("cos_anneal_ratio", torch.tensor(1.0 if int(cfg.cos_anneal_end) <= 0 else 0.0))
         # Floor under the learned sharpness (a buffer, so compiled code reads it without recompiling).
-        self.register_buffer("min_inv_s", torch.tensor(scheduled(cfg.get("min_inv_s", 0.0), 0)), persistent=False)
+        self.register_buffer("min_inv_s", torch.tensor(self.sharpness_floor(0)), persistent=False)
         self.timer = PhaseTimer()
         self.weights_from_alpha = render_weights_from_alpha
         if cfg.get("use_nerfacc", False):
@@ -114,6 +114,10 @@ class NeuSModel(nn.Module):
     def inv_s(self) -> Tensor:
         return torch.maximum(torch.exp(self.variance * 10.0).clamp(1e-6, 1e6), self.min_inv_s)
 
+    def sharpness_floor(self, step: int) -> float:
+        """``model.min_inv_s`` at ``step`` (0 when unset, as in runs saved before it existed)."""
+        return scheduled(self.cfg.get("min_inv_s", 0.0), step)
+
     def update_step(self, step: int) -> None:
         """Applies the step-dependent schedules (progressive levels, cos annealing, occupancy refresh)."""
         cfg = self.cfg
@@ -124,7 +128,7 @@ class NeuSModel(nn.Module):
         self.geometry.fd_eps = scheduled(cfg.geometry.fd_eps, step)  # optionally shrinking FD step
         end = int(cfg.cos_anneal_end)
         self.cos_anneal_ratio.fill_(1.0 if end <= 0 else min(1.0, step / end))
-        self.min_inv_s.fill_(scheduled(cfg.get("min_inv_s", 0.0), step))
+        self.min_inv_s.fill_(self.sharpness_floor(step))
         occ = cfg.occupancy
         if self.occupancy is not None and step >= int(occ.warmup_steps) and step % int(occ.update_every) == 0:
             # Static sampler: inv_s stays on the device, so the refresh does not wait for the GPU either.
