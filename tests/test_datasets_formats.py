@@ -20,6 +20,7 @@ from dataset_helpers import centre_aware, dtu_or_skip, project_with
 import datasets
 from datasets import DatasetError
 from datasets.geometry import project_points
+from datasets.sample_scene.to_colmap import rotation_to_qvec
 
 FACTOR = 4  # scenes are written at 400x300 to keep the tests fast
 CV_TO_GL = np.diag([1.0, -1.0, -1.0])
@@ -278,24 +279,6 @@ def test_missing_transforms(tmp_path):
 # --- COLMAP ---------------------------------------------------------------------------------------------------
 
 
-def rotmat_to_qvec(R: np.ndarray) -> np.ndarray:
-    """(w, x, y, z) of a rotation matrix (Shepperd's method)."""
-    t = np.trace(R)
-    if t > 0:
-        s = 2 * math.sqrt(t + 1)
-        q = [s / 4, (R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s]
-    elif R[0, 0] > R[1, 1] and R[0, 0] > R[2, 2]:
-        s = 2 * math.sqrt(1 + R[0, 0] - R[1, 1] - R[2, 2])
-        q = [(R[2, 1] - R[1, 2]) / s, s / 4, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s]
-    elif R[1, 1] > R[2, 2]:
-        s = 2 * math.sqrt(1 + R[1, 1] - R[0, 0] - R[2, 2])
-        q = [(R[0, 2] - R[2, 0]) / s, (R[0, 1] + R[1, 0]) / s, s / 4, (R[1, 2] + R[2, 1]) / s]
-    else:
-        s = 2 * math.sqrt(1 + R[2, 2] - R[0, 0] - R[1, 1])
-        q = [(R[1, 0] - R[0, 1]) / s, (R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, s / 4]
-    return np.array(q)
-
-
 MODEL_IDS = {"SIMPLE_PINHOLE": 0, "PINHOLE": 1, "SIMPLE_RADIAL": 2, "OPENCV_FISHEYE": 5}
 
 
@@ -318,7 +301,7 @@ class ColmapModel:
             R_cv = (dtu.c2w_world[k, :, :3] @ CV_TO_GL).T
             t = -R_cv @ dtu.c2w_world[k, :, 3]
             # Registered in reverse order to check the loader sorts by name.
-            self.images.insert(0, (100 - k, rotmat_to_qvec(R_cv), t, k + 10, f"img_{k:02d}.png"))
+            self.images.insert(0, (100 - k, rotation_to_qvec(R_cv), t, k + 10, f"img_{k:02d}.png"))
         rng = np.random.default_rng(1)
         inliers = rng.uniform(-0.5, 0.5, (950, 3))
         outliers = rng.normal(size=(50, 3)) * 4

@@ -10,6 +10,7 @@ so the COLMAP loader has to choose the normalization itself. Used by the tests a
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 from pathlib import Path
 
@@ -22,13 +23,22 @@ _CV_TO_GL = np.diag([1.0, -1.0, -1.0])  # OpenCV camera axes <-> OpenGL camera a
 
 
 def rotation_to_qvec(R: np.ndarray) -> np.ndarray:
-    """(w, x, y, z) unit quaternion of a rotation matrix (3, 3), COLMAP's order."""
-    w = np.sqrt(max(0.0, 1.0 + np.trace(R))) / 2
-    x = np.copysign(np.sqrt(max(0.0, 1.0 + R[0, 0] - R[1, 1] - R[2, 2])) / 2, R[2, 1] - R[1, 2])
-    y = np.copysign(np.sqrt(max(0.0, 1.0 - R[0, 0] + R[1, 1] - R[2, 2])) / 2, R[0, 2] - R[2, 0])
-    z = np.copysign(np.sqrt(max(0.0, 1.0 - R[0, 0] - R[1, 1] + R[2, 2])) / 2, R[1, 0] - R[0, 1])
-    q = np.array([w, x, y, z])
-    return q / np.linalg.norm(q)
+    """(w, x, y, z) unit quaternion of a rotation matrix (3, 3), COLMAP's order (Shepperd's method: stable
+    near half turns)."""
+    t = np.trace(R)
+    if t > 0:
+        s = 2 * math.sqrt(t + 1)
+        q = [s / 4, (R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s]
+    elif R[0, 0] > R[1, 1] and R[0, 0] > R[2, 2]:
+        s = 2 * math.sqrt(1 + R[0, 0] - R[1, 1] - R[2, 2])
+        q = [(R[2, 1] - R[1, 2]) / s, s / 4, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s]
+    elif R[1, 1] > R[2, 2]:
+        s = 2 * math.sqrt(1 + R[1, 1] - R[0, 0] - R[2, 2])
+        q = [(R[0, 2] - R[2, 0]) / s, (R[0, 1] + R[1, 0]) / s, s / 4, (R[1, 2] + R[2, 1]) / s]
+    else:
+        s = 2 * math.sqrt(1 + R[2, 2] - R[0, 0] - R[1, 1])
+        q = [(R[1, 0] - R[0, 1]) / s, (R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, s / 4]
+    return np.array(q)
 
 
 def write_colmap(out: Path, source: Path = SAMPLE, n_points: int = 2000, seed: int = 0) -> Path:
