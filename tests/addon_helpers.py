@@ -7,21 +7,15 @@ reader bug cannot hide behind a matching writer bug.
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
+from paths import DTU, NO_DTU_REASON, REPO  # noqa: F401  (re-exported for the add-on tests)
+from paths import SAMPLE as SAMPLE_SCENE  # noqa: F401
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # plain `pytest` puts tests/ on sys.path, not the repository root
-    sys.path.insert(0, str(REPO))
-
-DTU = (REPO / ".." / "shared" / "data" / "dtu_scan65").resolve()
-SAMPLE_SCENE = REPO / "datasets" / "sample_scene" / "data"
 ENGINE_CLI = REPO / "engine" / "cli.py"
 HAS_BPY = importlib.util.find_spec("bpy") is not None
 NO_BPY_REASON = "needs the bpy module (Blender as a Python module; pip install bpy==4.5.*)"
-NO_DTU_REASON = f"real DTU data not found at {DTU}"
 
 
 # -- PLY ---------------------------------------------------------------------------------------------------

@@ -1,20 +1,9 @@
-"""Helpers shared by the dataset tests: where the real DTU scan is, and independent projection arithmetic."""
+"""Helpers shared by the dataset tests: independent projection arithmetic (paths come from ``paths``)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-DTU = (REPO / ".." / "shared" / "data" / "dtu_scan65").resolve()
-
-
-def dtu_or_skip() -> Path:
-    if not (DTU / "cameras_sphere.npz").is_file():
-        pytest.skip(f"DTU scan 65 not found at {DTU}")
-    return DTU
+from paths import DTU, REPO, dtu_or_skip  # noqa: F401  (re-exported for the dataset tests)
 
 
 def centre_aware(factor: float) -> np.ndarray:

@@ -6,11 +6,8 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "datasets" / "sample_scene" / "data"
-DTU = (REPO / ".." / "shared" / "data" / "dtu_scan65").resolve()
+from paths import DTU, REPO, SAMPLE  # noqa: F401  (re-exported for the engine tests)
 
 # Small, fast settings for smoke runs on the bundled scene.
 TINY = ["--set", "export.resolution=48", "--set", "export.coarse_resolution=24",

@@ -214,9 +214,19 @@ def test_use_masks_off_reaches_the_engine(bpy, tmp_path):
     assert "data.use_mask=false" not in reconstruct.request_from_scene(bpy.context.scene).settings
     s.use_masks = False
     assert bpy.ops.neus.reconstruct(mode="BLOCKING") == {"FINISHED"}
-    saved = (tmp_path / "run" / "config.yaml").read_text()
-    # The run trained without masks: the learned background and the engine's no-mask defaults were used.
-    assert "use_mask: false" in saved and "min_inv_s:" in saved and "start_radius: 2.0" in saved
+    import yaml
+
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    base, no_mask = (yaml.safe_load((REPO / "engine" / "configs" / f"{name}.yaml").read_text())
+                     for name in ("base", "no_mask"))
+    # The run trained without masks: the engine's no-mask overlay (sharpness floor schedule, background start) was
+    # applied on top of the base config, whose values differ.
+    assert saved["data"]["use_mask"] is False
+    floor, expected = saved["model"]["min_inv_s"], no_mask["model"]["min_inv_s"]
+    assert isinstance(floor, dict) and floor != base["model"]["min_inv_s"]
+    assert (floor["start"], floor["end"]) == (expected["start"], expected["end"])
+    assert saved["model"]["background"]["start_radius"] == no_mask["model"]["background"]["start_radius"]
+    assert no_mask["model"]["background"]["start_radius"] != base["model"]["background"]["start_radius"]
 
 
 def test_unregister_stops_a_running_engine(bpy):

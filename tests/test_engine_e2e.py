@@ -11,24 +11,21 @@ import json
 import numpy as np
 import pytest
 import trimesh
-from engine_helpers import SAMPLE, run_engine
+from engine_helpers import run_engine
+from paths import SAMPLE, needs_sample
 
 from engine.mesh.evaluate import evaluate_mesh
 
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (SAMPLE / "cameras_sphere.npz").is_file(), reason="bundled sample scene missing")]
+              needs_sample]
 
 
-def test_preview_reconstructs_the_sample_scene(tmp_path):
-    run = tmp_path / "run"
-    code, events, err = run_engine("fit", str(SAMPLE), "--out", str(run), "--preset", "preview", "--steps", "500",
-                                   "--progress", "jsonl", "--set", "data.holdout_every=8",
-                                   "--set", "export.resolution=128", timeout=900)
-    assert code == 0, err[-3000:]
-    validation = [e for e in events if e["event"] == "validation"]
+def test_preview_reconstructs_the_sample_scene(masked_preview_run):
+    run = masked_preview_run.check().folder
+    validation = masked_preview_run.last("validation")
     assert validation, "no held-out validation was reported"
-    assert validation[-1]["psnr"] >= 20.0, validation[-1]
-    assert validation[-1]["mask_iou"] > 0.9, validation[-1]
+    assert validation["psnr"] >= 20.0, validation
+    assert validation["mask_iou"] > 0.9, validation
 
     gt_radius = json.loads((SAMPLE / "scene.json").read_text())["object"]["bounding_radius_normalized"]
     metrics = evaluate_mesh(run / "mesh.ply", SAMPLE / "gt_mesh_normalized.ply", threshold=0.02,
@@ -39,16 +36,12 @@ def test_preview_reconstructs_the_sample_scene(tmp_path):
     assert colors.std() > 10, "vertex colours are flat"
 
 
-def test_preview_without_masks_keeps_the_object_in_the_foreground(tmp_path):
+def test_preview_without_masks_keeps_the_object_in_the_foreground(no_mask_preview_run):
     """Masks ignored: the learned background must not swallow the object (it did before configs/no_mask.yaml:
     IoU 0.1-0.4 and Chamfer 17 % of the radius, engine/BENCHMARKS.md). The masks only judge the result."""
-    run = tmp_path / "run"
-    code, events, err = run_engine("fit", str(SAMPLE), "--out", str(run), "--preset", "preview",
-                                   "--progress", "jsonl", "--set", "data.use_mask=false",
-                                   "--set", "data.holdout_every=8", "--set", "export.resolution=128", timeout=1200)
-    assert code == 0, err[-3000:]
-    validation = [e for e in events if e["event"] == "validation"]
-    assert validation and validation[-1]["mask_iou"] > 0.6, validation[-1:]
+    run = no_mask_preview_run.check().folder
+    validation = no_mask_preview_run.last("validation")
+    assert validation and validation["mask_iou"] > 0.6, validation
     from engine.commands import load_run
 
     cfg, model = load_run(run, "cpu")  # as export and render see it: the sharpness floor of the last step holds

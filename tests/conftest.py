@@ -1,0 +1,81 @@
+"""Shared fixtures: the DTU scan (or a skip with the reason) and trained runs of the bundled sample scene.
+
+Training dominates the suite's time, so each scene/config is trained at most once per pytest session and the run
+folder is shared. A test that changes a run (exports into it, damages it, makes it read-only) works on a copy
+(``TrainedRun.copy_to``). Each run is sized to the strictest assertion made on it; say there which test needs what.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from engine_helpers import TINY, run_engine
+from paths import HAS_SAMPLE, NO_SAMPLE_REASON, SAMPLE, dtu_or_skip
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """One ``engine fit`` of the sample scene: its run folder, exit code, JSON-lines events and stderr."""
+
+    folder: Path
+    code: int
+    events: list[dict]
+    stderr: str
+
+    def check(self) -> TrainedRun:
+        """Fails the calling test (not the fixture) with the engine's own error when training failed."""
+        assert self.code == 0, self.stderr[-3000:]
+        return self
+
+    def last(self, event: str) -> dict | None:
+        found = [e for e in self.events if e["event"] == event]
+        return found[-1] if found else None
+
+    def copy_to(self, dest: Path) -> Path:
+        """A private copy of the run folder for tests that change it."""
+        shutil.copytree(self.folder, dest)
+        return dest
+
+
+def _fit(tmp_path_factory: pytest.TempPathFactory, name: str, *args: str, timeout: float) -> TrainedRun:
+    if not HAS_SAMPLE:
+        pytest.skip(NO_SAMPLE_REASON)
+    folder = tmp_path_factory.mktemp(name) / "run"
+    code, events, err = run_engine("fit", str(SAMPLE), "--out", str(folder), "--progress", "jsonl", *args,
+                                   timeout=timeout)
+    return TrainedRun(folder, code, events, err)
+
+
+@pytest.fixture
+def dtu_scan() -> Path:
+    """The real DTU scan 65, or a skip naming where it was looked for."""
+    return dtu_or_skip()
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> TrainedRun:
+    """A dozen steps with the default preset, coarse extraction, every mesh format: enough for the protocol, the
+    output files, export/render/eval on a real run and damaged-run handling; far from converged (the surface is
+    still near the initial sphere, which test_export_eval_and_doctor relies on)."""
+    return _fit(tmp_path_factory, "smoke", "--steps", "12", "--set", "export.formats=[ply,obj,glb]", *TINY,
+                timeout=600)
+
+
+@pytest.fixture(scope="session")
+def masked_preview_run(tmp_path_factory) -> TrainedRun:
+    """Masked ``preview`` with every 8th view held out (5 of 40): held-out PSNR / mask IoU, Chamfer against the
+    ground truth, vertex colours, and held-out figures for texture tests. 500 steps: what test_engine_e2e's smoke
+    bounds (PSNR >= 20 dB, IoU > 0.9, Chamfer < 5 % of the radius) were set for."""
+    return _fit(tmp_path_factory, "masked_preview", "--preset", "preview", "--steps", "500",
+                "--set", "data.holdout_every=8", "--set", "export.resolution=128", timeout=900)
+
+
+@pytest.fixture(scope="session")
+def no_mask_preview_run(tmp_path_factory) -> TrainedRun:
+    """``preview`` ignoring the masks (learned background, no-mask sharpness floor), held-out views as above. The
+    full preview schedule: the floor rises over ``train.steps`` and the foreground needs it to separate."""
+    return _fit(tmp_path_factory, "no_mask_preview", "--preset", "preview", "--set", "data.use_mask=false",
+                "--set", "data.holdout_every=8", "--set", "export.resolution=128", timeout=1200)
