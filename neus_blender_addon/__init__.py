@@ -7,6 +7,8 @@ Modules without bpy (usable and tested outside Blender): ``camera_math``, ``came
 ``protocol``, ``ply_io``, ``run_files``. The rest is the thin bpy layer.
 """
 
+import atexit
+
 bl_info = {  # read by Blender < 4.2; 4.2+ reads blender_manifest.toml
     "name": "NeuS Reconstruct",
     "author": "NeuS for Blender contributors",
@@ -31,8 +33,10 @@ if bpy is not None:
 
     @persistent
     def _reset_stale_status(_dummy=None) -> None:
-        """A .blend saved mid-run says "running"; no engine survives a file load, so reset that."""
+        """After File > Open / New: a running engine follows the new file's scene (its timer is persistent);
+        otherwise a .blend saved mid-run says "running" although no engine belongs to it, so reset that."""
         if reconstruct.is_running():
+            reconstruct.follow_loaded_file(bpy.context.scene)
             return
         for scene in bpy.data.scenes:
             s = getattr(scene, "neus", None)
@@ -42,20 +46,43 @@ if bpy is not None:
 else:
     classes = ()
 
+_registered = False
+_exit_hook_installed = False
+
+
+def _unregister_at_exit() -> None:
+    """A script that imports bpy and registers the add-on may end without unregistering it: the bpy module then
+    never finishes shutting down while Python callbacks (handlers, timers, classes) stay registered, and an engine
+    would outlive it. atexit runs this before bpy's own exit hook (registered earlier, so it runs later). Blender
+    itself disables add-ons before exiting, so there this finds nothing left to do."""
+    if not _registered:
+        return
+    try:
+        unregister()
+    except Exception as e:  # noqa: BLE001 -- exiting anyway: say why, never hang or raise at exit
+        print(f"[neus] unregister at exit failed: {e}", flush=True)
+
 
 def register() -> None:
+    global _registered, _exit_hook_installed
     if bpy is None:
         raise RuntimeError("neus_blender_addon.register() needs Blender (the bpy module)")
+    if not _exit_hook_installed:
+        atexit.register(_unregister_at_exit)
+        _exit_hook_installed = True
     for cls in classes:
         bpy.utils.register_class(cls)
     properties.register()
     if _reset_stale_status not in bpy.app.handlers.load_post:
         bpy.app.handlers.load_post.append(_reset_stale_status)
+    _registered = True
 
 
 def unregister() -> None:
+    global _registered
     if bpy is None:
         return
+    _registered = False
     reconstruct.shutdown()  # never leave an engine running without its add-on
     if _reset_stale_status in bpy.app.handlers.load_post:
         bpy.app.handlers.load_post.remove(_reset_stale_status)

@@ -430,11 +430,22 @@ class EngineProcess:
         try:
             proc.wait(min(self.grace_s, 3.0))
         except subprocess.TimeoutExpired:
-            proc.kill()
+            self._kill_group(proc)
             try:
                 proc.wait(5.0)
             except subprocess.TimeoutExpired:
                 pass
+
+    @staticmethod
+    def _kill_group(proc: subprocess.Popen[str]) -> None:
+        """SIGKILL to the engine's whole process group (it leads its own session, see :meth:`start`), so helper
+        processes it started (data loader workers) go too; a plain kill elsewhere."""
+        if os.name != "nt":
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+                return
+        with contextlib.suppress(OSError):
+            proc.kill()
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Waits for the process to exit and its stdout to be drained; returns the exit code (None on timeout)."""

@@ -381,8 +381,22 @@ def timer_step() -> float | None:
 
 
 def start_timer() -> None:
+    """Registers :func:`timer_step`; persistent, so it survives File > Open / New (a non-persistent timer is
+    dropped on a file load while the engine keeps running, and the run could never end nor be cancelled)."""
     if not bpy.app.timers.is_registered(timer_step):
-        bpy.app.timers.register(timer_step, first_interval=TIMER_INTERVAL)
+        bpy.app.timers.register(timer_step, first_interval=TIMER_INTERVAL, persistent=True)
+
+
+def follow_loaded_file(scene: bpy.types.Scene) -> None:
+    """Another .blend was opened (or File > New) during a run: the run continues and reports into ``scene``,
+    the new file's active scene, where its result will be imported. Called from the ``load_post`` handler."""
+    run = _active
+    if run is None or run.finished:
+        return
+    run.request.scene_name = scene.name
+    _say(run, f"[neus] a new file was loaded: the reconstruction continues into scene '{scene.name}'")
+    _update_ui(run)
+    start_timer()
 
 
 def run_blocking(run: Run, poll_s: float = 0.25) -> str:
