@@ -1,4 +1,4 @@
-"""Command line: ``python -m engine fit|export|eval|render|doctor`` (contract in PROTOCOL.md)."""
+"""Command line: ``python -m engine fit|solve|export|eval|render|doctor`` (contract in PROTOCOL.md)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--downscale", type=int, default=2)
     r.add_argument("--device", default="auto")
     r.add_argument("--progress", default="bar", choices=["jsonl", "bar", "none"])
+
+    s = sub.add_parser("solve", help="solve the cameras of a folder of photos or a video (pycolmap)")
+    s.add_argument("source", type=Path, help="folder of photos (JPEG/PNG/TIFF) or a video file")
+    s.add_argument("--out", type=Path, required=True, help="DATA_DIR: COLMAP layout + solve.json")
+    s.add_argument("--matcher", default="auto", choices=["auto", "exhaustive", "sequential"],
+                   help="auto: sequential for video or many photos, exhaustive otherwise")
+    s.add_argument("--max-image-size", type=int, default=1200, help="long side for feature extraction, pixels")
+    s.add_argument("--camera", default="auto", choices=["auto", "single", "per-image"])
+    s.add_argument("--fps", type=float, default=2.0, help="video: frames kept per second")
+    s.add_argument("--max-frames", type=int, default=120, help="video: at most this many frames")
+    s.add_argument("--min-placed", type=float, default=0.5, help="fail when fewer than this fraction is placed")
+    s.add_argument("--progress", default="bar", choices=["jsonl", "bar", "none"])
 
     d = sub.add_parser("doctor", help="what will run here: Python, torch, devices, accelerators")
     d.add_argument("--json", action="store_true")
@@ -163,6 +175,26 @@ def _fit_in(run_dir: Path, req, emitter: Emitter) -> int:
     return EXIT_CANCELLED if event == "cancelled" else EXIT_OK
 
 
+def _cmd_solve(args, emitter: Emitter) -> int:
+    from .cancel import CancelToken
+    from .solve import SolveRequest, run_solve
+
+    req = SolveRequest(source=args.source, out=args.out, matcher=args.matcher, max_image_size=args.max_image_size,
+                       camera=args.camera, fps=args.fps, max_frames=args.max_frames, min_placed=args.min_placed)
+    stop_file = args.out / "STOP"
+    with contextlib.suppress(OSError):
+        stop_file.unlink()  # a stale stop request must not stop this solve
+    token = CancelToken(stop_file)
+    _install_cancel(token)
+    try:
+        result = run_solve(req, emitter, token)
+    except Cancelled:
+        emitter.emit("cancelled", step=0, checkpoint=None, mesh=None)
+        return EXIT_CANCELLED
+    emitter.emit("done", **result)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     mode = "bar"
@@ -175,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             args = build_parser().parse_args(argv)
             if args.command == "fit":
                 return _cmd_fit(args, emitter)
+            if args.command == "solve":
+                return _cmd_solve(args, emitter)
             from . import commands
 
             return getattr(commands, f"cmd_{args.command}")(args, emitter)

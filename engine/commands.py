@@ -205,11 +205,23 @@ def doctor_report() -> dict:
     info["tinycudann"] = importlib.util.find_spec("tinycudann") is not None
     info["nerfacc"] = importlib.util.find_spec("nerfacc") is not None
     info["torch_compile"] = _probe_compile()
+    info["pycolmap"] = _module_version("pycolmap")  # camera solving (`solve`); None when missing
+    info["imageio_ffmpeg"] = _module_version("imageio_ffmpeg")
     for mod in ("lightning", "omegaconf", "mcubes", "trimesh", "xatlas", "PIL"):
         info[mod] = importlib.util.find_spec(mod) is not None
     info["ok"] = all(info[m] for m in ("lightning", "omegaconf", "mcubes", "trimesh", "PIL"))
     info["default_device"] = "cuda" if info["cuda"] else ("mps" if info["mps"] else "cpu")
     return info
+
+
+def _module_version(name: str) -> str | None:
+    """The version of an importable module, None when it is missing or fails to import."""
+    import importlib
+
+    try:
+        return str(getattr(importlib.import_module(name), "__version__", "unknown"))
+    except Exception:  # a broken binary wheel fails in many ways; doctor reports it as missing
+        return None
 
 
 def _probe_compile() -> bool | str:

@@ -61,12 +61,19 @@ class Emitter:
             psnr = f"{r['psnr']:.1f}" if r.get("psnr") is not None else "-"
             eta = r.get("eta_s")
             eta_txt = f"{eta:.0f}s" if eta is not None else "-"
-            sys.stderr.write(f"\r[{bar:<30}] {r['step']}/{r['total']} loss {r['loss']:.4f} psnr {psnr} eta {eta_txt} ")
+            if r.get("loss") is None:  # a solve stage: counts of images or pairs, no loss
+                what = f"{r.get('stage', '')} {r['step']}/{r['total']} {r.get('unit', '')}"
+                sys.stderr.write(f"\r[{bar:<30}] {what} eta {eta_txt} ")
+            else:
+                sys.stderr.write(f"\r[{bar:<30}] {r['step']}/{r['total']} loss {r['loss']:.4f} psnr {psnr} "
+                                 f"eta {eta_txt} ")
             sys.stderr.flush()
         elif ev == "stage":
             sys.stderr.write(f"\n== {r['stage']}\n")
         elif ev == "done":
-            sys.stderr.write(f"\ndone: {r['mesh']}\n")
+            sys.stderr.write(f"\ndone: {r.get('mesh') or r.get('data_dir')}\n")
+        elif ev == "warning":
+            sys.stderr.write(f"\nwarning: {r['message']}\n")
         elif ev == "error":
             sys.stderr.write(f"\nerror ({r['kind']}): {r['message']}\n")
         elif ev == "cancelled":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,28 +16,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 import datasets
 
+from .cancel import CancelToken
 from .config import ConfigError, build_config, load_run_config, resolve_accelerators, resolve_auto, to_yaml
 from .device import device_name, select_device
 from .errors import Cancelled, InputError
 from .mesh.io import atomic_path, atomic_write
 from .protocol import PROTOCOL_VERSION, Emitter
 from .system import NeuSSystem, RaySource
-
-
-class CancelToken:
-    """Set by SIGINT/SIGTERM, a ``stop`` line on stdin, or a ``STOP`` file in the run folder."""
-
-    def __init__(self, stop_file: Path | None = None) -> None:
-        self._event = threading.Event()
-        self.stop_file = stop_file
-
-    def set(self) -> None:
-        self._event.set()
-
-    def is_set(self) -> bool:
-        if not self._event.is_set() and self.stop_file is not None and self.stop_file.exists():
-            self._event.set()
-        return self._event.is_set()
 
 
 @dataclass

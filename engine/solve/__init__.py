@@ -1,0 +1,250 @@
+"""``engine solve``: cameras for a folder of photos or a video with pycolmap, written as a COLMAP dataset.
+
+DATA_DIR receives ``images/`` (undistorted, PINHOLE), ``sparse/0/*.bin`` and ``solve.json``, so
+``datasets.load(DATA_DIR)`` and ``engine fit DATA_DIR`` read it with no extra flags. Everything is built in a
+hidden staging folder beside DATA_DIR and renamed into place at the end: a failed or cancelled solve leaves
+nothing half-written (an earlier solve in DATA_DIR stays until the new one is complete).
+
+The pycolmap stages run in a child process (``engine.solve.sfm``) that this process ends on SIGINT, SIGTERM, a
+``stop`` line or a ``DATA_DIR/STOP`` file, so cancelling takes effect within a fraction of a second even in the
+middle of one long pycolmap call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import Cancelled, EngineError, InputError
+from ..protocol import PROTOCOL_VERSION, Emitter
+from .sfm import SfmJob, choose_camera, choose_matcher
+from .sources import PreparedSource, prepare_photos, prepare_video, source_kind
+
+SOLVE_FILE = "solve.json"
+_POLL_S = 0.1
+_TERMINATE_WAIT_S = 1.0
+
+
+@dataclass
+class SolveRequest:
+    source: Path  # folder of photos or a video file
+    out: Path  # DATA_DIR
+    matcher: str = "auto"  # auto | exhaustive | sequential
+    max_image_size: int = 1200  # long side SIFT sees, pixels: a laptop solves 50 photos in about a minute
+    camera: str = "auto"  # auto (one shared camera when sizes and EXIF focals agree) | single | per-image
+    fps: float = 2.0  # video: frames kept per second of video (the sharpest of each window)
+    max_frames: int = 120  # video: at most this many frames (the window widens for long videos)
+    min_placed: float = 0.5  # fewer photos placed than this fraction is an error
+
+
+def check_request(req: SolveRequest) -> None:
+    if req.matcher not in ("auto", "exhaustive", "sequential"):
+        raise InputError(f"--matcher must be auto, exhaustive or sequential, not {req.matcher!r}")
+    if req.camera not in ("auto", "single", "per-image"):
+        raise InputError(f"--camera must be auto, single or per-image, not {req.camera!r}")
+    if req.max_image_size < 200:
+        raise InputError(f"--max-image-size {req.max_image_size}: too small to find features (at least 200)")
+    if not req.fps > 0:
+        raise InputError(f"--fps {req.fps}: must be positive")
+    if req.max_frames < 3:
+        raise InputError(f"--max-frames {req.max_frames}: at least 3")
+    if not 0.0 <= req.min_placed <= 1.0:
+        raise InputError(f"--min-placed {req.min_placed}: a fraction between 0 and 1")
+
+
+def _check_out(out: Path) -> None:
+    """DATA_DIR may be new, empty, or an earlier solve (replaced); anything else is never overwritten."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    if out.is_dir():
+        entries = [p.name for p in out.iterdir() if p.name != "STOP"]
+        if entries and not (out / SOLVE_FILE).is_file():
+            raise InputError(f"{out}: folder is not empty and holds no earlier solve ({SOLVE_FILE}); choose a new "
+                             "or empty folder")
+
+
+def _names(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+class _Child:
+    """``python -m engine.solve.child JOB.json``: its JSON lines arrive on a queue; it can be ended at any time."""
+
+    def __init__(self, job_file: Path) -> None:
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[2])  # the engine's own checkout, whatever the caller's cwd
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.proc = subprocess.Popen([sys.executable, "-m", "engine.solve.child", str(job_file)],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=sys.stderr.fileno(),
+                                     text=True, env=env)
+        self.messages: queue.Queue = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True, name="solve-child").start()
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            with contextlib.suppress(json.JSONDecodeError):
+                self.messages.put(json.loads(line))
+        self.messages.put(None)  # end of output
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(_TERMINATE_WAIT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _run_child(job: SfmJob, job_file: Path, emitter: Emitter, token) -> dict:
+    """Runs the pycolmap stages in a child, relaying its progress; returns its result message."""
+    job_file.write_text(json.dumps(dataclasses.asdict(job)))
+    child = _Child(job_file)
+    try:
+        while True:
+            if token.is_set():
+                raise Cancelled()
+            try:
+                message = child.messages.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+            if message is None:
+                child.proc.wait()
+                raise EngineError(f"camera solving stopped unexpectedly (exit code {child.proc.returncode}; see the "
+                                  "log above)")
+            kind = message.pop("type")
+            if kind == "stage":
+                emitter.emit("stage", **message)
+            elif kind == "progress":
+                emitter.progress(force=message["step"] >= message["total"], loss=None, psnr=None, **message)
+            elif kind == "failed":
+                raise EngineError(f"camera solving failed: {message['message']}")
+            elif kind == "result":
+                child.proc.wait()
+                return message
+    finally:
+        child.stop()
+
+
+def _prepare(req: SolveRequest, kind: str, image_dir: Path, emitter: Emitter, token) -> PreparedSource:
+    emitter.emit("stage", stage="reading", unit="frames" if kind == "video" else "photos")
+    start = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        if token.is_set():
+            raise Cancelled()
+        elapsed = time.monotonic() - start
+        emitter.progress(force=done >= total, stage="reading", step=done, total=total,
+                         unit="frames" if kind == "video" else "photos", loss=None, psnr=None,
+                         elapsed_s=round(elapsed, 2), eta_s=round(elapsed / done * (total - done), 1) if done else None)
+
+    if kind == "video":
+        return prepare_video(req.source, image_dir, req.fps, req.max_frames, progress)
+    return prepare_photos(req.source, image_dir, progress)
+
+
+def run_solve(req: SolveRequest, emitter: Emitter, token) -> dict:
+    """Solves ``req.source`` into ``req.out``; returns the ``done`` event's fields. Raises InputError, Cancelled."""
+    import pycolmap
+
+    check_request(req)
+    kind = source_kind(req.source)
+    _check_out(req.out)
+    out = req.out.resolve()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".neus_solve.", dir=out.parent))
+    except OSError as exc:
+        raise InputError(f"{out.parent}: cannot write here ({exc.strerror or exc})") from exc
+    t0 = time.monotonic()
+    try:
+        work, result = staging / "work", staging / "result"
+        (work / "images").mkdir(parents=True)
+        result.mkdir()
+        emitter.emit("start", version=PROTOCOL_VERSION, command="solve", source=str(req.source.resolve()),
+                     data_dir=str(out), kind=kind, matcher=req.matcher, camera=req.camera,
+                     max_image_size=req.max_image_size, pycolmap=pycolmap.__version__)
+        prepared = _prepare(req, kind, work / "images", emitter, token)
+        read_s = round(time.monotonic() - t0, 2)
+        if prepared.left_out:
+            emitter.emit("warning", message=f"{len(prepared.left_out)} of {prepared.given} "
+                         f"{'frames' if kind == 'video' else 'photos'} left out before solving: "
+                         f"{_names([x['name'] + ' (' + x['reason'] + ')' for x in prepared.left_out])}",
+                         left_out=prepared.left_out)
+        names = [im.name for im in prepared.images]
+        matcher = choose_matcher(req.matcher, kind, len(names))
+        job = SfmJob(image_dir=str(work / "images"), work_dir=str(work), out_dir=str(result), names=names,
+                     focal_priors={im.name: im.focal_prior_px for im in prepared.images if im.focal_prior_px},
+                     matcher=matcher, loop=kind == "video", max_image_size=req.max_image_size,
+                     camera=choose_camera(req.camera, [(im.width, im.height) for im in prepared.images],
+                                          [im.focal_prior_px for im in prepared.images]))
+        sfm = _run_child(job, staging / "job.json", emitter, token)
+        placed = sfm["registered_names"]
+        _check_placed(req, prepared, placed, names)
+        source_of = {im.name: im.source for im in prepared.images}
+        not_placed = [source_of[n] for n in names if n not in set(placed)]
+        if not_placed:
+            emitter.emit("warning", message=f"{len(not_placed)} of {len(names)} photos could not be placed and are "
+                         f"left out: {_names(not_placed)}", left_out=[{"name": n, "reason": "not placed"}
+                                                                       for n in not_placed])
+        emitter.emit("stage", stage="writing")
+        summary = {
+            "version": 1,
+            "source": str(req.source.resolve()),
+            "kind": kind,
+            "given": prepared.given,
+            "solved_from": len(names),
+            "registered": len(placed),
+            "registered_names": placed,
+            "left_out": prepared.left_out + [{"name": n, "reason": "not placed"} for n in not_placed],
+            "mean_reprojection_error_px": round(sfm["mean_reprojection_error_px"], 4),
+            "n_points": sfm["n_points"],
+            "n_models": sfm["n_models"],
+            "matcher": matcher,
+            "camera": job.camera,
+            "max_image_size": req.max_image_size,
+            "timings": {"read_s": read_s, **sfm["timings"], "total_s": round(time.monotonic() - t0, 2)},
+            "pycolmap": pycolmap.__version__,
+        }
+        (result / SOLVE_FILE).write_text(json.dumps(summary, indent=2))
+        _move_into_place(result, out, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    files = {"images": str(out / "images"), "sparse": str(out / "sparse" / "0"), "solve": str(out / SOLVE_FILE)}
+    return {"data_dir": str(out), "registered": summary["registered"], "given": summary["given"],
+            "left_out": summary["left_out"], "mean_reprojection_error_px": summary["mean_reprojection_error_px"],
+            "files": files, "timings": summary["timings"]}
+
+
+def _check_placed(req: SolveRequest, prepared: PreparedSource, placed: list[str], names: list[str]) -> None:
+    needed = max(3, int(-(-req.min_placed * len(names) // 1)))
+    if len(placed) >= needed:
+        return
+    source_of = {im.name: im.source for im in prepared.images}
+    missing = [source_of[n] for n in names if n not in set(placed)]
+    unit = "frames" if prepared.kind == "video" else "photos"
+    raise InputError(f"{req.source}: only {len(placed)} of {len(names)} {unit} could be placed (at least {needed} "
+                     f"needed); the {unit} need more texture and overlap (not placed: {_names(missing)})")
+
+
+def _move_into_place(result: Path, out: Path, staging: Path) -> None:
+    """Renames the finished dataset onto ``out``; an earlier solve there is moved aside first, then deleted."""
+    stop = out / "STOP"
+    if out.exists():
+        old = staging / "previous"
+        os.replace(out, old)
+    os.replace(result, out)
+    with contextlib.suppress(OSError):
+        stop.unlink()

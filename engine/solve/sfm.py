@@ -1,0 +1,267 @@
+"""The pycolmap stages of ``solve``: features, matching, incremental mapping, undistortion.
+
+Runs in a child process (``engine.solve.run``), so that a long pycolmap call can be stopped at once by ending
+the process; it reports through ``report(dict)`` (progress counts, per-stage timings). It imports no torch.
+
+Progress comes from doing the work in chunks: features for a few images per call, matching for a block of
+image pairs per call (the pair list is built here, which also gives sequential matching its loop overlap: the
+last frames of a video are matched with the first, closing an orbit around the object).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FEATURE_CHUNK = 4  # images per extract_features call: a progress event every few seconds on a laptop
+PAIR_CHUNK = 64  # image pairs per match_image_pairs call
+SEQUENTIAL_OVERLAP = 10  # neighbours matched with each frame (as COLMAP's sequential matcher)
+EXHAUSTIVE_MAX = 150  # `auto` matches every pair up to this many photos, neighbours in name order beyond
+MIN_SHARED_FOR_PP = 8  # photos sharing one camera before its principal point is refined
+
+
+@dataclass
+class SfmJob:
+    """Everything the child process needs (plain values: it is pickled across the process boundary)."""
+
+    image_dir: str  # the working images
+    work_dir: str  # database and raw models (scratch)
+    out_dir: str  # receives images/ and sparse/0/ (undistorted, PINHOLE)
+    names: list[str]
+    focal_priors: dict[str, float]  # name -> focal in pixels (EXIF)
+    matcher: str  # exhaustive | sequential
+    loop: bool  # add loop-closing pairs (video)
+    camera: str  # single | per-image (``auto`` is resolved before: see choose_camera)
+    max_image_size: int
+    threads: int = -1
+
+
+def choose_matcher(requested: str, kind: str, n_images: int) -> str:
+    """``auto``: sequential for video frames and for large photo sets, exhaustive otherwise."""
+    if requested != "auto":
+        return requested
+    return "sequential" if kind == "video" or n_images > EXHAUSTIVE_MAX else "exhaustive"
+
+
+def image_pairs(n: int, matcher: str, loop: bool, overlap: int = SEQUENTIAL_OVERLAP) -> list[tuple[int, int]]:
+    """Index pairs (i < j) to match.
+
+    exhaustive: every pair. sequential: each image with its ``overlap`` successors, plus successors at powers
+    of two (quadratic overlap, for drift), plus, with ``loop``, the last ``overlap`` images with the first ones.
+    """
+    if matcher == "exhaustive":
+        return [(i, j) for i in range(n) for j in range(i + 1, n)]
+    pairs = set()
+    for i in range(n):
+        for d in range(1, overlap + 1):
+            if i + d < n:
+                pairs.add((i, i + d))
+        d = 2 * overlap
+        while i + d < n:
+            pairs.add((i, i + d))
+            d *= 2
+    if loop and n > 2 * overlap:
+        for i in range(n - overlap, n):
+            for j in range(overlap):
+                pairs.add((j, i))
+    return sorted(pairs)
+
+
+class _Clock:
+    """Progress with an ETA extrapolated from the rate so far."""
+
+    def __init__(self, report: Callable[[dict], None], stage: str, unit: str, total: int) -> None:
+        self.report, self.stage, self.unit, self.total = report, stage, unit, total
+        self.start = time.monotonic()
+        report({"type": "stage", "stage": stage, "total": total, "unit": unit})
+
+    def tick(self, done: int) -> None:
+        elapsed = time.monotonic() - self.start
+        eta = elapsed / done * (self.total - done) if done > 0 else None
+        self.report({"type": "progress", "stage": self.stage, "step": done, "total": self.total, "unit": self.unit,
+                     "elapsed_s": round(elapsed, 2), "eta_s": None if eta is None else round(eta, 1)})
+
+    def seconds(self) -> float:
+        return round(time.monotonic() - self.start, 2)
+
+
+def choose_camera(requested: str, sizes: list[tuple[int, int]], focal_priors: list[float | None]) -> str:
+    """``auto``: one shared camera when every image has the same size and EXIF focal (a video, one camera's
+    photos), else one per image."""
+    if requested != "auto":
+        return requested
+    return "single" if len(set(sizes)) == 1 and len(set(focal_priors)) == 1 else "per-image"
+
+
+def _camera_mode(pycolmap, camera: str):
+    return {"single": pycolmap.CameraMode.SINGLE, "per-image": pycolmap.CameraMode.PER_IMAGE}[camera]
+
+
+def _set_focal_priors(pycolmap, db_path: Path, priors: dict[str, float]) -> None:
+    """EXIF focal lengths become the cameras' starting focal, marked as a prior COLMAP can trust."""
+    if not priors:
+        return
+    db = pycolmap.Database.open(str(db_path))
+    try:
+        for name, focal in priors.items():
+            image = db.read_image_with_name(name)
+            cam = db.read_camera(image.camera_id)
+            params = np.array(cam.params)
+            for idx in cam.focal_length_idxs():
+                params[idx] = focal
+            cam.params = params
+            cam.has_prior_focal_length = True
+            db.update_camera(cam)
+    finally:
+        db.close()
+
+
+def run_sfm(job: SfmJob, report: Callable[[dict], None]) -> dict:
+    """Features, matching, mapping and undistortion; returns counts and timings for solve.json."""
+    import pycolmap
+
+    pycolmap.set_random_seed(0)  # the same photos give the same cameras
+    work, image_dir, out = Path(job.work_dir), Path(job.image_dir), Path(job.out_dir)
+    db_path = work / "database.db"
+    timings = {}
+
+    pycolmap.Database.open(str(db_path)).close()  # import_images wants the file to exist
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = "SIMPLE_RADIAL"  # one focal and one radial term: what phone photos need, stable
+    pycolmap.import_images(str(db_path), str(image_dir), _camera_mode(pycolmap, job.camera), job.names, reader)
+    _set_focal_priors(pycolmap, db_path, job.focal_priors)
+
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.max_image_size = job.max_image_size
+    extraction.num_threads = job.threads
+    clock = _Clock(report, "features", "images", len(job.names))
+    for start in range(0, len(job.names), FEATURE_CHUNK):
+        chunk = job.names[start:start + FEATURE_CHUNK]
+        pycolmap.extract_features(str(db_path), str(image_dir), chunk, _camera_mode(pycolmap, job.camera), reader,
+                                  extraction, device=pycolmap.Device.cpu)
+        clock.tick(start + len(chunk))
+    timings["features_s"] = clock.seconds()
+
+    pairs = image_pairs(len(job.names), job.matcher, job.loop)
+    matching = pycolmap.FeatureMatchingOptions()
+    matching.num_threads = job.threads
+    clock = _Clock(report, "matching", "pairs", len(pairs))
+    pair_file = work / "pairs.txt"
+    for start in range(0, len(pairs), PAIR_CHUNK):
+        chunk = pairs[start:start + PAIR_CHUNK]
+        pair_file.write_text("".join(f"{job.names[i]} {job.names[j]}\n" for i, j in chunk))
+        pycolmap.match_image_pairs(str(db_path), matching, pycolmap.ImportedPairingOptions(
+            match_list_path=str(pair_file)), device=pycolmap.Device.cpu)
+        clock.tick(start + len(chunk))
+    timings["matching_s"] = clock.seconds()
+
+    clock = _Clock(report, "mapping", "images", len(job.names))
+    registered = 0
+
+    def on_registered() -> None:
+        nonlocal registered
+        registered += 1
+        clock.tick(min(registered, len(job.names)))
+
+    options = pycolmap.IncrementalPipelineOptions()
+    options.num_threads = job.threads
+    options.random_seed = 0
+    # One camera shared by many photos constrains its principal point well: refine it (renders and scans often
+    # have it off-centre; a fixed centre would tilt every solved camera by the offset's angle).
+    options.ba_refine_principal_point = job.camera == "single" and len(job.names) >= MIN_SHARED_FOR_PP
+    options.mapper.random_seed = 0
+    sparse_dir = work / "sparse"
+    sparse_dir.mkdir(parents=True, exist_ok=True)
+    models = pycolmap.incremental_mapping(str(db_path), str(image_dir), str(sparse_dir), options,
+                                          initial_image_pair_callback=lambda: (on_registered(), on_registered()),
+                                          next_image_callback=on_registered)
+    timings["mapping_s"] = clock.seconds()
+    if not models:
+        return {"registered_names": [], "timings": timings, "n_models": 0}
+    model = max(models.values(), key=lambda rec: rec.num_reg_images())
+    registered_names = sorted(model.images[i].name for i in model.reg_image_ids())
+    stats = {
+        "registered_names": registered_names,
+        "n_models": len(models),
+        "n_points": model.num_points3D(),
+        "mean_reprojection_error_px": float(model.compute_mean_reprojection_error()),
+        "mean_track_length": float(model.compute_mean_track_length()),
+    }
+    best_dir = work / "best"
+    best_dir.mkdir()
+    model.write(str(best_dir))
+
+    clock = _Clock(report, "undistorting", "images", len(registered_names))
+    pycolmap.undistort_images(str(out), str(best_dir), str(image_dir), output_type="COLMAP")
+    clock.tick(len(registered_names))
+    timings["undistort_s"] = clock.seconds()
+    _tidy_undistorted(pycolmap, out)
+    return {**stats, "timings": timings}
+
+
+def _tidy_undistorted(pycolmap, out: Path) -> None:
+    """COLMAP layout the loader reads (images/, sparse/0/*.bin); one image size for every photo.
+
+    The undistorter writes sparse/ (no model number), a stereo/ folder and scripts for dense MVS, which this
+    project does not use. Photos of mixed sizes come out in several sizes, and the dataset wants one: each image
+    is resized to the most common size and its PINHOLE camera rescaled with it (exact: fx and fy scale apart).
+    """
+    from PIL import Image
+
+    for extra in ("stereo",):
+        shutil.rmtree(out / extra, ignore_errors=True)
+    for script in out.glob("run-colmap-*.sh"):
+        script.unlink()
+    rec = pycolmap.Reconstruction(str(out / "sparse"))
+    sizes = [(rec.cameras[img.camera_id].width, rec.cameras[img.camera_id].height) for img in rec.images.values()]
+    target = max(set(sizes), key=sizes.count)
+    for cam_id, cam in rec.cameras.items():
+        if (cam.width, cam.height) == target:
+            continue
+        for img in rec.images.values():
+            if img.camera_id == cam_id:
+                path = out / "images" / img.name
+                with Image.open(path) as im:
+                    resized = im.convert("RGB").resize(target, Image.Resampling.LANCZOS)
+                resized.save(path)
+        cam.rescale(target[0], target[1])
+        rec.cameras[cam_id] = cam
+    final = out / "sparse" / "0"
+    final.mkdir()
+    rec.write_binary(str(final))
+    for f in (out / "sparse").iterdir():
+        if f.is_file():
+            f.unlink()
+
+
+def main(argv: list[str]) -> int:
+    """Child-process entry (``python -m engine.solve.child JOB.json``): JSON lines on stdout, logs on stderr."""
+    import json
+    import signal
+    import sys
+    import traceback
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop (it ends this process)
+    import pycolmap
+
+    pycolmap.logging.minloglevel = 1  # warnings and errors only: INFO floods the log for every image
+
+    def report(message: dict) -> None:
+        sys.stdout.write(json.dumps(message) + "\n")
+        sys.stdout.flush()
+
+    try:
+        job = SfmJob(**json.loads(Path(argv[0]).read_text()))
+        report({"type": "result", **run_sfm(job, report)})
+    except Exception as exc:  # reported to the parent, which turns it into the protocol's error event
+        traceback.print_exc(file=sys.stderr)
+        lines = str(exc).strip().splitlines()
+        report({"type": "failed", "message": f"{type(exc).__name__}: {lines[-1] if lines else ''}"})
+        return 1
+    return 0
+

@@ -1,0 +1,227 @@
+"""``engine solve``: cameras from photos or a video with pycolmap, checked against known cameras.
+
+The bundled scene is solved once per session (about 40 s on 2 cores) and every check reuses it. Accuracy is
+measured after the similarity fit on camera centres that SfM cannot know (engine.solve.compare).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from engine_helpers import DTU, REPO, SAMPLE, engine_env, parse_events, run_engine
+from PIL import Image
+
+import datasets
+from engine.solve.compare import camera_errors
+
+pytest.importorskip("pycolmap", reason="pycolmap is not installed")
+
+SAMPLE_IMAGES = SAMPLE / "image"
+
+
+def known_and_solved(known: datasets.Scene, solved: datasets.Scene, name_map=None):
+    """(solved c2w, known c2w) of the views both have, paired by name (``name_map``: solved -> known name)."""
+    name_map = name_map or (lambda n: n)
+    index = {n: k for k, n in enumerate(known.names)}
+    pairs = [(k, index[name_map(n)]) for k, n in enumerate(solved.names) if name_map(n) in index]
+    s_idx, k_idx = (np.array(x) for x in zip(*pairs, strict=True))
+    return solved.c2w[s_idx, :3], known.c2w[k_idx, :3]
+
+
+@pytest.fixture(scope="session")
+def sample_photos(tmp_path_factory) -> Path:
+    """The bundled scene's photos alone (no cameras, no masks)."""
+    folder = tmp_path_factory.mktemp("photos")
+    for png in sorted(SAMPLE_IMAGES.glob("*.png")):
+        shutil.copy(png, folder / png.name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def solved_sample(sample_photos, tmp_path_factory):
+    """(DATA_DIR, events) of one solve of the bundled photos."""
+    out = tmp_path_factory.mktemp("solved") / "data"
+    code, events, err = run_engine("solve", str(sample_photos), "--out", str(out), "--progress", "jsonl")
+    assert code == 0, err[-3000:]
+    return out, events
+
+
+def test_bundled_photos_all_register_and_match_the_known_cameras(solved_sample):
+    out, events = solved_sample
+    summary = json.loads((out / "solve.json").read_text())
+    assert summary["given"] == 40 and summary["registered"] == 40, summary
+    assert summary["left_out"] == [] and summary["pycolmap"]
+    assert 0 < summary["mean_reprojection_error_px"] < 1.0
+
+    solved = datasets.load(out)  # the existing COLMAP loader reads it unchanged
+    known = datasets.load(SAMPLE)
+    assert solved.format == "colmap" and solved.n_views == 40
+    errors = camera_errors(*known_and_solved(known, solved))
+    summary = errors.summary()
+    assert summary["median_rotation_deg"] <= 1.0, summary
+    assert summary["median_centre_error_pct"] <= 1.0, summary
+
+
+def test_solve_reports_every_stage_with_counts(solved_sample):
+    out, events = solved_sample
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    assert events[0]["command"] == "solve" and events[0]["kind"] == "photos"
+    stages = [e["stage"] for e in events if e["event"] == "stage"]
+    assert stages == ["reading", "features", "matching", "mapping", "undistorting", "writing"]
+    for stage, total in (("reading", 40), ("features", 40), ("matching", 40 * 39 // 2)):
+        last = [e for e in events if e["event"] == "progress" and e["stage"] == stage][-1]
+        assert (last["step"], last["total"]) == (total, total), last
+        assert last["eta_s"] is not None
+    done = events[-1]
+    assert done["registered"] == 40 and Path(done["files"]["sparse"]).is_dir()
+    # Nothing but the dataset: no scratch folders beside or inside it.
+    assert sorted(p.name for p in out.iterdir()) == ["images", "solve.json", "sparse"]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".neus_solve")]
+
+
+def test_video_of_the_bundled_frames_solves_with_the_sequential_matcher(tmp_path):
+    import imageio_ffmpeg
+
+    video = tmp_path / "orbit.mp4"
+    frames = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(SAMPLE_IMAGES.glob("*.png"))]
+    height, width = frames[0].shape[:2]
+    writer = imageio_ffmpeg.write_frames(str(video), (width, height), fps=10, quality=9, macro_block_size=4)
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+
+    out = tmp_path / "data"
+    code, events, err = run_engine("solve", str(video), "--out", str(out), "--fps", "10", "--progress", "jsonl")
+    assert code == 0, err[-3000:]
+    summary = json.loads((out / "solve.json").read_text())
+    assert summary["kind"] == "video" and summary["matcher"] == "sequential"
+    assert summary["registered"] >= 36, summary  # a few frames may fall to compression; most must be placed
+    solved = datasets.load(out)
+    # frame_000007.png is the 8th frame, i.e. the bundled 000007.png
+    pairs = known_and_solved(datasets.load(SAMPLE), solved,
+                             lambda n: f"{int(n.split('_')[1].split('.')[0]):06d}.png")
+    errors = camera_errors(*pairs).summary()
+    assert errors["median_rotation_deg"] <= 1.0 and errors["median_centre_error_pct"] <= 1.0, errors
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DTU / "image").is_dir(), reason="shared DTU scan 65 not present (../shared/data)")
+def test_dtu_scan65_at_800x600_matches_the_calibrated_cameras(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for png in sorted((DTU / "image").glob("*.png")):
+        Image.open(png).convert("RGB").resize((800, 600), Image.Resampling.LANCZOS).save(photos / png.name)
+    out = tmp_path / "data"
+    code, events, err = run_engine("solve", str(photos), "--out", str(out), "--progress", "jsonl", timeout=900)
+    assert code == 0, err[-3000:]
+    summary = json.loads((out / "solve.json").read_text())
+    assert summary["registered"] == summary["given"] == 49, summary
+    errors = camera_errors(*known_and_solved(datasets.load(DTU), datasets.load(out))).summary()
+    assert errors["median_rotation_deg"] <= 1.0 and errors["median_centre_error_pct"] <= 1.0, errors
+
+
+# --- failures: exit 2, one line naming the problem, nothing written ------------------------------------------
+
+
+def _expect_input_error(source: Path, out: Path, *needles: str) -> str:
+    code, events, err = run_engine("solve", str(source), "--out", str(out), "--progress", "jsonl")
+    assert code == 2, err[-2000:]
+    assert events[-1]["event"] == "error" and events[-1]["kind"] == "input"
+    message = events[-1]["message"]
+    assert "\n" not in message
+    for needle in needles:
+        assert needle in message, message
+    assert not out.exists(), "a failed solve left its output folder"
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".neus_solve")], "staging left behind"
+    return message
+
+
+def _copy_photos(folder: Path, names: list[str]) -> None:
+    folder.mkdir()
+    for name in names:
+        shutil.copy(SAMPLE_IMAGES / name, folder / name)
+
+
+def test_two_photos_are_refused(tmp_path):
+    _copy_photos(tmp_path / "two", ["000000.png", "000001.png"])
+    _expect_input_error(tmp_path / "two", tmp_path / "out", "2 photos found", "000000.png", "at least 3")
+
+
+def test_the_same_photo_twenty_times_is_refused(tmp_path):
+    folder = tmp_path / "copies"
+    folder.mkdir()
+    for k in range(20):
+        shutil.copy(SAMPLE_IMAGES / "000003.png", folder / f"copy_{k:02d}.png")
+    _expect_input_error(folder, tmp_path / "out", "only 1 of 20 photos", "copies of one picture", "copy_01.png")
+
+
+def test_flat_grey_images_are_refused(tmp_path):
+    folder = tmp_path / "grey"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(6):  # grey with a little sensor noise: flat to the eye and to SIFT
+        value = 110 + 5 * k
+        pixels = np.clip(value + rng.normal(0, 0.8, (300, 400, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"grey_{k}.jpg", quality=92)
+    _expect_input_error(folder, tmp_path / "out", "only 0 of 6 photos", "flat image", "grey_0.jpg")
+
+
+def test_a_truncated_jpeg_is_named(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for png in sorted(SAMPLE_IMAGES.glob("*.png"))[:5]:
+        Image.open(png).convert("RGB").save(folder / f"{png.stem}.jpg", quality=90)
+    data = (folder / "000002.jpg").read_bytes()
+    (folder / "000002.jpg").write_bytes(data[: len(data) // 2])
+    _expect_input_error(folder, tmp_path / "out", "000002.jpg", "truncated")
+
+
+def test_a_text_file_named_mp4_is_refused(tmp_path):
+    fake = tmp_path / "holiday.mp4"
+    fake.write_text("this is not a video\n" * 20)
+    _expect_input_error(fake, tmp_path / "out", "holiday.mp4", "not a readable video")
+
+
+def test_too_few_photos_placed_is_an_error_naming_them(tmp_path, sample_photos):
+    """Three views of the scene plus unrelated textured noise: most photos cannot be placed."""
+    folder = tmp_path / "mixed"
+    _copy_photos(folder, ["000000.png", "000001.png", "000002.png"])
+    rng = np.random.default_rng(1)
+    for k in range(5):
+        Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(folder / f"noise_{k}.png")
+    _expect_input_error(folder, tmp_path / "out", "could be placed", "noise_0.png", "more texture and overlap")
+
+
+def test_stop_file_ends_a_solve_within_two_seconds(tmp_path, sample_photos):
+    out = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "solve", str(sample_photos), "--out", str(out),
+                             "--progress", "jsonl"], cwd=REPO, env=engine_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:  # stop in the middle of a pycolmap call: during feature extraction
+            lines.append(line)
+            if '"stage": "features"' in line:
+                break
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "STOP").touch()
+        asked = time.monotonic()
+        rest, _ = proc.communicate(timeout=30)
+        waited = time.monotonic() - asked
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    events = parse_events("".join(lines) + rest)
+    assert proc.returncode == 130 and events[-1]["event"] == "cancelled"
+    assert waited < 2.0, f"took {waited:.1f} s to stop"
+    assert [p.name for p in out.iterdir()] in ([], ["STOP"]), "a cancelled solve wrote into its output folder"
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".neus_solve")]
