@@ -47,7 +47,7 @@ def load_run(run_dir: Path, device_name: str = "auto"):
         # The sharpness floor as it stood at the last step, so renders look like the end of training.
         model.min_inv_s.fill_(model.sharpness_floor(int(cfg.train.steps)))
         progressive = cfg.model.geometry.progressive.enabled
-        n_levels = int(cfg.model.geometry.encoding.get("n_levels", 10**6))
+        n_levels = int(cfg.model.geometry.encoding.n_levels)
     load_weights(model, {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}, ckpt)
     if progressive:  # every level active, as at the end of training
         model.geometry.set_progress(n_levels)
@@ -58,7 +58,7 @@ def load_run(run_dir: Path, device_name: str = "auto"):
 def _load_scene_for(cfg):
     import datasets
 
-    path = cfg.data.get("path")
+    path = cfg.data.path
     if not path or not Path(path).is_dir():
         return None
     try:

@@ -1,96 +1,36 @@
-"""Configuration: OmegaConf YAML files merged as base <- preset <- format defaults <- --config <- --set."""
+"""Configuration: the schema (``engine/config_schema.py``) <- preset <- format defaults <- --config <- --set.
+
+The dataclasses in ``config_schema`` are the only source of keys, types, defaults and allowed values; the YAML files
+in ``engine/configs/`` override some of them. OmegaConf refuses unknown keys and values of the wrong type while
+merging; ``check_values`` adds the minimums and schedule shapes it cannot express. Both fail as one ``ConfigError``
+line before anything is written (exit code 2).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import types
 from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import Container, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from .config_schema import PRESETS, RENAMED, RETIRED, RunConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-PRESETS = ("preview", "fast", "quality")
 FORMAT_DEFAULTS = {"dtu": "dtu", "dtu_mask": "dtu_mask", "blender": "blender", "colmap": "colmap"}
+RUN_SECTIONS = ("data", "model", "train", "export")
+__all__ = ["PRESETS", "ConfigError", "build_config", "load_run_config", "check_values", "resolve_auto",
+           "resolve_accelerators", "to_yaml"]
+
+Layer = tuple[str | None, DictConfig]  # (where it came from, for error messages; its values)
 
 
 class ConfigError(ValueError):
     """A bad preset, config file or override (reported as bad input, exit code 2)."""
-
-
-# Values the code needs from a set or in a range. Checked when the config is built, so a bad --set fails before
-# anything is written instead of deep in training or export (which would leave a config and checkpoint behind).
-CHOICES: dict[str, tuple] = {
-    "data.use_mask": ("auto", True, False),
-    "data.background": ("auto", "white", "black", "random"),
-    "model.geometry.grad_mode": ("closed_form", "autograd", "finite_difference"),
-    "model.sampler": ("packed", "static"),
-    "accel.tcnn": ("auto", True, False),
-    "accel.nerfacc": ("auto", True, False),
-    "train.compile": ("auto", True, False),
-    "train.cuda_graphs": (True, False),
-    "train.precision": (32, 16, 64, "32", "16", "64", "bf16", "32-true", "16-true", "16-mixed", "bf16-true",
-                        "bf16-mixed", "64-true"),
-    "export.method": ("auto", "marching_cubes", "surface_nets"),
-    "export.color": ("field", "photos"),
-    "export.frame": ("normalized", "world"),
-}
-EXPORT_FORMATS = ("ply", "obj", "glb")
-MINIMUM: dict[str, float] = {
-    "data.downscale": 1,
-    "data.holdout_every": 0,
-    "model.num_samples_per_ray": 1,
-    "model.geometry.encoding.n_levels": 1,
-    "train.steps": 1,
-    "train.lr": 0,
-    "train.lr_geometry_encoding": 0,
-    "train.lr_variance": 0,
-    "train.lr_background": 0,
-    "train.weight_decay": 0,
-    "train.target_samples": 1,
-    "train.init_rays": 1,
-    "train.min_rays": 1,
-    "train.max_rays": 1,
-    "train.static_adapt_every": 1,
-    "train.devices": 1,
-    "train.val_every": 0,
-    "train.val_max_views": 1,
-    "train.val_downscale": 1,
-    "train.preview_every": 0,
-    "train.preview_resolution": 2,
-    "train.checkpoint_every_steps": 0,
-    "export.resolution": 2,
-    "export.coarse_resolution": 0,
-    "export.chunk": 1,
-    "export.texture_size": 16,
-    "export.decimate": 0,
-}
-POSITIVE = ("model.radius", "train.static_fill")  # strictly above zero
-
-
-def validate(cfg: DictConfig) -> None:
-    """Checks ``CHOICES``, ``MINIMUM``, ``POSITIVE`` and ``export.formats`` (schedules in place of numbers pass)."""
-    def get(key: str):
-        return OmegaConf.select(cfg, key, default=None)
-
-    for key, choices in CHOICES.items():
-        value = get(key)
-        if value is not None and not any(value == c and type(value) is type(c) for c in choices):
-            names = ", ".join(dict.fromkeys(str(c).lower() for c in choices))  # as written in YAML, once each
-            raise ConfigError(f"bad config: {key} must be one of {names}; got {value!r}")
-    for key, low in MINIMUM.items():
-        value = get(key)
-        if isinstance(value, int | float) and not value >= low:
-            raise ConfigError(f"bad config: {key} must be >= {low}, got {value!r}")
-    for key in POSITIVE:
-        value = get(key)
-        if isinstance(value, int | float) and not value > 0:
-            raise ConfigError(f"bad config: {key} must be positive, got {value!r}")
-    formats = get("export.formats")
-    if formats is not None and (isinstance(formats, str) or any(f not in EXPORT_FORMATS for f in formats)):
-        raise ConfigError(f"bad config: export.formats must be a list of {', '.join(EXPORT_FORMATS)}; got {formats}")
-    decimate = get("export.decimate")
-    if isinstance(decimate, int) and 0 < decimate < 4:
-        raise ConfigError(f"bad config: export.decimate must be 0 (keep every face) or >= 4, got {decimate}")
 
 
 def _load_yaml(path: Path) -> DictConfig:
@@ -104,20 +44,132 @@ def _load_yaml(path: Path) -> DictConfig:
     return cfg
 
 
-def _default_layers(base: DictConfig, preset: str, fmt: str | None, masked: bool) -> list[DictConfig]:
-    """base <- preset <- format defaults (``dtu_mask`` for DTU with masks) <- ``no_mask`` when training without."""
-    layers = [base, _load_yaml(CONFIG_DIR / f"{preset}.yaml")]
+# ---------------------------------------------------------------------------------------------- schema look-ups
+def _schema_field(key: str) -> dataclasses.Field | None:
+    """The schema field at a dotted key (``train.loss.eikonal``), or None when there is none."""
+    cls, found = RunConfig, None
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(cls):
+            return None
+        found = next((f for f in dataclasses.fields(cls) if f.name == part), None)
+        if found is None:
+            return None
+        cls = found.type
+    return found
+
+
+def _describe(hint: Any) -> str:
+    """What a value of type ``hint`` looks like, in words."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(dict.fromkeys(str(c).lower() for c in args))  # as written in YAML, once each
+    if origin is list:
+        inner = args[0] if args else Any
+        return "a list of " + (", ".join(map(str, get_args(inner))) if get_origin(inner) is Literal else "values")
+    if origin in (Union, types.UnionType):
+        kinds = [_describe(a) for a in args if a is not type(None)]
+        return " or ".join(kinds) + (" or null" if type(None) in args else "")
+    if dataclasses.is_dataclass(hint):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
+def _shown(value: Any) -> Any:
+    return OmegaConf.to_container(value) if isinstance(value, Container) else value
+
+
+def _schema_error(exc: OmegaConfBaseException, layers: list[Layer]) -> ConfigError:
+    """One line for a merge failure: the key, what it must be, the value given and which layer gave it."""
+    key = str(getattr(exc, "full_key", None) or "")
+    base = re.sub(r"(\[\d+\])+$", "", key)
+    missing = object()
+    given, source = missing, None
+    for name, layer in reversed(layers):
+        value = OmegaConf.select(layer, base, default=missing, throw_on_resolution_failure=False) if base else missing
+        if value is not missing:
+            given, source = value, name
+            break
+    where = f" (in {source})" if source else ""
+    if isinstance(exc, ConfigKeyError) and base:
+        return ConfigError(f"bad config: unknown key {base}{where}")
+    found = _schema_field(base) if base else None
+    if found is None or given is missing:
+        return ConfigError(f"bad config: {str(exc).splitlines()[0]}{where}")
+    return ConfigError(f"bad config: {base} must be {_describe(found.type)}, got {_shown(given)!r}{where}")
+
+
+def _merge(layers: list[Layer]) -> DictConfig:
+    """The schema's defaults with ``layers`` merged on top, in order (a typed, struct-mode config)."""
+    try:
+        return OmegaConf.merge(OmegaConf.structured(RunConfig), *(layer for _, layer in layers))
+    except OmegaConfBaseException as exc:
+        raise _schema_error(exc, layers) from exc
+
+
+# ---------------------------------------------------------------------------------------------- value rules
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _schedule_ends(name: str, value: Any) -> list[float]:
+    """The values a schedulable setting takes (a number, or a schedule's start and end); refuses anything else."""
+    if _is_number(value):
+        return [float(value)]
+    if isinstance(value, DictConfig):
+        keys = set(value.keys())
+        if {"start", "end", "end_step"} <= keys <= {"start", "end", "start_step", "end_step"} and all(
+                _is_number(value[k]) for k in keys):
+            return [float(value.start), float(value.end)]
+    raise ConfigError(f"bad config: {name} must be a number or a schedule {{start, end, start_step, end_step}}, "
+                      f"got {_shown(value)!r}")
+
+
+def check_values(cfg: DictConfig, cls: type = RunConfig, prefix: str = "") -> None:
+    """Checks the rules of ``cls``'s field metadata (``at_least``, ``positive``, ``schedule``, ``checked``)
+    on the section ``cfg``, recursively."""
+    for f in dataclasses.fields(cls):
+        name, value = prefix + f.name, cfg[f.name]
+        if dataclasses.is_dataclass(f.type):
+            check_values(value, f.type, name + ".")
+            continue
+        meta = f.metadata
+        values = _schedule_ends(name, value) if meta.get("schedule") else [value]
+        low = meta.get("min")
+        for v in values:
+            if low is None or not _is_number(v):
+                continue
+            if meta.get("strict") and not v > low:
+                raise ConfigError(f"bad config: {name} must be positive, got {_shown(value)!r}")
+            if not v >= low:
+                raise ConfigError(f"bad config: {name} must be >= {low}, got {_shown(value)!r}")
+        if "rule" in meta and not meta["rule"](value):
+            raise ConfigError(f"bad config: {name} must be {meta['problem']}, got {_shown(value)!r}")
+
+
+def _checked(cfg: DictConfig) -> DictConfig:
+    try:
+        check_values(cfg)
+    except OmegaConfBaseException as exc:  # e.g. a schedule interpolating a key that does not exist
+        raise ConfigError(f"bad config: {str(exc).splitlines()[0]}") from exc
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------- building
+def _default_layers(preset: str, fmt: str | None, masked: bool) -> list[Layer]:
+    """preset <- format defaults (``dtu_mask`` for DTU with masks) <- ``no_mask`` when training without."""
+    names = [preset]
     name = "dtu_mask" if fmt == "dtu" and masked else fmt
     if name in FORMAT_DEFAULTS:
-        layers.append(_load_yaml(CONFIG_DIR / f"{FORMAT_DEFAULTS[name]}.yaml"))
+        names.append(FORMAT_DEFAULTS[name])
     if not masked:
-        layers.append(_load_yaml(CONFIG_DIR / "no_mask.yaml"))
-    return layers
+        names.append("no_mask")
+    paths = [CONFIG_DIR / f"{n}.yaml" for n in names]
+    return [(str(p), _load_yaml(p)) for p in paths]
 
 
 def build_config(preset: str = "preview", fmt: str | None = None, has_masks: bool = False,
                  config_file: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
-    """Merges the layers into one config.
+    """Merges the layers over the schema's defaults into one typed config.
 
     Args:
         preset: one of ``PRESETS``.
@@ -129,84 +181,59 @@ def build_config(preset: str = "preview", fmt: str | None = None, has_masks: boo
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    user = []
+    user: list[Layer] = []
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
-        user.append(_load_yaml(path))
+        user.append((str(path), _load_yaml(path)))
     for item in overrides or []:
         if "=" not in item or not item.split("=", 1)[0].strip():
             raise ConfigError(f"bad override {item!r}: expected key=value")
-    base = _load_yaml(CONFIG_DIR / "base.yaml")
-    # Struct mode: a misspelt key in a preset, a config file or an override is an error, not silently ignored.
-    OmegaConf.set_struct(base, True)
     try:
-        user.append(OmegaConf.from_dotlist(list(overrides or [])))
-        # The defaults depend on whether masks will be used, which the user's layers may decide: merge twice.
-        cfg = OmegaConf.merge(*_default_layers(base, preset, fmt, has_masks), *user)
-        masked = has_masks and cfg.data.use_mask is not False
-        if masked != has_masks:
-            cfg = OmegaConf.merge(*_default_layers(base, preset, fmt, masked), *user)
+        user.append(("--set", OmegaConf.from_dotlist(list(overrides or []))))
     except (OmegaConfBaseException, ValueError, yaml.YAMLError) as exc:
         raise ConfigError(f"bad config: {str(exc).splitlines()[0]}") from exc
-    _check_types(base, cfg, "")
-    validate(cfg)
-    OmegaConf.set_struct(cfg, False)
+    # The defaults depend on whether masks will be used, which the user's layers may decide: merge twice.
+    cfg = _merge(_default_layers(preset, fmt, has_masks) + user)
+    masked = has_masks and cfg.data.use_mask is not False
+    if masked != has_masks:
+        cfg = _merge(_default_layers(preset, fmt, masked) + user)
     cfg.preset = preset
-    return cfg
+    return _checked(cfg)
 
 
-RUN_SECTIONS = ("data", "model", "train", "export")
+def _upgrade(raw: DictConfig) -> None:
+    """Drops the keys older engines wrote that no longer exist and moves renamed ones (in place)."""
+    missing = object()
+    for old in (*RETIRED, *RENAMED):
+        parent_key, _, leaf = old.rpartition(".")
+        parent = OmegaConf.select(raw, parent_key, default=None, throw_on_resolution_failure=False)
+        if not isinstance(parent, DictConfig) or leaf not in parent:
+            continue
+        value = parent[leaf]
+        del parent[leaf]
+        new = RENAMED.get(old)
+        if new is not None and OmegaConf.select(raw, new, default=missing) is missing:
+            OmegaConf.update(raw, new, value, merge=False)
 
 
 def load_run_config(path: Path) -> DictConfig:
-    """A run's saved ``config.yaml``: a damaged or hand-edited file fails here, named, rather than deep in the
-    model. Keys added to ``base.yaml`` since the run was written may be absent (callers report a missing key
-    as bad input too)."""
-    cfg = _load_yaml(path)
+    """A run's saved ``config.yaml``, read through the schema: keys added since the run was written take their
+    defaults, retired keys are dropped, and a damaged or hand-edited file fails here, named, not deep in the
+    model."""
+    raw = _load_yaml(path)
     for section in RUN_SECTIONS:
-        if not isinstance(cfg.get(section), DictConfig):
+        if not isinstance(raw.get(section), DictConfig):
             raise ConfigError(f"{path}: not a run config (no '{section}' section)")
+    _upgrade(raw)
     try:
-        validate(cfg)
+        return _checked(_merge([(None, raw)]))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return cfg
 
 
-_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", ListConfig: "a list"}
-
-
-def _check_types(base: DictConfig, cfg: DictConfig, prefix: str) -> None:
-    """Every value keeps the type of its default (ints may stand for floats; null stays allowed where it was)."""
-    for key, default in base.items_ex(resolve=False):
-        value = cfg[key]
-        name = f"{prefix}{key}"
-        if isinstance(default, DictConfig):
-            if isinstance(value, DictConfig):
-                _check_types(default, value, name + ".")
-            elif key not in ("geometry", "background") or value is not None:
-                raise ConfigError(f"bad config: {name} must be a mapping")
-            continue
-        if default is None or value is None and default is None:
-            continue
-        ok = isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int))
-        if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, bool):
-            ok = False
-        if isinstance(default, int | float) and not isinstance(default, bool) and isinstance(value, DictConfig):
-            ok = True  # a schedule {start, end, start_step, end_step} in place of a number
-        if isinstance(default, str) and default == "auto" and isinstance(value, bool | str):
-            ok = True  # "auto" switches also take true/false
-        if isinstance(default, bool) and isinstance(value, str) and value == "auto":
-            ok = True
-        if name in CHOICES:
-            ok = True  # validate() checks the value against its list (train.precision: 32 or "bf16-mixed")
-        if not ok:
-            kind = _KINDS.get(type(default), f"a {type(default).__name__}")
-            raise ConfigError(f"bad config: {name} must be {kind}, got {value!r}")
-
-
+# ---------------------------------------------------------------------------------------------- resolution
 def resolve_auto(cfg: DictConfig, has_masks: bool, device_type: str) -> DictConfig:
     """Replaces ``auto`` values once the scene and device are known (in place; returns cfg)."""
     use_mask = cfg.data.use_mask

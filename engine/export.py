@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 
+from .config_schema import EXPORT_FORMATS, EXPORT_FRAMES, ExportConfig
 from .mesh.color import (
     field_color_source,
     photo_color_source,
@@ -23,29 +25,17 @@ from .mesh.texture import texture_mesh
 from .model import NeuSModel
 from .protocol import Emitter
 
-FORMATS = ("ply", "obj", "glb")
-FRAMES = ("normalized", "world")
-
 
 @dataclass
-class ExportOptions:
-    resolution: int = 512
-    coarse_resolution: int = 128
-    method: str = "auto"
-    chunk: int = 2**18
-    color: str = "field"
-    texture: bool = False
-    texture_size: int = 2048
-    decimate: int = 0
-    formats: tuple[str, ...] = ("ply",)
-    frame: str = "normalized"
-    clean: bool = True
+class ExportOptions(ExportConfig):
+    """The ``export`` settings of one export: ``ExportConfig``'s fields and defaults (``engine/config_schema.py``)."""
 
     @classmethod
     def from_config(cls, cfg, **overrides) -> ExportOptions:
-        values = {k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg}
-        values["formats"] = tuple(values.get("formats", ("ply",)))
+        """From the config's ``export`` section; ``overrides`` that are not None (command-line options) win."""
+        values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        values["formats"] = list(values["formats"])
         return cls(**values)
 
 
@@ -112,8 +102,8 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
     Returns a mapping of output names to paths.
     """
     timings = {} if timings is None else timings
-    if opts.frame not in FRAMES:
-        raise ValueError(f"frame must be one of {FRAMES}")
+    if opts.frame not in EXPORT_FRAMES:
+        raise ValueError(f"frame must be one of {EXPORT_FRAMES}")
     emitter.emit("stage", stage="extracting")
     t0 = time.monotonic()
     verts, faces, colors, normals = extract_colored_mesh(model, opts, scene)
@@ -130,8 +120,8 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
         files["ply_world"] = write_ply(run_dir / "mesh_world.ply", out_verts, faces, colors)
     extra = [f for f in opts.formats if f != "ply"]
     for fmt in extra:
-        if fmt not in FORMATS:
-            raise ValueError(f"unknown mesh format {fmt!r}; use {', '.join(FORMATS)}")
+        if fmt not in EXPORT_FORMATS:
+            raise ValueError(f"unknown mesh format {fmt!r}; use {', '.join(EXPORT_FORMATS)}")
     if opts.texture:
         source = field_color_source(model.albedo, device=_device_of(model))
         if opts.color == "photos" and scene is not None:

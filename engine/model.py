@@ -68,7 +68,7 @@ class RenderOutput:
 class NeuSModel(nn.Module):
     """NeuS with a hash-grid SDF (instant-nsr-pl style), all in PyTorch.
 
-    ``cfg`` is the ``model`` section of the config (see ``engine/configs/base.yaml``).
+    ``cfg`` is the ``model`` section of the config (``ModelConfig`` in ``engine/config_schema.py``).
     """
 
     def __init__(self, cfg) -> None:
@@ -90,14 +90,17 @@ class NeuSModel(nn.Module):
             b = cfg.background
             self.background = BackgroundField(dict(b.encoding), dict(b.mlp), dict(b.color_mlp),
                                               use_view_dir=bool(b.use_view_dir))
+        # Plain numbers, read once: compiled code must not reach into the (typed OmegaConf) config.
+        self.bg_start_radius = float(cfg.background.start_radius) * self.radius
+        self.bg_far = float(cfg.background.far)
+        self.bg_n_samples = int(cfg.background.n_samples)
+        self.sparsity_scale = float(cfg.sparsity_scale)
         occ = cfg.occupancy
         self.occupancy = OccupancyGrid(self.radius, int(occ.resolution), float(occ.threshold),
                                        margin=float(occ.margin)) if occ.enabled else None
         self.step_size = math.sqrt(3) * 2 * self.radius / float(cfg.num_samples_per_ray)
         self.max_steps = int(math.ceil(2 * self.radius / self.step_size)) + 1  # candidates per ray (any chord)
-        self.sampler = str(cfg.get("sampler", "packed"))
-        if self.sampler not in ("packed", "static"):
-            raise ValueError(f"model.sampler must be packed or static, got {self.sampler!r}")
+        self.sampler = str(cfg.sampler)
         # Samples per static render_rays call when none is given; training passes train.target_samples.
         self.static_budget = max(2**18, self.max_steps)
         self.register_buffer("cos_anneal_ratio", torch.tensor(1.0 if int(cfg.cos_anneal_end) <= 0 else 0.0))
@@ -105,7 +108,7 @@ class NeuSModel(nn.Module):
         self.register_buffer("min_inv_s", torch.tensor(self.sharpness_floor(0)), persistent=False)
         self.timer = PhaseTimer()
         self.weights_from_alpha = render_weights_from_alpha
-        if cfg.get("use_nerfacc", False):
+        if cfg.use_nerfacc:
             from .accel import nerfacc_weights
 
             self.weights_from_alpha = nerfacc_weights
@@ -115,8 +118,8 @@ class NeuSModel(nn.Module):
         return torch.maximum(torch.exp(self.variance * 10.0).clamp(1e-6, 1e6), self.min_inv_s)
 
     def sharpness_floor(self, step: int) -> float:
-        """``model.min_inv_s`` at ``step`` (0 when unset, as in runs saved before it existed)."""
-        return scheduled(self.cfg.get("min_inv_s", 0.0), step)
+        """``model.min_inv_s`` at ``step``."""
+        return scheduled(self.cfg.min_inv_s, step)
 
     def update_step(self, step: int) -> None:
         """Applies the step-dependent schedules (progressive levels, cos annealing, occupancy refresh)."""
@@ -130,11 +133,11 @@ class NeuSModel(nn.Module):
         self.cos_anneal_ratio.fill_(1.0 if end <= 0 else min(1.0, step / end))
         self.min_inv_s.fill_(self.sharpness_floor(step))
         occ = cfg.occupancy
-        if self.occupancy is not None and step >= int(occ.warmup_steps) and step % int(occ.update_every) == 0:
+        if self.occupancy is not None and step >= int(occ.start_step) and step % int(occ.update_every) == 0:
             # Static sampler: inv_s stays on the device, so the refresh does not wait for the GPU either.
             inv_s = self.inv_s().detach() if self.sampler == "static" else float(self.inv_s().detach())
             self.occupancy.update(self.geometry.sdf, inv_s, self.step_size,
-                                  fraction=float(occ.get("update_fraction", 1.0)))
+                                  fraction=float(occ.update_fraction))
         self.timer.mark("occupancy_update")
 
     # ---------------------------------------------------------------- rendering
@@ -195,7 +198,7 @@ class NeuSModel(nn.Module):
 
         if self.background is not None:
             # The background starts where the ray leaves the sphere of radius start_radius * radius.
-            start_r = float(self.cfg.background.get("start_radius", 1.0)) * self.radius
+            start_r = self.bg_start_radius
             near_bg, far_bg, hit_bg = ray_sphere_intersect(origins, dirs, start_r) if start_r != self.radius else (
                 near, far, hit)
             bg = self._render_background(origins, dirs, torch.where(hit_bg, far_bg, near_bg), stratified)
@@ -216,8 +219,8 @@ class NeuSModel(nn.Module):
         to it), to ``background.far``.
         """
         n_rays = origins.shape[0]
-        edges = self._disparity_edges(t_start.clamp_min(1e-3), float(self.cfg.background.far),
-                                      int(self.cfg.background.n_samples), stratified)  # (R, n+1)
+        edges = self._disparity_edges(t_start.clamp_min(1e-3), self.bg_far, self.bg_n_samples,
+                                      stratified)  # (R, n+1)
         n = edges.shape[1] - 1
         mid = 0.5 * (edges[:, 1:] + edges[:, :-1])
         ray_idx = torch.arange(n_rays, device=origins.device).repeat_interleave(n)
@@ -328,7 +331,7 @@ def compute_losses(model: NeuSModel, out: RenderOutput, target_rgb: Tensor, targ
         terms["opaque"] = (_masked_mean(F.binary_cross_entropy(op, op.detach().round(), reduction="none"), ray_w)
                            if static else F.binary_cross_entropy(op, op.detach().round()))
     if w.get("sparsity", 0) > 0 and has_samples:
-        terms["sparsity"] = _masked_mean(torch.exp(-float(model.cfg.sparsity_scale) * out.sdf.abs()), sample_w)
+        terms["sparsity"] = _masked_mean(torch.exp(-model.sparsity_scale * out.sdf.abs()), sample_w)
     if w.get("curvature", 0) > 0 and has_samples:
         lap = model.geometry.laplacian(out.points, out.sdf, model.geometry.fd_eps * 4)
         terms["curvature"] = _masked_mean(lap.abs(), sample_w)

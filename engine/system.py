@@ -148,7 +148,7 @@ class NeuSSystem(L.LightningModule):
         encoding = self.model.geometry.encoding
         if hasattr(encoding, "static_levels"):
             encoding.static_levels = True  # progressive levels by masking: no recompilation as levels unlock
-        self.cuda_graphs = self.static and bool(self.cfg.train.get("cuda_graphs", False))
+        self.cuda_graphs = self.static and bool(self.cfg.train.cuda_graphs)
         if self.cuda_graphs:
             self._static_step = compile_with_fallback(self.static_forward, "static_forward", "reduce-overhead")
         else:
@@ -248,13 +248,13 @@ class NeuSSystem(L.LightningModule):
             self._readback = None
             self._demand = max(value, 1e-3)
             self._set_static_rays(self._demand)
-        if self._demand_ema is not None and step - self._readback_step >= int(t.get("static_adapt_every", 50)):
+        if self._demand_ema is not None and step - self._readback_step >= int(t.static_adapt_every):
             self._readback = _HostReadback(self._demand_ema)
             self._readback_step = step
 
     def _set_static_rays(self, demand: float) -> None:
         t = self.cfg.train
-        wanted = float(t.get("static_fill", 0.9)) * int(t.target_samples) / demand
+        wanted = float(t.static_fill) * int(t.target_samples) / demand
         wanted = min(max(wanted, 0.25 * self.n_rays), 4.0 * self.n_rays)  # one noisy estimate cannot swing it far
         new = bucket_rays(wanted, int(t.min_rays), int(t.max_rays))
         if abs(new - self.n_rays) > 0.1 * self.n_rays:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.config import PRESETS, ConfigError, build_config, load_run_config, to_yaml
+from engine.config_schema import ProgressiveConfig, TrainConfig
 
 
 @pytest.mark.parametrize("override, problem", [
@@ -86,3 +87,74 @@ def test_no_mask_defaults_apply_exactly_when_training_without_masks():
     cfg = build_config("quality", "colmap", overrides=["model.min_inv_s=0", "model.background.start_radius=1.5"])
     assert cfg.model.min_inv_s == 0 and cfg.model.background.start_radius == 1.5
     assert build_config("fast", "colmap").model.min_inv_s.end_step == build_config("fast").train.steps
+
+
+def test_saved_run_from_an_older_engine_loads_through_the_schema(tmp_path):
+    """Keys added since a run was written take their defaults; retired keys are dropped, renamed ones moved."""
+    import yaml
+
+    saved = yaml.safe_load(to_yaml(build_config("preview", "dtu")))
+    del saved["train"]["static_fill"]  # added after this (pretend) run was written
+    del saved["model"]["geometry"]["progressive"]  # a whole section too
+    saved["train"]["progress_interval_s"] = 0.1  # written by older engines, read nowhere
+    saved["model"]["occupancy"]["warmup_steps"] = saved["model"]["occupancy"].pop("start_step") + 7
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(saved))
+    cfg = load_run_config(path)
+    assert cfg.train.static_fill == TrainConfig().static_fill
+    assert cfg.model.geometry.progressive.update_steps == ProgressiveConfig().update_steps
+    assert "progress_interval_s" not in cfg.train
+    assert cfg.model.occupancy.start_step == saved["model"]["occupancy"]["warmup_steps"]
+    saved["train"]["stepz"] = 3  # a key no engine wrote: refused, naming the file
+    path.write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match="unknown key train.stepz") as info:
+        load_run_config(path)
+    assert str(info.value).startswith(str(path))
+
+
+def test_schema_errors_name_the_key_the_expected_type_and_the_layer(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("train:\n  stepz: 4\n")
+    for kwargs, problem in [
+        ({"overrides": ["train.stepz=3"]}, "unknown key train.stepz (in --set)"),
+        ({"config_file": extra}, f"unknown key train.stepz (in {extra})"),
+        ({"overrides": ["data.cameras_file=[1]"]}, "data.cameras_file must be a string or null, got [1]"),
+        ({"overrides": ["model.min_inv_s=abc"]}, "model.min_inv_s must be a number or a schedule"),
+        ({"overrides": ["train.loss.eikonal={start: 0.1, end: -1, end_step: 9}"]}, "eikonal must be >= 0"),
+        ({"overrides": ["model.occupancy.update_fraction=2"]}, "update_fraction must be in (0, 1]"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            build_config("preview", "dtu", **kwargs)
+        assert problem in str(info.value) and "\n" not in str(info.value)
+
+
+def test_every_schema_field_has_a_docstring():
+    """The schema documents each key once, as a docstring under its field."""
+    import ast
+    import inspect
+
+    from engine import config_schema
+
+    tree = ast.parse(inspect.getsource(config_schema))
+    classes = [node for node in tree.body if isinstance(node, ast.ClassDef)]
+    assert classes
+    for cls in classes:
+        body = cls.body
+        for i, node in enumerate(body):
+            if isinstance(node, ast.AnnAssign):
+                nxt = body[i + 1] if i + 1 < len(body) else None
+                documented = isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(
+                    nxt.value.value, str)
+                assert documented, f"{cls.name}.{node.target.id} has no docstring"
+
+
+def test_export_options_take_their_defaults_from_the_schema():
+    from omegaconf import OmegaConf
+
+    from engine.config_schema import RunConfig
+    from engine.export import ExportOptions
+
+    assert ExportOptions.from_config(OmegaConf.structured(RunConfig).export) == ExportOptions()
+    cfg = build_config("preview", "dtu", overrides=["export.formats=[obj]"])
+    opts = ExportOptions.from_config(cfg.export, resolution=40, frame=None)
+    assert opts.resolution == 40 and opts.frame == cfg.export.frame and opts.formats == ["obj"]

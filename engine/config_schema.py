@@ -1,0 +1,369 @@
+"""The configuration schema: every key's type, default, allowed values and meaning, in one place.
+
+OmegaConf builds the config from these dataclasses (``OmegaConf.structured``) and merges the YAML presets in
+``engine/configs/`` and the user's ``--config`` / ``--set`` on top; a misspelt key or a value of the wrong type or
+outside a ``Literal`` fails the merge. Minimums, schedules and other rules OmegaConf cannot express are field
+metadata (``at_least``, ``positive``, ``schedule``), checked by ``engine.config.check_values``.
+
+Adding a key is one change here: a typed field, its default and a docstring (saved runs that lack it read the
+default). Removing or renaming one also adds an entry to ``RETIRED`` or ``RENAMED`` so older run folders still load.
+
+No ``from __future__ import annotations`` here: OmegaConf reads the field types at run time.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+Preset = Literal["preview", "fast", "quality"]
+DataFormat = Literal["auto", "dtu", "blender", "colmap"]
+Switch = Literal["auto", True, False]
+ExportFormat = Literal["ply", "obj", "glb"]
+ExportFrame = Literal["normalized", "world"]
+ColorSource = Literal["field", "photos"]
+MeshMethod = Literal["auto", "marching_cubes", "surface_nets"]
+Precision = Literal[32, 16, 64, "32", "16", "64", "bf16", "32-true", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
+                    "64-true"]
+Activation = Literal["relu", "softplus"]
+# A number, or a schedule {start, end, start_step (default 0), end_step} interpolated linearly between the steps
+# (``engine.model.scheduled``). OmegaConf cannot type "number or mapping", so check_values checks it.
+Schedulable = Any
+
+PRESETS: tuple[str, ...] = get_args(Preset)
+DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+EXPORT_FRAMES: tuple[str, ...] = get_args(ExportFrame)
+
+# Keys that older engines wrote into a run's config.yaml: dropped (RETIRED) or moved (RENAMED) when it is loaded.
+RETIRED: tuple[str, ...] = ("train.progress_interval_s",)
+RENAMED: dict[str, str] = {"model.occupancy.warmup_steps": "model.occupancy.start_step"}
+
+
+def at_least(low: float, default: Any) -> Any:
+    """A field whose value must be >= ``low``."""
+    return field(default=default, metadata={"min": low})
+
+
+def positive(default: Any) -> Any:
+    """A field whose value must be > 0."""
+    return field(default=default, metadata={"min": 0, "strict": True})
+
+
+def schedule(default: Any, low: float | None = None) -> Any:
+    """A ``Schedulable`` field (a number or a schedule), optionally >= ``low`` at every step."""
+    return field(default=default, metadata={"schedule": True, "min": low})
+
+
+def checked(default: Any, rule, problem: str) -> Any:
+    """A field with a rule of its own: ``rule(value)`` must hold, else 'KEY must be PROBLEM'."""
+    return field(default=default, metadata={"rule": rule, "problem": problem})
+
+
+def section(factory) -> Any:
+    """A nested section (a dataclass instance built per config)."""
+    return field(default_factory=factory)
+
+
+@dataclass
+class DataConfig:
+    format: DataFormat = "auto"
+    """Scene layout; auto detects it from the files in the data folder."""
+    path: str | None = None
+    """The scene folder; `fit` records it here so export and render find the photos again."""
+    downscale: int = at_least(1, 1)
+    """Load the images this many times smaller."""
+    cameras_file: str | None = None
+    """DTU: another cameras npz instead of cameras_sphere.npz."""
+    split: str = "train"
+    """NeRF-synthetic: the split to train on."""
+    use_mask: Switch = "auto"
+    """Train with the scene's masks; auto: when it has them."""
+    holdout_every: int = at_least(0, 0)
+    """>0: every k-th view is held out for validation PSNR and silhouette IoU."""
+    background: Literal["auto", "white", "black", "random"] = "auto"
+    """Colour behind the object when masks are used (random: a new colour per ray); auto: random with masks,
+    white without."""
+
+
+@dataclass
+class HashGridConfig:
+    otype: Literal["HashGrid", "TcnnHashGrid"] = "HashGrid"
+    """HashGrid (pure PyTorch); the engine switches to TcnnHashGrid (tinycudann) per ``accel.tcnn``."""
+    n_levels: int = at_least(1, 16)
+    """Resolution levels."""
+    n_features_per_level: int = at_least(1, 2)
+    """Features stored per level."""
+    log2_hashmap_size: int = at_least(1, 19)
+    """log2 of the table size per level."""
+    base_resolution: int = at_least(1, 32)
+    """Cells per axis at the coarsest level."""
+    per_level_scale: float = at_least(1, 1.3195079107728942)
+    """Growth of the resolution from one level to the next."""
+
+
+@dataclass
+class ProgressiveConfig:
+    enabled: bool = True
+    """Unlock the hash-grid levels gradually (coarse to fine)."""
+    start_level: int = at_least(1, 4)
+    """Levels active from the start."""
+    start_step: int = at_least(0, 0)
+    """Step from which more levels unlock."""
+    update_steps: int = at_least(1, 1000)
+    """Steps between unlocking one level and the next."""
+
+
+@dataclass
+class SDFMLPConfig:
+    hidden_dim: int = at_least(1, 64)
+    """Width of the hidden layers."""
+    n_hidden_layers: int = at_least(0, 1)
+    """Number of hidden layers."""
+    sphere_init: bool = True
+    """NeuS geometric init: the SDF starts as a sphere."""
+    sphere_init_radius: float = positive(0.5)
+    """Radius of that initial sphere (normalized frame)."""
+    weight_norm: bool = True
+    """Weight normalisation on every layer."""
+
+
+@dataclass
+class MLPConfig:
+    hidden_dim: int = at_least(1, 64)
+    """Width of the hidden layers."""
+    n_hidden_layers: int = at_least(0, 2)
+    """Number of hidden layers."""
+    activation: Activation = "relu"
+    """Hidden activation."""
+
+
+@dataclass
+class GeometryConfig:
+    feature_dim: int = at_least(1, 13)
+    """Features passed from the SDF network to the colour network."""
+    include_xyz: bool = True
+    """Feed the point's coordinates to the SDF network beside the encoding (needed by the sphere init)."""
+    grad_mode: Literal["closed_form", "autograd", "finite_difference"] = "closed_form"
+    """How the SDF gradient (normals, eikonal loss) is computed."""
+    fd_points: Literal[4, 6] = 4
+    """finite_difference: 4 (tetrahedron) or 6 (central) points."""
+    fd_eps: Schedulable = schedule(0.001, low=0)
+    """finite_difference step, or a shrinking schedule such as {start: 0.01, end: 0.001, end_step: 5000}."""
+    encoding: HashGridConfig = section(HashGridConfig)
+    """The SDF's hash grid."""
+    progressive: ProgressiveConfig = section(ProgressiveConfig)
+    """Coarse-to-fine unlocking of the hash-grid levels."""
+    mlp: SDFMLPConfig = section(SDFMLPConfig)
+    """The SDF network after the encoding."""
+
+
+@dataclass
+class RadianceConfig:
+    sh_degree: Literal[1, 2, 3, 4] = 4
+    """Spherical-harmonics bands encoding the view direction."""
+    use_view_dir: bool = True
+    """Colour depends on the view direction."""
+    use_normal: bool = True
+    """Colour depends on the surface normal."""
+    mlp: MLPConfig = section(MLPConfig)
+    """The colour network."""
+
+
+@dataclass
+class BackgroundConfig:
+    enabled: Switch = "auto"
+    """Learn a background beyond the foreground sphere; auto: when masks are not used."""
+    n_samples: int = at_least(1, 32)
+    """Background samples per ray, uniform in disparity."""
+    far: float = positive(1000.0)
+    """Where the background samples end (normalized frame)."""
+    use_view_dir: bool = True
+    """Background colour depends on the view direction."""
+    start_radius: float = at_least(1, 1.0)
+    """Background samples start where rays leave this sphere (x model.radius)."""
+    encoding: HashGridConfig = section(lambda: HashGridConfig(n_levels=12, log2_hashmap_size=17, base_resolution=16,
+                                                              per_level_scale=1.4))
+    """The background's hash grid (over the contracted space)."""
+    mlp: MLPConfig = section(lambda: MLPConfig(n_hidden_layers=1))
+    """The background density network."""
+    color_mlp: MLPConfig = section(MLPConfig)
+    """The background colour network."""
+
+
+@dataclass
+class OccupancyConfig:
+    enabled: bool = True
+    """Skip empty space while marching with an occupancy grid."""
+    resolution: int = at_least(1, 128)
+    """Cells per axis over the bounding cube."""
+    threshold: float = at_least(0, 0.001)
+    """A cell stays occupied while its estimated opacity exceeds this."""
+    margin: float = at_least(0, 1.5)
+    """Cells within margin x half-diagonal of the zero level set stay occupied."""
+    update_every: int = at_least(1, 16)
+    """Steps between grid refreshes."""
+    update_fraction: float = checked(1.0, lambda v: 0 < v <= 1, "in (0, 1]")
+    """Share of cells re-evaluated per refresh (CPU presets use less)."""
+    start_step: int = at_least(0, 256)
+    """First step that refreshes (prunes) the grid; before it every cell is marched (written as ``warmup_steps``
+    by older engines)."""
+
+
+@dataclass
+class ModelConfig:
+    radius: float = positive(1.0)
+    """Radius of the foreground sphere in the normalized frame (the scene is scaled to fit the unit sphere)."""
+    num_samples_per_ray: int = at_least(1, 1024)
+    """Marching step = sqrt(3) * 2 * radius / this."""
+    sampler: Literal["packed", "static"] = "packed"
+    """packed: exact sample lists (host syncs) | static: fixed-size, sync-free buffers."""
+    variance_init: float = 0.3
+    """Initial NeuS sharpness: inv_s = exp(10 * variance)."""
+    min_inv_s: Schedulable = schedule(0.0, low=0)
+    """Floor under inv_s, a number or a schedule (keeps the surface from fading into fog)."""
+    cos_anneal_end: int = at_least(0, 20000)
+    """Steps to anneal the cosine from relaxed to exact (0: exact from the start)."""
+    sparsity_scale: float = 10.0
+    """Sparsity loss: exp(-scale * |sdf|)."""
+    use_nerfacc: bool = False
+    """Set by the engine from ``accel.nerfacc``: nerfacc's CUDA scans for the rendering weights."""
+    geometry: GeometryConfig = section(GeometryConfig)
+    """The SDF field."""
+    radiance: RadianceConfig = section(RadianceConfig)
+    """The colour field."""
+    background: BackgroundConfig = section(BackgroundConfig)
+    """The learned background (NeRF++-style, contracted space)."""
+    occupancy: OccupancyConfig = section(OccupancyConfig)
+    """Empty-space skipping."""
+
+
+@dataclass
+class AccelConfig:
+    tcnn: Switch = "auto"
+    """tinycudann hash grid on CUDA when installed (then normals by finite differences)."""
+    nerfacc: Switch = "auto"
+    """nerfacc's CUDA scans for the rendering weights when installed."""
+
+
+@dataclass
+class LossWeights:
+    rgb_l1: Schedulable = schedule(1.0, low=0)
+    """L1 photometric loss."""
+    rgb_mse: Schedulable = schedule(0.0, low=0)
+    """Squared photometric loss."""
+    eikonal: Schedulable = schedule(0.1, low=0)
+    """(|grad sdf| - 1)^2 at the samples."""
+    mask: Schedulable = schedule(0.1, low=0)
+    """Binary cross-entropy between opacity and mask (masked training only)."""
+    opaque: Schedulable = schedule(0.0, low=0)
+    """Pushes each ray's opacity to 0 or 1."""
+    sparsity: Schedulable = schedule(0.0, low=0)
+    """exp(-scale |sdf|) at the samples; off without masks: it lets the background swallow the object."""
+    curvature: Schedulable = schedule(0.0, low=0)
+    """|Laplacian of the sdf| at the samples."""
+    distortion: Schedulable = schedule(0.0, low=0)
+    """Mip-NeRF 360 distortion of the rendering weights."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = at_least(1, 20000)
+    """Training steps."""
+    target_samples: int = at_least(1, 262144)
+    """Rays per step adapt to hold this many foreground samples."""
+    init_rays: int = at_least(1, 1024)
+    """Rays in the first step."""
+    min_rays: int = at_least(1, 256)
+    """Fewest rays per step."""
+    max_rays: int = at_least(1, 16384)
+    """Most rays per step."""
+    static_fill: float = positive(0.9)
+    """model.sampler=static: rays per step aim at this share of target_samples."""
+    static_adapt_every: int = at_least(1, 50)
+    """model.sampler=static: steps between (asynchronous) ray-count updates."""
+    lr: float = at_least(0, 0.01)
+    """Learning rate of the networks."""
+    lr_geometry_encoding: float = at_least(0, 0.01)
+    """Learning rate of the SDF's hash grid."""
+    lr_variance: float = at_least(0, 0.001)
+    """Learning rate of the NeuS sharpness."""
+    lr_background: float = at_least(0, 0.01)
+    """Learning rate of the learned background."""
+    weight_decay: float = at_least(0, 0.0)
+    """AdamW weight decay."""
+    warmup_steps: int = at_least(0, 500)
+    """Learning-rate warm-up steps."""
+    final_lr_factor: float = positive(0.1)
+    """Exponential decay to lr * this at the last step."""
+    loss: LossWeights = section(LossWeights)
+    """Loss weights, each a number or a schedule {start, end, start_step, end_step}."""
+    compile: Switch = "auto"
+    """torch.compile the fields; auto: on CUDA."""
+    cuda_graphs: bool = False
+    """With compile and model.sampler=static: CUDA graphs (mode=reduce-overhead)."""
+    precision: Precision = 32
+    """Lightning precision: 32 | bf16-mixed | ..."""
+    strategy: str = "auto"
+    """Lightning strategy; auto: ddp with devices > 1."""
+    devices: int = at_least(1, 1)
+    """GPUs to train on (CUDA only)."""
+    val_every: int = at_least(0, 0)
+    """>0: render held-out views every this many steps."""
+    val_max_views: int = at_least(1, 4)
+    """Held-out views rendered per validation."""
+    val_downscale: int = at_least(1, 2)
+    """Validation renders this many times smaller."""
+    preview_every: int = at_least(0, 0)
+    """>0: write a low-resolution preview mesh every this many steps."""
+    preview_resolution: int = at_least(2, 64)
+    """Marching-cubes resolution of the preview meshes."""
+    checkpoint_every_steps: int = at_least(0, 1000)
+    """>0: write checkpoints/last.ckpt every this many steps."""
+    checkpoint_every_seconds: float = at_least(0, 120.0)
+    """>0: and at least this often (seconds)."""
+
+
+@dataclass
+class ExportConfig:
+    resolution: int = at_least(2, 512)
+    """Marching-cubes grid cells per axis."""
+    coarse_resolution: int = at_least(0, 128)
+    """>0: a coarse pass at this resolution finds the cells that need the fine one."""
+    method: MeshMethod = "auto"
+    """marching_cubes (PyMCubes, CPU) | surface_nets (on the device) | auto: surface nets on CUDA."""
+    chunk: int = at_least(1, 262144)
+    """Points per SDF query."""
+    color: ColorSource = "field"
+    """field (albedo: radiance seen head-on) | photos (from the training images)."""
+    texture: bool = False
+    """Also write a UV-unwrapped, baked texture (OBJ + GLB)."""
+    texture_size: int = at_least(16, 2048)
+    """Texture width and height in pixels."""
+    decimate: int = checked(0, lambda v: v == 0 or v >= 4, "0 (keep every face) or >= 4")
+    """Target face count before unwrapping (0: keep)."""
+    formats: list[ExportFormat] = field(default_factory=lambda: ["ply"])
+    """Extra formats beside mesh.ply: obj, glb."""
+    frame: ExportFrame = "normalized"
+    """normalized (object in the unit sphere) | world (the dataset's frame; also writes *_world files)."""
+    clean: bool = True
+    """Drop small disconnected pieces (and pieces outside the masks' visual hull)."""
+
+
+@dataclass
+class RunConfig:
+    seed: int = 42
+    """Random seed."""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N | mps."""
+    preset: Preset = "preview"
+    """The preset the config was built from (recorded by `fit`)."""
+    data: DataConfig = section(DataConfig)
+    """The scene."""
+    model: ModelConfig = section(ModelConfig)
+    """The NeuS model."""
+    accel: AccelConfig = section(AccelConfig)
+    """Optional CUDA accelerators."""
+    train: TrainConfig = section(TrainConfig)
+    """The optimisation."""
+    export: ExportConfig = section(ExportConfig)
+    """Mesh extraction and files."""
+
