@@ -4,7 +4,7 @@ The heavy lifting runs in a separate Python with PyTorch (``python -m engine fit
 this add-on imports the dataset's cameras, starts and watches the engine, and imports the mesh it produces.
 
 Modules without bpy (usable and tested outside Blender): ``camera_math``, ``camera_source``, ``engine_process``,
-``protocol``, ``ply_io``, ``run_files``. The rest is the thin bpy layer.
+``protocol``, ``ply_io``, ``region``, ``run_files``. The rest is the thin bpy layer.
 """
 
 import atexit
@@ -27,9 +27,10 @@ except ImportError:  # outside Blender: only the bpy-free modules are usable
 if bpy is not None:
     from bpy.app.handlers import persistent
 
-    from . import operators, preferences, properties, reconstruct, ui
+    from . import import_dataset, operators, preferences, properties, reconstruct, scene_tools, ui
 
-    classes = (*properties.classes, *preferences.classes, *operators.classes, *ui.classes)
+    classes = (*properties.classes, *preferences.classes, *operators.classes, *import_dataset.classes, *ui.classes,
+               *scene_tools.classes)
 
     @persistent
     def _reset_stale_status(_dummy=None) -> None:
@@ -73,6 +74,7 @@ def register() -> None:
     for cls in classes:
         bpy.utils.register_class(cls)
     properties.register()
+    import_dataset.register()
     if _reset_stale_status not in bpy.app.handlers.load_post:
         bpy.app.handlers.load_post.append(_reset_stale_status)
     _registered = True
@@ -86,6 +88,7 @@ def unregister() -> None:
     reconstruct.shutdown()  # never leave an engine running without its add-on
     if _reset_stale_status in bpy.app.handlers.load_post:
         bpy.app.handlers.load_post.remove(_reset_stale_status)
+    import_dataset.unregister()
     properties.unregister()
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)

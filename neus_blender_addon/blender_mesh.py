@@ -72,17 +72,24 @@ def vertex_color_material(attribute: str = COLOR_ATTRIBUTE) -> bpy.types.Materia
     return mat
 
 
-def show_attribute_colors(scene: bpy.types.Scene | None = None) -> None:
-    """Solid shading by colour attribute in every 3D view (and the Workbench render of ``scene``)."""
-    for screen in bpy.data.screens:
+def show_attribute_colors(screens, scene: bpy.types.Scene | None = None) -> int:
+    """Solid shading by colour attribute in the 3D views of ``screens`` (and the Workbench render of ``scene``).
+
+    Only on request (the Show Vertex Colours button): imports never change the artist's viewport shading.
+    Returns the number of 3D views changed.
+    """
+    changed = 0
+    for screen in screens:
         for area in screen.areas:
             if area.type != "VIEW_3D":
                 continue
             for space in area.spaces:
                 if space.type == "VIEW_3D":
                     space.shading.color_type = "VERTEX"
+                    changed += 1
     if scene is not None:
         scene.display.shading.color_type = "VERTEX"
+    return changed
 
 
 def remove_named_object(name: str) -> None:
@@ -147,7 +154,6 @@ def import_mesh(path: str | Path, name: str, collection: bpy.types.Collection,
         collection.objects.link(obj)
         if ply.colors is not None:
             me.materials.append(vertex_color_material())
-            show_attribute_colors(scene)
     else:
         new = _import_with_operator(path, fmt, gltf_z_up)
         meshes = [o for o in new if o.type == "MESH"]

@@ -294,3 +294,88 @@ def convert_camera_set(cams: Any, sensor_mm: float = DEFAULT_SENSOR_MM) -> Scene
         cams.K, cams.c2w, _single_size(cams.width, "width"), _single_size(cams.height, "height"),
         names, paths, getattr(cams, "scale_mat", None), sensor_mm,
     )
+
+
+# -- scene layout: upright parent, result placement, view selection, image planes ------------------------------
+def upright_rotation(up: np.ndarray) -> np.ndarray:
+    """(3, 3) the smallest rotation taking the direction ``up`` (3,) onto +Z (a half turn about X when ``up`` is
+    -Z). Rotating the whole scene by it keeps every relative pose, so the engine's frames are untouched."""
+    u = np.asarray(up, dtype=np.float64).reshape(3)
+    norm = float(np.linalg.norm(u))
+    if not np.isfinite(norm) or norm < 1e-12:
+        return np.eye(3)
+    u = u / norm
+    z = np.array([0.0, 0.0, 1.0])
+    c = float(np.dot(u, z))
+    if c < -1.0 + 1e-12:
+        return np.diag([1.0, -1.0, -1.0])
+    v = np.cross(u, z)
+    vx = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+    return np.eye(3) + vx + vx @ vx / (1.0 + c)  # Rodrigues for unit vectors u -> z
+
+
+def frame_matrix(scale_mat: np.ndarray, frame: str) -> np.ndarray:
+    """(4, 4) the normalized -> shown frame: identity for ``"normalized"``, ``scale_mat`` for ``"world"``."""
+    if frame not in ("normalized", "world"):
+        raise ValueError(f"unknown frame '{frame}' (expected normalized or world)")
+    return check_scale_mat(scale_mat) if frame == "world" else np.eye(4)
+
+
+def parent_matrix(scale_mat: np.ndarray, frame: str, up: np.ndarray) -> np.ndarray:
+    """(4, 4) ``matrix_world`` of the dataset's parent empty: the upright rotation after the frame matrix.
+
+    Children are placed in the cameras' normalized frame, so ``up`` (3,) is the cameras' mean up there
+    (``CameraSet.up``); the frame matrix turns it before the rotation brings it onto +Z.
+    """
+    F = frame_matrix(scale_mat, frame)
+    R = np.eye(4)
+    R[:3, :3] = upright_rotation(F[:3, :3] @ np.asarray(up, dtype=np.float64).reshape(3))
+    return R @ F
+
+
+def result_matrix(camera_scale_mat: np.ndarray, run_scale_mat: np.ndarray) -> np.ndarray:
+    """(4, 4) local matrix, under the dataset's parent, of a mesh in a run's normalized frame.
+
+    Both matrices map a normalized frame to the same dataset world; they differ when the run chose its own
+    region (``data.region``), so the mesh goes world-ward with the run's and back with the cameras'.
+    """
+    return np.linalg.inv(check_scale_mat(camera_scale_mat)) @ check_scale_mat(run_scale_mat)
+
+
+def select_views(n: int, every: int = 1, subset: str = "") -> list[int]:
+    """Indices of the views to import: every ``every``-th view of ``subset`` (all views when empty).
+
+    ``subset`` lists 0-based indices and ranges, e.g. ``"0-9, 12, 20-"`` (a range's end is included; an open
+    end runs to the last view). Raises ValueError for text it cannot read or an index outside ``0..n-1``.
+    """
+    if every < 1:
+        raise ValueError(f"every k-th view needs k >= 1, got {every}")
+    picked: list[int] = []
+    text = subset.strip()
+    if not text:
+        picked = list(range(n))
+    for item in (p.strip() for p in text.replace(";", ",").split(",") if text):
+        if not item:
+            continue
+        first, dash, last = item.partition("-")
+        try:
+            lo = int(first) if first.strip() else 0
+            hi = (int(last) if last.strip() else n - 1) if dash else lo
+        except ValueError:
+            raise ValueError(f"view subset: '{item}' is not an index or a range like 3-7") from None
+        if not (0 <= lo <= hi < n):
+            raise ValueError(f"view subset: '{item}' is outside the views 0-{n - 1}")
+        picked.extend(i for i in range(lo, hi + 1) if i not in picked)
+    return picked[::every]
+
+
+def image_plane_corners(K: np.ndarray, width: int, height: int, depth: float) -> np.ndarray:
+    """(4, 3) corners of the image rectangle at ``depth`` in front of an OpenGL camera (looking down -z), in the
+    order top-left, top-right, bottom-right, bottom-left of the photo (UV (0,1), (1,1), (1,0), (0,0))."""
+    K = np.asarray(K, dtype=np.float64)
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    us = np.array([-0.5, width - 0.5, width - 0.5, -0.5])  # OpenCV: the image spans [-0.5, W - 0.5]
+    vs = np.array([-0.5, -0.5, height - 0.5, height - 0.5])
+    x = (us - cx) / fx * depth
+    y = -(vs - cy) / fy * depth  # OpenCV y points down, OpenGL y up
+    return np.stack([x, y, np.full(4, -float(depth))], axis=1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -48,13 +49,61 @@ def cameras_module() -> ModuleType:
     )
 
 
-def load_camera_set(directory: str | Path, data_format: str = "auto") -> Any:
-    """``datasets.cameras.load_cameras(directory, format=data_format)`` at full resolution.
+def load_camera_set(directory: str | Path, data_format: str = "auto", cameras_file: str | Path | None = None) -> Any:
+    """``datasets.cameras.load_cameras(directory, format=data_format, cameras_file=...)`` at full resolution.
 
     Raises:
         ValueError: (``DatasetError``) bad dataset, message ``"<path>: <problem>"``.
     """
-    return cameras_module().load_cameras(Path(directory), format=data_format, downscale=1)
+    return cameras_module().load_cameras(Path(directory), format=data_format, downscale=1, cameras_file=cameras_file)
+
+
+def load_sparse_points(directory: str | Path) -> tuple[Any, Any] | None:
+    """A COLMAP model's sparse points in the dataset's world frame: (P, 3) positions and (P, 3) uint8 colours, or
+    None without a points3D file (``datasets.formats.colmap.read_sparse_points``).
+
+    Raises:
+        ValueError: (``DatasetError``) a bad points3D file.
+    """
+    package = cameras_module().__name__.rsplit(".", 1)[0]  # the same datasets copy as the camera loader
+    return importlib.import_module(f"{package}.formats.colmap").read_sparse_points(Path(directory))
+
+
+@dataclass(frozen=True)
+class DatasetFile:
+    """What a file picked in File > Import (or dropped on the viewport) stands for."""
+
+    root: Path  # the dataset folder
+    data_format: str  # "auto", "dtu", "blender" or "colmap"
+    cameras_file: Path | None = None  # a camera file other than the format's default, else None
+
+
+COLMAP_MODEL_STEMS = ("cameras", "images", "points3D")
+
+
+def dataset_from_path(path: str | Path) -> DatasetFile:
+    """The dataset a picked path belongs to: a folder (format detected), a ``transforms*.json`` (NeRF-synthetic),
+    a ``*.npz`` (DTU / NeuS), or a COLMAP model file (``sparse/0/cameras.bin`` ..., dataset = the folder above
+    ``sparse``).
+
+    Raises:
+        ValueError: a file that is none of these, message ``"<path>: <problem>"``.
+    """
+    p = Path(path)
+    if p.is_dir():
+        return DatasetFile(p, "auto")
+    suffix = p.suffix.lower()
+    if suffix == ".json":
+        default = p.name in ("transforms.json", "transforms_train.json")
+        return DatasetFile(p.parent, "blender", None if default else p)
+    if suffix == ".npz":
+        return DatasetFile(p.parent, "dtu", None if p.name == "cameras_sphere.npz" else p)
+    if suffix in (".bin", ".txt") and p.stem in COLMAP_MODEL_STEMS:
+        model = p.parent
+        root = model.parent.parent if model.parent.name == "sparse" else model.parent
+        return DatasetFile(root, "colmap")
+    raise ValueError(f"{p}: not a NeuS dataset file (expected transforms.json, cameras_sphere.npz, a COLMAP "
+                     "cameras/images/points3D .bin or .txt, or a dataset folder)")
 
 
 def dataset_name(directory: str | Path) -> str:

@@ -5,7 +5,8 @@
 
 Run it with the project's venv Python (which has the ``bpy`` module), from the repository root. It starts from an
 empty factory scene, registers the add-on, imports the cameras, runs the reconstruction to completion (progress
-on stdout) and saves ``RUN_DIR/scene.blend``. Exit codes: 0 done, 1 failed, 2 bad input, 130 cancelled.
+on stdout), adds a world and a sun so a render (F12) through the first dataset camera shows the mesh, and
+saves ``RUN_DIR/scene.blend``. Exit codes: 0 done, 1 failed, 2 bad input, 130 cancelled.
 """
 
 from __future__ import annotations
@@ -53,6 +54,26 @@ def _call(op, **kwargs) -> set[str]:
         return {"CANCELLED"}
 
 
+def light_scene(scene) -> None:
+    """A grey world and a sun from above, so F12 through a dataset camera shows the mesh (the factory-empty scene
+    has neither and renders black). The dataset arrives upright, so "above" is +Z."""
+    import math
+
+    import bpy
+
+    world = scene.world or bpy.data.worlds.new("NeuS demo world")
+    scene.world = world
+    world.use_nodes = True
+    background = next(n for n in world.node_tree.nodes if n.type == "BACKGROUND")
+    background.inputs["Color"].default_value = (0.5, 0.5, 0.5, 1.0)
+    background.inputs["Strength"].default_value = 0.8
+    sun = bpy.data.lights.new("NeuS demo sun", "SUN")
+    sun.energy = 3.0
+    obj = bpy.data.objects.new("NeuS demo sun", sun)
+    obj.rotation_euler = (math.radians(35.0), 0.0, math.radians(30.0))  # from above, a little to the side
+    scene.collection.objects.link(obj)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -90,9 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         s.texture = args.texture
         s.show_preview = False  # nobody looks at it here
         s.engine_settings = " ".join(shlex.quote(kv) for kv in args.settings)
-        if "FINISHED" not in _call(bpy.ops.neus.import_cameras, directory=str(data_dir)):
+        # A new scene: take the photos' render size and the first dataset camera, so F12 shows that view.
+        if "FINISHED" not in _call(bpy.ops.neus.import_cameras, directory=str(data_dir), set_render=True,
+                                   set_active_camera=True):
             print(f"error: {s.last_error}", file=sys.stderr)
             return 2
+        light_scene(scene)
         if args.engine_python:
             os.environ[engine_process.ENV_VAR] = args.engine_python
         reconstruct.last_run = None

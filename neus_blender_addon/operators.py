@@ -8,14 +8,20 @@ import bpy
 import numpy as np
 from bpy.props import EnumProperty, StringProperty
 
-from . import blender_cameras, blender_mesh, camera_source, engine_process, preferences, reconstruct, run_files
+from . import (
+    blender_cameras,
+    blender_mesh,
+    camera_source,
+    engine_process,
+    import_dataset,
+    preferences,
+    reconstruct,
+    run_files,
+)
 
-# Reconstructions whose Blender camera moves some pixel by more than this get a warning.
-WARN_REPROJECTION_PX = 0.5
 
-
-class NEUS_OT_import_cameras(bpy.types.Operator):
-    """Create one camera per photo of the dataset, with the photo as its background"""
+class NEUS_OT_import_cameras(bpy.types.Operator, import_dataset.CameraImportSettings):
+    """Create one camera per photo of the dataset (options in the redo panel, as in File > Import)"""
 
     bl_idname = "neus.import_cameras"
     bl_label = "Import Cameras"
@@ -29,28 +35,17 @@ class NEUS_OT_import_cameras(bpy.types.Operator):
         context.window_manager.fileselect_add(self)
         return {"RUNNING_MODAL"}
 
+    def draw(self, context):
+        self.draw_import_options(self.layout)
+
     def execute(self, context):
         s = context.scene.neus
         directory = self.directory or s.data_dir
         if not directory.strip():
             self.report({"ERROR"}, "No dataset folder given")
             return {"CANCELLED"}
-        path = Path(bpy.path.abspath(directory))
-        try:
-            res = blender_cameras.import_cameras(context.scene, path, s.frame, s.data_format)
-        except (ValueError, ImportError) as e:
-            s.last_error = str(e)
-            self.report({"ERROR"}, str(e))
-            return {"CANCELLED"}
-        if self.directory:
-            s.data_dir = self.directory
-        s.last_error = ""
-        worst = max((c.max_error_px for c in res.converted.cameras), default=0.0)
-        msg = (f"Imported {len(res.cameras)} cameras into '{res.collection.name}' "
-               f"({res.converted.render.resolution_x}x{res.converted.render.resolution_y}, "
-               f"largest pixel difference to the dataset's cameras {worst:.2g} px)")
-        self.report({"WARNING"} if worst > WARN_REPROJECTION_PX else {"INFO"}, msg)
-        return {"FINISHED"}
+        dataset = camera_source.DatasetFile(Path(bpy.path.abspath(directory)), s.data_format)
+        return import_dataset.run_import(self, context, dataset, self.import_options())
 
 
 class NEUS_OT_reconstruct(bpy.types.Operator):
@@ -134,29 +129,32 @@ class NEUS_OT_import_mesh(bpy.types.Operator):
     def execute(self, context):
         s = context.scene.neus
         path = Path(bpy.path.abspath(self.filepath))
-        if s.data_dir.strip():
-            dataset = camera_source.dataset_name(bpy.path.abspath(s.data_dir))
-            coll = blender_cameras.dataset_collection(context.scene, dataset)
-            name = f"{dataset} {path.stem}"
-        else:
-            coll, name = context.scene.collection, path.stem
-        parent = None
-        if s.frame == "world":
-            try:
-                scale_mat = run_files.read_normalization(path.parent)
-            except ValueError:
-                stored = coll.get(blender_cameras.SCALE_MAT_PROP)
-                if stored is None:
-                    self.report({"ERROR"}, f"{path}: the world frame needs normalization.json beside the mesh "
-                                "or the dataset's cameras imported first")
-                    return {"CANCELLED"}
-                scale_mat = np.array(stored, dtype=np.float64).reshape(4, 4)
-            parent = blender_cameras.ensure_frame_empty(coll, scale_mat)
+        data_dir = bpy.path.abspath(s.data_dir) if s.data_dir.strip() else ""
+        dataset = camera_source.dataset_name(data_dir or path.parent)
+        name = f"{dataset} {path.stem}" if data_dir else path.stem
         try:
-            obj = blender_mesh.import_mesh(path, name, coll, parent, context.scene)
+            run_scale_mat = run_files.read_normalization(path.parent)
+        except ValueError:
+            coll = blender_cameras.dataset_collection(context.scene, dataset, create=False)
+            run_scale_mat = blender_cameras.stored_matrix(coll and blender_cameras.find_frame_empty(coll))
+            if run_scale_mat is None and s.frame == "world":
+                self.report({"ERROR"}, f"{path}: the world frame needs normalization.json beside the mesh "
+                            "or the dataset's cameras imported first")
+                return {"CANCELLED"}
+        try:
+            obj = blender_mesh.import_mesh(path, name, blender_cameras.sub_collection(context.scene, dataset,
+                                                                                      "results"))
         except (ValueError, OSError, RuntimeError) as e:
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
+        up = None
+        if data_dir:
+            try:  # the cameras' up, for a dataset whose cameras are not imported yet
+                up = camera_source.load_camera_set(data_dir, s.data_format).up
+            except (ValueError, ImportError):
+                pass
+        blender_cameras.attach_result(obj, context.scene, dataset, s.frame,
+                                      np.eye(4) if run_scale_mat is None else run_scale_mat, up)
         self.report({"INFO"}, f"Imported '{obj.name}' ({len(obj.data.vertices)} vertices)")
         return {"FINISHED"}
 

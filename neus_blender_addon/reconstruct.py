@@ -51,6 +51,7 @@ class RunRequest:
     show_preview: bool = True
     scale_mat: np.ndarray | None = None  # from the dataset's cameras, used when the run has no normalization.json
     settings: list[str] = field(default_factory=list)  # engine --set KEY=VALUE overrides
+    up: np.ndarray | None = None  # the cameras' mean up (normalized frame), for the dataset's upright parent
 
 
 @dataclass
@@ -117,10 +118,13 @@ def request_from_scene(scene: bpy.types.Scene, engine_python: str = "") -> RunRe
         settings.append("export.texture=true")  # the fit writes the textured OBJ/GLB itself
     if not s.use_masks and not any(kv.startswith("data.use_mask=") for kv in settings):
         settings.append("data.use_mask=false")  # the engine then layers its no-mask defaults
+    user_region = blender_cameras.user_region(scene, dataset)  # the region object, once the artist edits it
+    if user_region is not None and not any(kv.startswith("data.region.") for kv in settings):
+        settings += user_region.settings()
     engine = engine_process.find_engine_python(engine_python)
     return RunRequest(scene.name, data_dir, run_dir, dataset, engine, s.preset, s.device, int(s.steps),
                       s.data_format, s.frame, bool(s.texture), bool(s.show_preview),
-                      np.asarray(cams.scale_mat, dtype=np.float64), settings)
+                      np.asarray(cams.scale_mat, dtype=np.float64), settings, np.asarray(cams.up))
 
 
 def parse_settings(text: str) -> list[str]:
@@ -170,24 +174,21 @@ def _scene(run: Run) -> bpy.types.Scene | None:
     return bpy.data.scenes.get(run.request.scene_name)
 
 
-def _placement(run: Run) -> tuple[bpy.types.Collection, bpy.types.Object | None]:
-    """Collection and parent for meshes of this run: the dataset's collection; in the world frame, its empty."""
-    scene = _scene(run) or bpy.context.scene
-    coll = blender_cameras.dataset_collection(scene, run.request.dataset)
-    if run.request.frame != "world":
-        return coll, None
+def _run_scale_mat(run: Run) -> np.ndarray:
+    """The run's normalized -> world matrix: its normalization.json, else the dataset cameras'."""
     try:
-        scale_mat = run_files.read_normalization(run.request.run_dir)
+        return run_files.read_normalization(run.request.run_dir)
     except ValueError:
-        stored = coll.get(blender_cameras.SCALE_MAT_PROP)
-        scale_mat = (np.array(stored, dtype=np.float64).reshape(4, 4) if stored is not None
-                     else run.request.scale_mat if run.request.scale_mat is not None else np.eye(4))
-    return coll, blender_cameras.ensure_frame_empty(coll, scale_mat)
+        return run.request.scale_mat if run.request.scale_mat is not None else np.eye(4)
 
 
-def _import_result(run: Run, path: str | Path, name: str) -> bpy.types.Object:
-    coll, parent = _placement(run)
-    return blender_mesh.import_mesh(path, name, coll, parent, _scene(run))
+def _import_result(run: Run, path: str | Path, name: str, kind: str = "results") -> bpy.types.Object:
+    """Imports a mesh of the run into the dataset's ``kind`` sub-collection, under the dataset's parent."""
+    scene = _scene(run) or bpy.context.scene
+    req = run.request
+    obj = blender_mesh.import_mesh(path, name, blender_cameras.sub_collection(scene, req.dataset, kind))
+    blender_cameras.attach_result(obj, scene, req.dataset, req.frame, _run_scale_mat(run), req.up)
+    return obj
 
 
 def _start_export(run: Run) -> None:
@@ -230,7 +231,7 @@ def handle_event(run: Run, event: dict) -> None:
         _say(run, f"[neus] error: {run.status.last_error}")
     elif name == "preview_mesh" and run.request.show_preview and event.get("path"):
         try:
-            _import_result(run, event["path"], run.preview_name)
+            _import_result(run, event["path"], run.preview_name, "previews")
         except (ValueError, OSError) as e:  # a preview is optional; never fail the run for it
             _say(run, f"[neus] preview not shown: {e}")
     elif name == "exit":

@@ -38,7 +38,13 @@ def bpy():
 
 def camera_objects(bpy, collection: str) -> list:
     coll = bpy.data.collections[collection]
-    return sorted((o for o in coll.objects if o.type == "CAMERA"), key=lambda o: o["neus_view"])
+    return sorted((o for o in coll.all_objects if o.type == "CAMERA"), key=lambda o: o["neus_view"])
+
+
+def to_blender_world(obj, pts: np.ndarray) -> np.ndarray:
+    """(P, 3) points of the cameras' frame (children of the dataset's parent) -> Blender world coordinates."""
+    M = np.array([list(r) for r in obj.parent.matrix_world])
+    return pts @ M[:3, :3].T + M[:3, 3]
 
 
 def test_register_unregister_twice():
@@ -51,7 +57,8 @@ def test_register_unregister_twice():
         addon.register()
         assert hasattr(bpy.types.Scene, "neus")
         assert bpy.context.scene.neus.preset == "auto"
-        for op in ("import_cameras", "reconstruct", "cancel", "import_mesh", "check_engine"):
+        for op in ("import_cameras", "import_dataset", "reconstruct", "cancel", "import_mesh", "check_engine",
+                   "show_vertex_colors", "reset_region"):
             assert hasattr(bpy.ops.neus, op)
         assert "NEUS_PT_reconstruct" in dir(bpy.types)
         addon.unregister()
@@ -64,7 +71,7 @@ def test_dtu_cameras_project_like_the_dataset(bpy):
     from datasets.cameras import load_cameras
 
     cams = load_cameras(DTU)
-    assert bpy.ops.neus.import_cameras(directory=str(DTU)) == {"FINISHED"}
+    assert bpy.ops.neus.import_cameras(directory=str(DTU), set_render=True, set_active_camera=True) == {"FINISHED"}
     scene = bpy.context.scene
     assert (scene.render.resolution_x, scene.render.resolution_y) == (cams.width, cams.height)
     objs = camera_objects(bpy, "dtu_scan65")
@@ -73,11 +80,12 @@ def test_dtu_cameras_project_like_the_dataset(bpy):
     bg = objs[0].data.background_images[0]
     assert objs[0].data.show_background_images and bg.image.filepath.endswith("000000.png")
     pts = points_in_unit_sphere(60, seed=3)
+    pts_blender = to_blender_world(objs[0], pts)  # the cameras' frame, turned upright by their parent
     worst = 0.0
     for i, obj in enumerate(objs):  # every camera
         uv, depth = project_points(cams.K[i], cams.c2w[i], pts)
         assert np.all(depth > 0)
-        worst = max(worst, float(np.abs(blender_project(scene, obj, pts) - uv).max()))
+        worst = max(worst, float(np.abs(blender_project(scene, obj, pts_blender) - uv).max()))
     assert worst < 2e-3, f"largest difference {worst:.2e} px"  # float32 in Blender limits this to ~1e-3
 
 
@@ -88,19 +96,24 @@ def test_dtu_world_frame_uses_scale_mat(bpy):
     cams = load_cameras(DTU)
     scene = bpy.context.scene
     scene.neus.frame = "world"
-    assert bpy.ops.neus.import_cameras(directory=str(DTU)) == {"FINISHED"}
+    assert bpy.ops.neus.import_cameras(directory=str(DTU), set_render=True) == {"FINISHED"}
     objs = camera_objects(bpy, "dtu_scan65")
     empty = objs[0].parent
     assert empty is not None and empty.type == "EMPTY"
-    np.testing.assert_allclose(np.array(empty.matrix_world), cams.scale_mat, rtol=1e-6, atol=1e-4)
+    M = np.array([list(r) for r in empty.matrix_world])
+    R = M @ np.linalg.inv(cams.scale_mat)  # what the parent adds to scale_mat: the upright rotation only
+    np.testing.assert_allclose(R[:3, :3] @ R[:3, :3].T, np.eye(3), atol=1e-5)
+    np.testing.assert_allclose(R[:3, 3], 0, atol=1e-3)
     S = cams.scale_mat
     pts = points_in_unit_sphere(40, seed=4)
     pts_world = pts @ S[:3, :3].T + S[:3, 3]
     for i in (0, 17, 48):
         expected_pos = S[:3, :3] @ cams.c2w[i][:, 3] + S[:3, 3]
-        np.testing.assert_allclose(np.array(objs[i].matrix_world.translation), expected_pos, rtol=1e-5, atol=1e-3)
+        got = np.linalg.solve(R, np.append(np.array(objs[i].matrix_world.translation), 1.0))[:3]
+        np.testing.assert_allclose(got, expected_pos, rtol=1e-5, atol=1e-3)
         uv, _ = project_points(cams.K[i], cams.c2w[i], pts)
-        assert np.abs(blender_project(scene, objs[i], pts_world) - uv).max() < 5e-3
+        pts_blender = pts_world @ R[:3, :3].T + R[:3, 3]
+        assert np.abs(blender_project(scene, objs[i], pts_blender) - uv).max() < 5e-3
     # Cameras in world units keep the scene inside their clipping range.
     assert objs[0].data.clip_end > 10 * np.linalg.norm(expected_pos - S[:3, 3])
 
@@ -122,17 +135,18 @@ def test_synthetic_cameras_pixel_aspect_and_shift(bpy, W, H, fx, fy, cx, cy):
     c2w = ring_cameras(n, seed=W + H)
     converted = camera_math.convert_cameras(K, c2w, W, H, [f"v{i}" for i in range(n)])
     scene = bpy.context.scene
-    res = blender_cameras.create_cameras(scene, converted, [f"v{i}" for i in range(n)], "synthetic")
+    res = blender_cameras.create_cameras(scene, converted, [f"v{i}" for i in range(n)], "synthetic",
+                                         options=blender_cameras.ImportOptions(set_render=True))
     assert max(scene.render.pixel_aspect_x, scene.render.pixel_aspect_y) == pytest.approx(
         max(fx, fy) / min(fx, fy), rel=1e-6)
     pts = points_in_unit_sphere(50, seed=5)
     for i, obj in enumerate(res.cameras):
         uv, _ = project_points(K[i], c2w[i], pts)
-        err = np.abs(blender_project(scene, obj, pts) - uv).max()
+        err = np.abs(blender_project(scene, obj, to_blender_world(obj, pts)) - uv).max()
         assert err < 2e-3, f"camera {i}: {err:.2e} px"
 
 
-def test_import_binary_ply_with_colours_material_and_viewport(bpy, tmp_path):
+def test_import_binary_ply_with_colours_and_material(bpy, tmp_path):
     verts, faces = grid_mesh(8, 6)
     colors = np.random.default_rng(0).integers(0, 256, (len(verts), 3)).astype(np.uint8)
     path = tmp_path / "mesh.ply"
@@ -155,9 +169,6 @@ def test_import_binary_ply_with_colours_material_and_viewport(bpy, tmp_path):
     bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
     assert attr_node.layer_name == "Col"
     assert bsdf.inputs["Base Color"].links[0].from_node == attr_node
-    views = [sp for scr in bpy.data.screens for a in scr.areas if a.type == "VIEW_3D" for sp in a.spaces
-             if sp.type == "VIEW_3D"]
-    assert views and all(sp.shading.color_type == "VERTEX" for sp in views)
     # Importing again replaces the object instead of adding "mesh.001".
     assert bpy.ops.neus.import_mesh(filepath=str(path)) == {"FINISHED"}
     assert "mesh.001" not in bpy.data.objects and len(bpy.data.meshes) == 1

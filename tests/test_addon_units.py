@@ -257,3 +257,92 @@ def test_dataset_and_view_names(tmp_path):
     assert camera_source.dataset_name(tmp_path / "scan9") == "scan9"
     assert camera_source.view_names(["000000.png", "000001.png"]) == ["000000", "000001"]
     assert camera_source.view_names(["train/r_0.png", "test/r_0.png"]) == ["train_r_0.png", "test_r_0.png"]
+
+
+# -- scene layout: upright parent, view selection, region, dataset files ------------------------------------
+@pytest.mark.parametrize("up", [(0, 0, 1), (0, 0, -1), (-0.31, -0.55, -0.78), (1, 0, 0), (0.2, 0.9, 1e-9)])
+def test_upright_rotation_puts_up_on_z(up):
+    u = np.asarray(up, float) / np.linalg.norm(up)
+    R = cm.upright_rotation(u)
+    np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
+    assert np.linalg.det(R) == pytest.approx(1.0)
+    np.testing.assert_allclose(R @ u, [0, 0, 1], atol=1e-12)
+    # The smallest such rotation: the axis is perpendicular to both (what is already level stays level).
+    side = np.cross(u, [0, 0, 1])
+    if np.linalg.norm(side) > 1e-6:
+        np.testing.assert_allclose(R @ side, side, atol=1e-12)
+
+
+def test_parent_matrix_and_result_matrix():
+    S = np.diag([3.0, 3.0, 3.0, 1.0])
+    S[:3, 3] = [1, 2, 3]
+    up = np.array([0.0, -1.0, 0.0])
+    M = cm.parent_matrix(S, "world", up)
+    np.testing.assert_allclose(M[:3, :3] @ up / 3.0, [0, 0, 1], atol=1e-12)  # world up of the cameras -> +Z
+    np.testing.assert_allclose(np.linalg.inv(M[:3, :3] / 3.0), (M[:3, :3] / 3.0).T, atol=1e-12)
+    np.testing.assert_allclose(cm.parent_matrix(S, "normalized", up)[:3, 3], 0, atol=1e-12)
+    # A run that re-normalized (own region) lands where the cameras' frame says its world points are.
+    S_run = np.diag([1.5, 1.5, 1.5, 1.0])
+    S_run[:3, 3] = [0, 1, 2]
+    x_run = np.array([0.2, -0.4, 0.1, 1.0])
+    np.testing.assert_allclose(S @ cm.result_matrix(S, S_run) @ x_run, S_run @ x_run, atol=1e-12)
+
+
+def test_select_views():
+    assert cm.select_views(10) == list(range(10))
+    assert cm.select_views(10, every=3) == [0, 3, 6, 9]
+    assert cm.select_views(10, subset="2-4, 8-, 3") == [2, 3, 4, 8, 9]
+    assert cm.select_views(10, every=2, subset="1-6") == [1, 3, 5]
+    for bad, msg in (("x", "not an index"), ("5-20", "outside the views 0-9"), ("4-2", "outside")):
+        with pytest.raises(ValueError, match=msg):
+            cm.select_views(10, subset=bad)
+    with pytest.raises(ValueError, match="k >= 1"):
+        cm.select_views(10, every=0)
+
+
+def test_image_plane_corners_project_to_the_image_corners():
+    K = np.array([[500.0, 0, 300.0], [0, 520.0, 190.0], [0, 0, 1]])
+    corners = cm.image_plane_corners(K, 640, 400, 2.0)
+    assert np.allclose(corners[:, 2], -2.0)
+    c2w = np.concatenate([np.eye(3), np.zeros((3, 1))], axis=1)
+    uv, depth = project_points(K, c2w, corners)
+    np.testing.assert_allclose(uv, [[-0.5, -0.5], [639.5, -0.5], [639.5, 399.5], [-0.5, 399.5]], atol=1e-9)
+
+
+def test_region_in_world_frame():
+    from neus_blender_addon import region
+
+    S = np.diag([2.0, 2.0, 2.0, 1.0])
+    S[:3, 3] = [10, 0, -5]
+    assert region.is_automatic("SPHERE", np.eye(4)) and not region.is_automatic("CUBE", np.eye(4))
+    assert not region.is_automatic("SPHERE", np.eye(4), display_size=0.8)
+    local = np.diag([0.5, 0.25, 0.5, 1.0])
+    local[:3, 3] = [0.1, 0.2, 0.3]
+    sphere = region.region_in_world("SPHERE", local, S)
+    assert sphere.center == pytest.approx((10.2, 0.4, -4.4)) and sphere.radius == pytest.approx(1.0)  # encloses
+    box = region.region_in_world("CUBE", local, S, display_size=2.0)
+    assert box.half_size == pytest.approx((2.0, 1.0, 2.0))
+    # A box turned 45 degrees about z: the world-axis box around it.
+    c = np.cos(np.pi / 4)
+    turned = np.array([[c, -c, 0, 0], [c, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+    assert region.region_in_world("CUBE", turned, np.eye(4)).half_size == pytest.approx((2 * c, 2 * c, 1.0))
+    assert sphere.settings() == ["data.region.type=sphere", "data.region.center=[10.2,0.4,-4.4]",
+                                 "data.region.radius=1"]
+    assert box.settings()[2] == "data.region.half_size=[2,1,2]"
+    with pytest.raises(ValueError, match="Sphere or Cube"):
+        region.region_in_world("ARROWS", local, S)
+    with pytest.raises(ValueError, match="scaled to nothing"):
+        region.region_in_world("SPHERE", np.diag([1.0, 0.0, 1.0, 1.0]), S)
+
+
+def test_dataset_path_resolution(tmp_path):
+    (tmp_path / "scan").mkdir()
+    assert camera_source.dataset_from_path(tmp_path / "scan").data_format == "auto"
+    d = camera_source.dataset_from_path(tmp_path / "scan" / "sparse" / "0" / "cameras.bin")
+    assert (d.root, d.data_format) == (tmp_path / "scan", "colmap")
+    assert camera_source.dataset_from_path(tmp_path / "scan" / "sparse" / "images.txt").root == tmp_path / "scan"
+    d = camera_source.dataset_from_path(tmp_path / "scan" / "cameras_large.npz")
+    assert (d.data_format, d.cameras_file) == ("dtu", tmp_path / "scan" / "cameras_large.npz")
+    assert camera_source.dataset_from_path(tmp_path / "scan" / "transforms.json").cameras_file is None
+    with pytest.raises(ValueError, match="not a NeuS dataset file"):
+        camera_source.dataset_from_path(tmp_path / "scan" / "notes.txt")

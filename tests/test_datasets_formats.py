@@ -373,6 +373,22 @@ def test_colmap_text_and_binary_models_match_dtu(tmp_path, dtu4):
     np.testing.assert_allclose(scene.images[3], expected, atol=1e-6)
 
 
+def test_colmap_sparse_points_with_colours(tmp_path, dtu4):
+    from datasets.formats.colmap import read_sparse_points
+
+    model = ColmapModel(dtu4)
+    model.write_text(tmp_path / "text" / "sparse" / "0")
+    model.write_binary(tmp_path / "bin" / "sparse")
+    xyz, rgb = read_sparse_points(tmp_path / "text")
+    np.testing.assert_allclose(xyz, model.points, rtol=1e-12)
+    assert rgb.dtype == np.uint8 and (rgb == 128).all()
+    xyz, rgb = read_sparse_points(tmp_path / "bin")
+    np.testing.assert_array_equal(xyz, model.points)
+    assert (rgb == [10, 20, 30]).all()
+    (tmp_path / "bin" / "sparse" / "points3D.bin").unlink()
+    assert read_sparse_points(tmp_path / "bin") is None
+
+
 def test_colmap_text_model_with_byte_order_marks_and_junk(tmp_path, dtu4):
     root = tmp_path / "scene"
     model = ColmapModel(dtu4)

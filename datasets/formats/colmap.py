@@ -165,7 +165,13 @@ def read_images_text(path: Path) -> dict[int, Image]:
 
 
 def read_points_text(path: Path) -> np.ndarray:
-    points = []
+    """(P, 3) sparse point positions of a points3D.txt."""
+    return read_points3d_text(path)[0]
+
+
+def read_points3d_text(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(P, 3) float64 positions and (P, 3) uint8 colours of a points3D.txt."""
+    points, colors = [], []
     for n, line in _data_lines(path):
         if not line:
             continue
@@ -174,9 +180,10 @@ def read_points_text(path: Path) -> np.ndarray:
             points.append([float(v) for v in parts[1:4]])
             if len(parts) < 8:
                 raise ValueError
+            colors.append([min(max(int(v), 0), 255) for v in parts[4:7]])
         except ValueError:
             raise DatasetError(path, f"line {n}: expected 'POINT3D_ID X Y Z R G B ERROR TRACK...'") from None
-    return np.array(points, dtype=np.float64).reshape(-1, 3)
+    return np.array(points, dtype=np.float64).reshape(-1, 3), np.array(colors, dtype=np.uint8).reshape(-1, 3)
 
 
 # --- binary model ----------------------------------------------------------------------------------------
@@ -254,18 +261,26 @@ def read_images_binary(path: Path) -> dict[int, Image]:
 
 
 def read_points_binary(path: Path) -> np.ndarray:
+    """(P, 3) sparse point positions of a points3D.bin."""
+    return read_points3d_binary(path)[0]
+
+
+def read_points3d_binary(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(P, 3) float64 positions and (P, 3) uint8 colours of a points3D.bin."""
     r = _Reader(path)
     (count,) = r.read("Q")
-    points = np.empty((count, 3)) if count < len(r.data) else None
-    if points is None:
+    if count >= len(r.data):
         raise DatasetError(path, "corrupt binary model (impossible point count)")
+    points = np.empty((count, 3))
+    colors = np.empty((count, 3), dtype=np.uint8)
     for k in range(count):
         # point3D_id (uint64), xyz (3 double), rgb (3 uint8), error (double), track length (uint64).
-        _pid, x, y, z, _r, _g, _b, _err, track = r.read("QdddBBBdQ")
+        _pid, x, y, z, red, green, blue, _err, track = r.read("QdddBBBdQ")
         points[k] = (x, y, z)
+        colors[k] = (red, green, blue)
         r.skip(8 * track)  # (image_id, point2D_idx) int32 pairs
     r.check_end()
-    return points
+    return points, colors
 
 
 # --- loading ---------------------------------------------------------------------------------------------
@@ -277,6 +292,17 @@ def find_sparse_folder(root: Path) -> Path | None:
         if any((folder / f"cameras{ext}").is_file() for ext in (".bin", ".txt")):
             return folder
     return None
+
+
+def read_sparse_points(root: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The model's sparse points in the dataset's world frame: (P, 3) positions and (P, 3) uint8 colours, without
+    non-finite points; None when the model has no points3D file. Raises DatasetError on a bad file."""
+    pts_file = _model_file(sparse_folder(root), "points3D", required=False)
+    if pts_file is None:
+        return None
+    xyz, rgb = read_points3d_binary(pts_file) if pts_file.suffix == ".bin" else read_points3d_text(pts_file)
+    keep = np.isfinite(xyz).all(axis=1)
+    return xyz[keep], rgb[keep]
 
 
 def sparse_folder(root: Path) -> Path:
