@@ -30,14 +30,14 @@ class Region:
         """The engine ``--set`` overrides for this region."""
         out = [f"data.region.type={self.type}", f"data.region.center={_vec(self.center)}"]
         if self.type == "sphere":
-            out.append(f"data.region.radius={self.radius:.9g}")
+            out.append(f"data.region.radius={self.radius:.7g}")
         else:
             out.append(f"data.region.half_size={_vec(self.half_size)}")
         return out
 
 
 def _vec(v) -> str:
-    return "[" + ",".join(f"{float(x):.9g}" for x in v) + "]"
+    return "[" + ",".join(f"{float(x):.7g}" for x in v) + "]"  # float32 object matrices
 
 
 def shape_of(display_type: str) -> str:

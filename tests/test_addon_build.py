@@ -113,6 +113,9 @@ BLOCKER = textwrap.dedent(
 
 @pytest.mark.skipif(not DTU.is_dir(), reason=NO_DTU_REASON)
 def test_vendored_camera_loader_works_without_repo_pil_or_bpy(built_zip, tmp_path):
+    from datasets.sample_scene.to_colmap import write_colmap
+
+    colmap = write_colmap(tmp_path / "colmap", n_points=50)
     root = tmp_path / "addons"
     with zipfile.ZipFile(built_zip) as zf:
         zf.extractall(root / "neus_reconstruct")
@@ -124,7 +127,9 @@ def test_vendored_camera_loader_works_without_repo_pil_or_bpy(built_zip, tmp_pat
         mod = camera_source.cameras_module()
         cams = camera_source.load_camera_set({str(DTU)!r})
         conv = camera_math.convert_camera_set(cams)
+        xyz, rgb = camera_source.load_sparse_points({str(colmap)!r})  # the point cloud option, vendored too
         print(json.dumps({{"module": mod.__name__, "K": cams.K.tolist(), "n": len(conv.cameras),
+                           "points": xyz.tolist(), "rgb": rgb.tolist(),
                            "loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("PIL", "datasets"))}}))
         """
     )
@@ -137,6 +142,9 @@ def test_vendored_camera_loader_works_without_repo_pil_or_bpy(built_zip, tmp_pat
     from datasets.cameras import load_cameras
 
     np.testing.assert_array_equal(np.array(out["K"]), load_cameras(DTU).K)
+    rows = [ln.split() for ln in (colmap / "sparse" / "0" / "points3D.txt").read_text().splitlines() if ln.strip()]
+    np.testing.assert_array_equal(np.array(out["points"]), np.array([[float(v) for v in r[1:4]] for r in rows]))
+    np.testing.assert_array_equal(np.array(out["rgb"]), np.array([[int(v) for v in r[4:7]] for r in rows]))
 
 
 @pytest.mark.blender

@@ -201,6 +201,8 @@ def test_timer_driven_run_with_live_preview(bpy, tmp_path):
     assert not any(o.name.endswith("NeuS preview") for o in bpy.data.objects)  # ... and made way for the result
     obj = bpy.data.objects[s.result_object]
     assert obj.name == "sample_scene NeuS" and len(obj.data.vertices) > 0 and "Col" in obj.data.color_attributes
+    assert [c.name for c in obj.users_collection] == ["sample_scene results"]  # under the dataset's collection
+    assert obj.parent is not None and obj.parent.get("neus_frame_empty")  # the dataset's upright parent
     assert s.has_loss and s.loss > 0 and s.last_error == ""
 
 
@@ -286,8 +288,10 @@ def test_region_moved_in_blender_changes_normalization(bpy, tmp_path):
     S_cam = load_cameras(SAMPLE_SCENE).scale_mat
     centre = S_cam[:3, :3] @ np.array([0.1, -0.05, 0.02]) + S_cam[:3, 3]
     radius = 0.8 * S_cam[0, 0]
-    settings = reconstruct.request_from_scene(scene).settings
-    assert "data.region.type=sphere" in settings and f"data.region.radius={radius:.9g}" in settings
+    settings = dict(kv.split("=", 1) for kv in reconstruct.request_from_scene(scene).settings)
+    assert settings["data.region.type"] == "sphere"
+    assert float(settings["data.region.radius"]) == pytest.approx(radius, rel=1e-6)
+    np.testing.assert_allclose(json.loads(settings["data.region.center"]), centre, rtol=1e-6)
     try:
         result = bpy.ops.neus.reconstruct(mode="BLOCKING")
     except RuntimeError:
