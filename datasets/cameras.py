@@ -145,6 +145,7 @@ def load_cameras(
     downscale: float = 1,
     cameras_file: str | Path | None = None,
     split: str = "train",
+    region: dict | None = None,
 ) -> CameraSet:
     """Loads the cameras of a dataset folder (reads image headers only, never pixels).
 
@@ -155,6 +156,8 @@ def load_cameras(
         cameras_file: DTU: the npz to use instead of ``cameras_sphere.npz``; NeRF-synthetic: the JSON file to
             use instead of the split's. Relative paths are relative to ``path``.
         split: NeRF-synthetic only: "train", "val", "test" or "all" (the other formats have one split).
+        region: a user region (``type`` auto | sphere | box, ``center``, ``radius``, ``half_size``, in the
+            dataset's world frame) that replaces the format's normalization: see ``apply_region``.
     Raises:
         DatasetError: bad or inconsistent input; the message names the file and the problem.
     """
@@ -171,6 +174,10 @@ def load_cameras(
     if fmt not in FORMATS:
         raise DatasetError(root, f"unknown format {format!r}: expected auto, {', '.join(FORMATS)}")
     cam_file = None if cameras_file is None else _resolve(root, cameras_file)
+    return apply_region(_load_format(root, fmt, factor, cam_file, split), region)
+
+
+def _load_format(root: Path, fmt: str, factor: float, cam_file: Path | None, split: str) -> CameraSet:
     # Imported here: the format modules build CameraSet objects from this module.
     if fmt == "dtu":
         from datasets.formats import dtu
@@ -185,6 +192,30 @@ def load_cameras(
     from datasets.formats import colmap
 
     return colmap.load(root, factor)
+
+
+def apply_region(cams: CameraSet, region: dict | None) -> CameraSet:
+    """The cameras re-normalized so that the unit sphere is the user's region (unchanged for ``auto``/None).
+
+    Everything outside the region is then background (or ignored with masks), so clutter around the object does
+    not become geometry. Every camera must stay outside the region: ray marching starts outside the unit sphere.
+    """
+    from datasets.normalization import mean_up, region_scale_mat, renormalize_c2w
+
+    if not region:
+        return cams
+    try:
+        scale_mat = region_scale_mat(region)
+    except ValueError as exc:
+        raise DatasetError(cams.root, str(exc)) from None
+    if scale_mat is None:
+        return cams
+    c2w = renormalize_c2w(cams.c2w, cams.scale_mat, scale_mat)
+    inside = [cams.names[i] for i in np.nonzero(np.linalg.norm(c2w[:, :, 3], axis=1) <= 1.0)[0]]
+    if inside:
+        raise DatasetError(cams.root, f"data.region contains {len(inside)} camera(s) (e.g. {inside[0]}); the region "
+                           "must enclose the object only, with every camera outside it")
+    return dataclasses.replace(cams, c2w=c2w, scale_mat=scale_mat, up=mean_up(c2w))
 
 
 def _resolve(root: Path, name: str | Path) -> Path:

@@ -101,3 +101,69 @@ def mean_up(c2w: np.ndarray) -> np.ndarray:
     if norm < 1e-6:
         return np.array([0.0, 0.0, 1.0])
     return up / norm
+
+
+# --- user region -------------------------------------------------------------------------------------------
+
+REGION_TYPES = ("auto", "sphere", "box")
+
+
+def _vector(value, name: str) -> np.ndarray:
+    try:
+        vec = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        vec = np.zeros(0)
+    if vec.shape != (3,) or not np.all(np.isfinite(vec)):
+        raise ValueError(f"data.region.{name} must be three numbers [x, y, z], got {value!r}")
+    return vec
+
+
+def region_scale_mat(region: dict) -> np.ndarray | None:
+    """``scale_mat`` (4, 4) whose unit sphere is the user's region, or None for ``auto``.
+
+    ``region``: ``type`` (auto | sphere | box), ``center`` [x, y, z] in the dataset's world frame, ``radius``
+    (sphere) or ``half_size`` [hx, hy, hz] (axis-aligned box; the unit sphere is then the box's circumscribed
+    sphere, and meshes are cropped to the box). Raises ValueError naming the key that is wrong.
+    """
+    kind = region.get("type") or "auto"
+    if kind not in REGION_TYPES:
+        raise ValueError(f"data.region.type must be one of {', '.join(REGION_TYPES)}, got {kind!r}")
+    if kind == "auto":
+        return None
+    center = _vector(region.get("center"), "center")
+    if kind == "sphere":
+        radius = region.get("radius")
+        if not isinstance(radius, int | float) or isinstance(radius, bool) or not np.isfinite(radius) or radius <= 0:
+            raise ValueError(f"data.region.radius must be a positive number for a sphere, got {radius!r}")
+        return scale_matrix(center, float(radius))
+    half = _vector(region.get("half_size"), "half_size")
+    if np.any(half <= 0):
+        raise ValueError(f"data.region.half_size must be positive, got {half.tolist()}")
+    return scale_matrix(center, float(np.linalg.norm(half)))
+
+
+def renormalize_c2w(c2w: np.ndarray, old_scale_mat: np.ndarray, new_scale_mat: np.ndarray) -> np.ndarray:
+    """(N, 3, 4) cameras in the frame of ``old_scale_mat`` -> the frame of ``new_scale_mat`` (both similarities)."""
+    scale = np.cbrt(np.linalg.det(old_scale_mat[:3, :3]))
+    world = np.empty_like(c2w, dtype=np.float64)
+    world[:, :, :3] = np.einsum("ij,njk->nik", old_scale_mat[:3, :3] / scale, c2w[:, :, :3])
+    world[:, :, 3] = c2w[:, :, 3] @ old_scale_mat[:3, :3].T + old_scale_mat[:3, 3]
+    return normalize_c2w(world, new_scale_mat)
+
+
+def region_record(region: dict | None, scale_mat: np.ndarray) -> dict:
+    """What ``normalization.json`` records under ``region``: the user's region, or the one derived (``auto``)."""
+    kind = (region or {}).get("type") or "auto"
+    scale = float(np.cbrt(np.linalg.det(scale_mat[:3, :3])))
+    record = {"type": kind, "center": [float(v) for v in scale_mat[:3, 3]], "radius": scale}
+    if kind == "box":
+        record["half_size"] = [float(v) for v in _vector(region.get("half_size"), "half_size")]
+    return record
+
+
+def box_half_size_normalized(region: dict | None, scale_mat: np.ndarray) -> np.ndarray | None:
+    """(3,) half size of a user box in the normalized frame, None for other regions."""
+    if not region or region.get("type") != "box":
+        return None
+    scale = float(np.cbrt(np.linalg.det(scale_mat[:3, :3])))
+    return _vector(region.get("half_size"), "half_size") / scale

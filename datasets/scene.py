@@ -38,11 +38,12 @@ def load(
     cameras_file: str | Path | None = None,
     split: str = "train",
     workers: int | None = None,
+    region: dict | None = None,
 ) -> Scene:
     """Loads cameras, images and masks of a dataset folder.
 
     Args:
-        path, format, downscale, cameras_file, split: as ``datasets.load_cameras`` (downscale: floor sizes,
+        path, format, downscale, cameras_file, split, region: as ``datasets.load_cameras`` (downscale: floor sizes,
             box filter over the top-left ``(W' * s) x (H' * s)`` pixels, consistent with ``K``).
         workers: decoding threads (Pillow releases the GIL while decoding); default min(8, CPU count).
     Raises:
@@ -50,7 +51,8 @@ def load(
     """
     from datasets import images as io  # Pillow
 
-    cams = load_cameras(path, format=format, downscale=downscale, cameras_file=cameras_file, split=split)
+    cams = load_cameras(path, format=format, downscale=downscale, cameras_file=cameras_file, split=split,
+                        region=region)
     n, h, w = cams.n_views, cams.height, cams.width
     images = np.empty((n, h, w, 3), dtype=np.float32)
     masks = np.empty((n, h, w), dtype=np.float32) if cams.mask_paths is not None else None

@@ -153,6 +153,7 @@ def _cmd_fit(args, emitter: Emitter) -> int:
 def _fit_in(run_dir: Path, req, emitter: Emitter) -> int:
     """``fit`` once the run folder exists."""
     from .commands import require_writable
+    from .solve import needs_solving
     from .train import CancelToken, run_fit
 
     require_writable(run_dir)
@@ -166,6 +167,8 @@ def _fit_in(run_dir: Path, req, emitter: Emitter) -> int:
     token = CancelToken(stop_file)
     _install_cancel(token)
     try:
+        if needs_solving(req.data_dir):
+            req.data_dir = _solve_for_fit(req, emitter, token)
         result = run_fit(req, emitter, token)
     except Cancelled:
         emitter.emit("cancelled", step=0, checkpoint=None, mesh=None)
@@ -173,6 +176,24 @@ def _fit_in(run_dir: Path, req, emitter: Emitter) -> int:
     event = result.pop("event")
     emitter.emit(event, **result)
     return EXIT_CANCELLED if event == "cancelled" else EXIT_OK
+
+
+def _solve_for_fit(req, emitter: Emitter, token) -> Path:
+    """``fit PHOTOS|VIDEO``: solves the cameras into ``RUN_DIR/solved`` (kept for --resume), returns that folder.
+
+    The solve's events join the fit's stream after a ``solving`` stage; its ``done`` becomes ``solved``.
+    """
+    from .solve import SOLVE_FILE, SolveRequest, run_solve
+
+    solved = req.run_dir / "solved"
+    if req.resume and (solved / SOLVE_FILE).is_file():
+        return solved
+    emitter.emit("stage", stage="solving")
+    result = run_solve(SolveRequest(source=req.data_dir, out=solved), emitter, token, announce=False)
+    emitter.emit("solved", **result)
+    if req.format == "auto":
+        req.format = "colmap"
+    return solved
 
 
 def _cmd_solve(args, emitter: Emitter) -> int:

@@ -62,8 +62,10 @@ def _load_scene_for(cfg):
     if not path or not Path(path).is_dir():
         return None
     try:
+        from .region import region_of
+
         return datasets.load(path, format=cfg.data.format, downscale=int(cfg.data.downscale),
-                             cameras_file=cfg.data.cameras_file, split=str(cfg.data.split))
+                             cameras_file=cfg.data.cameras_file, split=str(cfg.data.split), region=region_of(cfg))
     except datasets.DatasetError as exc:
         raise InputError(str(exc)) from exc
 

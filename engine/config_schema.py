@@ -64,6 +64,21 @@ def section(factory) -> Any:
 
 
 @dataclass
+class RegionConfig:
+    """The object's region in the dataset's WORLD frame; it becomes the unit sphere, what lies outside is
+    background (``datasets.cameras.apply_region``)."""
+
+    type: Literal["auto", "sphere", "box"] = "auto"
+    """auto: derived from the cameras (and COLMAP sparse points); sphere or box: given by the keys below."""
+    center: list[float] | None = None
+    """[x, y, z], sphere and box."""
+    radius: float | None = None
+    """Sphere radius."""
+    half_size: list[float] | None = None
+    """[hx, hy, hz] of an axis-aligned box; the mesh is cropped to the box."""
+
+
+@dataclass
 class DataConfig:
     format: DataFormat = "auto"
     """Scene layout; auto detects it from the files in the data folder."""
@@ -82,6 +97,8 @@ class DataConfig:
     background: Literal["auto", "white", "black", "random"] = "auto"
     """Colour behind the object when masks are used (random: a new colour per ray); auto: random with masks,
     white without."""
+    region: RegionConfig = section(RegionConfig)
+    """The object's region (auto, or a user sphere / box in the world frame)."""
 
 
 @dataclass

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from . import region
 from .config_schema import EXPORT_FORMATS, EXPORT_FRAMES, ExportConfig
 from .mesh.color import (
     field_color_source,
@@ -111,9 +112,11 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
     emitter.emit("stage", stage="exporting")
     t1 = time.monotonic()
     scale_mat = np.asarray(scene.scale_mat if scene is not None else np.eye(4), dtype=np.float64)
+    verts, faces, colors, normals = region.crop_to_box(cfg, scale_mat, verts, faces, colors, normals)
     files: dict[str, Path] = {}
     files["ply"] = write_ply(run_dir / "mesh.ply", verts, faces, colors)
-    files["normalization"] = write_normalization_json(run_dir / "normalization.json", scale_mat, "normalized")
+    files["normalization"] = write_normalization_json(run_dir / "normalization.json", scale_mat, "normalized",
+                                                      region=region.record(cfg, scale_mat))
     out_verts = transform_vertices(verts, scale_mat) if opts.frame == "world" else verts
     suffix = "_world" if opts.frame == "world" else ""
     if opts.frame == "world":

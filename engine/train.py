@@ -22,6 +22,7 @@ from .device import device_name, select_device
 from .errors import Cancelled, InputError
 from .mesh.io import atomic_path, atomic_write
 from .protocol import PROTOCOL_VERSION, Emitter
+from .region import region_of
 from .system import NeuSSystem, RaySource
 
 
@@ -94,7 +95,8 @@ def config_errors_as_input(source: Path | None = None):
 def _load_scene(req: FitRequest, cfg_data):
     try:
         return datasets.load(req.data_dir, format=cfg_data.format, downscale=int(cfg_data.downscale),
-                             cameras_file=cfg_data.cameras_file, split=str(cfg_data.split))
+                             cameras_file=cfg_data.cameras_file, split=str(cfg_data.split),
+                             region=region_of(cfg_data, "region"))
     except datasets.DatasetError as exc:
         raise InputError(str(exc)) from exc
 

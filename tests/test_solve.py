@@ -225,3 +225,46 @@ def test_stop_file_ends_a_solve_within_two_seconds(tmp_path, sample_photos):
     assert waited < 2.0, f"took {waited:.1f} s to stop"
     assert [p.name for p in out.iterdir()] in ([], ["STOP"]), "a cancelled solve wrote into its output folder"
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".neus_solve")]
+
+
+# --- photos to mesh in one command ---------------------------------------------------------------------------
+
+
+def solved_to_known_normalized(run: Path):
+    """Similarity taking the run's world frame (the solve's) to the bundled scene's normalized frame, fitted on the
+    camera centres of the photos both have."""
+    from engine.solve.compare import fit_similarity
+
+    solved, known = datasets.load(run / "solved"), datasets.load(SAMPLE)
+    s_c2w, k_c2w = known_and_solved(known, solved)
+    world = s_c2w[:, :, 3] @ solved.scale_mat[:3, :3].T + solved.scale_mat[:3, 3]
+    return fit_similarity(world, k_c2w[:, :, 3])
+
+
+@pytest.mark.slow
+def test_fit_on_photos_alone_solves_then_gives_a_mesh_in_place(sample_photos, tmp_path):
+    import trimesh
+
+    from engine.mesh.evaluate import evaluate_mesh
+
+    run = tmp_path / "run"
+    code, events, err = run_engine("fit", str(sample_photos), "--out", str(run), "--preset", "preview",
+                                   "--progress", "jsonl", "--set", "export.resolution=128", timeout=1500)
+    assert code == 0, err[-3000:]
+    stages = [e["stage"] for e in events if e["event"] == "stage"]
+    assert stages[0] == "solving" and stages.index("mapping") < stages.index("training")
+    solved = [e for e in events if e["event"] == "solved"]
+    assert solved and solved[0]["registered"] == 40
+    start = [e for e in events if e["event"] == "start"]
+    assert len(start) == 1 and start[0]["config"]["masks"] is False and start[0]["config"]["format"] == "colmap"
+
+    # mesh (normalized frame of the run) -> the solve's world frame -> the bundled scene's normalized frame
+    scale_mat = np.array(json.loads((run / "normalization.json").read_text())["scale_mat"])
+    mesh = trimesh.load(run / "mesh.ply", process=False)
+    world = mesh.vertices @ scale_mat[:3, :3].T + scale_mat[:3, 3]
+    in_known = solved_to_known_normalized(run).apply(world)
+    metrics = evaluate_mesh((in_known, np.asarray(mesh.faces)), SAMPLE / "gt_mesh_normalized.ply", threshold=0.02,
+                            n_samples=50_000)["normalized"]
+    gt_radius = json.loads((SAMPLE / "scene.json").read_text())["object"]["bounding_radius_normalized"]
+    print("photos-to-mesh:", metrics, "radius", gt_radius, "timings", events[-1].get("timings"))
+    assert metrics["chamfer_l1"] < 0.05 * gt_radius, metrics

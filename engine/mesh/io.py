@@ -651,13 +651,18 @@ def transform_mesh(vertices: Any, faces: Any, scale_mat: Any) -> tuple[np.ndarra
     return transform_vertices(vertices, m), f
 
 
-def write_normalization_json(path: str | os.PathLike, scale_mat: Any, frame: str = "normalized") -> Path:
-    """Writes ``{"scale_mat": 4x4 row-major list, "frame": frame}`` atomically (see engine/PROTOCOL.md)."""
+def write_normalization_json(path: str | os.PathLike, scale_mat: Any, frame: str = "normalized",
+                             region: dict | None = None) -> Path:
+    """Writes ``{"scale_mat": 4x4 row-major list, "frame": frame[, "region": {...}]}`` atomically (see
+    engine/PROTOCOL.md)."""
     m = _as_scale_mat(scale_mat)
     if frame not in ("normalized", "world"):
         raise ValueError(f"frame must be 'normalized' or 'world', got {frame!r}")
+    content = {"scale_mat": m.tolist(), "frame": frame}
+    if region is not None:
+        content["region"] = region
     with atomic_write(path, "w") as fh:
-        json.dump({"scale_mat": m.tolist(), "frame": frame}, fh, indent=2)
+        json.dump(content, fh, indent=2)
         fh.write("\n")
     return Path(path)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from ..errors import Cancelled, EngineError, InputError
 from ..protocol import PROTOCOL_VERSION, Emitter
 from .sfm import SfmJob, choose_camera, choose_matcher
-from .sources import PreparedSource, prepare_photos, prepare_video, source_kind
+from .sources import VIDEO_SUFFIXES, PreparedSource, list_photos, prepare_photos, prepare_video, source_kind
 
 SOLVE_FILE = "solve.json"
 _POLL_S = 0.1
@@ -155,8 +155,26 @@ def _prepare(req: SolveRequest, kind: str, image_dir: Path, emitter: Emitter, to
     return prepare_photos(req.source, image_dir, progress)
 
 
-def run_solve(req: SolveRequest, emitter: Emitter, token) -> dict:
-    """Solves ``req.source`` into ``req.out``; returns the ``done`` event's fields. Raises InputError, Cancelled."""
+def needs_solving(source: Path) -> bool:
+    """Whether ``fit SOURCE`` must solve cameras first: a video, or a folder of photos with no camera file."""
+    from datasets import DatasetError, detect_format
+
+    if source.is_file():
+        return source.suffix.lower() in VIDEO_SUFFIXES
+    if not source.is_dir():
+        return False
+    try:
+        detect_format(source)
+        return False
+    except DatasetError:
+        return bool(list_photos(source))
+
+
+def run_solve(req: SolveRequest, emitter: Emitter, token, announce: bool = True) -> dict:
+    """Solves ``req.source`` into ``req.out``; returns the ``done`` event's fields. Raises InputError, Cancelled.
+
+    ``announce``: emit the ``start`` event (off when ``fit`` solves first and announces itself).
+    """
     import pycolmap
 
     check_request(req)
@@ -173,9 +191,10 @@ def run_solve(req: SolveRequest, emitter: Emitter, token) -> dict:
         work, result = staging / "work", staging / "result"
         (work / "images").mkdir(parents=True)
         result.mkdir()
-        emitter.emit("start", version=PROTOCOL_VERSION, command="solve", source=str(req.source.resolve()),
-                     data_dir=str(out), kind=kind, matcher=req.matcher, camera=req.camera,
-                     max_image_size=req.max_image_size, pycolmap=pycolmap.__version__)
+        if announce:
+            emitter.emit("start", version=PROTOCOL_VERSION, command="solve", source=str(req.source.resolve()),
+                         data_dir=str(out), kind=kind, matcher=req.matcher, camera=req.camera,
+                         max_image_size=req.max_image_size, pycolmap=pycolmap.__version__)
         prepared = _prepare(req, kind, work / "images", emitter, token)
         read_s = round(time.monotonic() - t0, 2)
         if prepared.left_out:
