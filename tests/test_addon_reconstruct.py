@@ -69,11 +69,6 @@ def pump(until, timeout: float = 300.0, every: float = 0.1) -> list[dict]:
     raise AssertionError(f"timed out; last status {seen[-1] if seen else None}")
 
 
-def world_bbox(obj) -> np.ndarray:
-    v = np.array([list(obj.matrix_world @ x.co) for x in obj.data.vertices])
-    return np.stack([v.min(0), v.max(0)])
-
-
 def test_headless_demo_end_to_end_textured_world_frame(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "neus_blender_addon.headless", str(SAMPLE_SCENE), "--out", str(out),
