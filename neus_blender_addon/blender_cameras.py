@@ -21,7 +21,7 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
-from . import camera_math, camera_source, region
+from . import blender_mesh, camera_math, camera_source, region
 
 FRAME_EMPTY_PROP = "neus_frame_empty"  # marks the dataset's parent empty
 SCALE_MAT_PROP = "neus_scale_mat"  # on the parent: 16 floats, row-major, the cameras' normalized -> world
@@ -32,6 +32,8 @@ PLANE_PROP = "neus_image_plane"  # marks an image plane (child of its camera)
 POINTS_PROP = "neus_sparse_points"  # marks the sparse point cloud
 REGION_PROP = "neus_region"  # marks the editable region object
 KINDS = ("cameras", "previews", "results")
+POINTS_NODE_GROUP = "NeuS sparse points"
+POINT_RADIUS = 0.004  # normalized-frame units: the object fits the unit sphere
 
 
 @dataclass
@@ -281,11 +283,31 @@ def create_point_cloud(name: str, points_world: np.ndarray, colors: np.ndarray, 
     attr = me.color_attributes.new("Col", "BYTE_COLOR", "POINT")
     rgba = np.concatenate([np.asarray(colors, np.float32) / 255.0, np.ones((len(local), 1), np.float32)], axis=1)
     attr.data.foreach_set("color_srgb", np.ascontiguousarray(rgba).reshape(-1))
+    me.materials.append(blender_mesh.vertex_color_material())
     obj = bpy.data.objects.new(name, me)
     obj[POINTS_PROP] = True
+    # Blender draws no loose vertices in Object Mode: a Mesh to Points modifier shows (and renders) them.
+    obj.modifiers.new("Points", "NODES").node_group = points_node_group()
     collection.objects.link(obj)
     place_in_frame(obj, Matrix.Identity(4), parent)
     return obj
+
+
+def points_node_group() -> bpy.types.NodeTree:
+    """Geometry nodes turning a mesh's vertices into points of radius ``POINT_RADIUS`` (shared, made once)."""
+    ng = bpy.data.node_groups.get(POINTS_NODE_GROUP)
+    if ng is not None and ng.bl_idname == "GeometryNodeTree":
+        return ng
+    ng = bpy.data.node_groups.new(POINTS_NODE_GROUP, "GeometryNodeTree")
+    ng.interface.new_socket(name="Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    ng.interface.new_socket(name="Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    group_in, group_out = ng.nodes.new("NodeGroupInput"), ng.nodes.new("NodeGroupOutput")
+    to_points = ng.nodes.new("GeometryNodeMeshToPoints")
+    to_points.inputs["Radius"].default_value = POINT_RADIUS
+    group_in.location, to_points.location, group_out.location = (-300, 0), (0, 0), (300, 0)
+    ng.links.new(group_in.outputs["Geometry"], to_points.inputs["Mesh"])
+    ng.links.new(to_points.outputs["Points"], group_out.inputs["Geometry"])
+    return ng
 
 
 def find_region(collection: bpy.types.Collection) -> bpy.types.Object | None:
@@ -305,6 +327,7 @@ def ensure_region(collection: bpy.types.Collection, parent: bpy.types.Object) ->
     obj[REGION_PROP] = True
     obj.empty_display_type = "SPHERE"
     obj.empty_display_size = 1.0
+    obj.show_in_front = True  # visible through the reconstructed mesh while the artist edits it
     collection.objects.link(obj)
     place_in_frame(obj, Matrix.Identity(4), parent)
     return obj

@@ -151,6 +151,12 @@ def test_colmap_point_cloud_through_file_import(bpy, colmap_scene):
     col = np.empty(len(xyz) * 4, np.float32)
     cloud.data.color_attributes["Col"].data.foreach_get("color_srgb", col)
     np.testing.assert_allclose(col.reshape(-1, 4)[:, :3], rgb / 255.0, atol=1 / 255)
+    # Shown as points in Object Mode (Blender draws no loose vertices), colours carried over.
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    evaluated = cloud.evaluated_get(depsgraph)
+    geometry = evaluated.evaluated_geometry()  # kept alive while its point cloud is read
+    shown = geometry.pointcloud
+    assert shown is not None and len(shown.points) == len(xyz) and "Col" in shown.attributes
     # In the world frame the scene is only rotated: camera-to-point distances are COLMAP's.
     cams = load_cameras(colmap_scene)
     S = cams.scale_mat
