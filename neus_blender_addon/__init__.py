@@ -27,7 +27,7 @@ except ImportError:  # outside Blender: only the bpy-free modules are usable
 if bpy is not None:
     from bpy.app.handlers import persistent
 
-    from . import import_dataset, operators, preferences, properties, reconstruct, scene_tools, ui
+    from . import import_dataset, operators, preferences, properties, reconstruct, scene_tools, solve_cameras, ui
 
     classes = (*properties.classes, *preferences.classes, *operators.classes, *import_dataset.classes, *ui.classes,
                *scene_tools.classes)
@@ -86,6 +86,7 @@ def unregister() -> None:
         return
     _registered = False
     reconstruct.shutdown()  # never leave an engine running without its add-on
+    solve_cameras.shutdown()
     if _reset_stale_status in bpy.app.handlers.load_post:
         bpy.app.handlers.load_post.remove(_reset_stale_status)
     import_dataset.unregister()

@@ -1,4 +1,5 @@
-"""Operators: neus.import_cameras, neus.reconstruct, neus.cancel, neus.import_mesh, neus.check_engine."""
+"""Operators: neus.import_cameras, neus.solve_cameras, neus.reconstruct, neus.cancel, neus.import_mesh,
+neus.check_engine."""
 
 # No `from __future__ import annotations`: Blender reads the property annotations as objects.
 import functools
@@ -14,9 +15,11 @@ from . import (
     camera_source,
     engine_process,
     import_dataset,
+    photo_source,
     preferences,
     reconstruct,
     run_files,
+    solve_cameras,
 )
 
 
@@ -48,6 +51,67 @@ class NEUS_OT_import_cameras(bpy.types.Operator, import_dataset.CameraImportSett
         return import_dataset.run_import(self, context, dataset, self.import_options())
 
 
+class NEUS_OT_solve_cameras(bpy.types.Operator):
+    """Solve the cameras of a folder of photos or a video with COLMAP (in the engine, in the background), then
+    import the cameras, their photos and the sparse points"""
+
+    bl_idname = "neus.solve_cameras"
+    bl_label = "Solve Cameras"
+    bl_options = {"REGISTER"}
+
+    matcher: EnumProperty(
+        name="Matcher",
+        items=[("auto", "Auto", "Every pair for up to 150 photos; neighbouring frames for a video"),
+               ("exhaustive", "Exhaustive", "Match every pair of photos"),
+               ("sequential", "Sequential", "Match neighbouring photos in name order (video frames)")],
+        default="auto",
+    )
+    mode: EnumProperty(
+        name="Mode",
+        items=[("AUTO", "Auto", "Blocking in background mode (scripts), else asynchronous"),
+               ("BLOCKING", "Blocking", "Wait for the solve to finish"),
+               ("ASYNC", "Asynchronous", "Return at once; a timer applies the engine's progress")],
+        default="AUTO",
+        options={"SKIP_SAVE", "HIDDEN"},
+    )
+
+    def execute(self, context):
+        s = context.scene.neus
+        if reconstruct.is_running() or solve_cameras.is_running():
+            self.report({"ERROR"}, "The engine is busy; cancel the running job first")
+            return {"CANCELLED"}
+        source = Path(bpy.path.abspath(s.data_dir)).absolute() if s.data_dir.strip() else None
+        if source is None or not photo_source.needs_solving(source):
+            self.report({"ERROR"}, f"{source or 'Photos'}: choose a folder of photos (with no camera file) or a video")
+            return {"CANCELLED"}
+        base = (Path(bpy.path.abspath(s.output_dir)).absolute() if s.output_dir.strip()
+                else reconstruct.default_run_dir("x").parent)
+        out = photo_source.solved_dir_for(source, base)
+        try:
+            engine = engine_process.find_engine_python(preferences.engine_python_setting(context))
+            run = solve_cameras.start(context.scene, source, out, engine, self.matcher,
+                                      echo=functools.partial(print, flush=True))
+        except (ValueError, RuntimeError, OSError) as e:  # EngineNotFoundError is a RuntimeError
+            s.last_error = str(e)
+            s.state = "failed"
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        if not (self.mode == "BLOCKING" or (self.mode == "AUTO" and bpy.app.background)):
+            solve_cameras.start_timer()
+            self.report({"INFO"}, f"Solving cameras into {out}")
+            return {"FINISHED"}
+        state = solve_cameras.run_blocking(run)
+        if state == "done":
+            self.report({"WARNING"} if run.warnings else {"INFO"},
+                        f"Cameras solved into {out}" + (f" ({'; '.join(run.warnings)})" if run.warnings else ""))
+            return {"FINISHED"}
+        if state == "cancelled":
+            self.report({"WARNING"}, "Camera solving cancelled")
+        else:
+            self.report({"ERROR"}, f"Camera solving failed: {run.status.last_error}")
+        return {"CANCELLED"}
+
+
 class NEUS_OT_reconstruct(bpy.types.Operator):
     """Reconstruct a mesh from the dataset's photos with the NeuS engine (runs in the background)"""
 
@@ -66,8 +130,8 @@ class NEUS_OT_reconstruct(bpy.types.Operator):
 
     def execute(self, context):
         s = context.scene.neus
-        if reconstruct.is_running():
-            self.report({"ERROR"}, "A reconstruction is already running; cancel it first")
+        if reconstruct.is_running() or solve_cameras.is_running():
+            self.report({"ERROR"}, "The engine is busy (a reconstruction or a camera solve); cancel it first")
             return {"CANCELLED"}
         try:
             request = reconstruct.request_from_scene(context.scene, preferences.engine_python_setting(context))
@@ -103,6 +167,9 @@ class NEUS_OT_cancel(bpy.types.Operator):
     bl_options = {"REGISTER"}
 
     def execute(self, context):
+        if solve_cameras.cancel():
+            self.report({"INFO"}, "Cancelling the camera solve")
+            return {"FINISHED"}
         if not reconstruct.cancel():
             self.report({"WARNING"}, "No reconstruction is running")
             return {"CANCELLED"}
@@ -184,4 +251,5 @@ class NEUS_OT_check_engine(bpy.types.Operator):
         return {"FINISHED"}
 
 
-classes = (NEUS_OT_import_cameras, NEUS_OT_reconstruct, NEUS_OT_cancel, NEUS_OT_import_mesh, NEUS_OT_check_engine)
+classes = (NEUS_OT_import_cameras, NEUS_OT_solve_cameras, NEUS_OT_reconstruct, NEUS_OT_cancel, NEUS_OT_import_mesh,
+           NEUS_OT_check_engine)

@@ -33,7 +33,8 @@ FORMAT_ITEMS = [
 class NEUS_PG_settings(bpy.types.PropertyGroup):
     """Per-scene settings of the reconstruction and the status of the current run."""
 
-    data_dir: StringProperty(name="Photos", description="Dataset folder (DTU, NeRF-synthetic or COLMAP layout)",
+    data_dir: StringProperty(name="Photos", description="Dataset folder (DTU, NeRF-synthetic or COLMAP layout), or "
+                             "a folder of photos or a video file to solve the cameras of (Solve Cameras)",
                              subtype="DIR_PATH", default="")
     output_dir: StringProperty(name="Output", description="Run folder for the engine's results "
                                "(empty: neus_runs/<dataset> beside the .blend file, or in the temp folder)",

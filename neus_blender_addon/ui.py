@@ -2,7 +2,7 @@
 
 import bpy
 
-from . import reconstruct
+from . import photo_source, reconstruct, solve_cameras
 from .preferences import wrapped_labels
 
 HAS_PROGRESS_WIDGET = bpy.types.UILayout.bl_rna.functions.get("progress") is not None  # Blender 4.0+
@@ -18,7 +18,8 @@ class NEUS_PT_reconstruct(bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         s = context.scene.neus
-        running = reconstruct.is_running()
+        solving = solve_cameras.is_running()
+        running = reconstruct.is_running() or solving
 
         col = layout.column(align=True)
         col.prop(s, "data_dir")
@@ -26,7 +27,10 @@ class NEUS_PT_reconstruct(bpy.types.Panel):
         col.prop(s, "frame")
         row = col.row()
         row.enabled = not running
-        row.operator("neus.import_cameras", icon="OUTLINER_OB_CAMERA")
+        if s.data_dir.strip() and photo_source.needs_solving(bpy.path.abspath(s.data_dir)):
+            row.operator("neus.solve_cameras", icon="CAMERA_DATA")  # photos or a video without cameras
+        else:
+            row.operator("neus.import_cameras", icon="OUTLINER_OB_CAMERA")
 
         box = layout.box()
         box.enabled = not running

@@ -1,0 +1,56 @@
+"""Photos or a video that still need their cameras solved (``engine solve``); bpy-free.
+
+Blender never imports pycolmap: the add-on only decides whether a source needs solving, where the solved dataset
+goes, and builds the ``python -m engine solve`` command that the engine process runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+# As the engine's solve reads them (engine/solve/sources.py); the add-on may not import the engine.
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mts")
+MATCHERS = ("auto", "exhaustive", "sequential")
+SOLVE_FILE = "solve.json"
+SOLVE_LOG = "engine_solve_stderr.log"
+
+
+def has_cameras(folder: Path) -> bool:
+    """A camera file of a supported format (DTU npz, NeRF-synthetic JSON, COLMAP sparse model)."""
+    return (any(folder.glob("cameras*.npz")) or any(folder.glob("transforms*.json"))
+            or any((folder / sub / f"cameras{ext}").is_file() for sub in ("sparse/0", "sparse")
+                   for ext in (".bin", ".txt")))
+
+
+def needs_solving(path: str | Path) -> bool:
+    """A video file, or a folder with photos at its top and no camera file."""
+    path = Path(path)
+    if path.is_file():
+        return path.suffix.lower() in VIDEO_SUFFIXES
+    if not path.is_dir() or has_cameras(path):
+        return False
+    return any(p.suffix.lower() in PHOTO_SUFFIXES and not p.name.startswith(".") for p in path.iterdir()
+               if p.is_file())
+
+
+def solved_dir_for(source: str | Path, base: str | Path) -> Path:
+    """Where the solved dataset of ``source`` goes: ``<base>/<source name> solved``."""
+    source = Path(source)
+    name = source.stem if source.is_file() else source.name
+    return Path(base) / f"{name or 'photos'} solved"
+
+
+def build_solve_command(python: Path | str, source: Path | str, out: Path | str, matcher: str = "auto",
+                        extra: Sequence[str] = ()) -> list[str]:
+    """``python -m engine solve SOURCE --out DATA_DIR --matcher M --progress jsonl``."""
+    if matcher not in MATCHERS:
+        raise ValueError(f"unknown matcher '{matcher}' (expected one of {', '.join(MATCHERS)})")
+    return [str(python), "-m", "engine", "solve", str(Path(source).absolute()), "--out", str(Path(out).absolute()),
+            "--matcher", matcher, "--progress", "jsonl", *extra]
+
+
+def warnings_of(events: Sequence[dict]) -> list[str]:
+    """The solve's ``warning`` messages (photos left out), for the panel and the operator report."""
+    return [str(e.get("message", "")) for e in events if e.get("event") == "warning"]

@@ -1,0 +1,116 @@
+"""Solve Cameras in real Blender (bpy): photos alone -> ``engine solve`` in the background -> cameras, photo
+backgrounds and the sparse point cloud in the scene; Reconstruct then points at the solved dataset."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+from addon_helpers import HAS_BPY, NO_BPY_REASON, SAMPLE_SCENE
+
+from neus_blender_addon import photo_source
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "my photos"
+    folder.mkdir()
+    for png in sorted((SAMPLE_SCENE / "image").glob("*.png")):
+        shutil.copy(png, folder / png.name)
+    return folder
+
+
+def test_which_sources_need_solving(photos, tmp_path):
+    assert photo_source.needs_solving(photos)
+    assert not photo_source.needs_solving(SAMPLE_SCENE)  # has cameras_sphere.npz
+    video = tmp_path / "walk.MP4"
+    video.write_bytes(b"")
+    assert photo_source.needs_solving(video) and not photo_source.needs_solving(tmp_path / "notes.txt")
+    assert photo_source.solved_dir_for(video, tmp_path) == tmp_path / "walk solved"
+    cmd = photo_source.build_solve_command("/py", photos, tmp_path / "out", "sequential")
+    assert cmd[1:4] == ["-m", "engine", "solve"] and cmd[cmd.index("--matcher") + 1] == "sequential"
+    assert cmd[-2:] == ["--progress", "jsonl"]
+    with pytest.raises(ValueError, match="unknown matcher"):
+        photo_source.build_solve_command("/py", photos, tmp_path / "out", "vocab")
+
+
+@pytest.fixture
+def bpy(tmp_path, photos):
+    import bpy as _bpy
+
+    import neus_blender_addon as addon
+    from neus_blender_addon import solve_cameras
+
+    _bpy.ops.wm.read_factory_settings(use_empty=True)
+    addon.register()
+    s = _bpy.context.scene.neus
+    s.data_dir = str(photos)
+    s.output_dir = str(tmp_path / "runs")
+    yield _bpy
+    addon.unregister()  # also ends an engine a failed test left running
+    assert not solve_cameras.is_running()
+
+
+def pump(timeout: float = 600.0) -> list[tuple[str, int, int]]:
+    """Ticks the add-on's solve timer as Blender's event loop would; returns (stage, step, total) seen."""
+    import bpy
+
+    from neus_blender_addon import solve_cameras
+
+    seen, t0 = [], time.time()
+    while time.time() - t0 < timeout:
+        delay = solve_cameras.timer_step()
+        s = bpy.context.scene.neus
+        seen.append((s.stage, s.step, s.total))
+        if delay is None:
+            return seen
+        time.sleep(0.1)
+    raise AssertionError(f"timed out; last status {seen[-1] if seen else None}")
+
+
+@pytest.mark.blender
+@pytest.mark.skipif(not HAS_BPY, reason=NO_BPY_REASON)
+def test_solve_cameras_imports_cameras_and_sparse_points(bpy, tmp_path, photos):
+    from neus_blender_addon import solve_cameras
+
+    s = bpy.context.scene.neus
+    assert bpy.ops.neus.solve_cameras(mode="ASYNC") == {"FINISHED"}
+    assert solve_cameras.is_running()
+    seen = pump()
+    assert s.state == "done", s.last_error
+    stages = [stage for stage, _, _ in seen]
+    assert "features" in stages and "matching" in stages and "mapping" in stages  # live progress per stage
+    assert any(stage == "matching" and 0 < step < total for stage, step, total in seen)
+
+    out = tmp_path / "runs" / "my photos solved"
+    assert s.data_dir == str(out) and s.data_format == "colmap"  # Reconstruct now uses the solved dataset
+    coll = bpy.data.collections["my photos solved"]
+    cams = [o for o in coll.all_objects if o.type == "CAMERA"]
+    assert len(cams) == 40
+    assert all(c.data.background_images and c.data.background_images[0].image for c in cams)  # photo backgrounds
+    cloud = [o for o in coll.all_objects if o.type == "MESH" and "sparse points" in o.name]
+    assert len(cloud) == 1 and len(cloud[0].data.vertices) > 500
+
+
+@pytest.mark.blender
+@pytest.mark.skipif(not HAS_BPY, reason=NO_BPY_REASON)
+def test_solve_cameras_cancel_and_refusals(bpy, tmp_path, photos):
+    from neus_blender_addon import solve_cameras
+
+    s = bpy.context.scene.neus
+    assert bpy.ops.neus.solve_cameras(mode="ASYNC") == {"FINISHED"}
+    with pytest.raises(RuntimeError, match="busy"):
+        bpy.ops.neus.reconstruct(mode="ASYNC")
+    t0 = time.time()
+    while s.stage not in ("features", "matching") and time.time() - t0 < 120:
+        solve_cameras.timer_step()
+        time.sleep(0.1)
+    assert bpy.ops.neus.cancel() == {"FINISHED"}
+    pump(timeout=60)
+    assert s.state == "cancelled" and not (tmp_path / "runs" / "my photos solved" / "solve.json").exists()
+    assert s.data_dir == str(photos)
+
+    s.data_dir = str(SAMPLE_SCENE)  # already has cameras: nothing to solve
+    with pytest.raises(RuntimeError, match="folder of photos"):
+        bpy.ops.neus.solve_cameras(mode="ASYNC")
