@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -12,16 +13,8 @@ from torch import Tensor, nn
 from .fields.geometry import BackgroundField, RadianceField, SDFField
 from .profiling import PhaseTimer
 from .render.occupancy import OccupancyGrid
-from .render.primitives import (
-    accumulate_along_rays,
-    exclusive_cumsum_per_ray,
-    neus_alpha,
-    ray_sphere_intersect,
-    render_weights_from_alpha,
-    render_weights_from_density,
-    sample_static,
-    sample_uniform_along_rays,
-)
+from .render.primitives import exclusive_cumsum_per_ray, neus_alpha, ray_sphere_intersect, render_weights_from_alpha
+from .render.rendering import MARCHERS, accumulate, rendering
 
 
 def scheduled(value, step: int) -> float:
@@ -45,24 +38,26 @@ def scheduled(value, step: int) -> float:
 
 @dataclass
 class RenderOutput:
-    """Per-ray results (R rays) and per-sample tensors needed by the losses (S samples)."""
+    """Per-ray results (R rays) and the per-sample tensors the losses need (S samples, padding included).
+
+    Both samplers fill every field; the packed sampler's samples are all valid and its rays all complete.
+    """
 
     rgb: Tensor  # (R, 3) composited with the background
     opacity: Tensor  # (R,) foreground opacity
     depth: Tensor  # (R,)
     normal: Tensor  # (R, 3) accumulated foreground normal
-    n_samples: int | Tensor  # foreground samples S (static sampler: valid samples kept, a 0-d tensor)
+    n_samples: int | Tensor  # valid foreground samples (static sampler: a 0-d device tensor)
     sdf: Tensor  # (S,)
     gradients: Tensor  # (S, 3)
-    weights: Tensor  # (S,)
+    weights: Tensor  # (S,) 0 in the padding
     t_mid: Tensor  # (S,)
     t_len: Tensor  # (S,)
-    ray_indices: Tensor  # (S,)
+    ray_indices: Tensor  # (S,) R (a dummy ray) in the padding
     points: Tensor  # (S, 3)
-    # Static sampler only (None otherwise); S is then the fixed budget, and ray_indices is R in the padding.
-    complete: Tensor | None = None  # (R,) bool: rays whose samples all fit in the budget (the losses use these)
-    valid: Tensor | None = None  # (S,) bool: False in the padding
-    n_candidates: Tensor | None = None  # () valid candidates before truncation (the demand; may exceed S)
+    complete: Tensor  # (R,) bool: rays whose samples all fit in the budget (the losses use only these)
+    valid: Tensor  # (S,) bool: False in the padding
+    n_candidates: int | Tensor  # valid candidates before the budget cut (the demand; may exceed S)
 
 
 class NeuSModel(nn.Module):
@@ -101,6 +96,7 @@ class NeuSModel(nn.Module):
         self.step_size = math.sqrt(3) * 2 * self.radius / float(cfg.num_samples_per_ray)
         self.max_steps = int(math.ceil(2 * self.radius / self.step_size)) + 1  # candidates per ray (any chord)
         self.sampler = str(cfg.sampler)
+        self.march = MARCHERS[self.sampler]
         # Samples per static render_rays call when none is given; training passes train.target_samples.
         self.static_budget = max(2**18, self.max_steps)
         self.register_buffer("cos_anneal_ratio", torch.tensor(1.0 if int(cfg.cos_anneal_end) <= 0 else 0.0))
@@ -134,9 +130,8 @@ class NeuSModel(nn.Module):
         self.min_inv_s.fill_(self.sharpness_floor(step))
         occ = cfg.occupancy
         if self.occupancy is not None and step >= int(occ.start_step) and step % int(occ.update_every) == 0:
-            # Static sampler: inv_s stays on the device, so the refresh does not wait for the GPU either.
-            inv_s = self.inv_s().detach() if self.sampler == "static" else float(self.inv_s().detach())
-            self.occupancy.update(self.geometry.sdf, inv_s, self.step_size,
+            # inv_s stays on the device, so the refresh does not wait for the GPU.
+            self.occupancy.update(self.geometry.sdf, self.inv_s().detach(), self.step_size,
                                   fraction=float(occ.update_fraction))
         self.timer.mark("occupancy_update")
 
@@ -156,45 +151,23 @@ class NeuSModel(nn.Module):
         """
         n_rays = origins.shape[0]
         near, far, hit = ray_sphere_intersect(origins, dirs, self.radius)
-        far_fg = torch.where(hit, far, near)
         occupied = self.occupancy.query if self.occupancy is not None else None
-        static = None
-        if self.sampler == "static":
-            budget = int(budget or self.static_budget)
-            static = sample_static(origins, dirs, near, far_fg, self.step_size, self.max_steps, budget, occupied,
-                                   stratified)
-            t0, t1, ray_idx = static.t_starts, static.t_ends, static.ray_indices
-        else:
-            t0, t1, ray_idx = sample_uniform_along_rays(origins, dirs, near, far_fg, self.step_size, self.max_steps,
-                                                        occupied, stratified)
-        t_mid = 0.5 * (t0 + t1)
-        t_len = t1 - t0
-        if static is None:
-            d = dirs[ray_idx]
-            pts = origins[ray_idx] + d * t_mid[:, None]
-        else:
+        s = self.march(origins, dirs, near, torch.where(hit, far, near), self.step_size, self.max_steps,
+                       int(budget or self.static_budget), occupied, stratified)
+        self.timer.mark("marching")
+
+        def rgb_alpha(t0: Tensor, t1: Tensor, ray_idx: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
             # Padding belongs to the dummy ray R: borrow a real ray's direction and park its points at the centre.
             ray_g = ray_idx.clamp_max(max(0, n_rays - 1))
             d = dirs[ray_g]
-            pts = torch.where(static.valid[:, None], origins[ray_g] + d * t_mid[:, None], 0.0)
-        self.timer.mark("marching")
-        sdf, grad, feat = self.geometry(pts, with_grad=True)
-        normals = F.normalize(grad, dim=-1)
-        rgb_s = self.radiance(feat, d, normals)
-        self.timer.mark("field_forward")
-        n_acc = n_rays  # rays accumulated over; the static sampler adds the dummy ray R, dropped below
-        if static is None:
-            alpha = neus_alpha(sdf, normals, d, t_len, self.inv_s(), float(self.cos_anneal_ratio))
-        else:
-            # The annealing ratio stays a tensor (no host read); padding is forced transparent: zero weight.
-            alpha = torch.where(static.valid,
-                                neus_alpha(sdf, normals, d, t_len, self.inv_s(), self.cos_anneal_ratio), 0.0)
-            n_acc = n_rays + 1
-        weights, _ = self.weights_from_alpha(alpha, ray_idx, n_acc)
-        opacity = accumulate_along_rays(weights, ray_idx, n_acc)[:n_rays, 0]
-        rgb = accumulate_along_rays(weights, ray_idx, n_acc, rgb_s)[:n_rays]
-        depth = accumulate_along_rays(weights, ray_idx, n_acc, t_mid[:, None])[:n_rays, 0]
-        normal = accumulate_along_rays(weights, ray_idx, n_acc, normals)[:n_rays]
+            pts = torch.where(s.valid[:, None], origins[ray_g] + d * (0.5 * (t0 + t1))[:, None], 0.0)
+            sdf, grad, feat = self.geometry(pts, with_grad=True)
+            normals = F.normalize(grad, dim=-1)
+            rgbs = self.radiance(feat, d, normals)
+            self.timer.mark("field_forward")
+            # The annealing ratio stays a tensor: no host read.
+            alpha = neus_alpha(sdf, normals, d, t1 - t0, self.inv_s(), self.cos_anneal_ratio)
+            return rgbs, alpha, {"sdf": sdf, "gradients": grad, "normals": normals, "points": pts}
 
         if self.background is not None:
             # The background starts where the ray leaves the sphere of radius start_radius * radius.
@@ -202,15 +175,17 @@ class NeuSModel(nn.Module):
             near_bg, far_bg, hit_bg = ray_sphere_intersect(origins, dirs, start_r) if start_r != self.radius else (
                 near, far, hit)
             bg = self._render_background(origins, dirs, torch.where(hit_bg, far_bg, near_bg), stratified)
+            self.timer.mark("background")
         else:
-            bg = bg_color.expand(n_rays, 3) if bg_color.dim() == 1 else bg_color
-        rgb = rgb + (1.0 - opacity[:, None]) * bg
+            bg = bg_color
+        fg = rendering(s.t_starts, s.t_ends, s.ray_indices, s.valid, n_rays, rgb_alpha, render_bkgd=bg,
+                       weights_fn=self.weights_from_alpha)
+        x = fg.extras
+        normal = accumulate(fg.weights, s.ray_indices, n_rays, x["normals"])
         self.timer.mark("rendering")
-        if static is None:
-            return RenderOutput(rgb, opacity, depth, normal, int(t_mid.shape[0]), sdf, grad, weights, t_mid, t_len,
-                                ray_idx, pts)
-        return RenderOutput(rgb, opacity, depth, normal, static.n_valid.clamp_max(budget), sdf, grad, weights, t_mid,
-                            t_len, ray_idx, pts, static.complete, static.valid, static.n_valid)
+        return RenderOutput(fg.rgb, fg.opacity, fg.depth, normal, s.n_samples, x["sdf"], x["gradients"], fg.weights,
+                            0.5 * (s.t_starts + s.t_ends), s.t_ends - s.t_starts, s.ray_indices, x["points"],
+                            s.complete, s.valid, s.n_candidates)
 
     def _render_background(self, origins: Tensor, dirs: Tensor, t_start: Tensor, stratified: bool) -> Tensor:
         """Colour of the scene behind the foreground sphere: (R, 3).
@@ -222,13 +197,15 @@ class NeuSModel(nn.Module):
         edges = self._disparity_edges(t_start.clamp_min(1e-3), self.bg_far, self.bg_n_samples,
                                       stratified)  # (R, n+1)
         n = edges.shape[1] - 1
-        mid = 0.5 * (edges[:, 1:] + edges[:, :-1])
         ray_idx = torch.arange(n_rays, device=origins.device).repeat_interleave(n)
-        pts = (origins[:, None, :] + dirs[:, None, :] * mid[..., None]).reshape(-1, 3)
-        density, rgb_s = self.background(pts, dirs[ray_idx])
-        weights, _, _ = render_weights_from_density(density, edges[:, :-1].reshape(-1), edges[:, 1:].reshape(-1),
-                                                    ray_idx, n_rays)
-        return accumulate_along_rays(weights, ray_idx, n_rays, rgb_s)
+
+        def rgb_alpha(t0: Tensor, t1: Tensor, ray_idx: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+            pts = origins[ray_idx] + dirs[ray_idx] * (0.5 * (t0 + t1))[:, None]
+            density, rgbs = self.background(pts, dirs[ray_idx])
+            return rgbs, 1.0 - torch.exp(-density * (t1 - t0)), {}
+
+        valid = torch.ones_like(ray_idx, dtype=torch.bool)
+        return rendering(edges[:, :-1].reshape(-1), edges[:, 1:].reshape(-1), ray_idx, valid, n_rays, rgb_alpha).rgb
 
     def _disparity_edges(self, start: Tensor, t_far: float, n: int, stratified: bool) -> Tensor:
         """(R, n+1) segment edges from ``start`` (R,) to ``t_far``, sample midpoints uniform in disparity."""
@@ -255,7 +232,7 @@ class NeuSModel(nn.Module):
         s = 0
         while s < origins.shape[0]:
             out = self.render_rays(origins[s:s + chunk], dirs[s:s + chunk], bg_color, budget=budget)
-            n_done = out.rgb.shape[0] if out.complete is None else int(out.complete.sum())  # >= 1: budget >= T
+            n_done = int(out.complete.sum())  # a prefix of the rays, >= 1 (budget >= T)
             for key in outs:
                 outs[key].append(getattr(out, key)[:n_done])
             s += n_done
@@ -277,72 +254,82 @@ class NeuSModel(nn.Module):
 
 
 def distortion_loss(weights: Tensor, t_mid: Tensor, t_len: Tensor, ray_indices: Tensor, n_rays: int,
-                    ray_weights: Tensor | None = None) -> Tensor:
-    """Mip-NeRF 360 distortion loss on packed samples in O(S), (S,) tensors -> scalar (mean over rays).
-
-    ``ray_weights`` (n_rays,): a weighted mean over rays instead (the static sampler: its completeness mask, with the
-    dummy padding ray last).
-    """
+                    ray_weights: Tensor) -> Tensor:
+    """Mip-NeRF 360 distortion loss on packed samples in O(S): (S,) tensors -> scalar, the mean over the rays
+    weighted by ``ray_weights`` (n_rays,) (0/1: complete rays; the dummy padding ray last, at 0)."""
     wm = weights * t_mid
     w_before = exclusive_cumsum_per_ray(weights, ray_indices, n_rays)
     wm_before = exclusive_cumsum_per_ray(wm, ray_indices, n_rays)
     inter = 2.0 * weights * (t_mid * w_before - wm_before)
     intra = weights * weights * t_len / 3.0
-    if ray_weights is None:
-        return (inter + intra).sum() / max(1, n_rays)
     return ((inter + intra) * ray_weights[ray_indices]).sum() / ray_weights.sum().clamp_min(1.0)
 
 
-def _masked_mean(values: Tensor, weights: Tensor | None) -> Tensor:
-    """Mean of ``values`` over the leading dimension, weighted by ``weights`` (0/1) when given; shapes (N, ...)."""
-    if weights is None:
-        return values.mean()
+def _masked_mean(values: Tensor, weights: Tensor) -> Tensor:
+    """Mean of ``values`` (N, ...) over the rows whose weight (N,) is 1 (0 when none is)."""
     per_row = values.reshape(values.shape[0], -1).mean(1)
     return (per_row * weights).sum() / weights.sum().clamp_min(1.0)
 
 
+def _binary_cross_entropy(opacity: Tensor, target: Tensor) -> Tensor:
+    """Per-ray BCE, opacity clamped away from 0 and 1 (its log would be infinite): (R,), (R,) -> (R,)."""
+    return F.binary_cross_entropy(opacity.clamp(1e-3, 1 - 1e-3), target, reduction="none")
+
+
+def eikonal_loss(gradients: Tensor, sample_w: Tensor) -> Tensor:
+    """(|grad sdf| - 1)^2 over the valid samples: gradients (S, 3), sample_w (S,) 0/1 -> scalar."""
+    return _masked_mean((gradients.norm(dim=-1) - 1.0) ** 2, sample_w)
+
+
+def opaque_loss(opacity: Tensor, ray_w: Tensor) -> Tensor:
+    """Pushes each ray's opacity to the nearer of 0 and 1 (BCE against its rounded self): (R,), (R,) -> scalar."""
+    return _masked_mean(_binary_cross_entropy(opacity, opacity.detach().round()), ray_w)
+
+
+def sparsity_loss(sdf: Tensor, scale: float, sample_w: Tensor) -> Tensor:
+    """exp(-scale |sdf|) over the valid samples (penalises surface where the samples are): (S,), (S,) -> scalar."""
+    return _masked_mean(torch.exp(-scale * sdf.abs()), sample_w)
+
+
+def curvature_loss(laplacian: Tensor, sample_w: Tensor) -> Tensor:
+    """|Laplacian of the sdf| over the valid samples: (S,), (S,) -> scalar."""
+    return _masked_mean(laplacian.abs(), sample_w)
+
+
+def _loss_terms(model: NeuSModel, out: RenderOutput, rgb: Tensor, mask: Tensor | None, ray_w: Tensor,
+                sample_w: Tensor) -> dict[str, Callable[[], Tensor]]:
+    """Each loss by its config name (``train.loss.*``), evaluated only when its weight is positive."""
+    return {
+        "rgb_l1": lambda: _masked_mean((out.rgb - rgb).abs(), ray_w),
+        "rgb_mse": lambda: _masked_mean((out.rgb - rgb) ** 2, ray_w),
+        "eikonal": lambda: eikonal_loss(out.gradients, sample_w),
+        "mask": lambda: _masked_mean(_binary_cross_entropy(out.opacity, mask), ray_w),
+        "opaque": lambda: opaque_loss(out.opacity, ray_w),
+        "sparsity": lambda: sparsity_loss(out.sdf, model.sparsity_scale, sample_w),
+        "curvature": lambda: curvature_loss(
+            model.geometry.laplacian(out.points, out.sdf, model.geometry.fd_eps * 4), sample_w),
+        # The dummy padding ray (index R) has no weight.
+        "distortion": lambda: distortion_loss(out.weights, out.t_mid, out.t_len, out.ray_indices, rgb.shape[0] + 1,
+                                              torch.cat([ray_w, ray_w.new_zeros(1)])),
+    }
+
+
 def compute_losses(model: NeuSModel, out: RenderOutput, target_rgb: Tensor, target_mask: Tensor | None,
-                   weights_cfg, step: int) -> tuple[Tensor, dict[str, float]]:
-    """Weighted sum of the configured losses, and each term's value as a detached 0-d tensor (for logging)."""
-    terms: dict[str, Tensor] = {}
-    w = {k: scheduled(v, step) for k, v in weights_cfg.items()}
-    n_rays = target_rgb.shape[0]
-    # Static sampler: only complete rays count (a truncated ray's colour is biased) and padding samples never; no
-    # test on the sample count, which would read it back to the host (the masked means handle zero samples).
-    # The terms keep their order, so the packed path sums them exactly as before.
-    static = out.complete is not None
-    ray_w = out.complete.to(out.rgb.dtype) if static else None
-    sample_w = out.valid.to(out.sdf.dtype) if static else None
-    has_samples = static or out.n_samples > 0
-    if w.get("rgb_l1", 0) > 0:
-        terms["rgb_l1"] = (_masked_mean((out.rgb - target_rgb).abs(), ray_w) if static
-                           else F.l1_loss(out.rgb, target_rgb))
-    if w.get("rgb_mse", 0) > 0:
-        terms["rgb_mse"] = (_masked_mean((out.rgb - target_rgb) ** 2, ray_w) if static
-                            else F.mse_loss(out.rgb, target_rgb))
-    if w.get("eikonal", 0) > 0 and has_samples:
-        terms["eikonal"] = _masked_mean((out.gradients.norm(dim=-1) - 1.0) ** 2, sample_w)
-    if target_mask is not None and w.get("mask", 0) > 0:
-        op = out.opacity.clamp(1e-3, 1 - 1e-3)
-        terms["mask"] = (_masked_mean(F.binary_cross_entropy(op, target_mask, reduction="none"), ray_w) if static
-                         else F.binary_cross_entropy(op, target_mask))
-    if w.get("opaque", 0) > 0:
-        op = out.opacity.clamp(1e-3, 1 - 1e-3)
-        terms["opaque"] = (_masked_mean(F.binary_cross_entropy(op, op.detach().round(), reduction="none"), ray_w)
-                           if static else F.binary_cross_entropy(op, op.detach().round()))
-    if w.get("sparsity", 0) > 0 and has_samples:
-        terms["sparsity"] = _masked_mean(torch.exp(-model.sparsity_scale * out.sdf.abs()), sample_w)
-    if w.get("curvature", 0) > 0 and has_samples:
-        lap = model.geometry.laplacian(out.points, out.sdf, model.geometry.fd_eps * 4)
-        terms["curvature"] = _masked_mean(lap.abs(), sample_w)
-    if w.get("distortion", 0) > 0 and has_samples:
-        if static:
-            ray_wd = torch.cat([ray_w, ray_w.new_zeros(1)])  # the dummy padding ray has no weight
-            terms["distortion"] = distortion_loss(out.weights, out.t_mid, out.t_len, out.ray_indices, n_rays + 1,
-                                                  ray_wd)
-        else:
-            terms["distortion"] = distortion_loss(out.weights, out.t_mid, out.t_len, out.ray_indices, n_rays)
-    total = sum(w[k] * v for k, v in terms.items())
+                   weights_cfg, step: int) -> tuple[Tensor, dict[str, Tensor]]:
+    """Weighted sum of the losses and each term as a detached 0-d tensor (for logging).
+
+    ``weights_cfg`` maps loss names (``train.loss``) to weights or schedules; unnamed and zero-weight losses are
+    skipped, and so is ``mask`` without ``target_mask``. Only complete rays and valid samples count (the static
+    sampler's truncated rays and padding; the packed sampler has neither), and nothing here reads a value back to
+    the host, so the static sampler's step stays sync-free.
+    """
+    ray_w = out.complete.to(out.rgb.dtype)  # (R,)
+    sample_w = out.valid.to(out.sdf.dtype)  # (S,)
+    losses = _loss_terms(model, out, target_rgb, target_mask, ray_w, sample_w)
+    weights = {k: scheduled(v, step) for k, v in weights_cfg.items()}
+    wanted = [name for name, w in weights.items() if w > 0 and (name != "mask" or target_mask is not None)]
+    terms = {name: losses[name]() for name in wanted}
+    total = sum(weights[k] * v for k, v in terms.items())
     if not isinstance(total, Tensor):
         total = out.rgb.sum() * 0.0
     # Detached tensors, not floats: reading them forces a device sync, so callers do it only when reporting.

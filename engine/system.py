@@ -37,6 +37,13 @@ def compile_with_fallback(fn, name: str, mode: str | None = None):
     return call
 
 
+def next_ray_count(n_rays: int, n_samples: int | float, target_samples: int, min_rays: int, max_rays: int) -> int:
+    """Packed sampler: the next step's ray count, moved 30 % of the way towards the count that would have given
+    ``target_samples`` samples this step (a smoothed proportional update), clamped to [min_rays, max_rays]."""
+    wanted = n_rays * float(target_samples) / max(1.0, float(n_samples))
+    return int(min(max_rays, max(min_rays, 0.7 * n_rays + 0.3 * wanted)))
+
+
 def bucket_rays(n: float, lo: int, hi: int) -> int:
     """Rounds a ray count to the nearest of 8 sizes per octave (m * 2^k, m = 8..15), clamped to [lo, hi].
 
@@ -120,6 +127,7 @@ class NeuSSystem(L.LightningModule):
         # Static sampler: fixed sample budget; the ray count follows the candidates per ray, read back lagged.
         self.static = self.model.sampler == "static"
         self.cuda_graphs = False
+        self._step = self.forward_step  # compiled with CUDA graphs by _compile when configured
         if self.static:
             t = cfg.train
             self.n_rays = bucket_rays(self.n_rays, int(t.min_rays), int(t.max_rays))
@@ -128,7 +136,6 @@ class NeuSSystem(L.LightningModule):
             self._demand: float | None = None  # the last value that reached the host
             self._readback: _HostReadback | None = None
             self._readback_step = -(10**9)
-            self._static_step = self.static_forward  # compiled with CUDA graphs by _compile when configured
 
     # Lightning hooks -------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -140,7 +147,7 @@ class NeuSSystem(L.LightningModule):
     def _compile(self) -> None:
         """Compiles the field forwards (dynamic sample counts); each falls back to eager if compilation fails.
 
-        With the static sampler and ``train.cuda_graphs``, the whole ``static_forward`` (render + losses) is
+        With the static sampler and ``train.cuda_graphs``, the whole ``forward_step`` (render + losses) is
         compiled instead, with CUDA graphs (``mode="reduce-overhead"``): one graph per ray-count bucket, replayed
         every step; the fields stay eager for export and validation. Compilation errors fall back to eager; errors
         while replaying graphs are not caught.
@@ -150,7 +157,7 @@ class NeuSSystem(L.LightningModule):
             encoding.static_levels = True  # progressive levels by masking: no recompilation as levels unlock
         self.cuda_graphs = self.static and bool(self.cfg.train.cuda_graphs)
         if self.cuda_graphs:
-            self._static_step = compile_with_fallback(self.static_forward, "static_forward", "reduce-overhead")
+            self._step = compile_with_fallback(self.forward_step, "forward_step", "reduce-overhead")
         else:
             for module in (self.model.geometry, self.model.radiance):
                 module.forward = compile_with_fallback(module.forward, type(module).__name__)
@@ -182,27 +189,19 @@ class NeuSSystem(L.LightningModule):
         if use_mask:
             rgb = rgb * mask[:, None] + bg * (1.0 - mask[:, None])
         t = self.cfg.train
+        weights = {k: scheduled(v, step) for k, v in t.loss.items()}
+        loss, terms, n_samples, per_ray, mse = self._step(origins, dirs, rgb, mask if use_mask else None, bg, weights)
+        if self.cuda_graphs:  # the next replay overwrites graph outputs: keep copies of what outlives the step
+            loss = loss.clone()
+            terms = {k: v.clone() for k, v in terms.items()}
+            n_samples, per_ray, mse = n_samples.clone(), per_ray.clone(), mse.clone()
+        timer.mark("losses")
         if self.static:
-            weights = {k: scheduled(v, step) for k, v in t.loss.items()}
-            loss, terms, n_samples, per_ray, mse = self._static_step(origins, dirs, rgb, mask if use_mask else None,
-                                                                     bg, weights)
-            if self.cuda_graphs:  # the next replay overwrites graph outputs: keep copies of what outlives the step
-                loss = loss.clone()
-                terms = {k: v.clone() for k, v in terms.items()}
-                n_samples, per_ray, mse = n_samples.clone(), per_ray.clone(), mse.clone()
-            timer.mark("losses")
             with torch.no_grad():  # device-side EMA; the host reads it only now and then (see _adapt_static_rays)
                 self._demand_ema = per_ray if self._demand_ema is None else 0.8 * self._demand_ema + 0.2 * per_ray
-        else:
-            out = self.model.render_rays(origins, dirs, bg, stratified=True)
-            loss, terms = compute_losses(self.model, out, rgb, mask if use_mask else None, t.loss, step)
-            timer.mark("losses")
-            n_samples = out.n_samples
-            # Hold the number of samples per step near the target by adapting the ray count.
-            n_next = self.n_rays * float(t.target_samples) / max(1, out.n_samples)
-            self.n_rays = int(min(int(t.max_rays), max(int(t.min_rays), 0.7 * self.n_rays + 0.3 * n_next)))
-            with torch.no_grad():
-                mse = torch.mean((out.rgb - rgb) ** 2)
+        else:  # the packed sampler knows its sample count on the host already
+            self.n_rays = next_ray_count(self.n_rays, n_samples, int(t.target_samples), int(t.min_rays),
+                                         int(t.max_rays))
         # Kept as tensors: converting them every step would stall the GPU; the reporter converts when it reports.
         self.last_stats = {
             "loss": loss.detach(),
@@ -214,24 +213,26 @@ class NeuSSystem(L.LightningModule):
         }
         return loss
 
-    def static_forward(self, origins: Tensor, dirs: Tensor, rgb: Tensor, mask: Tensor | None, bg: Tensor,
-                       weights: dict[str, float]) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor, Tensor]:
-        """Static sampler: render, losses and step statistics with shapes fixed by (R, budget) and no host sync, so
-        that it compiles to one graph (one CUDA graph with ``train.cuda_graphs``).
+    def forward_step(self, origins: Tensor, dirs: Tensor, rgb: Tensor, mask: Tensor | None, bg: Tensor,
+                     weights: dict[str, float]) -> tuple[Tensor, dict[str, Tensor], Tensor | int, Tensor | float,
+                                                         Tensor]:
+        """Render, losses and step statistics, for either sampler. With the static sampler the shapes are fixed by
+        (R, budget) and nothing syncs with the host, so that it compiles to one graph (one CUDA graph with
+        ``train.cuda_graphs``).
 
         Args:
             origins, dirs, rgb, bg: (R, 3); mask: (R,) or None; weights: loss weights for this step (numbers: a
                 change recompiles, so scheduled weights and CUDA graphs do not mix well).
         Returns:
-            loss, detached terms, samples kept (), candidates per ray (), squared error over complete rays ().
+            loss, detached terms, samples kept, candidates per ray, squared error over complete rays () (the
+            counts are 0-d tensors with the static sampler, Python numbers with the packed one).
         """
         out = self.model.render_rays(origins, dirs, bg, stratified=True)
         loss, terms = compute_losses(self.model, out, rgb, mask, weights, 0)
         with torch.no_grad():
             c = out.complete.float()
             mse = (((out.rgb - rgb) ** 2).mean(-1) * c).sum() / c.sum().clamp_min(1.0)
-            per_ray = out.n_candidates.float() / origins.shape[0]
-        return loss, terms, out.n_samples, per_ray, mse
+        return loss, terms, out.n_samples, out.n_candidates / origins.shape[0], mse
 
     def _adapt_static_rays(self, step: int) -> None:
         """Static sampler: picks the ray count for a budget of ``target_samples`` without syncing every step.

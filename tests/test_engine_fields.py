@@ -129,3 +129,38 @@ def test_frequency_and_sh_encodings():
     # Orthonormal on the sphere: the Monte-Carlo Gram matrix is close to identity / (4 pi).
     gram = y.T @ y / len(d) * 4 * math.pi
     assert torch.allclose(gram, torch.eye(16, dtype=torch.float64), atol=0.15)
+
+
+def test_sh_basis_matches_the_closed_form_real_harmonics():
+    """Each basis function against scipy's complex Y_l^m turned real: sqrt(2) (-1)^m Im Y_l^|m| (m < 0), Y_l^0,
+    sqrt(2) (-1)^m Re Y_l^m (m > 0). The encoding, like tinycudann's, drops the Condon-Shortley phase: (-1)^m."""
+    from scipy.special import sph_harm_y
+
+    d = torch.nn.functional.normalize(torch.randn(500, 3, generator=torch.Generator().manual_seed(0),
+                                                  dtype=torch.float64), dim=-1)
+    got = SphericalHarmonics(4)(d).numpy()
+    x, y, z = d.numpy().T
+    polar, azimuth = np.arccos(np.clip(z, -1, 1)), np.arctan2(y, x)
+    column = 0
+    for degree in range(4):
+        for m in range(-degree, degree + 1):
+            ylm = sph_harm_y(degree, abs(m), polar, azimuth)
+            if m < 0:
+                real = math.sqrt(2) * (-1) ** m * ylm.imag
+            elif m == 0:
+                real = ylm.real
+            else:
+                real = math.sqrt(2) * (-1) ** m * ylm.real
+            np.testing.assert_allclose(got[:, column], (-1) ** m * real, atol=1e-12, err_msg=f"l={degree} m={m}")
+            column += 1
+    assert column == got.shape[1] == 16
+
+
+def test_fd_laplacian_of_a_sphere_sdf():
+    """|x| - r has Laplacian 2/|x| (the mean curvature the curvature loss penalises)."""
+    from engine.fields.geometry import fd_laplacian
+
+    sdf = lambda p: p.norm(dim=-1) - 0.5  # noqa: E731
+    rho = torch.tensor([0.3, 0.5, 0.8], dtype=torch.float64)
+    x = torch.nn.functional.normalize(torch.randn(3, 3, dtype=torch.float64), dim=-1) * rho[:, None]
+    torch.testing.assert_close(fd_laplacian(sdf, x, sdf(x), 1e-3), 2.0 / rho, rtol=1e-5, atol=0)

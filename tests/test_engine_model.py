@@ -139,3 +139,44 @@ def test_background_never_samples_inside_its_start_sphere():
     assert torch.isfinite(out.rgb).all()
     radii = torch.cat(seen).norm(dim=-1)
     assert radii.min() >= start * (1 - 1e-4)
+
+
+def test_loss_values_on_constructed_inputs():
+    """Each regulariser against its formula; padding samples (weight 0) and incomplete rays never count."""
+    import math
+
+    from engine.fields.geometry import fd_laplacian
+    from engine.model import curvature_loss, eikonal_loss, opaque_loss, sparsity_loss
+
+    valid = torch.tensor([1.0, 1.0, 1.0, 0.0])  # the last sample is padding
+    grads = torch.tensor([[1.0, 0, 0], [0, 2.0, 0], [0, 0, 0.5], [9.0, 9, 9]])
+    assert float(eikonal_loss(grads, valid)) == pytest.approx((0 + 1 + 0.25) / 3)
+    sdf = torch.tensor([0.0, 0.1, -0.2, 5.0])
+    assert float(sparsity_loss(sdf, 10.0, valid)) == pytest.approx((1 + math.exp(-1) + math.exp(-2)) / 3)
+    opacity = torch.tensor([0.9, 0.2, 1.0, 0.5])
+    complete = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    bce = [-math.log(0.9), -math.log(0.8), -math.log(1 - 1e-3)]  # target: the rounded opacity; 1 clamped
+    assert float(opaque_loss(opacity, complete)) == pytest.approx(sum(bce) / 3, rel=1e-5)
+    # Curvature: points on spheres of radius rho around the origin, |x| - 0.5 has Laplacian 2 / rho.
+    rho = torch.tensor([0.4, 0.5, 0.8, 0.6], dtype=torch.float64)
+    x = torch.nn.functional.normalize(torch.randn(4, 3, dtype=torch.float64), dim=-1) * rho[:, None]
+    field = lambda p: p.norm(dim=-1) - 0.5  # noqa: E731
+    lap = fd_laplacian(field, x, field(x), 1e-3)
+    want = float((2.0 / rho[:3]).mean())
+    assert float(curvature_loss(lap, valid.double())) == pytest.approx(want, rel=1e-5)
+    assert float(eikonal_loss(grads, torch.zeros(4))) == 0.0  # nothing valid: 0, not NaN
+
+
+def test_packed_ray_count_tracks_the_sample_target():
+    from engine.system import next_ray_count
+
+    assert next_ray_count(1000, 8192, 8192, 128, 4096) == 1000  # on target: unchanged
+    assert next_ray_count(1000, 16384, 8192, 128, 4096) == 850  # twice the samples: 30 % of the way to 500
+    assert next_ray_count(1000, 0, 8192, 128, 4096) == 4096  # no samples at all: grows, up to the cap
+    assert next_ray_count(200, 10**9, 8192, 128, 4096) == 140  # 0.7 * 200 + ~0, above the floor 128
+    assert next_ray_count(130, 10**9, 8192, 128, 4096) == 128
+    # With samples proportional to rays (16 per ray) it settles where the target is met: 8192 / 16 = 512 rays.
+    n = 2000
+    for _ in range(60):
+        n = next_ray_count(n, 16 * n, 8192, 128, 4096)
+    assert abs(n - 512) <= 2

@@ -125,3 +125,30 @@ def test_occupancy_grid_keeps_every_cell_that_touches_the_sphere():
     assert grid.occupied_fraction() < 0.3
     pts = torch.nn.functional.normalize(torch.randn(5000, 3), dim=-1) * radius
     assert grid.query(pts).all()
+
+
+def test_neus_alpha_while_the_cosine_is_annealed():
+    """At cos_anneal_ratio r < 1 the cosine blends the relaxed -(1 - cos)/2 and the exact -relu(-cos):
+    checked element by element against NeuS eq. 13 written out with math."""
+    g = torch.Generator().manual_seed(0)
+    n = 40
+    sdf = (torch.rand(n, generator=g) - 0.5) * 0.2
+    normals = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    dirs = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    dists = torch.rand(n, generator=g) * 0.05 + 0.005
+    inv_s = torch.tensor(40.0)
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    for ratio in (0.0, 0.3, 0.75):
+        got = neus_alpha(sdf, normals, dirs, dists, inv_s, ratio)
+        got_tensor_ratio = neus_alpha(sdf, normals, dirs, dists, inv_s, torch.tensor(ratio))
+        torch.testing.assert_close(got_tensor_ratio, got)
+        for i in range(n):
+            cos = float((dirs[i] * normals[i]).sum())
+            annealed = -(max(0.0, 0.5 - 0.5 * cos) * (1 - ratio) + max(0.0, -cos) * ratio)
+            prev = sig((float(sdf[i]) - annealed * float(dists[i]) / 2) * 40.0)
+            nxt = sig((float(sdf[i]) + annealed * float(dists[i]) / 2) * 40.0)
+            want = min(1.0, max(0.0, (prev - nxt + 1e-5) / (prev + 1e-5)))
+            assert math.isclose(float(got[i]), want, rel_tol=1e-4, abs_tol=1e-6), (ratio, i)
+    # Relaxed (r = 0), a ray leaving the surface (cos > 0) is still partly opaque: back faces get gradient.
+    leaving = (dirs * normals).sum(-1) > 0.5
+    assert float(neus_alpha(sdf, normals, dirs, dists, inv_s, 0.0)[leaving & (sdf.abs() < 0.02)].max()) > 0.05

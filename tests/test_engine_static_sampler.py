@@ -192,11 +192,11 @@ def test_whole_static_training_forward_compiles_as_one_graph():
     weights = {k: float(v) for k, v in cfg.train.loss.items()}
     torch._dynamo.reset()
     t0 = time.monotonic()
-    compiled = torch.compile(system.static_forward, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(system.forward_step, fullgraph=True, backend="aot_eager")
     torch.manual_seed(5)
     got = compiled(o, d, rgb, None, bg, weights)
     torch.manual_seed(5)
-    ref = system.static_forward(o, d, rgb, None, bg, weights)
+    ref = system.forward_step(o, d, rgb, None, bg, weights)
     torch.testing.assert_close(got[0], ref[0])
     assert set(got[1]) == {"rgb_l1", "eikonal", "opaque", "distortion"}
     for a, b in zip(got[2:], ref[2:], strict=True):

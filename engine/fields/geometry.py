@@ -15,6 +15,13 @@ _AXES6 = torch.cat([torch.eye(3), -torch.eye(3)])
 GRAD_MODES = ("closed_form", "autograd", "finite_difference")
 
 
+def fd_laplacian(sdf_fn, x: Tensor, sdf: Tensor, eps: float) -> Tensor:
+    """Central-difference Laplacian of ``sdf_fn`` ((M, 3) -> (M,)) at ``x`` (N, 3), whose values ``sdf`` (N,) are
+    known: six more evaluations per point. Returns (N,)."""
+    vals = sdf_fn((x[:, None, :] + eps * _AXES6.to(x)).reshape(-1, 3)).reshape(-1, 6)
+    return (vals.sum(1) - 6 * sdf) / (eps * eps)
+
+
 class SDFField(nn.Module):
     """Signed distance field ``x -> (sdf, gradient, feature)`` in the normalized frame.
 
@@ -105,8 +112,7 @@ class SDFField(nn.Module):
 
     def laplacian(self, x: Tensor, sdf: Tensor, eps: float) -> Tensor:
         """Finite-difference Laplacian of the sdf, for the curvature loss: (N, 3), (N,) -> (N,)."""
-        vals = self.sdf((x[:, None, :] + eps * _AXES6.to(x)).reshape(-1, 3)).reshape(-1, 6)
-        return (vals.sum(1) - 6 * sdf) / (eps * eps)
+        return fd_laplacian(self.sdf, x, sdf, eps)
 
     def set_progress(self, active_levels: int) -> None:
         self.encoding.set_active_levels(active_levels)

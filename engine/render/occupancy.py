@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from .primitives import neus_alpha_from_cos
+
 
 class OccupancyGrid(nn.Module):
     """A ``resolution^3`` boolean grid over ``[-radius, radius]^3``, refreshed from the SDF every few steps.
@@ -70,9 +72,7 @@ class OccupancyGrid(nn.Module):
                 c = c + (torch.rand_like(c) - 0.5) * self.cell_size
             sdf = sdf_fn(c)
             # Opacity of one marching step centred here, for a ray hitting the surface head-on.
-            prev_cdf = torch.sigmoid((sdf + 0.5 * step_size) * inv_s)
-            next_cdf = torch.sigmoid((sdf - 0.5 * step_size) * inv_s)
-            alpha = ((prev_cdf - next_cdf + 1e-5) / (prev_cdf + 1e-5)).clamp(0, 1)
+            alpha = neus_alpha_from_cos(sdf, -1.0, step_size, inv_s)
             self.density[idx] = torch.maximum(self.density[idx] * self.ema_decay, alpha)
             self.occupied[idx] = (self.density[idx] > self.threshold) | (sdf.abs() <= near_limit)
 

@@ -108,8 +108,8 @@ def accumulate_along_rays(weights: Tensor, ray_indices: Tensor, n_rays: int, val
     return out.index_add(0, ray_indices, src)
 
 
-def neus_alpha(sdf: Tensor, normals: Tensor, dirs: Tensor, dists: Tensor, inv_s: Tensor, cos_anneal_ratio: float
-               ) -> Tensor:
+def neus_alpha(sdf: Tensor, normals: Tensor, dirs: Tensor, dists: Tensor, inv_s: Tensor,
+               cos_anneal_ratio: float | Tensor) -> Tensor:
     """Opacity of a ray segment from the SDF at its midpoint (NeuS, Wang et al. 2021, eq. 13).
 
     The SDF at the segment's ends is estimated from the midpoint value and the (annealed) cosine between the ray
@@ -117,7 +117,8 @@ def neus_alpha(sdf: Tensor, normals: Tensor, dirs: Tensor, dists: Tensor, inv_s:
 
     Args:
         sdf: (S,); normals: (S, 3) unit; dirs: (S, 3) unit ray directions; dists: (S,) segment lengths;
-        inv_s: scalar tensor, the sharpness 1/s; cos_anneal_ratio: 0 at the start of training -> 1.
+        inv_s: scalar tensor, the sharpness 1/s; cos_anneal_ratio: 0 at the start of training -> 1 (a number or
+            a 0-d tensor).
     Returns:
         alpha: (S,) in [0, 1].
     """
@@ -125,7 +126,14 @@ def neus_alpha(sdf: Tensor, normals: Tensor, dirs: Tensor, dists: Tensor, inv_s:
     # Early in training the cosine is relaxed towards -1/2 (1 - ratio) so that back faces still receive gradient.
     ratio = cos_anneal_ratio
     iter_cos = -(torch.relu(-true_cos * 0.5 + 0.5) * (1.0 - ratio) + torch.relu(-true_cos) * ratio)
-    half = iter_cos * dists * 0.5
+    return neus_alpha_from_cos(sdf, iter_cos, dists, inv_s)
+
+
+def neus_alpha_from_cos(sdf: Tensor, cos: Tensor | float, dists: Tensor | float, inv_s: Tensor | float) -> Tensor:
+    """NeuS opacity of segments of length ``dists`` centred where the SDF is ``sdf``, crossed at cosine ``cos``
+    to the normal (-1: head-on, as the occupancy grid assumes). Tensors broadcast to (S,); returns (S,) in [0, 1].
+    """
+    half = cos * dists * 0.5
     prev_cdf = torch.sigmoid((sdf - half) * inv_s)
     next_cdf = torch.sigmoid((sdf + half) * inv_s)
     return ((prev_cdf - next_cdf + 1e-5) / (prev_cdf + 1e-5)).clamp(0.0, 1.0)
