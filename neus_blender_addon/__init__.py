@@ -87,6 +87,7 @@ def unregister() -> None:
     _registered = False
     reconstruct.shutdown()  # never leave an engine running without its add-on
     solve_cameras.shutdown()
+    operators.stop_engine_check()
     if _reset_stale_status in bpy.app.handlers.load_post:
         bpy.app.handlers.load_post.remove(_reset_stale_status)
     import_dataset.unregister()

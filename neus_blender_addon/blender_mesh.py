@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from pathlib import Path
 
 import bpy
@@ -92,15 +93,47 @@ def show_attribute_colors(screens, scene: bpy.types.Scene | None = None) -> int:
     return changed
 
 
-def remove_named_object(name: str) -> None:
-    """Deletes the object called ``name`` (and its mesh data when unused), if any."""
+FINGERPRINT_PROP = "neus_fingerprint"
+
+
+def fingerprint(obj: bpy.types.Object) -> str:
+    """A digest of what an artist may change on an imported object: its transform, modifiers, constraints,
+    material slots, shape keys, mesh data-block and vertex positions."""
+    parts: list[object] = [obj.name, obj.type, [round(x, 6) for row in obj.matrix_basis for x in row],
+                           [(m.type, m.name) for m in obj.modifiers], [c.type for c in obj.constraints],
+                           [s.material.name if s.material else "" for s in obj.material_slots]]
+    me = obj.data
+    if isinstance(me, bpy.types.Mesh):
+        co = np.empty(len(me.vertices) * 3, dtype=np.float32)
+        me.vertices.foreach_get("co", co)
+        parts += [me.name, len(me.polygons), me.shape_keys is not None, hashlib.sha1(co.tobytes()).hexdigest()]
+    return hashlib.sha1(repr(parts).encode()).hexdigest()
+
+
+def stamp(obj: bpy.types.Object) -> None:
+    """Marks ``obj`` as made by the add-on, as it is now (call again after placing it)."""
+    obj[FINGERPRINT_PROP] = fingerprint(obj)
+
+
+def is_untouched(obj: bpy.types.Object) -> bool:
+    """The rule for replacing objects: only an object the add-on made (stamped) and nobody changed since."""
+    return obj.get(FINGERPRINT_PROP) == fingerprint(obj)
+
+
+def remove_named_object(name: str) -> bool:
+    """Deletes the object called ``name`` (and its mesh data when unused) if the add-on made it and the artist
+    has not changed it; returns whether the name is free now. A changed object is kept: the new one gets a
+    numbered name instead."""
     obj = bpy.data.objects.get(name)
     if obj is None:
-        return
+        return True
+    if not is_untouched(obj):
+        return False
     data = obj.data
     bpy.data.objects.remove(obj, do_unlink=True)
     if isinstance(data, bpy.types.Mesh) and data.users == 0:
         bpy.data.meshes.remove(data)
+    return True
 
 
 def _operator_context():
@@ -136,7 +169,8 @@ def _import_with_operator(path: Path, fmt: str, gltf_z_up: bool) -> list[bpy.typ
 def import_mesh(path: str | Path, name: str, collection: bpy.types.Collection,
                 parent: bpy.types.Object | None = None, scene: bpy.types.Scene | None = None,
                 gltf_z_up: bool = False) -> bpy.types.Object:
-    """Imports a mesh file as object ``name`` (replacing an existing object of that name) in the normalized
+    """Imports a mesh file as object ``name`` (replacing an untouched object of that name the add-on made, see
+    :func:`remove_named_object`) in the normalized
     frame, i.e. as a child of ``parent`` (the world-frame empty) when given.
 
     Raises:
@@ -179,4 +213,5 @@ def import_mesh(path: str | Path, name: str, collection: bpy.types.Collection,
         obj.parent = parent
         obj.matrix_parent_inverse = Matrix.Identity(4)
     obj[RESULT_PROP] = str(path)
+    stamp(obj)
     return obj

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol
+from .errors import AddonError
 
 ENV_VAR = "NEUS_ENGINE_PYTHON"
 STOP_FILE = "STOP"
@@ -37,7 +38,7 @@ FORMATS = ("auto", "dtu", "blender", "colmap")
 IDLE, RUNNING, DONE, FAILED, CANCELLED = "idle", "running", "done", "failed", "cancelled"
 
 
-class EngineNotFoundError(RuntimeError):
+class EngineNotFoundError(AddonError):
     """No usable engine interpreter; the message says how to configure one."""
 
 
@@ -187,19 +188,19 @@ def run_doctor(location: EngineLocation, timeout: float = 180.0) -> dict[str, An
     """Runs ``doctor --json`` and returns its report.
 
     Raises:
-        RuntimeError: the engine could not be started or failed, with the reason (e.g. engine not installed).
+        AddonError: the engine could not be started or failed, with the reason (e.g. engine not installed).
     """
     cmd = [str(location.python), "-m", "engine", "doctor", "--json"]
     try:
         res = subprocess.run(cmd, cwd=str(location.repo_root) if location.repo_root else None,
                              capture_output=True, text=True, encoding="utf-8", errors="replace",
                              timeout=timeout, env=subprocess_env(), stdin=subprocess.DEVNULL)
-    except FileNotFoundError as e:
-        raise RuntimeError(f"cannot start engine Python {location.python}: {e}") from e
+    except OSError as e:  # missing, not executable
+        raise AddonError(f"cannot start engine Python {location.python}: {e}") from e
     except subprocess.TimeoutExpired as e:
-        raise RuntimeError(f"'engine doctor' did not answer within {timeout:.0f} s") from e
+        raise AddonError(f"'engine doctor' did not answer within {timeout:.0f} s") from e
     if res.returncode != 0:
-        raise RuntimeError(explain_failure(res.returncode, res.stderr.splitlines(), location.python))
+        raise AddonError(explain_failure(res.returncode, res.stderr.splitlines(), location.python))
     text = res.stdout.strip()
     for candidate in (text, *reversed(text.splitlines())):
         try:
@@ -208,7 +209,32 @@ def run_doctor(location: EngineLocation, timeout: float = 180.0) -> dict[str, An
             continue
         if isinstance(obj, dict):
             return obj
-    raise RuntimeError(f"'engine doctor --json' printed no JSON object: {text[:200]!r}")
+    raise AddonError(f"'engine doctor --json' printed no JSON object: {text[:200]!r}")
+
+
+class DoctorJob:
+    """``engine doctor`` on a worker thread, so Check Engine returns at once (the first torch import can take a
+    minute); the main thread polls :meth:`result` from a timer."""
+
+    def __init__(self, location: EngineLocation, timeout: float = 180.0) -> None:
+        self.location = location
+        self._answer: queue.Queue[tuple[bool, list[str]]] = queue.Queue(maxsize=1)
+        self._thread = threading.Thread(target=self._work, args=(timeout,), name="neus-engine-doctor", daemon=True)
+        self._thread.start()
+
+    def _work(self, timeout: float) -> None:
+        try:
+            lines = [f"Engine: {self.location.describe()}", *format_doctor(run_doctor(self.location, timeout))]
+            self._answer.put((True, lines))
+        except AddonError as e:
+            self._answer.put((False, [f"Engine check failed: {e}"]))
+
+    def result(self, wait_s: float = 0.0) -> tuple[bool, list[str]] | None:
+        """``(ok, lines)`` once the check ended, else None (after waiting up to ``wait_s``)."""
+        try:
+            return self._answer.get(timeout=wait_s) if wait_s > 0 else self._answer.get_nowait()
+        except queue.Empty:
+            return None
 
 
 def format_doctor(report: Mapping[str, Any], max_lines: int = 24) -> list[str]:
@@ -306,7 +332,7 @@ class EngineProcess:
 
         Raises:
             EngineNotFoundError: the interpreter cannot be executed.
-            RuntimeError: the run folder cannot be written.
+            AddonError: the run folder cannot be written.
         """
         if self.state != IDLE:
             raise RuntimeError("an EngineProcess can be started once")
@@ -315,7 +341,7 @@ class EngineProcess:
             (self.run_dir / STOP_FILE).unlink(missing_ok=True)  # a stale STOP would end the new run at once
             self._log_file = open(self.log_path, "w", encoding="utf-8", errors="replace")
         except OSError as e:
-            raise RuntimeError(f"{self.run_dir}: cannot write the run folder ({e.strerror or e})") from e
+            raise AddonError(f"{self.run_dir}: cannot write the run folder ({e.strerror or e})") from e
         kwargs: dict[str, Any] = {}
         if os.name == "nt":
             # Own process group, so CTRL_BREAK reaches only the engine.

@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.engine_python:
             os.environ[engine_process.ENV_VAR] = args.engine_python
         reconstruct.last_run = None
-        result = _call(bpy.ops.neus.reconstruct)  # background mode: runs to completion, printing progress
+        # background mode: runs to completion, printing progress; --out is the run folder itself
+        result = _call(bpy.ops.neus.reconstruct, run_dir=str(out))
         run = reconstruct.last_run
         if "FINISHED" not in result:
             if run is None:  # refused before the engine started (engine not found, say)

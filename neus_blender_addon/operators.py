@@ -1,5 +1,5 @@
-"""Operators: neus.import_cameras, neus.solve_cameras, neus.reconstruct, neus.cancel, neus.import_mesh,
-neus.check_engine."""
+"""Operators: neus.import_cameras, neus.solve_cameras, neus.reconstruct, neus.resume, neus.cancel,
+neus.open_run_folder, neus.report, neus.import_mesh, neus.check_engine."""
 
 # No `from __future__ import annotations`: Blender reads the property annotations as objects.
 import functools
@@ -19,8 +19,10 @@ from . import (
     preferences,
     reconstruct,
     run_files,
+    run_state,
     solve_cameras,
 )
+from .errors import AddonError
 
 
 class NEUS_OT_import_cameras(bpy.types.Operator, import_dataset.CameraImportSettings):
@@ -91,7 +93,7 @@ class NEUS_OT_solve_cameras(bpy.types.Operator):
             engine = engine_process.find_engine_python(preferences.engine_python_setting(context))
             run = solve_cameras.start(context.scene, source, out, engine, self.matcher,
                                       echo=functools.partial(print, flush=True))
-        except (ValueError, RuntimeError, OSError) as e:  # EngineNotFoundError is a RuntimeError
+        except (AddonError, ValueError, RuntimeError, OSError) as e:
             s.last_error = str(e)
             s.state = "failed"
             self.report({"ERROR"}, str(e))
@@ -112,59 +114,106 @@ class NEUS_OT_solve_cameras(bpy.types.Operator):
         return {"CANCELLED"}
 
 
+def _start_run(op: bpy.types.Operator, context: bpy.types.Context, resume: bool, mode: str,
+               run_dir: str = "") -> set[str]:
+    """Shared by Reconstruct and Resume: one place reports an AddonError (and stores it for the panel)."""
+    s = context.scene.neus
+    try:
+        engine_python = preferences.engine_python_setting(context)
+        if resume:
+            request = reconstruct.resume_request(context.scene, engine_python)
+        else:
+            request = reconstruct.request_from_scene(context.scene, engine_python,
+                                                     Path(bpy.path.abspath(run_dir)) if run_dir else None)
+        blocking = mode == "BLOCKING" or (mode == "AUTO" and bpy.app.background)
+        run = reconstruct.start(request, echo=functools.partial(print, flush=True))
+    except AddonError as e:
+        s.last_error = str(e)
+        s.state = "failed"
+        op.report({"ERROR"}, str(e))
+        return {"CANCELLED"}
+    if not blocking:
+        reconstruct.start_timer()
+        op.report({"INFO"}, f"Reconstruction {'resumed' if resume else 'started'} in {request.run_dir}")
+        return {"FINISHED"}
+    state = reconstruct.run_blocking(run)
+    if state == "done":
+        if run.status.last_error:
+            op.report({"WARNING"}, run.status.last_error)
+        op.report({"INFO"}, f"Reconstruction finished: {run.result_object}")
+        return {"FINISHED"}
+    if state == "cancelled":
+        op.report({"WARNING"}, "Reconstruction cancelled")
+    else:
+        op.report({"ERROR"}, f"Reconstruction failed: {run.status.last_error}")
+    return {"CANCELLED"}
+
+
+MODE_ITEMS = [("AUTO", "Auto", "Blocking in background mode (scripts), else asynchronous"),
+              ("BLOCKING", "Blocking", "Wait for the engine to finish"),
+              ("ASYNC", "Asynchronous", "Return at once; a timer applies the engine's progress")]
+
+
 class NEUS_OT_reconstruct(bpy.types.Operator):
-    """Reconstruct a mesh from the dataset's photos with the NeuS engine (runs in the background)"""
+    """Reconstruct a mesh from the dataset's photos with the NeuS engine (runs in the background, into a new
+    numbered run folder)"""
 
     bl_idname = "neus.reconstruct"
     bl_label = "Reconstruct"
     bl_options = {"REGISTER"}
 
-    mode: EnumProperty(
-        name="Mode",
-        items=[("AUTO", "Auto", "Blocking in background mode (scripts), else asynchronous"),
-               ("BLOCKING", "Blocking", "Wait for the engine to finish"),
-               ("ASYNC", "Asynchronous", "Return at once; a timer applies the engine's progress")],
-        default="AUTO",
-        options={"SKIP_SAVE", "HIDDEN"},
-    )
+    mode: EnumProperty(name="Mode", items=MODE_ITEMS, default="AUTO", options={"SKIP_SAVE", "HIDDEN"})
+    run_dir: StringProperty(name="Run Folder", description="Use this run folder instead of a new numbered one",
+                            subtype="DIR_PATH", options={"SKIP_SAVE", "HIDDEN"})
+
+    @classmethod
+    def poll(cls, context):
+        if reconstruct.is_running() or solve_cameras.is_running():
+            cls.poll_message_set("The engine is busy (a reconstruction is already running or cameras are being "
+                                 "solved); cancel it first")
+            return False
+        if not context.scene.neus.data_dir.strip():
+            cls.poll_message_set("Set the dataset folder (Photos) first")
+            return False
+        return True
 
     def execute(self, context):
+        return _start_run(self, context, False, self.mode, self.run_dir)
+
+
+class NEUS_OT_resume(bpy.types.Operator):
+    """Continue the last run from its checkpoint (after Cancel, a crash or quitting Blender)"""
+
+    bl_idname = "neus.resume"
+    bl_label = "Resume"
+    bl_options = {"REGISTER"}
+
+    mode: EnumProperty(name="Mode", items=MODE_ITEMS, default="AUTO", options={"SKIP_SAVE", "HIDDEN"})
+
+    @classmethod
+    def poll(cls, context):
         s = context.scene.neus
-        if reconstruct.is_running() or solve_cameras.is_running():
-            self.report({"ERROR"}, "The engine is busy (a reconstruction or a camera solve); cancel it first")
-            return {"CANCELLED"}
-        try:
-            request = reconstruct.request_from_scene(context.scene, preferences.engine_python_setting(context))
-            blocking = self.mode == "BLOCKING" or (self.mode == "AUTO" and bpy.app.background)
-            run = reconstruct.start(request, echo=functools.partial(print, flush=True))
-        except (ValueError, ImportError, RuntimeError, OSError) as e:  # EngineNotFoundError, DatasetError, ...
-            s.last_error = str(e)
-            s.state = "failed"
-            self.report({"ERROR"}, str(e))
-            return {"CANCELLED"}
-        if not blocking:
-            reconstruct.start_timer()
-            self.report({"INFO"}, f"Reconstruction started in {request.run_dir}")
-            return {"FINISHED"}
-        state = reconstruct.run_blocking(run)
-        if state == "done":
-            if run.status.last_error:
-                self.report({"WARNING"}, run.status.last_error)
-            self.report({"INFO"}, f"Reconstruction finished: {run.result_object}")
-            return {"FINISHED"}
-        if state == "cancelled":
-            self.report({"WARNING"}, "Reconstruction cancelled")
-        else:
-            self.report({"ERROR"}, f"Reconstruction failed: {run.status.last_error}")
-        return {"CANCELLED"}
+        return (not reconstruct.is_running() and not solve_cameras.is_running() and s.state != "done"
+                and bool(s.run_dir.strip())
+                and run_state.resume_problem(bpy.path.abspath(s.run_dir)) is None)
+
+    def execute(self, context):
+        return _start_run(self, context, True, self.mode)
 
 
 class NEUS_OT_cancel(bpy.types.Operator):
-    """Stop the running reconstruction (the engine saves a checkpoint)"""
+    """Stop the running reconstruction (the engine saves a checkpoint; Resume continues it)"""
 
     bl_idname = "neus.cancel"
     bl_label = "Cancel"
     bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context):
+        if not (reconstruct.is_running() or solve_cameras.is_running()):
+            cls.poll_message_set("No reconstruction is running")
+            return False
+        return True
 
     def execute(self, context):
         if solve_cameras.cancel():
@@ -174,6 +223,38 @@ class NEUS_OT_cancel(bpy.types.Operator):
             self.report({"WARNING"}, "No reconstruction is running")
             return {"CANCELLED"}
         self.report({"INFO"}, "Cancelling the reconstruction")
+        return {"FINISHED"}
+
+
+class NEUS_OT_open_run_folder(bpy.types.Operator):
+    """Open the last run's folder (meshes, checkpoint, engine log) in the file manager"""
+
+    bl_idname = "neus.open_run_folder"
+    bl_label = "Open Run Folder"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context):
+        s = context.scene.neus
+        return bool(s.run_dir.strip()) and Path(bpy.path.abspath(s.run_dir)).is_dir()
+
+    def execute(self, context):
+        return bpy.ops.wm.path_open(filepath=bpy.path.abspath(context.scene.neus.run_dir))
+
+
+class NEUS_OT_report(bpy.types.Operator):
+    """Internal: shows a message from a timer in the status bar and the Info log"""
+
+    bl_idname = "neus.report"
+    bl_label = "NeuS Report"
+    bl_options = {"INTERNAL"}
+
+    level: EnumProperty(items=[("INFO", "Info", ""), ("WARNING", "Warning", ""), ("ERROR", "Error", "")],
+                        default="INFO", options={"SKIP_SAVE"})
+    message: StringProperty(default="", options={"SKIP_SAVE"})
+
+    def execute(self, context):
+        self.report({self.level}, self.message)
         return {"FINISHED"}
 
 
@@ -226,30 +307,65 @@ class NEUS_OT_import_mesh(bpy.types.Operator):
         return {"FINISHED"}
 
 
+_doctor: engine_process.DoctorJob | None = None
+engine_check_result: tuple[bool, list[str]] | None = None  # the last check's (ok, lines), for the UI and tests
+
+
+def check_engine_step() -> float | None:
+    """Timer: when the background engine check has answered, show and report it."""
+    global _doctor, engine_check_result
+    if _doctor is None:
+        return None
+    answer = _doctor.result()
+    if answer is None:
+        return 0.5
+    _doctor = None
+    engine_check_result = answer
+    ok, lines = answer
+    prefs = preferences.get_preferences()
+    if prefs is not None:
+        prefs.engine_status = "\n".join(lines)
+    print("\n".join(lines), flush=True)
+    reconstruct._report("INFO" if ok else "ERROR", ("Engine OK: " + "; ".join(lines[1:4])) if ok else lines[0])
+    return None
+
+
+def stop_engine_check() -> None:
+    global _doctor
+    _doctor = None
+    if bpy.app.timers.is_registered(check_engine_step):
+        bpy.app.timers.unregister(check_engine_step)
+
+
 class NEUS_OT_check_engine(bpy.types.Operator):
-    """Run the engine's self-check (doctor): Python, PyTorch, devices, optional accelerators"""
+    """Run the engine's self-check (doctor) in the background: Python, PyTorch, devices, optional accelerators"""
 
     bl_idname = "neus.check_engine"
     bl_label = "Check Engine"
     bl_options = {"REGISTER"}
 
+    @classmethod
+    def poll(cls, context):
+        return _doctor is None
+
     def execute(self, context):
+        global _doctor, engine_check_result
         prefs = preferences.get_preferences(context)
         try:
             loc = engine_process.find_engine_python(preferences.engine_python_setting(context))
-            report = engine_process.run_doctor(loc)
-        except RuntimeError as e:  # includes EngineNotFoundError
+        except AddonError as e:
             if prefs is not None:
                 prefs.engine_status = f"Engine check failed: {e}"
             self.report({"ERROR"}, f"Engine check failed: {e}")
             return {"CANCELLED"}
-        lines = [f"Engine: {loc.describe()}", *engine_process.format_doctor(report)]
+        engine_check_result = None
+        _doctor = engine_process.DoctorJob(loc)
         if prefs is not None:
-            prefs.engine_status = "\n".join(lines)
-        print("\n".join(lines))
-        self.report({"INFO"}, "Engine OK: " + "; ".join(lines[1:4]))
+            prefs.engine_status = f"Checking {loc.describe()} ..."
+        bpy.app.timers.register(check_engine_step, first_interval=0.5, persistent=True)
+        self.report({"INFO"}, "Checking the engine in the background")
         return {"FINISHED"}
 
 
-classes = (NEUS_OT_import_cameras, NEUS_OT_solve_cameras, NEUS_OT_reconstruct, NEUS_OT_cancel, NEUS_OT_import_mesh,
-           NEUS_OT_check_engine)
+classes = (NEUS_OT_import_cameras, NEUS_OT_solve_cameras, NEUS_OT_reconstruct, NEUS_OT_resume, NEUS_OT_cancel,
+           NEUS_OT_open_run_folder, NEUS_OT_report, NEUS_OT_import_mesh, NEUS_OT_check_engine)

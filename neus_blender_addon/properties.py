@@ -36,8 +36,8 @@ class NEUS_PG_settings(bpy.types.PropertyGroup):
     data_dir: StringProperty(name="Photos", description="Dataset folder (DTU, NeRF-synthetic or COLMAP layout), or "
                              "a folder of photos or a video file to solve the cameras of (Solve Cameras)",
                              subtype="DIR_PATH", default="")
-    output_dir: StringProperty(name="Output", description="Run folder for the engine's results "
-                               "(empty: neus_runs/<dataset> beside the .blend file, or in the temp folder)",
+    output_dir: StringProperty(name="Output", description="Folder of the numbered run folders run_001, run_002, "
+                               "... (empty: neus_runs/<dataset> beside the .blend file, or in the temp folder)",
                                subtype="DIR_PATH", default="")
     data_format: EnumProperty(name="Format", items=FORMAT_ITEMS, default="auto")
     preset: EnumProperty(name="Preset", items=PRESET_ITEMS, default="auto")
@@ -55,6 +55,8 @@ class NEUS_PG_settings(bpy.types.PropertyGroup):
                             default=True)
     show_preview: BoolProperty(name="Live Preview", description="Show the engine's low-resolution preview meshes "
                                "while it trains", default=True)
+    export_on_cancel: BoolProperty(name="Export on Cancel", description="A cancelled run still extracts its "
+                                   "current mesh and brings it into the scene", default=True)
 
     # Run status (written by the add-on only).
     running: BoolProperty(name="Running", default=False)
@@ -72,6 +74,7 @@ class NEUS_PG_settings(bpy.types.PropertyGroup):
     last_error: StringProperty(name="Last Error", default="")
     run_dir: StringProperty(name="Run Folder", description="Folder of the last run", subtype="DIR_PATH", default="")
     result_object: StringProperty(name="Result", default="")
+    log_tail: StringProperty(name="Engine Log", description="The last lines of the engine's log", default="")
 
 
 def apply_status(settings: NEUS_PG_settings, status: RunStatus) -> None:

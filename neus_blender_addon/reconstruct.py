@@ -1,83 +1,43 @@
-"""Reconstruction runs: start the engine, apply its events on Blender's main thread, import the result.
+"""Reconstruction runs in Blender: start the engine, apply its events on Blender's main thread, import the result.
 
-Two drivers share :func:`handle_event`:
+The run's logic is the bpy-free state machine :class:`run_state.Run`; this module gives it a :class:`BlenderHost`
+(mesh import, preview removal, console) and drives it:
 
-- interactive: a ``bpy.app.timers`` function, :func:`timer_step`, drains the event queue every 0.2 s (tests call
-  it directly to drive this path, since timers do not fire in background mode);
+- interactive: a persistent ``bpy.app.timers`` function, :func:`timer_step`, drains the event queue every 0.2 s
+  and keeps running across File > Open / New (tests call it directly, since timers do not fire in background
+  mode);
 - background (``bpy.app.background``): :func:`run_blocking` waits on the queue until the run ends, printing
   progress to stdout.
 
-One run at a time (module state ``_active``).
+One run at a time (module state ``_active``). When a run ends its result import is one undo step, and from the
+timer its outcome is reported with ``neus.report`` (status bar and Info log, seen with the sidebar closed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import tempfile
-import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import bpy
 import numpy as np
 
-from . import blender_cameras, blender_mesh, camera_source, engine_process, run_files
-from .engine_process import EngineLocation, EngineProcess
+from . import blender_cameras, blender_mesh, camera_source, engine_process, run_files, run_state
+from .errors import AddonError
 from .properties import apply_status
-from .protocol import RunStatus
+from .run_state import Run, RunRequest
 
 TIMER_INTERVAL = 0.2
-PRINT_EVERY_S = 2.0
 PREVIEW_EVERY = 250  # steps between live-preview meshes, when the scene asks for them
-
-
-@dataclass
-class RunRequest:
-    """Everything a run needs, resolved from the scene settings."""
-
-    scene_name: str
-    data_dir: Path
-    run_dir: Path
-    dataset: str  # collection name
-    engine: EngineLocation
-    preset: str = "auto"
-    device: str = "auto"
-    steps: int = 0
-    data_format: str = "auto"
-    frame: str = "normalized"
-    texture: bool = False
-    show_preview: bool = True
-    scale_mat: np.ndarray | None = None  # from the dataset's cameras, used when the run has no normalization.json
-    settings: list[str] = field(default_factory=list)  # engine --set KEY=VALUE overrides
-    up: np.ndarray | None = None  # the cameras' mean up (normalized frame), for the dataset's upright parent
-
-
-@dataclass
-class Run:
-    request: RunRequest
-    process: EngineProcess
-    status: RunStatus = field(default_factory=RunStatus)
-    phase: str = "fit"  # fit | export
-    export_status: RunStatus = field(default_factory=RunStatus)
-    export_started: float = 0.0
-    finished: bool = False
-    result_object: str = ""
-    echo: Callable[[str], None] | None = None
-    _last_print: float = 0.0
-
-    @property
-    def result_name(self) -> str:
-        return f"{self.request.dataset} NeuS"
-
-    @property
-    def preview_name(self) -> str:
-        return f"{self.request.dataset} NeuS preview"
-
+LOG_TEXT = "NeuS engine log"  # Text data-block holding the last run's engine log
 
 _active: Run | None = None
 last_run: Run | None = None  # the most recent run, finished or not (for the UI and tests)
+reports: list[tuple[str, str]] = []  # (level, message) reported from timers, newest last (the UI and tests)
+_shown: dict[str, tuple] = {}  # scene name -> the status last copied into it (redraw only on change)
 
 
 def active_run() -> Run | None:
@@ -89,28 +49,42 @@ def is_running() -> bool:
 
 
 def default_run_dir(dataset: str) -> Path:
-    """``//neus_runs/<dataset>`` beside a saved .blend file, else ``<tmp>/neus_runs/<dataset>``."""
+    """Parent of the numbered run folders: ``//neus_runs/<dataset>`` beside a saved .blend file, else
+    ``<tmp>/neus_runs/<dataset>``."""
     if bpy.data.filepath:
         return Path(bpy.path.abspath("//")) / "neus_runs" / dataset
     return Path(tempfile.gettempdir()) / "neus_runs" / dataset
 
 
-def request_from_scene(scene: bpy.types.Scene, engine_python: str = "") -> RunRequest:
+def request_from_scene(scene: bpy.types.Scene, engine_python: str = "", run_dir: Path | None = None,
+                       resume: bool = False) -> RunRequest:
     """Validates the scene settings and the dataset (cameras only, fast) and finds the engine.
 
+    The run goes to ``run_dir`` when given (headless, Resume), else to a new numbered folder
+    ``run_NNN`` in the Output folder, with a result object of its own (``"<dataset> NeuS run_NNN"``).
+
     Raises:
-        ValueError: bad data folder or dataset (``"<path>: <problem>"``).
-        engine_process.EngineNotFoundError: no engine interpreter.
+        AddonError: bad settings, data folder or dataset (``"<path>: <problem>"``), or no engine interpreter.
     """
     s = scene.neus
     if not s.data_dir.strip():
-        raise ValueError("no dataset folder set (Photos)")
+        raise AddonError("no dataset folder set (Photos)")
     data_dir = Path(bpy.path.abspath(s.data_dir)).absolute()
-    cams = camera_source.load_camera_set(data_dir, s.data_format)  # DatasetError (a ValueError) on bad input
+    try:
+        cams = camera_source.load_camera_set(data_dir, s.data_format)  # DatasetError (a ValueError) on bad input
+    except (ValueError, ImportError) as e:
+        raise AddonError(str(e)) from e
     dataset = camera_source.dataset_name(data_dir)
-    run_dir = Path(bpy.path.abspath(s.output_dir)).absolute() if s.output_dir.strip() else default_run_dir(dataset)
+    result_name = ""
+    if run_dir is None:
+        parent = Path(bpy.path.abspath(s.output_dir)).absolute() if s.output_dir.strip() else default_run_dir(dataset)
+        if parent.resolve() == data_dir.resolve():
+            raise AddonError(f"{parent}: the output folder must not be the dataset folder")
+        run_dir = run_files.next_run_dir(parent)
+    if run_dir.name.startswith(run_files.RUN_PREFIX):
+        result_name = f"{dataset} NeuS {run_dir.name}"
     if run_dir.resolve() == data_dir.resolve():
-        raise ValueError(f"{run_dir}: the output folder must not be the dataset folder")
+        raise AddonError(f"{run_dir}: the output folder must not be the dataset folder")
     settings = parse_settings(s.engine_settings)
     if s.show_preview and not any(kv.startswith("train.preview_every=") for kv in settings):
         settings.append(f"train.preview_every={PREVIEW_EVERY}")
@@ -124,19 +98,36 @@ def request_from_scene(scene: bpy.types.Scene, engine_python: str = "") -> RunRe
     engine = engine_process.find_engine_python(engine_python)
     return RunRequest(scene.name, data_dir, run_dir, dataset, engine, s.preset, s.device, int(s.steps),
                       s.data_format, s.frame, bool(s.texture), bool(s.show_preview),
-                      np.asarray(cams.scale_mat, dtype=np.float64), settings, np.asarray(cams.up))
+                      np.asarray(cams.scale_mat, dtype=np.float64), settings, resume=resume,
+                      export_on_cancel=bool(s.export_on_cancel), result_name=result_name, up=np.asarray(cams.up))
+
+
+def resume_request(scene: bpy.types.Scene, engine_python: str = "") -> RunRequest:
+    """A request that continues the scene's last run folder from its checkpoint (``fit --resume``).
+
+    Raises:
+        AddonError: no run folder, or nothing to resume in it.
+    """
+    s = scene.neus
+    if not s.run_dir.strip():
+        raise AddonError("no earlier run to resume")
+    run_dir = Path(bpy.path.abspath(s.run_dir)).absolute()
+    problem = run_state.resume_problem(run_dir)
+    if problem:
+        raise AddonError(problem)
+    return request_from_scene(scene, engine_python, run_dir=run_dir, resume=True)
 
 
 def parse_settings(text: str) -> list[str]:
-    """``"a.b=1 c='x y'"`` -> ``["a.b=1", "c=x y"]``; ValueError for an item without ``=``."""
+    """``"a.b=1 c='x y'"`` -> ``["a.b=1", "c=x y"]``; AddonError for an item without ``=``."""
     try:
         items = shlex.split(text or "")
     except ValueError as e:
-        raise ValueError(f"Extra Settings: {e}") from e
+        raise AddonError(f"Extra Settings: {e}") from e
     for item in items:
         key, eq, _ = item.partition("=")
         if not eq or not key.strip():
-            raise ValueError(f"Extra Settings: '{item}' is not KEY=VALUE")
+            raise AddonError(f"Extra Settings: '{item}' is not KEY=VALUE")
     return items
 
 
@@ -144,30 +135,37 @@ def start(request: RunRequest, echo: Callable[[str], None] | None = None) -> Run
     """Starts the engine for ``request`` and makes it the active run.
 
     Raises:
-        RuntimeError: a run is already active.
-        engine_process.EngineNotFoundError: the interpreter cannot be executed.
+        AddonError: a run is already active, bad options, or the engine cannot start.
     """
     global _active, last_run
     if is_running():
-        raise RuntimeError("a reconstruction is already running; cancel it first")
-    cmd = engine_process.build_fit_command(
-        request.engine.python, request.data_dir, request.run_dir, preset=request.preset, device=request.device,
-        steps=request.steps, data_format=request.data_format, settings=request.settings,
-    )
-    proc = EngineProcess(cmd, request.run_dir, cwd=request.engine.repo_root or request.run_dir)
-    proc.start()
-    run = Run(request, proc, echo=echo)
-    run.status.state = "running"
-    run.status.stage = "starting"
+        raise AddonError("a reconstruction is already running; cancel it first")
+    run = run_state.new_run(request, echo)
+    run.start(HOST)
     _active = last_run = run
-    _say(run, f"[neus] engine started: {' '.join(cmd)}")
     _update_ui(run)
     return run
 
 
-def _say(run: Run, text: str) -> None:
-    if run.echo is not None:
-        run.echo(text)
+class BlenderHost:
+    """What :class:`run_state.Run` asks of Blender."""
+
+    def import_mesh(self, run: Run, path: str, role: str) -> str:
+        preview = role == "preview"
+        obj = _import_result(run, path, run.preview_name if preview else run.result_name,
+                             "previews" if preview else "results")
+        blender_mesh.stamp(obj)  # as placed: a later move by the artist marks it as theirs
+        return obj.name
+
+    def clear_preview(self, run: Run) -> None:
+        blender_mesh.remove_named_object(run.preview_name)
+
+    def say(self, run: Run, text: str) -> None:
+        if run.echo is not None:
+            run.echo(text)
+
+
+HOST = BlenderHost()
 
 
 def _scene(run: Run) -> bpy.types.Scene | None:
@@ -191,151 +189,98 @@ def _import_result(run: Run, path: str | Path, name: str, kind: str = "results")
     return obj
 
 
-def _start_export(run: Run) -> None:
-    """Chains ``engine export --texture`` after a fit when a textured mesh was asked for and the fit made none."""
-    req = run.request
-    cmd = engine_process.build_export_command(req.engine.python, req.run_dir, texture=True, fmt="glb",
-                                              frame="normalized")
-    proc = EngineProcess(cmd, req.run_dir, cwd=req.engine.repo_root or req.run_dir,
-                         log_path=req.run_dir / "engine_export_stderr.log")
-    proc.start()
-    run.process = proc
-    run.phase = "export"
-    run.export_started = time.time()
-    run.status.state = "running"
-    run.status.stage = "texturing"
-    _say(run, f"[neus] exporting a textured mesh: {' '.join(cmd)}")
-
-
-def handle_event(run: Run, event: dict) -> None:
-    """Applies one engine event to the run (main thread only: it may create objects)."""
-    name = event.get("event")
-    if run.phase == "export":
-        run.export_status.apply(event)
-        if name == "exit":
-            _finish_export(run, event)
-        return
-    run.status.apply(event)
-    if name == "progress":
-        now = time.time()
-        if now - run._last_print >= PRINT_EVERY_S or (run.status.total and run.status.step >= run.status.total):
-            run._last_print = now
-            _say(run, f"[neus] {run.status.status_text()}")
-    elif name == "stage":
-        _say(run, f"[neus] stage: {event.get('stage')}")
-    elif name == "start":
-        _say(run, f"[neus] {run.status.total} steps on {run.status.device}")
-    elif name == "log":
-        _say(run, f"[neus] engine: {event.get('message')}")
-    elif name == "error":
-        _say(run, f"[neus] error: {run.status.last_error}")
-    elif name == "preview_mesh" and run.request.show_preview and event.get("path"):
-        try:
-            _import_result(run, event["path"], run.preview_name, "previews")
-        except (ValueError, OSError) as e:  # a preview is optional; never fail the run for it
-            _say(run, f"[neus] preview not shown: {e}")
-    elif name == "exit":
-        _finish_fit(run, event)
-
-
-def _finish_fit(run: Run, event: dict) -> None:
-    state = event.get("state")
-    st = run.status
-    blender_mesh.remove_named_object(run.preview_name)
-    if state == "done":
-        mesh = st.mesh_path or str(run.request.run_dir / run_files.MESH_PLY)
-        if not Path(mesh).is_file():
-            _end(run, "failed", f"the engine finished but wrote no mesh ({mesh})")
-            return
-        try:
-            obj = _import_result(run, mesh, run.result_name)
-        except (ValueError, OSError) as e:
-            _end(run, "failed", f"cannot import the result: {e}")
-            return
-        run.result_object = obj.name
-        if run.request.texture:
-            textured = run_files.textured_mesh_from(st.files)
-            if textured is None:
-                try:
-                    _start_export(run)
-                    return
-                except engine_process.EngineNotFoundError as e:
-                    st.last_error = f"texture export failed: {e}"
-            else:
-                _import_textured(run, textured)
-        _end(run, "done")
-    elif state == "cancelled":
-        if st.mesh_path and Path(st.mesh_path).is_file():  # --export-on-cancel
-            try:
-                run.result_object = _import_result(run, st.mesh_path, run.result_name).name
-            except (ValueError, OSError) as e:
-                st.last_error = f"cannot import the mesh saved on cancel: {e}"
-        _end(run, "cancelled")
-    else:
-        _end(run, "failed", st.last_error or run.process.failure_message())
-
-
-def _import_textured(run: Run, path: str) -> None:
-    try:
-        run.result_object = _import_result(run, path, run.result_name).name
-    except (ValueError, OSError, RuntimeError) as e:
-        run.status.last_error = f"textured mesh not imported (vertex colours kept): {e}"
-
-
-def _finish_export(run: Run, event: dict) -> None:
-    es = run.export_status
-    if event.get("returncode") == 0:
-        path = run_files.textured_mesh_from(es.files) or (es.mesh_path if es.mesh_path and not
-                                                          es.mesh_path.endswith(".ply") else None)
-        path = path or run_files.newest_mesh(run.request.run_dir, since=run.export_started - 1.0)
-        if path:
-            _import_textured(run, path)
-        else:
-            run.status.last_error = "texture export wrote no .glb/.obj file (vertex colours kept)"
-    elif event.get("state") != "cancelled":
-        run.status.last_error = ("texture export failed (vertex colours kept): "
-                                 + (es.last_error or run.process.failure_message()))
-    _end(run, "cancelled" if event.get("state") == "cancelled" else "done")
-
-
-def _end(run: Run, state: str, error: str | None = None) -> None:
+def _finish(run: Run, report: bool) -> None:
+    """The run ended: forget it, show its end state, keep its log, make its import one undo step and (from the
+    timer, where no operator is waiting for the outcome) report it."""
     global _active
-    run.status.state = state
-    if error:
-        run.status.last_error = error
-    run.finished = True
-    if state == "done":
-        run.status.stage = "done"
-        _say(run, f"[neus] done: {run.result_object} from {run.status.mesh_path}")
-    elif state == "cancelled":
-        _say(run, "[neus] cancelled")
-    else:
-        _say(run, f"[neus] failed: {run.status.last_error}")
-    if run.status.last_error and state == "done":
-        _say(run, f"[neus] warning: {run.status.last_error}")
     if _active is run:
         _active = None
     _update_ui(run)
     _set_status_bar(None)
+    _store_log(run)
+    if run.result_object:
+        _undo_push(f"NeuS: import {run.result_object}")
+    if not report:
+        return
+    st = run.status
+    if st.state == "failed":
+        _report("ERROR", f"Reconstruction failed: {st.last_error}")
+    elif st.state == "cancelled":
+        _report("WARNING", "Reconstruction cancelled" + (f"; imported the current mesh as '{run.result_object}'"
+                                                         if run.imported_on_cancel else ""))
+    else:
+        _report("WARNING" if st.last_error else "INFO", f"Reconstruction finished: '{run.result_object}'"
+                + (f" ({st.last_error})" if st.last_error else ""))
 
 
-def _update_ui(run: Run) -> None:
-    scene = _scene(run)
-    if scene is not None:
-        settings = scene.neus
-        apply_status(settings, run.status)
-        if run.phase == "export" and not run.finished:
-            settings.stage = "texturing"
-        settings.run_dir = str(run.request.run_dir)
-        if run.result_object:
-            settings.result_object = run.result_object
-    if not run.finished:
-        _set_status_bar(f"NeuS: {run.status.status_text()}")
-    _redraw()
+def _undo_push(message: str) -> None:
+    try:
+        with _window_context():
+            bpy.ops.ed.undo_push(message=message)
+    except RuntimeError as e:  # no undo stack (some background setups): the import stays, without a step
+        print(f"[neus] no undo step: {e}", flush=True)
+
+
+def _store_log(run: Run) -> None:
+    """The whole engine log in a Text data-block (Scripting > Text Editor), for after the run."""
+    try:
+        text = run.process.log_path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return
+    block = bpy.data.texts.get(LOG_TEXT) or bpy.data.texts.new(LOG_TEXT)
+    block.clear()
+    block.write(f"# {run.process.log_path}\n{text}")
 
 
 def _windows() -> list:
     return [w for wm in bpy.data.window_managers for w in wm.windows]
+
+
+def _window_context():
+    """Timers run without a window in the context; operators called from them need one."""
+    wins = _windows()
+    if bpy.context.window is not None or not wins:
+        return contextlib.nullcontext()
+    return bpy.context.temp_override(window=wins[0], screen=wins[0].screen)
+
+
+def _report(level: str, message: str) -> None:
+    """Reports from a timer like an operator does (status bar, Info log; the console in background mode)."""
+    reports.append((level, message))
+    del reports[:-50]
+    try:
+        with _window_context():
+            bpy.ops.neus.report(level=level, message=message)
+    except (RuntimeError, AttributeError):  # bpy.ops raises on an ERROR report, after showing it
+        pass
+
+
+def _shown_state(run: Run) -> tuple:
+    st = run.status
+    return (st.state, st.stage, run.phase, st.step, st.total, st.loss, st.psnr, round(st.eta_s or 0.0),
+            st.last_error, run.result_object, tuple(run.log_tail), str(run.request.run_dir), run.finished)
+
+
+def _update_ui(run: Run, force: bool = False) -> None:
+    """Copies the run's status into its scene and redraws the sidebars, only when what they show changed."""
+    scene = _scene(run)
+    if scene is None:
+        return
+    shown = _shown_state(run)
+    if not force and _shown.get(scene.name) == shown:
+        return
+    _shown[scene.name] = shown
+    settings = scene.neus
+    apply_status(settings, run.status)
+    if run.phase == "export" and not run.finished:
+        settings.stage = "texturing"
+    settings.run_dir = str(run.request.run_dir)
+    settings.log_tail = "\n".join(run.log_tail)
+    if run.result_object:
+        settings.result_object = run.result_object
+    if not run.finished:
+        _set_status_bar(f"NeuS: {run.status.status_text()}")
+    _redraw()
 
 
 def _set_status_bar(text: str | None) -> None:
@@ -347,16 +292,18 @@ def _set_status_bar(text: str | None) -> None:
 
 
 def _redraw() -> None:
+    """Only the 3D Viewport sidebars (where the panel lives) and the status bar text are redrawn."""
     for win in _windows():
         for area in win.screen.areas:
-            if area.type in ("VIEW_3D", "PROPERTIES"):
-                area.tag_redraw()
+            if area.type == "VIEW_3D":
+                for region in area.regions:
+                    if region.type == "UI":
+                        region.tag_redraw()
 
 
 def _fail_internal(run: Run, exc: BaseException) -> None:
     traceback.print_exception(exc)
-    run.process.kill()
-    _end(run, "failed", f"add-on error while handling the engine: {exc}")
+    run.fail_internal(HOST, exc)
 
 
 def timer_step() -> float | None:
@@ -367,16 +314,16 @@ def timer_step() -> float | None:
         return None
     try:
         for event in run.process.poll_events():
-            handle_event(run, event)
+            run.handle_event(HOST, event)
             if run.finished:
                 break
         if not run.finished:
+            run.refresh_log_tail()
             _update_ui(run)
     except Exception as e:  # a timer that raises is dropped silently by Blender: end the run visibly instead
         _fail_internal(run, e)
     if run.finished:
-        if bpy.app.timers.is_registered(timer_step):
-            bpy.app.timers.unregister(timer_step)
+        _finish(run, report=True)
         return None
     return TIMER_INTERVAL
 
@@ -395,8 +342,8 @@ def follow_loaded_file(scene: bpy.types.Scene) -> None:
     if run is None or run.finished:
         return
     run.request.scene_name = scene.name
-    _say(run, f"[neus] a new file was loaded: the reconstruction continues into scene '{scene.name}'")
-    _update_ui(run)
+    HOST.say(run, f"[neus] a new file was loaded: the reconstruction continues into scene '{scene.name}'")
+    _update_ui(run, force=True)
     start_timer()
 
 
@@ -407,37 +354,38 @@ def run_blocking(run: Run, poll_s: float = 0.25) -> str:
         try:
             event = run.process.next_event(timeout=poll_s)
             if event is not None:
-                handle_event(run, event)
+                run.handle_event(HOST, event)
         except KeyboardInterrupt:
             interrupts += 1
-            _say(run, "[neus] interrupted: cancelling the engine" if interrupts == 1 else "[neus] killing the engine")
+            HOST.say(run, "[neus] interrupted: cancelling the engine" if interrupts == 1
+                     else "[neus] killing the engine")
             if interrupts == 1:
                 run.process.cancel()
             else:
                 run.process.kill()
         except Exception as e:
             _fail_internal(run, e)
+    _finish(run, report=False)  # the operator that waited reports the outcome
     return run.status.state
 
 
 def cancel() -> bool:
     """Asks the active run's engine to stop; the run ends when the engine exits. False if nothing runs."""
     run = _active
-    if run is None or run.finished:
+    if run is None or not run.cancel():
         return False
-    run.process.cancel()
-    run.status.stage = "cancelling"
     _update_ui(run)
     return True
 
 
 def shutdown() -> None:
-    """Stops any engine at once (add-on unregistered)."""
+    """Stops any engine at once (add-on unregistered, Blender or the script exiting)."""
     global _active
     run = _active
     if run is not None:
         run.process.kill()
         run.finished = True
         _active = None
+    _shown.clear()
     if bpy.app.timers.is_registered(timer_step):
         bpy.app.timers.unregister(timer_step)

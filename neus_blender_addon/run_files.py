@@ -74,3 +74,19 @@ def newest_mesh(run_dir: str | Path, suffixes: tuple[str, ...] = TEXTURED_SUFFIX
             if mtime >= since and (best is None or mtime > best[0]):
                 best = (mtime, str(p))
     return best[1] if best else None
+
+
+RUN_PREFIX = "run_"
+
+
+def next_run_dir(parent: str | Path) -> Path:
+    """``parent/run_NNN`` with NNN one above the highest existing number (``run_001`` in a new folder): every
+    run gets its own folder, so a new run never overwrites an earlier run's checkpoint or meshes."""
+    parent = Path(parent)
+    highest = 0
+    if parent.is_dir():
+        for p in parent.iterdir():
+            number = p.name[len(RUN_PREFIX):]
+            if p.name.startswith(RUN_PREFIX) and number.isdigit():
+                highest = max(highest, int(number))
+    return parent / f"{RUN_PREFIX}{highest + 1:03d}"

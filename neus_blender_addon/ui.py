@@ -1,4 +1,5 @@
-"""The 3D Viewport sidebar tab "Reconstruct"."""
+"""The 3D Viewport sidebar tab "Reconstruct": run buttons and status, with Data, Training, Output, Advanced and
+Engine Log sub-panels (property-split layout, as Blender's own panels)."""
 
 import bpy
 
@@ -8,50 +9,35 @@ from .preferences import wrapped_labels
 HAS_PROGRESS_WIDGET = bpy.types.UILayout.bl_rna.functions.get("progress") is not None  # Blender 4.0+
 
 
-class NEUS_PT_reconstruct(bpy.types.Panel):
-    bl_idname = "NEUS_PT_reconstruct"
-    bl_label = "NeuS Reconstruct"
+def engine_busy() -> bool:
+    """A reconstruction or a camera solve is running (one engine job at a time)."""
+    return reconstruct.is_running() or solve_cameras.is_running()
+
+
+class _SidebarPanel:
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = "Reconstruct"
 
+
+class NEUS_PT_reconstruct(_SidebarPanel, bpy.types.Panel):
+    bl_idname = "NEUS_PT_reconstruct"
+    bl_label = "NeuS Reconstruct"
+
     def draw(self, context):
         layout = self.layout
         s = context.scene.neus
-        solving = solve_cameras.is_running()
-        running = reconstruct.is_running() or solving
-
-        col = layout.column(align=True)
-        col.prop(s, "data_dir")
-        col.prop(s, "data_format")
-        col.prop(s, "frame")
-        row = col.row()
-        row.enabled = not running
-        if s.data_dir.strip() and photo_source.needs_solving(bpy.path.abspath(s.data_dir)):
-            row.operator("neus.solve_cameras", icon="CAMERA_DATA")  # photos or a video without cameras
-        else:
-            row.operator("neus.import_cameras", icon="OUTLINER_OB_CAMERA")
-
-        box = layout.box()
-        box.enabled = not running
-        box.prop(s, "preset")
-        box.prop(s, "device")
-        box.prop(s, "steps")
-        row = box.row()
-        row.prop(s, "texture")
-        row.prop(s, "show_preview")
-        box.prop(s, "use_masks")
-        box.prop(s, "output_dir")
-        box.prop(s, "engine_settings")
-
+        running = engine_busy()
+        row = layout.row(align=True)
+        row.scale_y = 1.4
         if running:
-            layout.operator("neus.cancel", icon="CANCEL")
+            row.operator("neus.cancel", icon="CANCEL")
         else:
-            layout.operator("neus.reconstruct", icon="PLAY")
-
+            row.operator("neus.reconstruct", icon="PLAY")
+            if s.state != "done" and s.run_dir:
+                row.operator("neus.resume", icon="FILE_REFRESH")
         if running or s.state in ("done", "failed", "cancelled"):
             self.draw_status(layout, s, running)
-        layout.operator("neus.import_mesh", icon="IMPORT")
 
     @staticmethod
     def draw_status(layout, s, running: bool) -> None:
@@ -76,4 +62,91 @@ class NEUS_PT_reconstruct(bpy.types.Panel):
             wrapped_labels(err, s.last_error, icon="ERROR", width=48)
 
 
-classes = (NEUS_PT_reconstruct,)
+class _SubPanel(_SidebarPanel):
+    bl_parent_id = "NEUS_PT_reconstruct"
+
+    def split_layout(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        layout.enabled = not engine_busy()
+        return layout
+
+
+class NEUS_PT_data(_SubPanel, bpy.types.Panel):
+    bl_idname = "NEUS_PT_data"
+    bl_label = "Data"
+
+    def draw(self, context):
+        layout = self.split_layout(context)
+        s = context.scene.neus
+        col = layout.column()
+        col.prop(s, "data_dir")
+        col.prop(s, "data_format")
+        col.prop(s, "frame")
+        col.prop(s, "use_masks")
+        if s.data_dir.strip() and photo_source.needs_solving(bpy.path.abspath(s.data_dir)):
+            layout.operator("neus.solve_cameras", icon="CAMERA_DATA")  # photos or a video without cameras
+        else:
+            layout.operator("neus.import_cameras", icon="OUTLINER_OB_CAMERA")
+
+
+class NEUS_PT_training(_SubPanel, bpy.types.Panel):
+    bl_idname = "NEUS_PT_training"
+    bl_label = "Training"
+
+    def draw(self, context):
+        layout = self.split_layout(context)
+        s = context.scene.neus
+        col = layout.column()
+        col.prop(s, "preset")
+        col.prop(s, "device")
+        col.prop(s, "steps")
+        col.prop(s, "show_preview")
+
+
+class NEUS_PT_output(_SubPanel, bpy.types.Panel):
+    bl_idname = "NEUS_PT_output"
+    bl_label = "Output"
+
+    def draw(self, context):
+        layout = self.split_layout(context)
+        s = context.scene.neus
+        col = layout.column()
+        col.prop(s, "output_dir")
+        col.prop(s, "texture")
+        col.prop(s, "export_on_cancel")
+        row = self.layout.row(align=True)  # usable during a run too
+        row.operator("neus.open_run_folder", icon="FILE_FOLDER")
+        row.operator("neus.import_mesh", icon="IMPORT")
+
+
+class NEUS_PT_advanced(_SubPanel, bpy.types.Panel):
+    bl_idname = "NEUS_PT_advanced"
+    bl_label = "Advanced"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        layout = self.split_layout(context)
+        layout.prop(context.scene.neus, "engine_settings")
+
+
+class NEUS_PT_log(_SidebarPanel, bpy.types.Panel):
+    """The engine log's last lines (the whole log: the "NeuS engine log" text after the run, or the run folder)."""
+
+    bl_idname = "NEUS_PT_log"
+    bl_label = "Engine Log"
+    bl_parent_id = "NEUS_PT_reconstruct"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        s = context.scene.neus
+        col = self.layout.column(align=True)
+        lines = s.log_tail.splitlines()
+        for line in lines or ["(no engine output yet)"]:
+            col.label(text=line)
+        if s.run_dir:
+            col.label(text=f"Run folder: {s.run_dir}", icon="FILE_FOLDER")
+
+
+classes = (NEUS_PT_reconstruct, NEUS_PT_data, NEUS_PT_training, NEUS_PT_output, NEUS_PT_advanced, NEUS_PT_log)

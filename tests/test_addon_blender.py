@@ -248,16 +248,29 @@ class LayoutRecorder:
 def test_panel_and_preferences_draw_what_exists(bpy):
     from types import SimpleNamespace
 
+    from neus_blender_addon import ui
     from neus_blender_addon.preferences import NEUS_AP_preferences
-    from neus_blender_addon.ui import NEUS_PT_reconstruct
 
     s = bpy.context.scene.neus
     s.state, s.last_error, s.step, s.total, s.progress = "failed", "something went wrong " * 8, 5, 10, 0.5
+    s.log_tail = "engine line one\nerror: engine line two"
     rec = LayoutRecorder(bpy)
-    NEUS_PT_reconstruct.draw(SimpleNamespace(layout=rec, draw_status=NEUS_PT_reconstruct.draw_status), bpy.context)
-    assert {"data_dir", "preset", "device", "steps", "frame", "texture", "output_dir"} <= set(rec.props)
-    assert {"neus.import_cameras", "neus.reconstruct", "neus.import_mesh"} <= set(rec.ops)
+    for cls in ui.classes:  # the main panel and its sub-panels, each with its own layout
+        panel = SimpleNamespace(layout=LayoutRecorder(bpy), draw_status=ui.NEUS_PT_reconstruct.draw_status)
+        panel.split_layout = lambda ctx, panel=panel, cls=cls: cls.split_layout(panel, ctx)
+        cls.draw(panel, bpy.context)
+        for name in ("props", "ops", "labels"):
+            getattr(rec, name).extend(getattr(panel.layout, name))
+        if cls is not ui.NEUS_PT_reconstruct:
+            assert cls.bl_parent_id == "NEUS_PT_reconstruct"
+            if cls is not ui.NEUS_PT_log:  # settings sub-panels: labels left, values right, as Blender's own
+                assert panel.layout.use_property_split is True
+    assert [c.bl_label for c in ui.classes[1:5]] == ["Data", "Training", "Output", "Advanced"]
+    assert {"data_dir", "preset", "device", "steps", "frame", "texture", "output_dir", "export_on_cancel",
+            "engine_settings"} <= set(rec.props)
+    assert {"neus.import_cameras", "neus.reconstruct", "neus.import_mesh", "neus.open_run_folder"} <= set(rec.ops)
     assert "Step: 5/10" in rec.labels and any("something went wrong" in t for t in rec.labels)
+    assert "error: engine line two" in rec.labels  # the engine log's last lines
     rec = LayoutRecorder(bpy)
     prefs = SimpleNamespace(layout=rec, engine_python="", engine_status="python: 3.11",
                             bl_rna=NEUS_AP_preferences.bl_rna)

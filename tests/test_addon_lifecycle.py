@@ -136,3 +136,103 @@ def test_script_that_never_unregisters_exits_and_leaves_no_engine(tmp_path):
         time.sleep(0.2)
     else:
         pytest.fail(f"engine process {pid} outlived the script")
+
+
+def test_two_runs_two_results_undo_and_the_artists_changes_kept(bpy, tmp_path):
+    from neus_blender_addon import blender_mesh, reconstruct
+
+    # Blender's UI has a first undo step from loading the file; the bpy module in background mode does not.
+    bpy.ops.ed.undo_push(message="before the run")
+    assert bpy.ops.neus.reconstruct(mode="ASYNC") == {"FINISHED"}
+    pump(lambda st: False)
+    s = bpy.context.scene.neus
+    first = s.result_object
+    assert s.state == "done" and first == "sample_scene NeuS run_001", s.last_error
+    assert s.run_dir == str(tmp_path / "runs" / "run_001") and (tmp_path / "runs" / "run_001" / "mesh.ply").is_file()
+    assert reconstruct.reports[-1] == ("INFO", f"Reconstruction finished: '{first}'")  # seen with the sidebar closed
+    assert bpy.data.texts[reconstruct.LOG_TEXT].as_string().startswith("# ")  # the engine log, kept in a Text
+    # The import is one undo step: undo removes the result, redo brings it back.
+    win = bpy.context.window_manager.windows[0]
+    with bpy.context.temp_override(window=win, screen=win.screen):  # as in the UI (the tests have no window)
+        bpy.ops.ed.undo()
+        assert first not in bpy.data.objects
+        bpy.ops.ed.redo()
+    assert first in bpy.data.objects
+    bpy.data.objects[first].modifiers.new("artist's bevel", "BEVEL")  # the artist works on the first result
+    assert bpy.ops.neus.reconstruct(mode="ASYNC") == {"FINISHED"}
+    pump(lambda st: False)
+    s = bpy.context.scene.neus
+    assert s.state == "done" and s.result_object == "sample_scene NeuS run_002"  # its own folder and object
+    assert (tmp_path / "runs" / "run_002" / "mesh.ply").is_file()
+    kept = bpy.data.objects[first]
+    assert [m.name for m in kept.modifiers] == ["artist's bevel"]
+    # The add-on replaces only its own, untouched objects: importing over the changed one adds a new object.
+    coll = kept.users_collection[0]
+    again = blender_mesh.import_mesh(tmp_path / "runs" / "run_001" / "mesh.ply", first, coll)
+    assert again.name != first and bpy.data.objects[first].modifiers[0].name == "artist's bevel"
+    untouched = bpy.data.objects["sample_scene NeuS run_002"]
+    replaced = blender_mesh.import_mesh(tmp_path / "runs" / "run_002" / "mesh.ply", untouched.name, coll)
+    assert replaced.name == "sample_scene NeuS run_002" and "sample_scene NeuS run_002.001" not in bpy.data.objects
+
+
+def test_cancel_imports_the_current_mesh_then_resume_finishes_the_run(bpy, tmp_path):
+    from neus_blender_addon import reconstruct
+
+    s = bpy.context.scene.neus
+    s.steps = 20
+    assert s.export_on_cancel  # on by default
+    assert bpy.ops.neus.resume.poll() is False  # nothing to resume yet
+    assert bpy.ops.neus.reconstruct(mode="ASYNC") == {"FINISHED"}
+    pump(lambda st: st.stage == "training" and st.step >= 2)
+    assert bpy.ops.neus.cancel() == {"FINISHED"}
+    pump(lambda st: False, timeout=120)
+    s = bpy.context.scene.neus
+    run = reconstruct.last_run
+    assert s.state == "cancelled" and run.imported_on_cancel, s.last_error
+    name = s.result_object
+    assert name == "sample_scene NeuS run_001" and len(bpy.data.objects[name].data.vertices) > 0
+    assert reconstruct.reports[-1] == ("WARNING", f"Reconstruction cancelled; imported the current mesh as '{name}'")
+    cancelled_at = run.status.step
+    assert 2 <= cancelled_at < 20
+    assert bpy.ops.neus.resume.poll()
+    assert bpy.ops.neus.resume(mode="ASYNC") == {"FINISHED"}
+    resumed = reconstruct.active_run()
+    assert "--resume" in resumed.process.argv and resumed.request.run_dir == tmp_path / "runs" / "run_001"
+    first_steps = []
+    pump(lambda st: first_steps.append(st.step) and False)
+    s = bpy.context.scene.neus
+    assert s.state == "done" and s.step == 20, s.last_error
+    assert min(x for x in first_steps if x > 0) >= cancelled_at  # continued, not restarted
+    # The object the cancel imported was the add-on's and untouched: the finished mesh replaced it.
+    assert s.result_object == name and f"{name}.001" not in bpy.data.objects
+    assert not (tmp_path / "runs" / "run_002").exists()
+
+
+def test_engine_failure_is_reported_from_the_timer(bpy, tmp_path):
+    from neus_blender_addon import reconstruct
+
+    bpy.context.scene.neus.engine_settings = "train.lr=[0.1"  # the engine's config parser rejects it
+    assert bpy.ops.neus.reconstruct(mode="ASYNC") == {"FINISHED"}
+    pump(lambda st: False, timeout=120)
+    s = bpy.context.scene.neus
+    assert s.state == "failed"
+    level, message = reconstruct.reports[-1]
+    assert level == "ERROR" and message == f"Reconstruction failed: {s.last_error}"
+    log = (tmp_path / "runs" / "run_001" / "engine_stderr.log").read_text()
+    assert s.log_tail and s.log_tail.splitlines()[-1] in log  # the panel shows the log's last lines
+
+
+def test_check_engine_returns_at_once_and_reports_later(bpy):
+    from neus_blender_addon import operators, reconstruct
+
+    t0 = time.time()
+    assert bpy.ops.neus.check_engine() == {"FINISHED"}
+    assert time.time() - t0 < 2.0 and operators.engine_check_result is None  # the doctor still runs
+    assert not bpy.ops.neus.check_engine.poll()  # one check at a time
+    deadline = time.time() + 240
+    while operators.check_engine_step() is not None:
+        assert time.time() < deadline, "engine doctor did not answer"
+        time.sleep(0.2)
+    ok, lines = operators.engine_check_result
+    assert ok and lines[0].startswith("Engine: ") and any(ln.startswith("torch") for ln in lines)
+    assert reconstruct.reports[-1][0] == "INFO" and reconstruct.reports[-1][1].startswith("Engine OK: ")

@@ -1,0 +1,296 @@
+"""A reconstruction run as a state machine: engine events in, scene actions out. No bpy.
+
+The bpy layer (:mod:`reconstruct`) feeds :meth:`Run.handle_event` the events of the engine process and gives it
+a :class:`Host` that does what needs Blender (import a mesh, remove the preview, print). Everything else, which
+command to start, when to chain a texture export, what state a run ends in and what it says, lives here and is
+covered by plain pytest.
+
+States: ``running`` (phase ``fit``, then possibly ``export``) until the engine's exit, then ``done``,
+``cancelled`` or ``failed``; :attr:`Run.finished` is set exactly once, by :meth:`Run.end`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from . import engine_process, run_files
+from .engine_process import EngineLocation, EngineProcess
+from .errors import AddonError
+from .protocol import RunStatus
+
+PRINT_EVERY_S = 2.0  # console progress lines at most this often
+LOG_LINES = 6  # engine log lines kept for the panel
+
+
+@dataclass
+class RunRequest:
+    """Everything a run needs, resolved from the scene settings (by the bpy layer)."""
+
+    scene_name: str  # the scene that shows the run (follows File > Open / New)
+    data_dir: Path
+    run_dir: Path
+    dataset: str  # collection name
+    engine: EngineLocation
+    preset: str = "auto"
+    device: str = "auto"
+    steps: int = 0  # <= 0: the preset's (or, on resume, the saved run's) total
+    data_format: str = "auto"
+    frame: str = "normalized"
+    texture: bool = False
+    show_preview: bool = True
+    scale_mat: np.ndarray | None = None  # from the dataset's cameras, used when the run has no normalization.json
+    settings: list[str] = field(default_factory=list)  # engine --set KEY=VALUE overrides
+    resume: bool = False  # continue RUN_DIR's checkpoint (``fit --resume``)
+    export_on_cancel: bool = True  # a cancelled fit still writes (and the add-on imports) its current mesh
+    result_name: str = ""  # the result object's name; "" -> "<dataset> NeuS"
+    up: np.ndarray | None = None  # the cameras' mean up (normalized frame), for the dataset's upright parent
+
+    def __post_init__(self) -> None:
+        if not self.result_name:
+            self.result_name = f"{self.dataset} NeuS"
+
+    @property
+    def preview_name(self) -> str:
+        return f"{self.result_name} preview"
+
+    def fit_command(self) -> list[str]:
+        """The ``engine fit`` command line (``ValueError`` for an unknown preset, device or format)."""
+        return engine_process.build_fit_command(
+            self.engine.python, self.data_dir, self.run_dir, preset=self.preset, device=self.device,
+            steps=self.steps, data_format=self.data_format, settings=() if self.resume else self.settings,
+            resume=self.resume, export_on_cancel=self.export_on_cancel,
+        )
+
+    def export_command(self) -> list[str]:
+        """``engine export --texture`` for a fit that made no textured mesh itself."""
+        return engine_process.build_export_command(self.engine.python, self.run_dir, texture=True, fmt="glb",
+                                                   frame="normalized")
+
+    def process(self, argv: list[str], log_name: str = engine_process.STDERR_LOG) -> EngineProcess:
+        return EngineProcess(argv, self.run_dir, cwd=self.engine.repo_root or self.run_dir,
+                             log_path=self.run_dir / log_name)
+
+
+class Host(Protocol):
+    """What a run asks of Blender (main thread only)."""
+
+    def import_mesh(self, run: Run, path: str, role: str) -> str:
+        """Imports ``path`` as the run's ``role`` ("preview" | "result") object; returns its name.
+        Raises AddonError / ValueError / OSError when the file cannot be imported."""
+
+    def clear_preview(self, run: Run) -> None:
+        """Removes the run's preview object (unless the artist changed it)."""
+
+    def say(self, run: Run, text: str) -> None:
+        """One console line."""
+
+
+@dataclass
+class Run:
+    """One engine run (a fit, possibly followed by a texture export) and what the UI shows of it."""
+
+    request: RunRequest
+    process: EngineProcess
+    status: RunStatus = field(default_factory=RunStatus)
+    phase: str = "fit"  # fit | export
+    export_status: RunStatus = field(default_factory=RunStatus)
+    export_started: float = 0.0
+    finished: bool = False
+    result_object: str = ""
+    imported_on_cancel: bool = False  # the result came from --export-on-cancel
+    log_tail: list[str] = field(default_factory=list)  # the engine log's last lines
+    echo: Callable[[str], None] | None = None
+    _last_print: float = 0.0
+    _log_size: int = -1
+
+    @property
+    def result_name(self) -> str:
+        return self.request.result_name
+
+    @property
+    def preview_name(self) -> str:
+        return self.request.preview_name
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def start(self, host: Host) -> None:
+        """Starts the engine process. Raises AddonError when it cannot start."""
+        self.process.start()
+        self.status.state = "running"
+        self.status.stage = "resuming" if self.request.resume else "starting"
+        host.say(self, f"[neus] engine started: {' '.join(self.process.argv)}")
+
+    def cancel(self) -> bool:
+        """Asks the engine to stop; the run ends when it exits. False when the run already ended."""
+        if self.finished:
+            return False
+        self.process.cancel()
+        self.status.stage = "cancelling"
+        return True
+
+    def end(self, host: Host, state: str, error: str | None = None) -> None:
+        """Final state; called once, when the last process of the run has exited (or the add-on gave up)."""
+        self.status.state = state
+        if error:
+            self.status.last_error = error
+        self.finished = True
+        self.refresh_log_tail()
+        if state == "done":
+            self.status.stage = "done"
+            host.say(self, f"[neus] done: {self.result_object} from {self.status.mesh_path}")
+            if self.status.last_error:
+                host.say(self, f"[neus] warning: {self.status.last_error}")
+        elif state == "cancelled":
+            host.say(self, "[neus] cancelled" + (f": imported the current mesh as {self.result_object}"
+                                                 if self.imported_on_cancel else ""))
+        else:
+            host.say(self, f"[neus] failed: {self.status.last_error}")
+
+    def fail_internal(self, host: Host, exc: BaseException) -> None:
+        """The add-on itself failed while handling the run: stop the engine and end visibly."""
+        self.process.kill()
+        self.end(host, "failed", f"add-on error while handling the engine: {exc}")
+
+    def refresh_log_tail(self) -> bool:
+        """Re-reads the engine log's last lines when the file grew. True when they changed."""
+        try:
+            size = self.process.log_path.stat().st_size
+        except OSError:
+            return False
+        if size == self._log_size:
+            return False
+        self._log_size = size
+        tail = [ln for ln in self.process.stderr_tail(LOG_LINES * 3) if ln.strip()][-LOG_LINES:]
+        changed = tail != self.log_tail
+        self.log_tail = tail
+        return changed
+
+    # -- events ------------------------------------------------------------------------------------------------
+    def handle_event(self, host: Host, event: dict) -> None:
+        """Applies one engine event (main thread: it may import objects)."""
+        name = event.get("event")
+        if self.phase == "export":
+            self.export_status.apply(event)
+            if name == "exit":
+                self._finish_export(host, event)
+            return
+        self.status.apply(event)
+        if name == "progress":
+            now = time.time()
+            st = self.status
+            if now - self._last_print >= PRINT_EVERY_S or (st.total and st.step >= st.total):
+                self._last_print = now
+                host.say(self, f"[neus] {st.status_text()}")
+        elif name == "stage":
+            host.say(self, f"[neus] stage: {event.get('stage')}")
+        elif name == "start":
+            host.say(self, f"[neus] {self.status.total} steps on {self.status.device}")
+        elif name == "log":
+            host.say(self, f"[neus] engine: {event.get('message')}")
+        elif name == "error":
+            host.say(self, f"[neus] error: {self.status.last_error}")
+        elif name == "preview_mesh" and self.request.show_preview and event.get("path"):
+            try:
+                host.import_mesh(self, str(event["path"]), "preview")
+            except (AddonError, ValueError, OSError) as e:  # a preview is optional; never fail the run for it
+                host.say(self, f"[neus] preview not shown: {e}")
+        elif name == "exit":
+            self._finish_fit(host, event)
+
+    def _import(self, host: Host, path: str) -> str | None:
+        """Imports the result; the error text when that failed."""
+        try:
+            self.result_object = host.import_mesh(self, path, "result")
+        except (AddonError, ValueError, OSError) as e:
+            return str(e)
+        return None
+
+    def _finish_fit(self, host: Host, event: dict) -> None:
+        state = event.get("state")
+        st = self.status
+        host.clear_preview(self)
+        if state == "done":
+            mesh = st.mesh_path or str(self.request.run_dir / run_files.MESH_PLY)
+            if not Path(mesh).is_file():
+                self.end(host, "failed", f"the engine finished but wrote no mesh ({mesh})")
+                return
+            error = self._import(host, mesh)
+            if error:
+                self.end(host, "failed", f"cannot import the result: {error}")
+                return
+            if self.request.texture:
+                textured = run_files.textured_mesh_from(st.files)
+                if textured is None:
+                    try:
+                        self._start_export(host)
+                        return
+                    except AddonError as e:
+                        st.last_error = f"texture export failed: {e}"
+                else:
+                    self._import_textured(host, textured)
+            self.end(host, "done")
+        elif state == "cancelled":
+            if st.mesh_path and Path(st.mesh_path).is_file():  # --export-on-cancel
+                error = self._import(host, st.mesh_path)
+                if error:
+                    st.last_error = f"cannot import the mesh saved on cancel: {error}"
+                else:
+                    self.imported_on_cancel = True
+            self.end(host, "cancelled")
+        else:
+            self.end(host, "failed", st.last_error or self.process.failure_message())
+
+    def _start_export(self, host: Host) -> None:
+        """Chains ``engine export --texture`` after a fit that was asked for a texture and made none."""
+        proc = self.request.process(self.request.export_command(), "engine_export_stderr.log")
+        proc.start()
+        self.process = proc
+        self.phase = "export"
+        self.export_started = time.time()
+        self.status.state = "running"
+        self.status.stage = "texturing"
+        host.say(self, f"[neus] exporting a textured mesh: {' '.join(proc.argv)}")
+
+    def _import_textured(self, host: Host, path: str) -> None:
+        error = self._import(host, path)
+        if error:
+            self.status.last_error = f"textured mesh not imported (vertex colours kept): {error}"
+
+    def _finish_export(self, host: Host, event: dict) -> None:
+        es = self.export_status
+        if event.get("returncode") == 0:
+            path = run_files.textured_mesh_from(es.files) or (es.mesh_path if es.mesh_path and not
+                                                              es.mesh_path.endswith(".ply") else None)
+            path = path or run_files.newest_mesh(self.request.run_dir, since=self.export_started - 1.0)
+            if path:
+                self._import_textured(host, path)
+            else:
+                self.status.last_error = "texture export wrote no .glb/.obj file (vertex colours kept)"
+        elif event.get("state") != "cancelled":
+            self.status.last_error = ("texture export failed (vertex colours kept): "
+                                      + (es.last_error or self.process.failure_message()))
+        self.end(host, "cancelled" if event.get("state") == "cancelled" else "done")
+
+
+def new_run(request: RunRequest, echo: Callable[[str], None] | None = None) -> Run:
+    """A run for ``request`` whose engine is not started yet (``ValueError`` -> AddonError for bad options)."""
+    try:
+        argv = request.fit_command()
+    except ValueError as e:
+        raise AddonError(str(e)) from e
+    return Run(request, request.process(argv), echo=echo)
+
+
+def resume_problem(run_dir: Path | str) -> str | None:
+    """Why ``run_dir`` cannot be resumed (no checkpoint or no saved config), or None when it can."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return f"{run_dir}: nothing to resume (no checkpoints/last.ckpt)"
+    if not (run_dir / "config.yaml").is_file():
+        return f"{run_dir}: nothing to resume (no config.yaml)"
+    return None
