@@ -4,7 +4,7 @@ The heavy lifting runs in a separate Python with PyTorch (``python -m engine fit
 this add-on imports the dataset's cameras, starts and watches the engine, and imports the mesh it produces.
 
 Modules without bpy (usable and tested outside Blender): ``camera_math``, ``camera_source``, ``engine_process``,
-``protocol``, ``ply_io``, ``region``, ``run_files``. The rest is the thin bpy layer.
+``errors``, ``protocol``, ``ply_io``, ``region``, ``run_files``, ``run_state``. The rest is the thin bpy layer.
 """
 
 import atexit

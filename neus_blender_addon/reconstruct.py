@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 import tempfile
+import textwrap
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -252,6 +253,23 @@ def _report(level: str, message: str) -> None:
         with _window_context():
             bpy.ops.neus.report(level=level, message=message)
     except (RuntimeError, AttributeError):  # bpy.ops raises on an ERROR report, after showing it
+        pass
+    if level != "INFO" and not bpy.app.background:
+        _popup(level, message)
+
+
+def _popup(level: str, message: str) -> None:
+    """A failure or cancel also opens a small popup, which the artist sees wherever the mouse is."""
+
+    def draw(menu, _context):
+        for line in textwrap.wrap(message, 80) or [""]:
+            menu.layout.label(text=line)
+
+    try:
+        with _window_context():
+            bpy.context.window_manager.popup_menu(draw, title="NeuS Reconstruct",
+                                                  icon="ERROR" if level == "ERROR" else "INFO")
+    except (RuntimeError, AttributeError, TypeError):
         pass
 
 

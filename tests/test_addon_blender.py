@@ -286,3 +286,27 @@ def test_stale_running_flag_is_reset_on_load(bpy, tmp_path):
     bpy.ops.wm.open_mainfile(filepath=str(path))
     s = bpy.context.scene.neus
     assert not s.running and s.state == "idle"
+
+
+def test_status_is_copied_and_redrawn_only_when_it_changed(bpy, tmp_path):
+    import sys
+    from pathlib import Path
+
+    from neus_blender_addon import reconstruct, run_state
+    from neus_blender_addon.engine_process import EngineLocation
+
+    scene = bpy.context.scene
+    request = run_state.RunRequest(scene.name, tmp_path, tmp_path / "run_001", "scan",
+                                   EngineLocation(Path(sys.executable), "test", None))
+    run = run_state.new_run(request)  # not started: only its status is shown
+    run.status.state, run.status.stage, run.status.step, run.status.total = "running", "training", 5, 10
+    reconstruct._update_ui(run)
+    s = scene.neus
+    assert (s.step, s.stage, s.running, s.run_dir) == (5, "training", True, str(tmp_path / "run_001"))
+    s.step = 99  # stands in for "drawn already": an unchanged status is not copied (nor redrawn) again
+    reconstruct._update_ui(run)
+    assert s.step == 99
+    run.status.step = 6
+    reconstruct._update_ui(run)
+    assert s.step == 6
+    reconstruct.shutdown()  # forget the cached state
