@@ -65,7 +65,7 @@ def run_benchmark(scene: Path, preset: str, device: str, steps: int | None, gt: 
     }
     if gt is not None:
         from .mesh.evaluate import evaluate_mesh
-        from .mesh.io import read_mesh
+        from .mesh.read import read_mesh
 
         metrics = evaluate_mesh(result["mesh"], gt, threshold=0.01, n_samples=200_000)["normalized"]
         gt_vertices = read_mesh(gt).vertices

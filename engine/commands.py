@@ -95,8 +95,10 @@ def cmd_export(args, emitter: Emitter) -> int:
 
 
 def cmd_eval(args, emitter: Emitter) -> int:
+    from datasets.normalization_file import read_normalization_json
+
     from .mesh.evaluate import evaluate_mesh
-    from .mesh.io import MeshFileError, read_normalization_json
+    from .mesh.mesh_data import MeshFileError
 
     if not args.samples >= 1:
         raise InputError(f"--samples must be positive, got {args.samples}")
@@ -106,8 +108,8 @@ def cmd_eval(args, emitter: Emitter) -> int:
     if args.normalization is not None:
         try:
             scale_mat, _ = read_normalization_json(args.normalization)
-        except (OSError, ValueError, KeyError) as exc:
-            raise InputError(f"{args.normalization}: {exc}") from exc
+        except ValueError as exc:  # DatasetError: "<file>: <problem>"
+            raise InputError(str(exc)) from exc
     try:
         result = evaluate_mesh(args.mesh, args.gt, threshold=args.threshold, n_samples=args.samples,
                                scale_mat=scale_mat)
@@ -130,7 +132,7 @@ def cmd_render(args, emitter: Emitter) -> int:
     from datasets.geometry import scale_intrinsics
     from datasets.rays import spherical_trajectory
 
-    from .mesh.io import atomic_path
+    from .atomic_files import atomic_path
 
     if args.frames < 1:
         raise InputError(f"--frames must be positive, got {args.frames}")

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import region
 from .config_schema import EXPORT_FORMATS, EXPORT_FRAMES, ExportConfig
+from .mesh import transform_vertices, write_glb, write_normalization_json, write_obj, write_ply
 from .mesh.color import (
     field_color_source,
     photo_color_source,
@@ -21,7 +22,6 @@ from .mesh.color import (
     vertex_colors_from_photos,
 )
 from .mesh.extract import MeshExtractionError, clean_mesh, decimate, extract_mesh
-from .mesh.io import transform_vertices, write_glb, write_normalization_json, write_obj, write_ply
 from .mesh.texture import texture_mesh
 from .model import NeuSModel
 from .protocol import Emitter
@@ -114,13 +114,13 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
     scale_mat = np.asarray(scene.scale_mat if scene is not None else np.eye(4), dtype=np.float64)
     verts, faces, colors, normals = region.crop_to_box(cfg, scale_mat, verts, faces, colors, normals)
     files: dict[str, Path] = {}
-    files["ply"] = write_ply(run_dir / "mesh.ply", verts, faces, colors)
+    files["ply"] = write_ply(run_dir / "mesh.ply", verts, faces, colors=colors)
     files["normalization"] = write_normalization_json(run_dir / "normalization.json", scale_mat, "normalized",
                                                       region=region.record(cfg, scale_mat))
     out_verts = transform_vertices(verts, scale_mat) if opts.frame == "world" else verts
     suffix = "_world" if opts.frame == "world" else ""
     if opts.frame == "world":
-        files["ply_world"] = write_ply(run_dir / "mesh_world.ply", out_verts, faces, colors)
+        files["ply_world"] = write_ply(run_dir / "mesh_world.ply", out_verts, faces, colors=colors)
     extra = [f for f in opts.formats if f != "ply"]
     for fmt in extra:
         if fmt not in EXPORT_FORMATS:
@@ -132,7 +132,8 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
                                         fallback=model.albedo, bound_radius=model.radius, device=_device_of(model))
         tv, tf, uvs, tex = texture_mesh(verts, faces, source, normals=normals, texture_size=int(opts.texture_size))
         tv_out = transform_vertices(tv, scale_mat) if opts.frame == "world" else tv
-        for key, path in write_obj(run_dir / f"mesh_textured{suffix}.obj", tv_out, tf, uvs, tex, yup=True).items():
+        obj_files = write_obj(run_dir / f"mesh_textured{suffix}.obj", tv_out, tf, uvs=uvs, texture=tex, yup=True)
+        for key, path in obj_files.items():
             files[f"obj_{key}" if key != "obj" else "obj"] = path
         files["glb"] = write_glb(run_dir / f"mesh_textured{suffix}.glb", tv_out, tf, uvs=uvs, texture=tex, yup=True)
     else:
@@ -157,4 +158,4 @@ def write_preview_mesh(model: NeuSModel, cfg, run_dir: Path, step: int) -> Path 
         model.train(was_training)
     out = run_dir / "preview" / f"preview_{step:06d}.ply"
     out.parent.mkdir(parents=True, exist_ok=True)
-    return write_ply(out, verts, faces, colors)
+    return write_ply(out, verts, faces, colors=colors)

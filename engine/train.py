@@ -16,11 +16,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 import datasets
 
+from .atomic_files import atomic_path, atomic_write
 from .cancel import CancelToken
 from .config import ConfigError, build_config, load_run_config, resolve_accelerators, resolve_auto, to_yaml
 from .device import device_name, select_device
 from .errors import Cancelled, InputError
-from .mesh.io import atomic_path, atomic_write
 from .protocol import PROTOCOL_VERSION, Emitter
 from .region import region_of
 from .system import NeuSSystem, RaySource

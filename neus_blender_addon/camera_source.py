@@ -49,6 +49,13 @@ def cameras_module() -> ModuleType:
     )
 
 
+def datasets_module(name: str) -> ModuleType:
+    """``datasets.<name>`` from the same copy of ``datasets`` as the camera loader (vendored first). A module named
+    here must be among build_addon.py's ``ENTRY_MODULES`` or what they import (tests/test_addon_build.py checks)."""
+    package = cameras_module().__name__.rsplit(".", 1)[0]
+    return importlib.import_module(f"{package}.{name}")
+
+
 def load_camera_set(directory: str | Path, data_format: str = "auto", cameras_file: str | Path | None = None) -> Any:
     """``datasets.cameras.load_cameras(directory, format=data_format, cameras_file=...)`` at full resolution.
 
@@ -65,8 +72,7 @@ def load_sparse_points(directory: str | Path) -> tuple[Any, Any] | None:
     Raises:
         ValueError: (``DatasetError``) a bad points3D file.
     """
-    package = cameras_module().__name__.rsplit(".", 1)[0]  # the same datasets copy as the camera loader
-    return importlib.import_module(f"{package}.formats.colmap").read_sparse_points(Path(directory))
+    return datasets_module("formats.colmap").read_sparse_points(Path(directory))
 
 
 @dataclass(frozen=True)

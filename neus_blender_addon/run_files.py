@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-NORMALIZATION_JSON = "normalization.json"
+from .camera_source import datasets_module
+
 MESH_PLY = "mesh.ply"
 MESH_SUFFIXES = (".ply", ".obj", ".glb", ".gltf")
 # OBJ first: it holds plain coordinates, while glTF importers convert axes (see blender_mesh).
@@ -15,29 +15,14 @@ TEXTURED_SUFFIXES = (".obj", ".glb", ".gltf")
 
 
 def read_normalization(path: str | Path) -> np.ndarray:
-    """``scale_mat`` (4, 4) normalized -> world from ``normalization.json`` (a file or its run directory).
+    """``scale_mat`` (4, 4) normalized -> world from ``normalization.json`` (a file or its run directory), read by
+    the project's one reader (``datasets.normalization_file``).
 
     Raises:
-        ValueError: missing file, bad JSON, or a ``scale_mat`` that is not a finite 4x4 matrix.
+        ValueError: missing file, bad JSON, or a ``scale_mat`` that is not a finite invertible 4x4 matrix; the
+            message is ``"<file>: <problem>"``.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / NORMALIZATION_JSON
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read ({e.strerror or e})") from e
-    except ValueError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(obj, dict) or "scale_mat" not in obj:
-        raise ValueError(f"{path}: no 'scale_mat' entry")
-    try:
-        mat = np.array(obj["scale_mat"], dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: 'scale_mat' is not a numeric matrix") from e
-    if mat.shape != (4, 4) or not np.all(np.isfinite(mat)):
-        raise ValueError(f"{path}: 'scale_mat' must be a finite 4x4 list of rows, got shape {mat.shape}")
-    return mat
+    return datasets_module("normalization_file").read_normalization_json(path)[0]
 
 
 def mesh_format(path: str | Path) -> str:

@@ -38,7 +38,8 @@ def test_zip_layout(built_zip):
     assert "blender_manifest.toml" in names and "__init__.py" in names  # at the zip root, side by side
     for module in ("camera_math.py", "engine_process.py", "protocol.py", "ply_io.py", "operators.py", "ui.py"):
         assert module in names
-    for module in ("__init__.py", "cameras.py", "geometry.py", "formats/dtu.py", "formats/colmap.py"):
+    for module in ("__init__.py", "cameras.py", "geometry.py", "formats/dtu.py", "formats/colmap.py",
+                   "normalization_file.py"):
         assert f"_vendor/datasets/{module}" in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or n.startswith("tests/")]
     assert "headless.py" not in names
@@ -186,9 +187,25 @@ def test_build_refuses_modules_blender_lacks(tmp_path, monkeypatch):
     (fake / "cameras.py").write_text("import numpy as np\nfrom datasets.helpers import f\n")
     (fake / "helpers.py").write_text("def f():\n    from PIL import Image\n    return Image\n")
     monkeypatch.setattr(build_addon, "DATASETS_DIR", fake)
+    monkeypatch.setattr(build_addon, "ENTRY_MODULES", ("cameras",))
     with pytest.raises(build_addon.BuildError, match=r"helpers\.py: imports 'PIL'"):
         build_addon.vendored_modules()
     (fake / "helpers.py").write_text("import json\n\ndef f():\n    return json\n")
     assert [p.name for p in build_addon.vendored_modules()] == ["cameras.py", "helpers.py"]
     assert build_addon.relativize(fake / "cameras.py", (fake / "cameras.py").read_text()).endswith(
         "from .helpers import f\n")
+
+
+def test_every_datasets_module_the_addon_imports_is_vendored():
+    """The add-on reaches ``datasets`` only through camera_source (``cameras_module`` / ``datasets_module("x")``);
+    each module named there must be in the zip, or the installed add-on fails where the checkout works."""
+    named = {"cameras"}
+    for path in (REPO / "neus_blender_addon").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None))
+                    == "datasets_module" and node.args and isinstance(node.args[0], ast.Constant)):
+                named.add(node.args[0].value)
+    assert named > {"cameras"}  # the scan found the add-on's uses (normalization_file at least)
+    vendored = {p.relative_to(build_addon.DATASETS_DIR).with_suffix("").as_posix().replace("/", ".")
+                for p in build_addon.vendored_modules()}
+    assert named <= vendored, named - vendored

@@ -237,7 +237,7 @@ def test_read_normalization(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"scale_mat": [[1, 2], [3, 4]]}))
     with pytest.raises(ValueError, match="4x4"):
         run_files.read_normalization(tmp_path / "bad.json")
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match="nope.json: file not found"):
         run_files.read_normalization(tmp_path / "nope.json")
 
 

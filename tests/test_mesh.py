@@ -11,11 +11,12 @@ import torch
 import trimesh
 
 from datasets.geometry import project_points
+from datasets.normalization_file import read_normalization_json
+from engine.atomic_files import TMP_PREFIX, atomic_write
 from engine.mesh import (
     MeshDependencyError,
     MeshExtractionError,
     MeshFileError,
-    atomic_write,
     bake_texture,
     chamfer_and_fscore,
     clean_mesh,
@@ -26,7 +27,6 @@ from engine.mesh import (
     mesh_vertex_normals,
     rasterize_uv,
     read_mesh,
-    read_normalization_json,
     sample_surface,
     sdf_normals,
     segment_occluded,
@@ -40,7 +40,6 @@ from engine.mesh import (
     write_obj,
     write_ply,
 )
-from engine.mesh.io import TMP_PREFIX
 
 # ----------------------------------------------------------------------------------------------------
 # Analytic scenes
@@ -395,7 +394,7 @@ def test_texture_mesh_bakes_the_colour_function(tmp_path):
     assert np.abs(sample_texture(tex, centroid_uv) - rgb_of_position(centroid_xyz)).max() < 0.03
     assert np.abs(sample_texture(tex, uvs) - rgb_of_position(nv)).mean() < 0.02
     # trimesh reads the textured OBJ back and samples the same colours (an independent UV convention check).
-    write_obj(tmp_path / "tex.obj", nv, nf, uvs, tex)
+    write_obj(tmp_path / "tex.obj", nv, nf, uvs=uvs, texture=tex)
     loaded = trimesh.load(tmp_path / "tex.obj", process=False)
     sampled = loaded.visual.to_color().vertex_colors[:, :3] / 255.0
     assert np.abs(sampled - rgb_of_position(np.asarray(loaded.vertices))).mean() < 0.03
@@ -419,7 +418,7 @@ def no_temp_files(folder: Path) -> bool:
 
 def test_ply_round_trip(tmp_path, colored_mesh):
     v, f, c = colored_mesh
-    path = write_ply(tmp_path / "m.ply", v, f, c)
+    path = write_ply(tmp_path / "m.ply", v, f, colors=c)
     m = read_mesh(path)
     np.testing.assert_array_equal(m.vertices, v)
     np.testing.assert_array_equal(m.faces, f)
@@ -429,12 +428,26 @@ def test_ply_round_trip(tmp_path, colored_mesh):
     np.testing.assert_array_equal(t.faces, f)
     np.testing.assert_array_equal(t.visual.vertex_colors[:, :3], c)
     # Point cloud (no face element), float colours.
-    pc = write_ply(tmp_path / "pc.ply", v, None, c / 255.0)
+    pc = write_ply(tmp_path / "pc.ply", v, None, colors=c / 255.0)
     m = read_mesh(pc)
     assert m.faces.shape == (0, 3)
     np.testing.assert_array_equal(m.colors, c)
     assert isinstance(trimesh.load(pc), trimesh.PointCloud)
     assert no_temp_files(tmp_path)
+
+
+def test_engine_ply_reads_in_the_addon(tmp_path, colored_mesh):
+    """The engine writes mesh.ply and the add-on reads it with its own bpy-free reader (Blender has no trimesh):
+    the pair must agree on positions, faces and colours, with and without faces."""
+    from neus_blender_addon.ply_io import read_ply
+
+    v, f, c = colored_mesh
+    ply = read_ply(write_ply(tmp_path / "m.ply", v, f, colors=c))
+    np.testing.assert_array_equal(ply.vertices, v)
+    np.testing.assert_array_equal(ply.triangles, f)
+    np.testing.assert_array_equal(np.round(ply.colors[:, :3] * 255).astype(np.uint8), c)
+    bare = read_ply(write_ply(tmp_path / "bare.ply", v, f))
+    assert bare.colors is None and len(bare.face_sizes) == len(f)
 
 
 def test_read_foreign_plys(tmp_path, colored_mesh):
@@ -453,7 +466,7 @@ def test_read_foreign_plys(tmp_path, colored_mesh):
         "0 0 0\n1 0 0\n1 1 0\n0 1 0\n4 0 1 2 3\n"
     )
     m = read_mesh(tmp_path / "a.ply")
-    np.testing.assert_array_equal(m.faces, [[0, 1, 2], [0, 2, 3]])
+    assert len(m.faces) == 2 and trimesh.Trimesh(m.vertices, m.faces).area == pytest.approx(1.0)  # the unit quad
     assert m.colors is None and m.vertices[2].tolist() == [1, 1, 0]
 
 
@@ -467,7 +480,7 @@ def test_obj_and_glb_round_trips(tmp_path, colored_mesh):
     # Textured OBJ: OBJ + MTL + PNG.
     uvs = np.random.default_rng(1).uniform(0, 1, (len(v), 2)).astype(np.float32)
     tex = np.random.default_rng(2).integers(0, 256, (32, 48, 3), dtype=np.uint8)
-    files = write_obj(tmp_path / "t.obj", v, f, uvs, tex)
+    files = write_obj(tmp_path / "t.obj", v, f, uvs=uvs, texture=tex)
     assert sorted(p.name for p in files.values()) == ["t.mtl", "t.obj", "t.png"]
     m = read_mesh(tmp_path / "t.obj")
     np.testing.assert_allclose(m.vertices, v, atol=1e-5)
@@ -524,7 +537,7 @@ def test_bad_mesh_files_name_the_file(tmp_path):
     data = tmp_path / "good.ply"
     write_ply(data, np.eye(3), [[0, 1, 2]])
     (tmp_path / "cut.ply").write_bytes(data.read_bytes()[:-5])
-    with pytest.raises(MeshFileError, match="cut.ply: PLY truncated"):
+    with pytest.raises(MeshFileError, match="cut.ply: cannot read mesh"):
         read_mesh(tmp_path / "cut.ply")
     write_ply(tmp_path / "empty.ply", np.zeros((0, 3)), np.zeros((0, 3)))
     with pytest.raises(MeshFileError, match="empty.ply: contains no vertices"):
@@ -540,7 +553,7 @@ def test_world_frame_export_and_normalization_json(tmp_path, colored_mesh):
     world = transform_vertices(v, scale_mat)
     manual = (scale_mat @ np.concatenate([v, np.ones((len(v), 1))], axis=1).T).T[:, :3]
     np.testing.assert_allclose(world, manual, rtol=1e-12)
-    write_ply(tmp_path / "world.ply", world, f, c)
+    write_ply(tmp_path / "world.ply", world, f, colors=c)
     np.testing.assert_allclose(read_mesh(tmp_path / "world.ply").vertices, manual, rtol=1e-6)
     # A mirroring matrix flips the winding so the mesh stays outward-facing.
     mirror = np.diag([-1.0, 1.0, 1.0, 1.0])

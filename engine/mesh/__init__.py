@@ -3,7 +3,9 @@
 - :mod:`.extract`: coarse-to-fine marching cubes of an SDF, normals, clean-up, decimation.
 - :mod:`.color`: per-vertex colours from the radiance field or from the training photos.
 - :mod:`.texture`: xatlas UV unwrap and diffuse-texture baking.
-- :mod:`.io`: atomic PLY / OBJ / GLB writers, a reader, frame transforms, ``atomic_write``.
+- :mod:`.ply`, :mod:`.exchange`: PLY, and OBJ / GLB writers (atomic, see ``engine.atomic_files``).
+- :mod:`.read`: meshes from files (trimesh); :mod:`.mesh_data`: the record read and the shared array checks.
+- :mod:`.frames`: normalized <-> world frame, writing ``normalization.json``.
 - :mod:`.evaluate`: Chamfer-L1 and F-score.
 """
 
@@ -15,6 +17,7 @@ from .color import (
     vertex_colors_from_photos,
 )
 from .evaluate import chamfer_and_fscore, evaluate_mesh, sample_surface
+from .exchange import write_glb, write_obj
 from .extract import (
     MeshDependencyError,
     MeshExtractionError,
@@ -27,21 +30,10 @@ from .extract import (
     outside_visual_hull,
     sdf_normals,
 )
-from .io import (
-    MeshData,
-    MeshFileError,
-    atomic_path,
-    atomic_write,
-    colors_to_uint8,
-    read_mesh,
-    read_normalization_json,
-    transform_mesh,
-    transform_vertices,
-    write_glb,
-    write_normalization_json,
-    write_obj,
-    write_ply,
-)
+from .frames import transform_mesh, transform_vertices, write_normalization_json
+from .mesh_data import MeshData, MeshFileError, colors_to_uint8
+from .ply import write_ply
+from .read import read_mesh
 from .texture import bake_texture, dilate_texture, rasterize_uv, texture_mesh, unwrap_uv
 
 __all__ = [
@@ -49,8 +41,6 @@ __all__ = [
     "MeshDependencyError",
     "MeshExtractionError",
     "MeshFileError",
-    "atomic_path",
-    "atomic_write",
     "bake_texture",
     "chamfer_and_fscore",
     "clean_mesh",
@@ -67,7 +57,6 @@ __all__ = [
     "photo_color_source",
     "rasterize_uv",
     "read_mesh",
-    "read_normalization_json",
     "sample_surface",
     "sdf_normals",
     "segment_occluded",

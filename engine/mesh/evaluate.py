@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from .io import MeshData, MeshFileError, read_mesh, transform_vertices
+from .frames import transform_vertices
+from .mesh_data import MeshData, MeshFileError
+from .read import read_mesh
 
 MeshLike = str | os.PathLike | MeshData | tuple[np.ndarray, np.ndarray] | Any  # Any: a trimesh.Trimesh
 
