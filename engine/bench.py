@@ -16,13 +16,15 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .cpu_threads import configure_torch_threads
 from .protocol import Emitter
-from .train import CancelToken, FitRequest, env_threads, run_fit
+from .train import CancelToken, FitRequest, run_fit
 
 
 def git_commit() -> str:
@@ -41,7 +43,7 @@ def git_commit() -> str:
 
 def run_benchmark(scene: Path, preset: str, device: str, steps: int | None, gt: Path | None, holdout: int,
                   overrides: list[str], out_dir: Path, phase_timer: bool = True) -> dict:
-    env_threads()
+    threads = configure_torch_threads()
     req = FitRequest(data_dir=scene, run_dir=out_dir, preset=preset, steps=steps, device=device,
                      overrides=[f"data.holdout_every={holdout}", *overrides], profile=True, phase_timer=phase_timer)
     result = run_fit(req, Emitter("none"), CancelToken())
@@ -50,7 +52,9 @@ def run_benchmark(scene: Path, preset: str, device: str, steps: int | None, gt: 
     summary = {
         "date": datetime.date.today().isoformat(), "commit": git_commit(), "scene": str(scene), "preset": preset,
         "device": result["device"], "device_name": result["device_name"], "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "steps": n_steps, "train_s": t["train_s"], "extract_s": t["extract_s"],
+        "threads": torch.get_num_threads(), "threads_from": threads.source, "usable_cores": threads.usable_cores,
+        "idle_cores_at_start": None if threads.idle_cores is None else round(threads.idle_cores, 2),
+        "steps": n_steps, "train_s": t["train_s"], "extract_s": t["extract_s"],
         "export_s": t["export_s"], "load_s": t["load_s"],
         "wall_to_mesh_s": round(t["train_s"] + t["extract_s"] + t["export_s"], 2),
         "steps_per_s": round(n_steps / max(t["train_s"], 1e-9), 2),
@@ -75,6 +79,52 @@ def run_benchmark(scene: Path, preset: str, device: str, steps: int | None, gt: 
     return summary
 
 
+def _spin_forever() -> None:  # the busy neighbour (another process, so it competes like Blender would)
+    while True:
+        pass
+
+
+def busy_core_comparison(child_args: list[str]) -> dict:
+    """Runs the benchmark twice in fresh processes: alone, then with another process keeping one core busy (pinned
+    to the last usable core). Returns both summaries and ``busy_ratio`` = busy / alone wall-to-mesh time (the
+    engine's goal: at most 2.5). ``load_avg_before`` tells a reader whether "alone" really was a quiet machine."""
+    import multiprocessing
+
+    def run_child() -> dict:
+        out = subprocess.run([sys.executable, "-m", "engine.bench", *child_args], capture_output=True, text=True,
+                             check=True, cwd=Path(__file__).resolve().parents[1])
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    load_before = os.getloadavg()
+    alone = run_child()
+    spinner = multiprocessing.get_context("spawn").Process(target=_spin_forever, daemon=True)
+    spinner.start()
+    try:
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(spinner.pid, {sorted(os.sched_getaffinity(0))[-1]})
+        time.sleep(1.0)  # let the neighbour show up in the engine's idle-core sample
+        busy = run_child()
+    finally:
+        spinner.terminate()
+        spinner.join()
+    return {"date": alone["date"], "commit": alone["commit"], "load_avg_before": [round(x, 2) for x in load_before],
+            "alone": alone, "one_core_busy": busy,
+            "busy_ratio": round(busy["wall_to_mesh_s"] / max(alone["wall_to_mesh_s"], 1e-9), 2)}
+
+
+def _without(argv: list[str], flags: set[str], with_value: set[str]) -> list[str]:
+    """``argv`` less the given flags and options (``--opt VALUE`` or ``--opt=VALUE``)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in with_value:
+            skip = True
+        elif arg not in flags and arg.split("=", 1)[0] not in with_value:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("scene", type=Path)
@@ -89,7 +139,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-phase-timer", action="store_true",
                    help="no per-phase profile: it synchronises the device at every phase, which hides the gain of a "
                         "sync-free step (compare model.sampler=packed and static this way)")
+    p.add_argument("--busy-core", action="store_true",
+                   help="run twice, alone and with another process keeping one core busy, and report the ratio")
+    argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
+    if args.busy_core:
+        summary = busy_core_comparison(_without(argv, flags={"--busy-core"}, with_value={"--results", "--out"}))
+        print(json.dumps(summary))
+        if args.results is not None:
+            with open(args.results, "a") as f:
+                f.write(json.dumps(summary) + "\n")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         summary = run_benchmark(args.scene, args.preset, args.device, args.steps, args.gt, args.holdout,
                                 args.overrides, args.out or Path(tmp) / "run", phase_timer=not args.no_phase_timer)

@@ -127,9 +127,10 @@ def _install_cancel(token) -> None:
 
 
 def _cmd_fit(args, emitter: Emitter) -> int:
-    from .train import FitRequest, env_threads
+    from .cpu_threads import configure_torch_threads
+    from .train import FitRequest
 
-    env_threads()
+    configure_torch_threads()  # reported in the start event (cpu_threads)
     req = FitRequest(data_dir=args.data_dir, run_dir=args.out, format=args.format, preset=args.preset,
                      steps=args.steps, device=args.device, config_file=args.config, overrides=args.overrides,
                      resume=args.resume, export_on_cancel=args.export_on_cancel)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,7 +246,8 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
     enc = cfg.model.geometry.encoding
     emitter.emit("start", version=PROTOCOL_VERSION, command="fit", data_dir=str(req.data_dir.resolve()),
                  run_dir=str(req.run_dir.resolve()), preset=str(cfg.preset), device=str(device),
-                 device_name=device_name(device), total_steps=total, start_step=start_step,
+                 device_name=device_name(device), cpu_threads=torch.get_num_threads(), total_steps=total,
+                 start_step=start_step,
                  config={"format": scene.format, "n_images": scene.n_views, "n_train": int(len(train_idx)),
                          "resolution": [scene.width, scene.height], "masks": bool(cfg.data.use_mask),
                          "encoding": f"hashgrid {enc.n_levels}x{enc.n_features_per_level} 2^{enc.log2_hashmap_size}",
@@ -320,9 +320,3 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
         if device.type == "cuda":
             result["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
     return result
-
-
-def env_threads() -> None:
-    """Uses every core for intra-op parallelism unless the user chose (OMP_NUM_THREADS)."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, os.cpu_count() or 1))

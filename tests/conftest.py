@@ -8,6 +8,7 @@ folder is shared. A test that changes a run (exports into it, damages it, makes 
 from __future__ import annotations
 
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +45,12 @@ def _fit(tmp_path_factory: pytest.TempPathFactory, name: str, *args: str, timeou
     if not HAS_SAMPLE:
         pytest.skip(NO_SAMPLE_REASON)
     folder = tmp_path_factory.mktemp(name) / "run"
-    code, events, err = run_engine("fit", str(SAMPLE), "--out", str(folder), "--progress", "jsonl", *args,
-                                   timeout=timeout)
+    try:
+        code, events, err = run_engine("fit", str(SAMPLE), "--out", str(folder), "--progress", "jsonl", *args,
+                                       timeout=timeout)
+    except subprocess.TimeoutExpired as exc:  # every test using the run fails with this, not a setup error
+        return TrainedRun(folder, -1, [], f"engine fit {' '.join(args)} timed out after {timeout:.0f} s\n"
+                                         f"{exc.stderr or ''}")
     return TrainedRun(folder, code, events, err)
 
 

@@ -17,7 +17,6 @@ TINY = ["--set", "export.resolution=48", "--set", "export.coarse_resolution=24",
 def engine_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", "2")
     return env
 
 

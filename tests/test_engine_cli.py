@@ -17,6 +17,7 @@ import trimesh
 from engine_helpers import REPO, SAMPLE, TINY, engine_env, parse_events, run_engine
 from paths import needs_sample
 
+from engine.cpu_threads import usable_core_count
 from engine.device import select_device
 
 pytestmark = needs_sample
@@ -29,6 +30,7 @@ def test_fit_event_sequence_and_outputs(smoke_run):
     assert kinds[1] == "start"
     start = events[1]
     assert start["version"] == 1 and start["total_steps"] == 12 and start["device"] == str(select_device("auto"))
+    assert 1 <= start["cpu_threads"] <= usable_core_count()
     assert start["config"]["n_images"] == 40 and start["config"]["resolution"] == [400, 300]
     stages = [e["stage"] for e in events if e["event"] == "stage"]
     assert stages == ["loading", "training", "extracting", "exporting"]
