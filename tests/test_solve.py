@@ -268,3 +268,12 @@ def test_fit_on_photos_alone_solves_then_gives_a_mesh_in_place(sample_photos, tm
     gt_radius = json.loads((SAMPLE / "scene.json").read_text())["object"]["bounding_radius_normalized"]
     print("photos-to-mesh:", metrics, "radius", gt_radius, "timings", events[-1].get("timings"))
     assert metrics["chamfer_l1"] < 0.05 * gt_radius, metrics
+
+
+def test_fit_on_too_few_photos_fails_before_training_and_leaves_no_run_folder(tmp_path):
+    _copy_photos(tmp_path / "two", ["000000.png", "000001.png"])
+    run = tmp_path / "run"
+    code, events, err = run_engine("fit", str(tmp_path / "two"), "--out", str(run), "--progress", "jsonl")
+    assert code == 2 and events[-1]["event"] == "error" and "at least 3" in events[-1]["message"], err[-2000:]
+    assert [e["stage"] for e in events if e["event"] == "stage"][0] == "solving"
+    assert not run.exists()

@@ -126,7 +126,7 @@ def _save_working(img: Image.Image, path: Path) -> None:
     if path.suffix.lower() in (".jpg", ".jpeg"):
         img.save(path, quality=95)
     else:
-        img.save(path)
+        img.save(path, compress_level=1)  # working copies: fast to write, the dataset is re-read anyway
 
 
 def _working_name(photo: Path, taken: set[str]) -> str:
@@ -230,7 +230,7 @@ def prepare_video(video: Path, out_dir: Path, fps: float, max_frames: int,
         last_thumb = thumb
         name = f"frame_{index:06d}.png"
         img = _fit_working_size(Image.fromarray(rgb))
-        img.save(out_dir / name)
+        img.save(out_dir / name, compress_level=1)
         images.append(WorkingImage(name, f"frame {index}", img.width, img.height))
 
     index = -1
