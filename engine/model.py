@@ -117,8 +117,10 @@ class NeuSModel(nn.Module):
         """``model.min_inv_s`` at ``step``."""
         return scheduled(self.cfg.min_inv_s, step)
 
-    def update_step(self, step: int) -> None:
-        """Applies the step-dependent schedules (progressive levels, cos annealing, occupancy refresh)."""
+    def update_step(self, step: int) -> bool:
+        """Applies the step-dependent schedules (progressive levels, cos annealing, occupancy refresh).
+
+        Returns whether the occupancy grid was refreshed."""
         cfg = self.cfg
         prog = cfg.geometry.progressive
         if prog.enabled:
@@ -129,11 +131,13 @@ class NeuSModel(nn.Module):
         self.cos_anneal_ratio.fill_(1.0 if end <= 0 else min(1.0, step / end))
         self.min_inv_s.fill_(self.sharpness_floor(step))
         occ = cfg.occupancy
-        if self.occupancy is not None and step >= int(occ.start_step) and step % int(occ.update_every) == 0:
+        refresh = self.occupancy is not None and step >= int(occ.start_step) and step % int(occ.update_every) == 0
+        if refresh:
             # inv_s stays on the device, so the refresh does not wait for the GPU.
             self.occupancy.update(self.geometry.sdf, self.inv_s().detach(), self.step_size,
                                   fraction=float(occ.update_fraction))
         self.timer.mark("occupancy_update")
+        return refresh
 
     # ---------------------------------------------------------------- rendering
     def render_rays(self, origins: Tensor, dirs: Tensor, bg_color: Tensor, stratified: bool = False,

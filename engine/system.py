@@ -8,6 +8,7 @@ import sys
 import lightning as L
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -141,6 +142,11 @@ class NeuSSystem(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.rays is not None:
             self.rays.to(self.device)
+        if self.trainer.world_size > 1:
+            # DDP: every process was seeded alike and would draw the same rays, so each rank would compute the same
+            # batch. Each rank draws its own rays; the grids, refreshed from each rank's own random cells, are
+            # shared from rank 0 after every refresh (share_occupancy), and DDP keeps the weights identical.
+            torch.manual_seed(int(self.cfg.seed) + self.trainer.global_rank)
         if bool(self.cfg.train.compile) and not self._compiled and self.device.type == "cuda":
             self._compile()
 
@@ -181,7 +187,8 @@ class NeuSSystem(L.LightningModule):
             torch.compiler.cudagraph_mark_step_begin()  # a new iteration: earlier graph outputs may be overwritten
         if self.static:
             self._adapt_static_rays(step)
-        self.model.update_step(step)
+        if self.model.update_step(step):
+            self.share_occupancy()
         origins, dirs, rgb, mask = self.rays.sample(self.n_rays)
         timer.mark("data")
         bg = self.background_color(self.n_rays)
@@ -212,6 +219,17 @@ class NeuSSystem(L.LightningModule):
             **terms,
         }
         return loss
+
+    def share_occupancy(self) -> None:
+        """Under DDP, every rank takes rank 0's occupancy grid after a refresh, so all ranks march the same space
+        (each rank refreshed its own grid from its own random cells and jitter). Nothing to do in one process."""
+        grid = self.model.occupancy
+        if grid is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return
+        dist.broadcast(grid.density, src=0)
+        occupied = grid.occupied.to(torch.uint8)  # bool is not a collective type on every backend (gloo)
+        dist.broadcast(occupied, src=0)
+        grid.occupied.copy_(occupied.bool())
 
     def forward_step(self, origins: Tensor, dirs: Tensor, rgb: Tensor, mask: Tensor | None, bg: Tensor,
                      weights: dict[str, float]) -> tuple[Tensor, dict[str, Tensor], Tensor | int, Tensor | float,
