@@ -443,7 +443,7 @@ class EngineProcess:
             proc.terminate()
             proc.wait(self.kill_grace_s)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            self._kill_group(proc)
         except OSError:
             pass
 
