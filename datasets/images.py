@@ -138,6 +138,18 @@ def read_mask(path: Path, factor: float, width: int, height: int, out: np.ndarra
     return out
 
 
+def mask_is_foreground(values: np.ndarray) -> np.ndarray:
+    """The foreground test of mask samples, as :func:`read_mask` applies it: (M,) or (M, C) values (bool, uint8
+    0..255 or float 0..1; with channels, any channel counts) -> (M,) bool. Used where masks are sampled at
+    projected points (visual-hull cleaning, photo colours)."""
+    values = np.asarray(values)
+    if values.ndim > 1:
+        values = values.max(axis=-1)
+    if values.dtype == np.bool_:
+        return values
+    return values > (127 if values.dtype == np.uint8 else 0.5)
+
+
 def write_downscaled(src: Path, dst: Path, factor: int, width: int, height: int, mask: bool = False) -> None:
     """Writes a box-filtered ``width x height`` copy of ``src`` to ``dst`` (same file type, same colour mode).
 

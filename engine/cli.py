@@ -10,10 +10,13 @@ import sys
 import threading
 import traceback
 from pathlib import Path
+from typing import get_args
 
+from .config_schema import DATA_FORMATS, EXPORT_FORMATS, EXPORT_FRAMES, PRESETS, ColorSource
 from .errors import Cancelled, DeviceError, EngineError, InputError
 from .protocol import Emitter
 
+PROGRESS_MODES = ("jsonl", "bar", "none")  # --progress: the JSON-lines protocol, a progress bar, or silence
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
 
 
@@ -31,26 +34,26 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="train on a folder of posed photos, then export the mesh")
     f.add_argument("data_dir", type=Path)
     f.add_argument("--out", type=Path, required=True, help="run folder")
-    f.add_argument("--format", default="auto", choices=["auto", "dtu", "blender", "colmap"])
-    f.add_argument("--preset", default="auto", choices=["auto", "preview", "fast", "quality"],
+    f.add_argument("--format", default="auto", choices=DATA_FORMATS)
+    f.add_argument("--preset", default="auto", choices=("auto", *PRESETS),
                    help="auto: preview on a CPU or MPS, fast on CUDA")
     f.add_argument("--steps", type=int, default=None)
     f.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     f.add_argument("--config", default=None, help="extra YAML config file")
     f.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     f.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.ckpt")
-    f.add_argument("--progress", default="bar", choices=["jsonl", "bar", "none"])
+    f.add_argument("--progress", default="bar", choices=PROGRESS_MODES)
     f.add_argument("--export-on-cancel", action="store_true", help="write the current mesh when cancelled")
 
     e = sub.add_parser("export", help="re-extract the mesh from a run's checkpoint")
     e.add_argument("run_dir", type=Path)
     e.add_argument("--resolution", type=int, default=None)
     e.add_argument("--texture", action="store_true")
-    e.add_argument("--format", dest="formats", action="append", choices=["ply", "obj", "glb"], default=None)
-    e.add_argument("--frame", default=None, choices=["normalized", "world"])
-    e.add_argument("--color", default=None, choices=["field", "photos"])
+    e.add_argument("--format", dest="formats", action="append", choices=EXPORT_FORMATS, default=None)
+    e.add_argument("--frame", default=None, choices=EXPORT_FRAMES)
+    e.add_argument("--color", default=None, choices=get_args(ColorSource))
     e.add_argument("--device", default="auto")
-    e.add_argument("--progress", default="bar", choices=["jsonl", "bar", "none"])
+    e.add_argument("--progress", default="bar", choices=PROGRESS_MODES)
 
     v = sub.add_parser("eval", help="Chamfer-L1 and F-score of a mesh against a ground truth")
     v.add_argument("mesh", type=Path)
@@ -66,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--frames", type=int, default=60)
     r.add_argument("--downscale", type=int, default=2)
     r.add_argument("--device", default="auto")
-    r.add_argument("--progress", default="bar", choices=["jsonl", "bar", "none"])
+    r.add_argument("--progress", default="bar", choices=PROGRESS_MODES)
 
     s = sub.add_parser("solve", help="solve the cameras of a folder of photos or a video (pycolmap)")
     s.add_argument("source", type=Path, help="folder of photos (JPEG/PNG/TIFF) or a video file")
@@ -78,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fps", type=float, default=2.0, help="video: frames kept per second")
     s.add_argument("--max-frames", type=int, default=120, help="video: at most this many frames")
     s.add_argument("--min-placed", type=float, default=0.5, help="fail when fewer than this fraction is placed")
-    s.add_argument("--progress", default="bar", choices=["jsonl", "bar", "none"])
+    s.add_argument("--progress", default="bar", choices=PROGRESS_MODES)
 
     d = sub.add_parser("doctor", help="what will run here: Python, torch, devices, accelerators")
     d.add_argument("--json", action="store_true")
@@ -224,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         i = argv.index("--progress")
         mode = argv[i + 1] if i + 1 < len(argv) else mode
     with protocol_stdout(mode == "jsonl") as out:
-        emitter = Emitter(mode if mode in ("jsonl", "bar", "none") else "bar", out)
+        emitter = Emitter(mode if mode in PROGRESS_MODES else "bar", out)
         try:
             args = build_parser().parse_args(argv)
             if args.command == "fit":

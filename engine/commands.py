@@ -25,7 +25,7 @@ def require_writable(folder: Path) -> None:
 
 def load_run(run_dir: Path, device_name: str = "auto"):
     """Rebuilds a trained model from ``RUN_DIR/config.yaml`` and ``checkpoints/last.ckpt``. Returns (cfg, model)."""
-    from .config import ConfigError, load_run_config
+    from .config import load_run_config
     from .device import select_device
     from .model import NeuSModel
     from .train import checkpoint_path, config_errors_as_input, load_weights, read_checkpoint
@@ -36,10 +36,8 @@ def load_run(run_dir: Path, device_name: str = "auto"):
     for p in (cfg_path, ckpt):
         if not p.is_file():
             raise InputError(f"{p}: not found (is {run_dir} a run folder written by `fit`?)")
-    try:
+    with config_errors_as_input():
         cfg = load_run_config(cfg_path)
-    except ConfigError as exc:
-        raise InputError(str(exc)) from exc
     device = select_device(device_name)
     state = read_checkpoint(ckpt)["state_dict"]
     with config_errors_as_input(cfg_path):
@@ -56,18 +54,13 @@ def load_run(run_dir: Path, device_name: str = "auto"):
 
 
 def _load_scene_for(cfg):
-    import datasets
+    """The run's training scene when its folder is still there (photo colours need it), else None."""
+    from .train import load_scene
 
     path = cfg.data.path
     if not path or not Path(path).is_dir():
         return None
-    try:
-        from .region import region_of
-
-        return datasets.load(path, format=cfg.data.format, downscale=int(cfg.data.downscale),
-                             cameras_file=cfg.data.cameras_file, split=str(cfg.data.split), region=region_of(cfg))
-    except datasets.DatasetError as exc:
-        raise InputError(str(exc)) from exc
+    return load_scene(Path(path), cfg.data)
 
 
 def cmd_export(args, emitter: Emitter) -> int:

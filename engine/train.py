@@ -83,17 +83,22 @@ def load_weights(module: torch.nn.Module, state_dict: dict, ckpt: Path) -> None:
 
 @contextlib.contextmanager
 def config_errors_as_input(source: Path | None = None):
-    """A key missing from a saved (older or hand-edited) config.yaml surfaces while the model is built: bad input."""
+    """Config problems are bad input (exit 2, one line): a ConfigError as it is (it names the file or ``--set``), and
+    a key missing from a saved (older or hand-edited) config.yaml, which surfaces while the model is built."""
     try:
         yield
+    except ConfigError as exc:
+        raise InputError(str(exc)) from exc
     except OmegaConfBaseException as exc:
         where = "" if source is None else f"{source}: "
         raise InputError(f"{where}bad config: {str(exc).splitlines()[0]}") from exc
 
 
-def _load_scene(req: FitRequest, cfg_data):
+def load_scene(data_dir: Path, cfg_data):
+    """The scene as a run's ``data`` section describes it (fit, and export/render with photo colours); a bad
+    dataset is bad input."""
     try:
-        return datasets.load(req.data_dir, format=cfg_data.format, downscale=int(cfg_data.downscale),
+        return datasets.load(data_dir, format=cfg_data.format, downscale=int(cfg_data.downscale),
                              cameras_file=cfg_data.cameras_file, split=str(cfg_data.split),
                              region=region_of(cfg_data, "region"))
     except datasets.DatasetError as exc:
@@ -179,20 +184,18 @@ def prepare(req: FitRequest):
     if req.resume:
         if not checkpoint_path(req.run_dir).is_file() or not saved.is_file():
             raise InputError(f"{req.run_dir}: nothing to resume (no checkpoints/last.ckpt and config.yaml)")
-        try:
+        with config_errors_as_input():
             cfg = load_run_config(saved)
-        except ConfigError as exc:
-            raise InputError(str(exc)) from exc
         if req.steps is not None:
             cfg.train.steps = int(req.steps)
-        scene = _load_scene(req, cfg.data)
+        scene = load_scene(req.data_dir, cfg.data)
         return cfg, scene
     overrides = list(req.overrides)
     if req.preset == "auto":  # sized for the device: laptops get preview, CUDA gets fast
         req.preset = "fast" if select_device(req.device).type == "cuda" else "preview"
     if req.format != "auto":
         overrides.append(f"data.format={req.format}")
-    try:
+    with config_errors_as_input():
         # Format defaults depend on the scene; read its cameras first (cheap), then the images.
         probe = build_config(req.preset, None, False, req.config_file, overrides)
         try:
@@ -200,8 +203,6 @@ def prepare(req: FitRequest):
         except datasets.DatasetError as exc:
             raise InputError(str(exc)) from exc
         cfg = build_config(req.preset, cams.format, cams.mask_paths is not None, req.config_file, overrides)
-    except ConfigError as exc:
-        raise InputError(str(exc)) from exc
     if req.steps is not None:
         cfg.train.steps = int(req.steps)
     cfg.device = req.device if req.device != "auto" else cfg.device
@@ -211,7 +212,7 @@ def prepare(req: FitRequest):
     except UnicodeEncodeError:  # Linux names are bytes; config.yaml, which records the path, is UTF-8
         shown = cfg.data.path.encode("utf-8", "backslashreplace").decode()
         raise InputError(f"{shown}: the folder's path is not valid UTF-8 (rename it)") from None
-    scene = _load_scene(req, cfg.data)
+    scene = load_scene(req.data_dir, cfg.data)
     return cfg, scene
 
 

@@ -24,15 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol
+from .choices import DEVICES, FORMATS, PRESETS
 from .errors import AddonError
 
 ENV_VAR = "NEUS_ENGINE_PYTHON"
 STOP_FILE = "STOP"
 STDERR_LOG = "engine_stderr.log"
 
-PRESETS = ("auto", "preview", "fast", "quality")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-FORMATS = ("auto", "dtu", "blender", "colmap")
 
 # Process states. ``running`` until the process has exited and its stdout is drained.
 IDLE, RUNNING, DONE, FAILED, CANCELLED = "idle", "running", "done", "failed", "cancelled"

@@ -17,6 +17,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from neus_blender_addon.choices import DEVICES, FORMATS, FRAMES, PRESETS
+
 
 class _OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse prints the usage too; bad input is one line here, as in the engine
@@ -28,11 +30,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = _OneLineParser(prog="python -m neus_blender_addon.headless", description=__doc__.splitlines()[0])
     ap.add_argument("data_dir", type=Path, help="dataset folder (DTU, NeRF-synthetic or COLMAP layout)")
     ap.add_argument("--out", type=Path, required=True, help="run folder: engine outputs and scene.blend")
-    ap.add_argument("--preset", choices=("auto", "preview", "fast", "quality"), default="auto")
+    ap.add_argument("--preset", choices=PRESETS, default="auto")
     ap.add_argument("--steps", type=int, default=0, help="training steps (0: the preset's default)")
-    ap.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
-    ap.add_argument("--format", dest="data_format", choices=("auto", "dtu", "blender", "colmap"), default="auto")
-    ap.add_argument("--frame", choices=("normalized", "world"), default="normalized")
+    ap.add_argument("--device", choices=DEVICES, default="auto")
+    ap.add_argument("--format", dest="data_format", choices=FORMATS, default="auto")
+    ap.add_argument("--frame", choices=FRAMES, default="normalized")
     ap.add_argument("--texture", action="store_true", help="also export and import a textured mesh")
     ap.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                     help="engine config override (repeatable), e.g. --set export.resolution=256")

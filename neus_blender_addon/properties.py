@@ -4,30 +4,8 @@
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
+from .choices import DEVICE_ITEMS, FORMAT_ITEMS, FRAME_ITEMS, PRESET_ITEMS
 from .protocol import RunStatus, format_eta
-
-PRESET_ITEMS = [
-    ("auto", "Auto", "Preview on a CPU or Apple GPU, Fast on an NVIDIA GPU"),
-    ("preview", "Preview", "Sized for a laptop CPU: a recognisable mesh in a few minutes"),
-    ("fast", "Fast", "Good quality in a short time"),
-    ("quality", "Quality", "Best quality; slowest"),
-]
-DEVICE_ITEMS = [
-    ("auto", "Auto", "CUDA if available, then Apple MPS, else CPU"),
-    ("cpu", "CPU", "Run on the CPU (slow)"),
-    ("cuda", "CUDA", "NVIDIA GPU"),
-    ("mps", "MPS", "Apple silicon GPU"),
-]
-FRAME_ITEMS = [
-    ("normalized", "Normalized", "Object inside the unit sphere, as the engine works (default)"),
-    ("world", "World", "The dataset's own world frame: cameras and mesh parented to an empty holding scale_mat"),
-]
-FORMAT_ITEMS = [
-    ("auto", "Auto", "Detect from the files in the folder"),
-    ("dtu", "DTU / NeuS", "cameras_sphere.npz + image/ (+ mask/)"),
-    ("blender", "NeRF Synthetic", "transforms_*.json"),
-    ("colmap", "COLMAP", "sparse/0 + images/"),
-]
 
 
 class NEUS_PG_settings(bpy.types.PropertyGroup):

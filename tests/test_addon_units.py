@@ -346,3 +346,21 @@ def test_dataset_path_resolution(tmp_path):
     assert camera_source.dataset_from_path(tmp_path / "scan" / "transforms.json").cameras_file is None
     with pytest.raises(ValueError, match="not a NeuS dataset file"):
         camera_source.dataset_from_path(tmp_path / "scan" / "notes.txt")
+
+
+def test_addon_choice_lists_match_the_engine():
+    """The add-on cannot import the engine, so each side lists the presets, formats and frames once; they agree."""
+    from datasets.cameras import FORMATS as LOADER_FORMATS
+    from engine.config_schema import DATA_FORMATS, EXPORT_FRAMES, PRESETS
+    from engine.device import select_device
+    from engine.errors import DeviceError
+    from neus_blender_addon import choices
+
+    assert choices.PRESETS == ("auto", *PRESETS)
+    assert choices.FORMATS == DATA_FORMATS == ("auto", *LOADER_FORMATS)
+    assert choices.FRAMES == EXPORT_FRAMES
+    for device in choices.DEVICES:  # each a name the engine knows (missing hardware is another error)
+        try:
+            select_device(device)
+        except DeviceError as exc:
+            assert "unknown device" not in str(exc), exc

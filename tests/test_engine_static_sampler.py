@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -92,13 +90,10 @@ def test_compiles_as_one_graph_with_the_occupancy_lookup():
         return sample_static(o, d, near, far, STEP, T, 2048, grid.query, False)
 
     torch._dynamo.reset()
-    t0 = time.monotonic()
     got = torch.compile(fn, fullgraph=True, backend="aot_eager")(o, d, near, far)
     ref = fn(o, d, near, far)
     for a, b in zip(got, ref, strict=True):
         assert torch.equal(a, b)
-    if time.monotonic() - t0 > 60:
-        pytest.skip("compiling took over a minute on this CPU")
 
 
 def _model_pair(**sets):
@@ -191,7 +186,6 @@ def test_whole_static_training_forward_compiles_as_one_graph():
     rgb, bg = torch.rand(256, 3), torch.ones(256, 3)
     weights = {k: float(v) for k, v in cfg.train.loss.items()}
     torch._dynamo.reset()
-    t0 = time.monotonic()
     compiled = torch.compile(system.forward_step, fullgraph=True, backend="aot_eager")
     torch.manual_seed(5)
     got = compiled(o, d, rgb, None, bg, weights)
@@ -203,8 +197,6 @@ def test_whole_static_training_forward_compiles_as_one_graph():
         torch.testing.assert_close(a, b)
     got[0].backward()
     assert torch.isfinite(system.model.variance.grad)
-    if time.monotonic() - t0 > 60:
-        pytest.skip("compiling took over a minute on this CPU")
 
 
 def test_ray_count_buckets_and_lagged_adaptation():

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from datasets.images import mask_is_foreground
+
 ColorFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SdfFn = Callable[[torch.Tensor], torch.Tensor]
 # A colour source for texture baking: (P, 3) points, (P, 3) unit normals (numpy float32) -> (P, 3) RGB.
@@ -85,15 +87,6 @@ def _image_tensor(image: Any, device: torch.device) -> torch.Tensor:
     if t.dtype == torch.uint8:
         return t.float() / 255.0
     return t.float()
-
-
-def _mask_fg(values: np.ndarray) -> np.ndarray:
-    """Foreground test of mask samples: (M,) or (M, C) (bool, uint8 0..255 or float 0..1) -> (M,) bool."""
-    if values.ndim == 2:
-        values = values.max(axis=-1)
-    if values.dtype == np.bool_:
-        return values
-    return values > (127 if values.dtype == np.uint8 else 0.5)
 
 
 @torch.no_grad()
@@ -220,7 +213,7 @@ def vertex_colors_from_photos(
                 idx = np.nonzero(ok[n])[0]
                 col = np.clip(np.round(uv[n, idx, 0]).astype(np.int64), 0, w[n, 0] - 1)
                 row = np.clip(np.round(uv[n, idx, 1]).astype(np.int64), 0, h[n, 0] - 1)
-                ok[n, idx] = _mask_fg(np.asarray(masks[n])[row, col])
+                ok[n, idx] = mask_is_foreground(np.asarray(masks[n])[row, col])
         score = np.where(ok, cos, -np.inf)  # (N, P)
         if k < n_cams:
             cams = np.argpartition(-score, k - 1, axis=0)[:k]  # (k, P) best-facing cameras

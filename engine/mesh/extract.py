@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from datasets.images import mask_is_foreground
+
 from ..errors import EngineError
 
 SdfFn = Callable[[torch.Tensor], torch.Tensor]
@@ -360,23 +362,12 @@ def outside_visual_hull(
             h, w = m.shape[:2]
             col, row = np.round(uv[n, :, 0]).astype(np.int64), np.round(uv[n, :, 1]).astype(np.int64)
             inside = (depth[n] > 0) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
-            fg = _mask_is_fg(m[row[inside], col[inside]])
+            fg = mask_is_foreground(m[row[inside], col[inside]])
             seen[s : s + chunk] += inside
             bg = np.zeros(len(inside), dtype=bool)
             bg[inside] = ~fg
             out[s : s + chunk] += bg
     return (seen > 0) & (out > view_fraction * seen)
-
-
-def _mask_is_fg(values: np.ndarray) -> np.ndarray:
-    values = np.asarray(values)
-    if values.ndim > 1:  # (…, C) masks: any channel
-        values = values.max(axis=-1)
-    if values.dtype == np.bool_:
-        return values
-    if values.dtype == np.uint8:
-        return values > 127
-    return values > 0.5
 
 
 def clean_mesh(
