@@ -141,3 +141,28 @@ def projection_matrix(K: np.ndarray, c2w: np.ndarray) -> np.ndarray:
     R = np.swapaxes(c2w[..., :3, :3] @ CV_TO_GL, -1, -2)
     t = -np.einsum("...ij,...j->...i", R, c2w[..., :3, 3])
     return K @ np.concatenate([R, t[..., None]], axis=-1)
+
+
+def blender_view_intrinsics(width: int, height: int, pixel_aspect_x: float, pixel_aspect_y: float, lens: float,
+                            sensor_width: float, sensor_height: float, sensor_fit: str, shift_x: float,
+                            shift_y: float) -> np.ndarray:
+    """(3, 3) OpenCV intrinsics of a perspective Blender camera: a model of Blender's view plane.
+
+    The sensor side chosen by ``sensor_fit`` ("AUTO": the larger image side, always measured by ``sensor_width``)
+    spans the fitted image side (``viewfac`` pixels, corrected for pixel aspect); the shift moves the optical axis by
+    ``shift * viewfac`` pixels. ``width`` and ``height`` are the rendered size (resolution times percentage).
+    Used by the sample scene's render script and the add-on's camera import.
+    """
+    ycor = pixel_aspect_y / pixel_aspect_x  # height of a pixel in units of its width
+    fit = sensor_fit
+    if fit == "AUTO":
+        fit = "HORIZONTAL" if pixel_aspect_x * width >= pixel_aspect_y * height else "VERTICAL"
+        sensor = sensor_width
+    else:
+        sensor = sensor_width if fit == "HORIZONTAL" else sensor_height
+    viewfac = float(width) if fit == "HORIZONTAL" else ycor * height  # fitted extent in pixel-width units
+    fx = lens * viewfac / sensor
+    fy = fx / ycor
+    cx = width / 2.0 - 0.5 - shift_x * viewfac
+    cy = height / 2.0 - 0.5 + shift_y * viewfac / ycor
+    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])

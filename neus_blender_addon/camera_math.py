@@ -149,26 +149,17 @@ def intrinsics_to_blender(
 
 
 def blender_to_intrinsics(lens: BlenderLens, render: RenderSettings) -> np.ndarray:
-    """The OpenCV intrinsics a Blender camera realizes (exact model of Blender's view plane).
+    """The OpenCV intrinsics a Blender camera realizes (``datasets.geometry.blender_view_intrinsics``, the model
+    of Blender's view plane shared with the sample scene's render script).
 
     Returns:
         (3, 3) K.
     """
-    W, H = render.resolution_x, render.resolution_y
-    ax, ay = render.pixel_aspect_x, render.pixel_aspect_y
-    ycor = render.ycor
-    fit = lens.sensor_fit
-    if fit == "AUTO":
-        fit = "HORIZONTAL" if ax * W >= ay * H else "VERTICAL"
-        sensor = lens.sensor_width  # AUTO always measures the sensor width
-    else:
-        sensor = lens.sensor_width if fit == "HORIZONTAL" else lens.sensor_height
-    viewfac = float(W) if fit == "HORIZONTAL" else ycor * H
-    fx = lens.lens * viewfac / sensor
-    fy = fx / ycor
-    cx = W / 2.0 - 0.5 - lens.shift_x * viewfac
-    cy = H / 2.0 - 0.5 + lens.shift_y * viewfac / ycor
-    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+    from .camera_source import datasets_module
+
+    return datasets_module("geometry").blender_view_intrinsics(
+        render.resolution_x, render.resolution_y, render.pixel_aspect_x, render.pixel_aspect_y, lens.lens,
+        lens.sensor_width, lens.sensor_height, lens.sensor_fit, lens.shift_x, lens.shift_y)
 
 
 def max_reprojection_error(K_true: np.ndarray, K_approx: np.ndarray, width: int, height: int) -> float:

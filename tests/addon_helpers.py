@@ -13,6 +13,8 @@ import numpy as np
 from paths import DTU, NO_DTU_REASON, REPO  # noqa: F401  (re-exported for the add-on tests)
 from paths import SAMPLE as SAMPLE_SCENE  # noqa: F401
 
+from datasets.rays import look_at
+
 ENGINE_CLI = REPO / "engine" / "cli.py"
 HAS_BPY = importlib.util.find_spec("bpy") is not None
 NO_BPY_REASON = "needs the bpy module (Blender as a Python module; pip install bpy==4.5.*)"
@@ -92,19 +94,6 @@ def grid_mesh(nx: int = 6, ny: int = 5, quads: bool = False) -> tuple[np.ndarray
 
 
 # -- cameras -----------------------------------------------------------------------------------------------
-def look_at_c2w(eye: np.ndarray, target: np.ndarray, up: tuple[float, float, float] = (0.0, 0.0, 1.0)) -> np.ndarray:
-    """(3, 4) camera-to-world with OpenGL axes (camera looks down -z) from ``eye`` towards ``target``."""
-    up = np.asarray(up, dtype=np.float64)
-    back = eye - target
-    back = back / np.linalg.norm(back)
-    right = np.cross(up, back)
-    if np.linalg.norm(right) < 1e-6:
-        right = np.cross(np.array([0.0, 1.0, 0.0]), back)
-    right /= np.linalg.norm(right)
-    true_up = np.cross(back, right)
-    return np.concatenate([np.stack([right, true_up, back], axis=1), eye[:, None]], axis=1)
-
-
 def ring_cameras(n: int, radius: float = 3.0, seed: int = 0) -> np.ndarray:
     """(n, 3, 4) cameras on a sphere of ``radius`` looking at points near the origin."""
     rng = np.random.default_rng(seed)
@@ -113,7 +102,7 @@ def ring_cameras(n: int, radius: float = 3.0, seed: int = 0) -> np.ndarray:
         az = 2 * np.pi * i / n
         el = rng.uniform(-0.6, 0.8)
         eye = radius * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
-        out.append(look_at_c2w(eye, rng.normal(scale=0.1, size=3)))
+        out.append(look_at(eye, rng.normal(scale=0.1, size=3), (0.0, 0.0, 1.0)))
     return np.stack(out)
 
 

@@ -12,6 +12,7 @@ import trimesh
 
 from datasets.geometry import project_points
 from datasets.normalization_file import read_normalization_json
+from datasets.rays import look_at
 from engine.atomic_files import TMP_PREFIX, atomic_write
 from engine.mesh import (
     MeshDependencyError,
@@ -72,17 +73,7 @@ def rgb_of_position(p):
     return 0.5 + 0.45 * lib.sin(2.5 * p + 0.3)
 
 
-def look_at(eye, target=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0)):
-    """(3, 4) camera-to-world with OpenGL axes (the camera looks down -z)."""
-    eye, target, up = (np.asarray(x, dtype=np.float64) for x in (eye, target, up))
-    fwd = target - eye
-    fwd /= np.linalg.norm(fwd)
-    if abs(np.dot(fwd, up)) > 0.99:
-        up = np.array([0.0, 1.0, 0.0])
-    right = np.cross(fwd, up)
-    right /= np.linalg.norm(right)
-    cam_up = np.cross(right, fwd)
-    return np.concatenate([np.stack([right, cam_up, -fwd], axis=1), eye[:, None]], axis=1)
+ORIGIN, Z_UP = (0.0, 0.0, 0.0), (0.0, 0.0, 1.0)
 
 
 def intrinsics(f, w, h):
@@ -115,7 +106,7 @@ def ring_cameras(n, dist, elevations=(-0.5, 0.5)):
     for el in elevations:
         for a in np.linspace(0, 2 * np.pi, n, endpoint=False):
             eyes.append(dist * np.array([np.cos(a) * np.cos(el), np.sin(a) * np.cos(el), np.sin(el)]))
-    return np.stack([look_at(e) for e in eyes])
+    return np.stack([look_at(e, ORIGIN, Z_UP) for e in eyes])
 
 
 def face_normals(v, f):
@@ -278,7 +269,7 @@ def test_photo_colors_recover_the_colour_function():
     sdf = sphere_sdf((0, 0, 0), 0.5)
     v, f = extract_mesh(sdf, resolution=40, coarse_resolution=20)
     normals = sdf_normals(sdf, v)
-    c2w = np.concatenate([ring_cameras(6, 2.5), look_at((0, 0, 2.5))[None]])
+    c2w = np.concatenate([ring_cameras(6, 2.5), look_at((0, 0, 2.5), ORIGIN, Z_UP)[None]])
     K = np.stack([intrinsics(120.0, 96, 80)] * len(c2w))
     shots = [render_spheres(K[i], c2w[i], 96, 80, [((0, 0, 0), 0.5, rgb_of_position)]) for i in range(len(K))]
     images = np.stack([s[0] for s in shots])
@@ -308,7 +299,7 @@ def test_photo_colors_respect_occlusion_masks_and_fallback():
     # The top of a sphere; an occluder hangs between it and the overhead camera.
     target, normal = np.array([[0.0, 0.0, 0.5]]), np.array([[0.0, 0.0, 1.0]])
     scene = union(sphere_sdf((0, 0, 0), 0.5), sphere_sdf((0, 0, 1.2), 0.3))
-    c2w = np.stack([look_at((2.0, 0.0, 2.5), up=(0, 0, 1)), look_at((0.0, 0.0, 3.0))])
+    c2w = np.stack([look_at((2.0, 0.0, 2.5), ORIGIN, Z_UP), look_at((0.0, 0.0, 3.0), ORIGIN, Z_UP)])
     K = np.stack([intrinsics(50.0, 32, 32)] * 2)
     uv, depth = project_points(K, c2w, target)
     assert np.all(depth > 0) and np.all(np.abs(uv - 15.5) < 16)  # both cameras frame the point

@@ -41,6 +41,9 @@ from bpy_extras.object_utils import world_to_camera_view
 from mathutils import Matrix, Vector
 from PIL import Image
 
+from datasets import rays
+from datasets.geometry import blender_view_intrinsics
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
 SEED = 7
@@ -75,32 +78,14 @@ def scale_matrix() -> np.ndarray:
 
 
 def intrinsics_from_blender(cam: bpy.types.Camera, render: bpy.types.RenderSettings) -> np.ndarray:
-    """(3, 3) OpenCV intrinsics (pixel centres at integers) of a perspective Blender camera.
-
-    Mirrors Blender's view-plane computation: the sensor dimension selected by the sensor fit spans the fitted
-    image dimension (``viewfac`` pixels, corrected for pixel aspect), and the shift moves the view frame by
-    ``shift * viewfac`` pixels.
-    """
+    """(3, 3) OpenCV intrinsics (pixel centres at integers) of a perspective Blender camera
+    (``datasets.geometry.blender_view_intrinsics``, checked against Blender itself by ``self_check_intrinsics``)."""
     if cam.type != "PERSP":
         raise ValueError(f"camera {cam.name!r}: only perspective cameras are supported, got {cam.type}")
     scale = render.resolution_percentage / 100.0
-    W = int(render.resolution_x * scale)
-    H = int(render.resolution_y * scale)
-    aspx, aspy = render.pixel_aspect_x, render.pixel_aspect_y
-    ycor = aspy / aspx  # height of a pixel in units of its width
-    fit = cam.sensor_fit
-    if fit == "AUTO":
-        fit = "HORIZONTAL" if aspx * W >= aspy * H else "VERTICAL"
-        sensor = cam.sensor_width  # AUTO always uses sensor_width, along the larger dimension
-    else:
-        sensor = cam.sensor_width if fit == "HORIZONTAL" else cam.sensor_height
-    viewfac = W if fit == "HORIZONTAL" else ycor * H  # fitted extent in pixel-width units
-    fx = cam.lens * viewfac / sensor  # pixels (widths) per unit of x / depth
-    fy = fx / ycor
-    # The optical axis sits shift * viewfac (pixel widths) left of / below the frame centre.
-    cx = W / 2.0 - cam.shift_x * viewfac - 0.5
-    cy = H / 2.0 + cam.shift_y * viewfac / ycor - 0.5
-    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+    return blender_view_intrinsics(int(render.resolution_x * scale), int(render.resolution_y * scale),
+                                   render.pixel_aspect_x, render.pixel_aspect_y, cam.lens, cam.sensor_width,
+                                   cam.sensor_height, cam.sensor_fit, cam.shift_x, cam.shift_y)
 
 
 def world_to_opencv(matrix_world: Matrix) -> np.ndarray:
@@ -138,16 +123,9 @@ def _vec(p: np.ndarray) -> Vector:
 
 
 def look_at(location: np.ndarray, target: np.ndarray) -> Matrix:
-    """Blender camera matrix_world at ``location`` looking at ``target`` with world +z up."""
-    forward = target - location
-    forward /= np.linalg.norm(forward)
-    x = np.cross(forward, [0.0, 0.0, 1.0])
-    x /= np.linalg.norm(x)
-    z = -forward
-    y = np.cross(z, x)
-    M = np.eye(4)
-    M[:3, 0], M[:3, 1], M[:3, 2], M[:3, 3] = x, y, z, location
-    return Matrix(M.tolist())
+    """Blender camera matrix_world at ``location`` looking at ``target`` with world +z up (Blender's camera axes
+    are the c2w convention of ``datasets.rays.look_at``)."""
+    return Matrix(np.vstack([rays.look_at(location, target, (0.0, 0.0, 1.0)), [0.0, 0.0, 0.0, 1.0]]).tolist())
 
 
 def camera_centres(rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
