@@ -10,14 +10,18 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-from paths import DTU, NO_DTU_REASON, REPO  # noqa: F401  (re-exported for the add-on tests)
+import pytest
+from paths import DTU, NO_DTU_REASON, REPO, needs_sample  # noqa: F401  (re-exported for the add-on tests)
 from paths import SAMPLE as SAMPLE_SCENE  # noqa: F401
 
 from datasets.rays import look_at
 
-ENGINE_CLI = REPO / "engine" / "cli.py"
 HAS_BPY = importlib.util.find_spec("bpy") is not None
 NO_BPY_REASON = "needs the bpy module (Blender as a Python module; pip install bpy==4.5.*)"
+
+# Module marks: tests inside Blender (bpy), and those that also run the real engine on the sample scene.
+IN_BLENDER = [pytest.mark.blender, pytest.mark.skipif(not HAS_BPY, reason=NO_BPY_REASON)]
+WITH_ENGINE_RUNS = [*IN_BLENDER, pytest.mark.slow, needs_sample]
 
 
 # -- PLY ---------------------------------------------------------------------------------------------------

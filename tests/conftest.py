@@ -60,6 +60,20 @@ def dtu_scan() -> Path:
     return dtu_or_skip()
 
 
+@pytest.fixture
+def bpy():
+    """Blender (the bpy module) with factory settings and the add-on registered; unregistered afterwards. Modules
+    that need more set-up (a dataset, a run folder) override it."""
+    import bpy as _bpy
+
+    import neus_blender_addon as addon
+
+    _bpy.ops.wm.read_factory_settings(use_empty=True)
+    addon.register()
+    yield _bpy
+    addon.unregister()
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> TrainedRun:
     """A dozen steps with the default preset, coarse extraction, every mesh format: enough for the protocol, the

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from addon_helpers import (
     DTU,
-    HAS_BPY,
-    NO_BPY_REASON,
+    IN_BLENDER,
     NO_DTU_REASON,
     blender_project,
     grid_mesh,
@@ -21,19 +20,7 @@ from addon_helpers import (
 
 from datasets.geometry import project_points
 
-pytestmark = [pytest.mark.blender, pytest.mark.skipif(not HAS_BPY, reason=NO_BPY_REASON)]
-
-
-@pytest.fixture
-def bpy():
-    import bpy as _bpy
-
-    import neus_blender_addon as addon
-
-    _bpy.ops.wm.read_factory_settings(use_empty=True)
-    addon.register()
-    yield _bpy
-    addon.unregister()
+pytestmark = IN_BLENDER
 
 
 def camera_objects(bpy, collection: str) -> list:

@@ -13,16 +13,9 @@ import textwrap
 import time
 
 import pytest
-from addon_helpers import ENGINE_CLI, HAS_BPY, NO_BPY_REASON, REPO, SAMPLE_SCENE
+from addon_helpers import REPO, SAMPLE_SCENE, WITH_ENGINE_RUNS
 
-pytestmark = [
-    pytest.mark.blender,
-    pytest.mark.slow,
-    pytest.mark.skipif(not HAS_BPY, reason=NO_BPY_REASON),
-    pytest.mark.skipif(not ENGINE_CLI.is_file(), reason=f"the engine is not written yet ({ENGINE_CLI} missing)"),
-    pytest.mark.skipif(not (SAMPLE_SCENE / "cameras_sphere.npz").is_file(),
-                       reason=f"sample scene not generated yet ({SAMPLE_SCENE})"),
-]
+pytestmark = WITH_ENGINE_RUNS
 
 STEPS = 8
 FAST_EXPORT = "export.resolution=40 export.coarse_resolution=0 export.clean=false"

@@ -14,16 +14,9 @@ import time
 
 import numpy as np
 import pytest
-from addon_helpers import ENGINE_CLI, HAS_BPY, NO_BPY_REASON, REPO, SAMPLE_SCENE
+from addon_helpers import REPO, SAMPLE_SCENE, WITH_ENGINE_RUNS
 
-pytestmark = [
-    pytest.mark.blender,
-    pytest.mark.slow,
-    pytest.mark.skipif(not HAS_BPY, reason=NO_BPY_REASON),
-    pytest.mark.skipif(not ENGINE_CLI.is_file(), reason=f"the engine is not written yet ({ENGINE_CLI} missing)"),
-    pytest.mark.skipif(not (SAMPLE_SCENE / "cameras_sphere.npz").is_file(),
-                       reason=f"sample scene not generated yet ({SAMPLE_SCENE})"),
-]
+pytestmark = WITH_ENGINE_RUNS
 
 STEPS = 12
 # Coarse extraction keeps the runs short, and no cleaning: a few steps may leave only small pieces. The engine's

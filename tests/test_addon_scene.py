@@ -8,22 +8,10 @@ import os
 
 import numpy as np
 import pytest
-from addon_helpers import DTU, HAS_BPY, NO_BPY_REASON, NO_DTU_REASON, SAMPLE_SCENE, blender_project
+from addon_helpers import DTU, IN_BLENDER, NO_DTU_REASON, SAMPLE_SCENE, blender_project
 
-pytestmark = [pytest.mark.blender, pytest.mark.skipif(not HAS_BPY, reason=NO_BPY_REASON)]
+pytestmark = IN_BLENDER
 needs_dtu = pytest.mark.skipif(not DTU.is_dir(), reason=NO_DTU_REASON)
-
-
-@pytest.fixture
-def bpy():
-    import bpy as _bpy
-
-    import neus_blender_addon as addon
-
-    _bpy.ops.wm.read_factory_settings(use_empty=True)
-    addon.register()
-    yield _bpy
-    addon.unregister()
 
 
 def cameras_of(bpy, dataset: str) -> list:
