@@ -49,8 +49,8 @@ def _fit(tmp_path_factory: pytest.TempPathFactory, name: str, *args: str, timeou
         code, events, err = run_engine("fit", str(SAMPLE), "--out", str(folder), "--progress", "jsonl", *args,
                                        timeout=timeout)
     except subprocess.TimeoutExpired as exc:  # every test using the run fails with this, not a setup error
-        return TrainedRun(folder, -1, [], f"engine fit {' '.join(args)} timed out after {timeout:.0f} s\n"
-                                         f"{exc.stderr or ''}")
+        partial = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        return TrainedRun(folder, -1, [], f"engine fit {' '.join(args)} timed out after {timeout:.0f} s\n{partial}")
     return TrainedRun(folder, code, events, err)
 
 

@@ -70,3 +70,14 @@ def test_a_spinning_process_on_a_core_is_seen_as_busy():
         spinner.kill()
         spinner.wait()
     assert busy is not None and busy < 0.5, busy
+
+
+def test_importing_the_engine_sets_a_passive_wait_policy_unless_the_user_chose():
+    """OpenMP reads OMP_WAIT_POLICY once, when torch loads it: the engine package sets it before any torch import."""
+    code = "import engine, os, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"
