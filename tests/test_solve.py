@@ -87,11 +87,25 @@ def test_solve_reports_every_stage_with_counts(solved_sample):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".neus_solve")]
 
 
+def orbit_order(known: datasets.CameraSet) -> list[int]:
+    """The bundled views in the order a walk around the object would film them: from view 0, always on to the
+    nearest view not yet filmed (the views' own order jumps ~20 degrees between neighbours, no video does)."""
+    centres = known.c2w[:, :, 3] / np.linalg.norm(known.c2w[:, :, 3], axis=1, keepdims=True)
+    order, left = [0], set(range(1, known.n_views))
+    while left:
+        nearest = max(left, key=lambda i: float(centres[order[-1]] @ centres[i]))
+        order.append(nearest)
+        left.remove(nearest)
+    return order
+
+
 def test_video_of_the_bundled_frames_solves_with_the_sequential_matcher(tmp_path):
     import imageio_ffmpeg
 
+    known = datasets.load_cameras(SAMPLE)
+    order = orbit_order(known)
     video = tmp_path / "orbit.mp4"
-    frames = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(SAMPLE_IMAGES.glob("*.png"))]
+    frames = [np.asarray(Image.open(known.image_paths[i]).convert("RGB")) for i in order]
     height, width = frames[0].shape[:2]
     writer = imageio_ffmpeg.write_frames(str(video), (width, height), fps=10, quality=9, macro_block_size=4)
     writer.send(None)
@@ -103,14 +117,51 @@ def test_video_of_the_bundled_frames_solves_with_the_sequential_matcher(tmp_path
     code, events, err = run_engine("solve", str(video), "--out", str(out), "--fps", "10", "--progress", "jsonl")
     assert code == 0, err[-3000:]
     summary = json.loads((out / "solve.json").read_text())
-    assert summary["kind"] == "video" and summary["matcher"] == "sequential"
-    assert summary["registered"] >= 36, summary  # a few frames may fall to compression; most must be placed
+    assert summary["kind"] == "video" and summary["matcher"] == "sequential" and summary["given"] == 40
+    # The tour still jumps ~50 degrees once (measured: 32 of 40 placed, the rest in a smaller model); the frames
+    # left out are named in a warning and in solve.json.
+    assert summary["registered"] >= 28, summary
+    left_out = [x["name"] for x in summary["left_out"]]
+    assert len(left_out) == 40 - summary["registered"]
+    if left_out:
+        warning = [e for e in events if e["event"] == "warning"][-1]
+        assert left_out[0] in warning["message"]
     solved = datasets.load(out)
-    # frame_000007.png is the 8th frame, i.e. the bundled 000007.png
+    # frame_000007.png is the 8th frame of the video, i.e. bundled view order[7]
     pairs = known_and_solved(datasets.load(SAMPLE), solved,
-                             lambda n: f"{int(n.split('_')[1].split('.')[0]):06d}.png")
+                             lambda n: known.names[order[int(n.split("_")[1].split(".")[0])]])
     errors = camera_errors(*pairs).summary()
     assert errors["median_rotation_deg"] <= 1.0 and errors["median_centre_error_pct"] <= 1.0, errors
+
+
+def test_mixed_sizes_formats_and_exif_orientation(tmp_path):
+    """Every other bundled photo: a third as PNG, a third as larger JPEGs, a third stored sideways with an EXIF
+    orientation that turns them upright. All are placed, and the dataset has one image size."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for k, png in enumerate(sorted(SAMPLE_IMAGES.glob("*.png"))[::2]):
+        img = Image.open(png).convert("RGB")
+        if k % 3 == 1:
+            img.resize((600, 450), Image.Resampling.LANCZOS).save(folder / f"{png.stem}.jpg", quality=95)
+        elif k % 3 == 2:
+            exif = Image.Exif()
+            exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+            img.transpose(Image.Transpose.ROTATE_90).save(folder / f"{png.stem}.jpg", quality=95, exif=exif)
+        else:
+            img.save(folder / png.name)
+    out = tmp_path / "data"
+    code, events, err = run_engine("solve", str(folder), "--out", str(out), "--progress", "jsonl")
+    assert code == 0, err[-3000:]
+    summary = json.loads((out / "solve.json").read_text())
+    assert summary["registered"] == 20 and summary["camera"] == "grouped", summary  # one camera per size
+    solved = datasets.load(out)
+    assert {Image.open(p).size for p in solved.image_paths} == {(solved.width, solved.height)}
+    assert solved.width > solved.height  # the sideways photos were turned upright
+    errors = camera_errors(*known_and_solved(datasets.load(SAMPLE), solved,
+                                             lambda n: n.rsplit(".", 1)[0] + ".png")).summary()
+    # Per-image cameras keep the principal point at the image centre; this scene's lies ~16 px off it, which
+    # tilts each camera by ~1.7-2 degrees (measured 2.0 median on 40 photos). The centres still agree closely.
+    assert errors["median_rotation_deg"] <= 3.0 and errors["median_centre_error_pct"] <= 2.0, errors
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..errors import Cancelled, EngineError, InputError
 from ..protocol import PROTOCOL_VERSION, Emitter
-from .sfm import SfmJob, choose_camera, choose_matcher
+from .sfm import SfmJob, choose_cameras, choose_matcher
 from .sources import VIDEO_SUFFIXES, PreparedSource, list_photos, prepare_photos, prepare_video, source_kind
 
 SOLVE_FILE = "solve.json"
@@ -42,7 +42,7 @@ class SolveRequest:
     out: Path  # DATA_DIR
     matcher: str = "auto"  # auto | exhaustive | sequential
     max_image_size: int = 1200  # long side SIFT sees, pixels: a laptop solves 50 photos in about a minute
-    camera: str = "auto"  # auto (one shared camera when sizes and EXIF focals agree) | single | per-image
+    camera: str = "auto"  # auto (photos of one size and EXIF focal share a camera) | single | per-image
     fps: float = 2.0  # video: frames kept per second of video (the sharpest of each window)
     max_frames: int = 120  # video: at most this many frames (the window widens for long videos)
     min_placed: float = 0.5  # fewer photos placed than this fraction is an error
@@ -204,11 +204,15 @@ def run_solve(req: SolveRequest, emitter: Emitter, token, announce: bool = True)
                          left_out=prepared.left_out)
         names = [im.name for im in prepared.images]
         matcher = choose_matcher(req.matcher, kind, len(names))
+        try:
+            camera, groups = choose_cameras(req.camera, names, [(im.width, im.height) for im in prepared.images],
+                                            [im.focal_prior_px for im in prepared.images])
+        except ValueError as exc:
+            raise InputError(f"{req.source}: {exc}") from exc
         job = SfmJob(image_dir=str(work / "images"), work_dir=str(work), out_dir=str(result), names=names,
                      focal_priors={im.name: im.focal_prior_px for im in prepared.images if im.focal_prior_px},
                      matcher=matcher, loop=kind == "video", max_image_size=req.max_image_size,
-                     camera=choose_camera(req.camera, [(im.width, im.height) for im in prepared.images],
-                                          [im.focal_prior_px for im in prepared.images]))
+                     camera=camera, groups=groups)
         sfm = _run_child(job, staging / "job.json", emitter, token)
         placed = sfm["registered_names"]
         _check_placed(req, prepared, placed, names)

@@ -36,7 +36,8 @@ class SfmJob:
     focal_priors: dict[str, float]  # name -> focal in pixels (EXIF)
     matcher: str  # exhaustive | sequential
     loop: bool  # add loop-closing pairs (video)
-    camera: str  # single | per-image (``auto`` is resolved before: see choose_camera)
+    camera: str  # single | grouped | per-image: what ``choose_cameras`` made of the request (for solve.json)
+    groups: list[list[str]]  # names sharing one camera (intrinsics), one list per camera
     max_image_size: int
     threads: int = -1
 
@@ -90,16 +91,27 @@ class _Clock:
         return round(time.monotonic() - self.start, 2)
 
 
-def choose_camera(requested: str, sizes: list[tuple[int, int]], focal_priors: list[float | None]) -> str:
-    """``auto``: one shared camera when every image has the same size and EXIF focal (a video, one camera's
-    photos), else one per image."""
-    if requested != "auto":
-        return requested
-    return "single" if len(set(sizes)) == 1 and len(set(focal_priors)) == 1 else "per-image"
+def choose_cameras(requested: str, names: list[str], sizes: list[tuple[int, int]],
+                   focal_priors: list[float | None]) -> tuple[str, list[list[str]]]:
+    """Which photos share one camera (intrinsics): ``(label, groups)``.
 
-
-def _camera_mode(pycolmap, camera: str):
-    return {"single": pycolmap.CameraMode.SINGLE, "per-image": pycolmap.CameraMode.PER_IMAGE}[camera]
+    auto: photos of the same size and EXIF focal share one (the usual case: one phone, or a video); single: all
+    share one (they must have one size); per-image: each has its own. Raises ValueError for ``single`` with
+    several sizes.
+    """
+    if requested == "per-image":
+        return "per-image", [[n] for n in names]
+    if requested == "single":
+        if len(set(sizes)) > 1:
+            raise ValueError(f"--camera single needs photos of one size; these have {len(set(sizes))} sizes "
+                             "(use --camera auto)")
+        return "single", [list(names)]
+    groups: dict[tuple, list[str]] = {}
+    for name, size, focal in zip(names, sizes, focal_priors, strict=True):
+        groups.setdefault((size, focal), []).append(name)
+    grouped = list(groups.values())
+    label = "single" if len(grouped) == 1 else ("per-image" if len(grouped) == len(names) else "grouped")
+    return label, grouped
 
 
 def _set_focal_priors(pycolmap, db_path: Path, priors: dict[str, float]) -> None:
@@ -133,7 +145,8 @@ def run_sfm(job: SfmJob, report: Callable[[dict], None]) -> dict:
     pycolmap.Database.open(str(db_path)).close()  # import_images wants the file to exist
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = "SIMPLE_RADIAL"  # one focal and one radial term: what phone photos need, stable
-    pycolmap.import_images(str(db_path), str(image_dir), _camera_mode(pycolmap, job.camera), job.names, reader)
+    for group in job.groups:  # one import per group: SINGLE mode gives each group its own camera
+        pycolmap.import_images(str(db_path), str(image_dir), pycolmap.CameraMode.SINGLE, group, reader)
     _set_focal_priors(pycolmap, db_path, job.focal_priors)
 
     extraction = pycolmap.FeatureExtractionOptions()
@@ -142,7 +155,9 @@ def run_sfm(job: SfmJob, report: Callable[[dict], None]) -> dict:
     clock = _Clock(report, "features", "images", len(job.names))
     for start in range(0, len(job.names), FEATURE_CHUNK):
         chunk = job.names[start:start + FEATURE_CHUNK]
-        pycolmap.extract_features(str(db_path), str(image_dir), chunk, _camera_mode(pycolmap, job.camera), reader,
+        # The images and their cameras exist already; PER_IMAGE only stops the reader checking that a chunk has
+        # one size (SINGLE would skip photos of another size than the chunk's first).
+        pycolmap.extract_features(str(db_path), str(image_dir), chunk, pycolmap.CameraMode.PER_IMAGE, reader,
                                   extraction, device=pycolmap.Device.cpu)
         clock.tick(start + len(chunk))
     timings["features_s"] = clock.seconds()
@@ -171,9 +186,7 @@ def run_sfm(job: SfmJob, report: Callable[[dict], None]) -> dict:
     options = pycolmap.IncrementalPipelineOptions()
     options.num_threads = job.threads
     options.random_seed = 0
-    # One camera shared by many photos constrains its principal point well: refine it (renders and scans often
-    # have it off-centre; a fixed centre would tilt every solved camera by the offset's angle).
-    options.ba_refine_principal_point = job.camera == "single" and len(job.names) >= MIN_SHARED_FOR_PP
+    options.ba_refine_principal_point = False  # refined once the model stands (below): unstable while it grows
     options.mapper.random_seed = 0
     sparse_dir = work / "sparse"
     sparse_dir.mkdir(parents=True, exist_ok=True)
@@ -184,6 +197,7 @@ def run_sfm(job: SfmJob, report: Callable[[dict], None]) -> dict:
     if not models:
         return {"registered_names": [], "timings": timings, "n_models": 0}
     model = max(models.values(), key=lambda rec: rec.num_reg_images())
+    _refine_principal_points(pycolmap, model, job.groups)
     registered_names = sorted(model.images[i].name for i in model.reg_image_ids())
     stats = {
         "registered_names": registered_names,
@@ -202,6 +216,23 @@ def run_sfm(job: SfmJob, report: Callable[[dict], None]) -> dict:
     timings["undistort_s"] = clock.seconds()
     _tidy_undistorted(pycolmap, out)
     return {**stats, "timings": timings}
+
+
+def _refine_principal_points(pycolmap, model, groups: list[list[str]]) -> None:
+    """One more global bundle adjustment that also moves the principal points, when every camera is shared by
+    enough photos to pin its own down.
+
+    Renders and scans often have the principal point off-centre (the bundled scene: 16 px), and a centre held
+    fixed tilts every solved camera by that angle (~2 degrees there). Refining it while the model grows makes
+    incremental mapping unstable (measured: some runs of a 40-frame video ended 5-20 degrees off), so it is done
+    here, on the finished model, where it only polishes.
+    """
+    if min(len(g) for g in groups) < MIN_SHARED_FOR_PP:
+        return
+    options = pycolmap.BundleAdjustmentOptions()
+    options.refine_principal_point = True
+    options.print_summary = False
+    pycolmap.bundle_adjustment(model, options)
 
 
 def _tidy_undistorted(pycolmap, out: Path) -> None:
