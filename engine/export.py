@@ -41,7 +41,7 @@ class ExportOptions(ExportConfig):
 
 
 def _sdf_fn(model: NeuSModel):
-    return lambda x: model.geometry.sdf(x)
+    return model.surface_sdf
 
 
 @torch.no_grad()

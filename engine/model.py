@@ -84,7 +84,7 @@ class NeuSModel(nn.Module):
         if cfg.background.enabled:
             b = cfg.background
             self.background = BackgroundField(dict(b.encoding), dict(b.mlp), dict(b.color_mlp),
-                                              use_view_dir=bool(b.use_view_dir))
+                                              use_view_dir=bool(b.use_view_dir), radius=self.radius)
         # Plain numbers, read once: compiled code must not reach into the (typed OmegaConf) config.
         self.bg_start_radius = float(cfg.background.start_radius) * self.radius
         self.bg_far = float(cfg.background.far)
@@ -178,7 +178,7 @@ class NeuSModel(nn.Module):
             start_r = self.bg_start_radius
             near_bg, far_bg, hit_bg = ray_sphere_intersect(origins, dirs, start_r) if start_r != self.radius else (
                 near, far, hit)
-            bg = self._render_background(origins, dirs, torch.where(hit_bg, far_bg, near_bg), stratified)
+            bg = self._render_background(origins, dirs, torch.where(hit_bg, far_bg, near_bg), stratified, bg_color)
             self.timer.mark("background")
         else:
             bg = bg_color
@@ -191,11 +191,14 @@ class NeuSModel(nn.Module):
                             0.5 * (s.t_starts + s.t_ends), s.t_ends - s.t_starts, s.ray_indices, x["points"],
                             s.complete, s.valid, s.n_candidates)
 
-    def _render_background(self, origins: Tensor, dirs: Tensor, t_start: Tensor, stratified: bool) -> Tensor:
+    def _render_background(self, origins: Tensor, dirs: Tensor, t_start: Tensor, stratified: bool,
+                           bg_color: Tensor) -> Tensor:
         """Colour of the scene behind the foreground sphere: (R, 3).
 
         ``n_samples`` uniform in inverse depth from ``t_start`` (R,), where rays leave the sphere (or pass closest
-        to it), to ``background.far``.
+        to it), to ``background.far``. What the learned background leaves transparent shows ``bg_color`` ((R, 3) or
+        (3,)), as behind the foreground without a learned background (black before, which training could use as
+        a free dark colour).
         """
         n_rays = origins.shape[0]
         edges = self._disparity_edges(t_start.clamp_min(1e-3), self.bg_far, self.bg_n_samples,
@@ -209,7 +212,8 @@ class NeuSModel(nn.Module):
             return rgbs, 1.0 - torch.exp(-density * (t1 - t0)), {}
 
         valid = torch.ones_like(ray_idx, dtype=torch.bool)
-        return rendering(edges[:, :-1].reshape(-1), edges[:, 1:].reshape(-1), ray_idx, valid, n_rays, rgb_alpha).rgb
+        return rendering(edges[:, :-1].reshape(-1), edges[:, 1:].reshape(-1), ray_idx, valid, n_rays, rgb_alpha,
+                         render_bkgd=bg_color).rgb
 
     def _disparity_edges(self, start: Tensor, t_far: float, n: int, stratified: bool) -> Tensor:
         """(R, n+1) segment edges from ``start`` (R,) to ``t_far``, sample midpoints uniform in disparity."""
@@ -248,6 +252,15 @@ class NeuSModel(nn.Module):
     def sdf(self, points: Tensor) -> Tensor:
         """(N, 3) -> (N,) signed distance."""
         return self.geometry.sdf(points)
+
+    def surface_sdf(self, points: Tensor) -> Tensor:
+        """The SDF meshes are extracted from, (N, 3) -> (N,): the field intersected with the foreground sphere.
+
+        Rendering marches the foreground only inside the sphere of ``radius``, so the field is never trained
+        outside it; the mesh grid spans the bounding cube, whose corners would otherwise turn untrained values
+        into stray surfaces. A surface cut by the sphere is closed along it, as the renders see it.
+        """
+        return torch.maximum(self.geometry.sdf(points), points.norm(dim=-1) - self.radius)
 
     @torch.no_grad()
     def albedo(self, points: Tensor, normals: Tensor) -> Tensor:

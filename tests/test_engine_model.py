@@ -180,3 +180,48 @@ def test_packed_ray_count_tracks_the_sample_target():
     for _ in range(60):
         n = next_ray_count(n, 16 * n, 8192, 128, 4096)
     assert abs(n - 512) <= 2
+
+
+def test_learned_background_leaves_the_background_colour_where_it_is_transparent():
+    cfg = build_config("preview", "colmap", False)
+    resolve_auto(cfg, has_masks=False, device_type="cpu")
+    model = NeuSModel(cfg.model)
+    with torch.no_grad():  # an empty background: zero density everywhere
+        last = model.background.mlp.layers[-1]
+        last.v[0].zero_()
+        last.bias[0] = -40.0
+    o = torch.tensor([[0.0, 0.0, 3.0], [0.0, 2.0, 3.0]])  # the second ray misses the foreground sphere
+    d = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, -1.0]])
+    bg = torch.tensor([0.2, 0.5, 0.9])
+    out = model.render_rays(o, d, bg)
+    torch.testing.assert_close(out.rgb[1], bg)
+    assert torch.isfinite(out.rgb).all()
+
+
+def test_background_contraction_scales_with_the_foreground_radius():
+    """The same background seen through model.radius = 2 and 1: points at twice the distance look the same."""
+    from engine.fields.geometry import BackgroundField
+
+    cfg = build_config("preview", "colmap", False).model.background
+    fields = [BackgroundField(dict(cfg.encoding), dict(cfg.mlp), dict(cfg.color_mlp), radius=r) for r in (1.0, 2.0)]
+    fields[1].load_state_dict(fields[0].state_dict())
+    x = torch.randn(200, 3) * 3  # inside and outside the foreground sphere
+    d = torch.nn.functional.normalize(torch.randn(200, 3), dim=-1)
+    for a, b in zip(fields[0](x, d), fields[1](2.0 * x, d), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_meshes_stay_inside_the_sphere_that_rendering_marches():
+    """A field whose zero level set crosses the cube's corners outside the foreground sphere (a sphere of radius
+    1.4 in a unit-radius scene): the mesh stops at the unit sphere, where the renders stop too."""
+    from engine.export import ExportOptions, extract_colored_mesh
+
+    torch.manual_seed(0)
+    cfg, model = _small_model(**{"model.geometry.mlp.sphere_init_radius": 1.4})
+    # The raw field changes sign between |x| = 1.18 and the corner (|x| = 1.65): surface outside the unit sphere.
+    raw = model.geometry.sdf(torch.tensor([[0.68, 0.68, 0.68], [0.95, 0.95, 0.95]]))
+    assert raw[0] < 0 < raw[1]
+    verts, faces, _, _ = extract_colored_mesh(model, ExportOptions(resolution=24, coarse_resolution=0, clean=False))
+    cell = 2 * model.radius / 24
+    radii = torch.from_numpy(verts).norm(dim=-1)
+    assert len(faces) > 0 and float(radii.max()) <= model.radius + cell

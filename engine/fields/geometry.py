@@ -154,12 +154,15 @@ def contract_unbounded(x: Tensor) -> Tensor:
 class BackgroundField(nn.Module):
     """NeRF++-style background in contracted space: density and view-dependent colour.
 
-    ``forward(x (N,3) in the normalized frame, dirs (N,3)) -> (density (N,), rgb (N,3))``.
+    ``forward(x (N,3) in the normalized frame, dirs (N,3)) -> (density (N,), rgb (N,3))``. Distances are measured
+    in units of the foreground ``radius`` before contracting, so the foreground sphere maps onto the unit ball and
+    the background's grid resolution means the same for any ``model.radius``.
     """
 
     def __init__(self, encoding: dict, mlp: dict, color_mlp: dict, feature_dim: int = 15, sh_degree: int = 4,
-                 use_view_dir: bool = True) -> None:
+                 use_view_dir: bool = True, radius: float = 1.0) -> None:
         super().__init__()
+        self.radius = radius
         self.encoding = make_encoding(encoding)
         self.mlp = MLP(self.encoding.output_dim, 1 + feature_dim, **mlp)
         # Without view dependence a background point has one colour for every camera, so the background cannot
@@ -169,7 +172,7 @@ class BackgroundField(nn.Module):
         self.color_mlp = MLP(feature_dim + dir_dim, 3, output_activation="sigmoid", **color_mlp)
 
     def forward(self, x: Tensor, dirs: Tensor) -> tuple[Tensor, Tensor]:
-        u = contract_unbounded(x) * 0.25 + 0.5  # ball of radius 2 -> [0, 1]^3
+        u = contract_unbounded(x / self.radius) * 0.25 + 0.5  # ball of radius 2 -> [0, 1]^3
         enc, _ = self.encoding(u)
         out = self.mlp(enc)
         density = torch.exp(out[:, 0].clamp(max=15.0) - 1.0)  # shifted exp: starts nearly transparent
