@@ -51,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--texture", action="store_true")
     e.add_argument("--format", dest="formats", action="append", choices=EXPORT_FORMATS, default=None)
     e.add_argument("--frame", default=None, choices=EXPORT_FRAMES)
-    e.add_argument("--color", default=None, choices=get_args(ColorSource))
+    e.add_argument("--color", default=None, choices=get_args(ColorSource),
+                   help="colour source: the training photos (sharpest) or the learned field")
+    e.add_argument("--texture-size", type=int, default=None, help="texture side in texels (implies --texture)")
+    e.add_argument("--faces", type=int, default=None,
+                   help="game-ready: decimate the textured mesh to N faces and bake a normal map (implies --texture)")
     e.add_argument("--device", default="auto")
     e.add_argument("--progress", default="bar", choices=PROGRESS_MODES)
 
@@ -63,6 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--normalization", type=Path, default=None,
                    help="normalization.json (scale_mat): also report metrics in the world frame")
     v.add_argument("--json", action="store_true")
+
+    a = sub.add_parser("fidelity", help="masked PSNR of the textured asset from held-out views (no Blender needed)")
+    a.add_argument("run_dir", type=Path)
+    a.add_argument("--mesh", type=Path, default=None, help="textured OBJ/GLB (default RUN_DIR/mesh_textured.obj)")
+    a.add_argument("--downscale", type=int, default=1)
+    a.add_argument("--no-neural", action="store_true", help="skip the neural render's PSNR on the same views")
+    a.add_argument("--device", default="auto")
+    a.add_argument("--json", action="store_true")
+    a.add_argument("--progress", default="none", choices=["jsonl", "bar", "none"])
 
     r = sub.add_parser("render", help="render novel views along a spherical trajectory")
     r.add_argument("run_dir", type=Path)

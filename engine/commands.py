@@ -68,13 +68,18 @@ def cmd_export(args, emitter: Emitter) -> int:
 
     if args.resolution is not None and args.resolution < 2:
         raise InputError(f"--resolution must be at least 2, got {args.resolution}")
+    if args.texture_size is not None and not 16 <= args.texture_size <= 16384:
+        raise InputError(f"--texture-size must be between 16 and 16384, got {args.texture_size}")
+    if args.faces is not None and args.faces < 4:
+        raise InputError(f"--faces must be at least 4, got {args.faces}")
     cfg, model = load_run(args.run_dir, args.device)
     require_writable(args.run_dir)
     emitter.emit("stage", stage="loading")
     scene = _load_scene_for(cfg)
     opts = ExportOptions.from_config(cfg.export, resolution=args.resolution, frame=args.frame, color=args.color,
-                                     formats=tuple(args.formats) if args.formats else None)
-    if args.texture:
+                                     formats=tuple(args.formats) if args.formats else None,
+                                     texture_size=args.texture_size, faces=args.faces)
+    if args.texture or args.texture_size is not None or args.faces is not None:
         opts.texture = True
     t0 = time.monotonic()
     timings: dict = {}
@@ -114,6 +119,72 @@ def cmd_eval(args, emitter: Emitter) -> int:
         for frame, m in (result.items() if "normalized" in result else [("normalized", result)]):
             print(f"{frame}: chamfer-L1 {m['chamfer_l1']:.5f} (acc {m['accuracy']:.5f}, comp {m['completeness']:.5f})"
                   f", F-score@{m['threshold']:g} {m['fscore']:.4f}")
+    return 0
+
+
+def fidelity_views(n_views: int, holdout_every: int) -> tuple[list[int], bool]:
+    """The views to judge an asset on: the run's held-out views, else every 8th view (then not held out)."""
+    from .train import split_views
+
+    held = split_views(n_views, int(holdout_every))[1]
+    if len(held):
+        return [int(i) for i in held], True
+    return [int(i) for i in split_views(n_views, 8)[1]], False
+
+
+def neural_masked_psnr(model, scene, views: list[int], downscale: int) -> float | None:
+    """Mean masked PSNR of the neural render on ``views`` (the same pixels the asset figure uses)."""
+    import numpy as np
+
+    from .mesh.fidelity import masked_psnr
+    from .validate import render_views
+
+    values = [masked_psnr(rgb, target, mask) for _, rgb, _, target, mask in
+              render_views(model, scene, views, downscale)]
+    return float(np.mean(values)) if values else None
+
+
+def cmd_fidelity(args, emitter: Emitter) -> int:
+    """Asset fidelity: the exported textured mesh rendered (no lighting) from held-out cameras vs the photos."""
+    import numpy as np
+
+    from .mesh.fidelity import asset_fidelity
+    from .mesh import MeshFileError, read_mesh, read_normalization_json, transform_vertices
+
+    if args.downscale < 1:
+        raise InputError(f"--downscale must be at least 1, got {args.downscale}")
+    cfg, model = load_run(args.run_dir, args.device)
+    scene = _load_scene_for(cfg)
+    if scene is None:
+        raise InputError(f"{args.run_dir}: the run's data folder is gone; fidelity needs its photos")
+    mesh_path = args.mesh or args.run_dir / "mesh_textured.obj"
+    if not mesh_path.is_file():
+        raise InputError(f"{mesh_path}: not found (run `engine export {args.run_dir} --texture` first)")
+    try:
+        mesh = read_mesh(mesh_path, yup=True)
+    except MeshFileError as exc:
+        raise InputError(str(exc)) from exc
+    if mesh.uvs is None or mesh.texture is None:
+        raise InputError(f"{mesh_path}: has no UVs and texture (export it with --texture)")
+    verts = mesh.vertices
+    if mesh_path.stem.endswith("_world"):  # exported with --frame world: back to the cameras' frame
+        scale_mat, _ = read_normalization_json(args.run_dir / "normalization.json")
+        verts = transform_vertices(verts, np.linalg.inv(scale_mat))
+    views, held_out = fidelity_views(scene.n_views, int(cfg.data.get("holdout_every", 0)))
+    if not held_out:
+        emitter.log("the run holds no views out (data.holdout_every=0): judging on views it trained on")
+    emitter.emit("stage", stage="rendering")
+    device = next(model.parameters()).device
+    result = asset_fidelity(verts, mesh.faces, mesh.uvs, mesh.texture, scene, views, args.downscale, device)
+    result.update(mesh=str(mesh_path.resolve()), held_out=held_out, downscale=int(args.downscale))
+    if not args.no_neural:
+        result["neural_psnr"] = neural_masked_psnr(model, scene, views, args.downscale)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        neural = "" if args.no_neural else f", neural render {result['neural_psnr']:.2f} dB"
+        print(f"asset masked PSNR {result['psnr']:.2f} dB{neural} on {len(views)} "
+              f"{'held-out' if held_out else 'training'} views (mask coverage {result['coverage']:.3f})")
     return 0
 
 

@@ -357,6 +357,8 @@ class ExportConfig:
     """Texture width and height in pixels."""
     decimate: int = checked(0, lambda v: v == 0 or v >= 4, "0 (keep every face) or >= 4")
     """Target face count before unwrapping (0: keep)."""
+    faces: int = checked(0, lambda v: v == 0 or v >= 4, "0 (off) or >= 4")
+    """Game-ready: decimate the textured mesh to this many faces and bake a normal map from the full mesh (0: off)."""
     formats: list[ExportFormat] = field(default_factory=lambda: ["ply"])
     """Extra formats beside mesh.ply: obj, glb."""
     frame: ExportFrame = "normalized"

@@ -15,13 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 from . import region
 from .config_schema import EXPORT_FORMATS, EXPORT_FRAMES, ExportConfig
 from .mesh import transform_vertices, write_glb, write_normalization_json, write_obj, write_ply
-from .mesh.color import (
-    field_color_source,
-    photo_color_source,
-    vertex_colors_from_field,
-    vertex_colors_from_photos,
-)
+from .mesh.color import field_color_source, vertex_colors_from_field
 from .mesh.extract import MeshExtractionError, clean_mesh, decimate, extract_mesh
+from .mesh.normal_map import bake_normal_map, nearest_normals
+from .mesh.photo import photo_source
 from .mesh.texture import texture_mesh
 from .model import NeuSModel
 from .protocol import Emitter
@@ -64,9 +61,12 @@ def _device_of(model: NeuSModel) -> torch.device:
     return next(model.parameters()).device
 
 
-def extract_colored_mesh(model: NeuSModel, opts: ExportOptions, scene=None, progress=None
+def extract_colored_mesh(model: NeuSModel, opts: ExportOptions, scene=None, progress=None, holdout_every: int = 0
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Marching cubes on the SDF plus per-vertex colours, in the normalized frame.
+
+    With ``opts.color == "photos"`` the colours come from the training photos (``holdout_every``: the views held
+    out of training are left out here too).
 
     Returns vertices (V,3) float32, faces (F,3) int64, colours (V,3) float32 in [0,1], normals (V,3).
     """
@@ -85,12 +85,61 @@ def extract_colored_mesh(model: NeuSModel, opts: ExportOptions, scene=None, prog
     if opts.decimate and len(faces) > int(opts.decimate):
         verts, faces = decimate(verts, faces, int(opts.decimate))
     normals = model_normals(model, verts, device)
-    colors = vertex_colors_from_field(verts, normals, model.albedo, device=device)
     if opts.color == "photos" and scene is not None:
-        colors, _ = vertex_colors_from_photos(verts, normals, scene.K, scene.c2w, scene.images,
-                                              sdf_fn=_sdf_fn(model), masks=scene.masks, fallback=colors,
-                                              bound_radius=r, device=device)
+        colors = _photo_source(model, scene, verts, faces, holdout_every)(verts, normals)
+    else:
+        colors = vertex_colors_from_field(verts, normals, model.albedo, device=device)
     return verts, faces, colors, normals
+
+
+def texturing_views(scene, holdout_every: int) -> np.ndarray:
+    """Views whose photos colour the asset: the training views (held-out ones stay unseen, for honest figures)."""
+    from .train import split_views
+
+    return split_views(scene.n_views, int(holdout_every))[0]
+
+
+def _photo_source(model: NeuSModel, scene, verts: np.ndarray, faces: np.ndarray, holdout_every: int = 0):
+    """Photo colours with visibility from depth maps of (verts, faces); the field colours what no photo sees."""
+    idx = texturing_views(scene, holdout_every)
+    masks = None if scene.masks is None else scene.masks[idx]
+    return photo_source(verts, faces, scene.K[idx], scene.c2w[idx], scene.images[idx], masks,
+                        fallback=model.albedo, device=_device_of(model))
+
+
+def texture_asset(model: NeuSModel, scene, verts: np.ndarray, faces: np.ndarray, normals: np.ndarray,
+                  opts: ExportOptions, holdout_every: int = 0, max_faces: int = 200_000
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """UV atlas, colour texture and (game-ready, ``opts.faces > 0``) a normal map baked from the full mesh.
+
+    Returns vertices (V', 3), faces (F', 3), uvs (V', 2), texture (S, S, 3) uint8, normal map (S, S, 3) uint8
+    or None, in the normalized frame.
+    """
+    target = int(opts.faces) if opts.faces else max_faces
+    low_v, low_f = decimate(verts, faces, target) if len(faces) > target else (verts, faces)
+    low_n = normals if low_v is verts else None
+    if opts.color == "photos" and scene is not None:
+        source = _photo_source(model, scene, low_v, low_f, holdout_every)
+    else:
+        source = field_color_source(model.albedo, device=_device_of(model))
+    size = int(opts.texture_size)
+    tv, tf, uvs, tex = texture_mesh(low_v, low_f, source, normals=low_n, texture_size=size, max_faces=None)
+    nmap = None
+    if opts.faces:
+        from .mesh.extract import mesh_vertex_normals
+
+        welded = mesh_vertex_normals(low_v, low_f)
+        vmap = _vertex_mapping(low_v, tv)
+        nmap = bake_normal_map(tv, tf, uvs, nearest_normals(verts, normals), size, normals=welded[vmap],
+                               device=_device_of(model))
+    return tv, tf, uvs, tex, nmap
+
+
+def _vertex_mapping(original: np.ndarray, split: np.ndarray) -> np.ndarray:
+    """Index into ``original`` of each seam-split vertex (xatlas copies positions exactly)."""
+    from scipy.spatial import cKDTree
+
+    return cKDTree(original).query(split)[1]
 
 
 def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, opts: ExportOptions,
@@ -107,7 +156,8 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
         raise ValueError(f"frame must be one of {EXPORT_FRAMES}")
     emitter.emit("stage", stage="extracting")
     t0 = time.monotonic()
-    verts, faces, colors, normals = extract_colored_mesh(model, opts, scene)
+    holdout = int(cfg.data.get("holdout_every", 0)) if cfg is not None else 0
+    verts, faces, colors, normals = extract_colored_mesh(model, opts, scene, holdout_every=holdout)
     timings["extract_s"] = time.monotonic() - t0
     emitter.emit("stage", stage="exporting")
     t1 = time.monotonic()
@@ -126,16 +176,15 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
         if fmt not in EXPORT_FORMATS:
             raise ValueError(f"unknown mesh format {fmt!r}; use {', '.join(EXPORT_FORMATS)}")
     if opts.texture:
-        source = field_color_source(model.albedo, device=_device_of(model))
-        if opts.color == "photos" and scene is not None:
-            source = photo_color_source(scene.K, scene.c2w, scene.images, sdf_fn=_sdf_fn(model), masks=scene.masks,
-                                        fallback=model.albedo, bound_radius=model.radius, device=_device_of(model))
-        tv, tf, uvs, tex = texture_mesh(verts, faces, source, normals=normals, texture_size=int(opts.texture_size))
+        emitter.emit("stage", stage="texturing")
+        tv, tf, uvs, tex, nmap = texture_asset(model, scene, verts, faces, normals, opts, holdout)
         tv_out = transform_vertices(tv, scale_mat) if opts.frame == "world" else tv
-        obj_files = write_obj(run_dir / f"mesh_textured{suffix}.obj", tv_out, tf, uvs=uvs, texture=tex, yup=True)
+        obj_files = write_obj(run_dir / f"mesh_textured{suffix}.obj", tv_out, tf, uvs=uvs, texture=tex, yup=True,
+                              normal_map=nmap)
         for key, path in obj_files.items():
             files[f"obj_{key}" if key != "obj" else "obj"] = path
-        files["glb"] = write_glb(run_dir / f"mesh_textured{suffix}.glb", tv_out, tf, uvs=uvs, texture=tex, yup=True)
+        files["glb"] = write_glb(run_dir / f"mesh_textured{suffix}.glb", tv_out, tf, uvs=uvs, texture=tex, yup=True,
+                                 normal_map=nmap)
     else:
         if "obj" in extra:
             files["obj"] = write_obj(run_dir / f"mesh{suffix}.obj", out_verts, faces, colors=colors, yup=True)["obj"]

@@ -37,7 +37,7 @@ def _checked(vertices: Any, faces: Any, uvs: Any, texture: Any, yup: bool, write
 
 
 def write_obj(path: str | os.PathLike, vertices: Any, faces: Any, *, colors: Any = None, uvs: Any = None,
-              texture: Any = None, yup: bool = False) -> dict[str, Path]:
+              texture: Any = None, yup: bool = False, normal_map: Any = None) -> dict[str, Path]:
     """Writes a Wavefront OBJ, with ``<stem>.mtl`` and ``<stem>.png`` beside it when textured.
 
     Args:
@@ -47,8 +47,10 @@ def write_obj(path: str | os.PathLike, vertices: Any, faces: Any, *, colors: Any
         uvs: (V, 2) texture coordinates in [0, 1] (v = 0 at the image bottom) and
         texture: (H, W, 3) uint8 diffuse image (written as PNG), given together.
         yup: store ``(x, z, -y)`` (see the module docstring).
+        normal_map: (H, W, 3) uint8 tangent-space normal map (``<stem>_normal.png``, ``map_Bump`` in the MTL,
+            which Blender's importer wires to a Normal Map node), or None. Needs ``texture``.
     Returns:
-        ``{"obj": ..., "mtl": ..., "png": ...}`` paths of the files written.
+        ``{"obj": ..., "mtl": ..., "png": ..., "normal_png": ...}`` paths of the files written.
     """
     path = Path(path)
     v, f, uv = _checked(vertices, faces, uvs, texture, yup, "write_obj")
@@ -59,6 +61,11 @@ def write_obj(path: str | os.PathLike, vertices: Any, faces: Any, *, colors: Any
         write_bytes_atomically(png_path, _png_bytes(as_texture(texture)))
         mtl = ("# written by neus-for-blender\nnewmtl material0\nKa 1.000 1.000 1.000\nKd 1.000 1.000 1.000\n"
                f"Ks 0.000 0.000 0.000\nillum 1\nmap_Kd {png_path.name}\n")
+        if normal_map is not None:
+            normal_path = path.with_name(f"{path.stem}_normal.png")
+            write_bytes_atomically(normal_path, _png_bytes(as_texture(normal_map)))
+            mtl += f"map_Bump -bm 1.000 {normal_path.name}\n"
+            written["normal_png"] = normal_path
         with atomic_write(mtl_path, "w") as fh:
             fh.write(mtl)
         written.update(png=png_path, mtl=mtl_path)
@@ -82,7 +89,7 @@ def write_obj(path: str | os.PathLike, vertices: Any, faces: Any, *, colors: Any
 
 
 def write_glb(path: str | os.PathLike, vertices: Any, faces: Any, *, colors: Any = None, uvs: Any = None,
-              texture: Any = None, yup: bool = False) -> Path:
+              texture: Any = None, yup: bool = False, normal_map: Any = None) -> Path:
     """Writes a binary glTF (GLB): vertex colours as COLOR_0, or a textured PBR material.
 
     Args:
@@ -92,6 +99,7 @@ def write_glb(path: str | os.PathLike, vertices: Any, faces: Any, *, colors: Any
         uvs: (V, 2) in [0, 1] (OBJ convention; trimesh flips them to glTF's top-left origin) and
         texture: (H, W, 3) uint8 base-colour image, given together.
         yup: store ``(x, z, -y)`` (see the module docstring).
+        normal_map: (H, W, 3) uint8 tangent-space normal map of the textured material (``normalTexture``), or None.
     """
     import trimesh
     from PIL import Image
@@ -100,7 +108,8 @@ def write_glb(path: str | os.PathLike, vertices: Any, faces: Any, *, colors: Any
     mesh = trimesh.Trimesh(vertices=v, faces=f, process=False)
     if texture is not None:
         material = trimesh.visual.material.PBRMaterial(
-            baseColorTexture=Image.fromarray(as_texture(texture)), metallicFactor=0.0, roughnessFactor=1.0)
+            baseColorTexture=Image.fromarray(as_texture(texture)), metallicFactor=0.0, roughnessFactor=1.0,
+            normalTexture=None if normal_map is None else Image.fromarray(as_texture(normal_map)))
         mesh.visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
     elif colors is not None:
         c = vertex_colors(colors, len(v))

@@ -9,9 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 from .color import ColorSource
 from .extract import decimate, mesh_vertex_normals
+from .raster import rasterize_uv_layout
 
 
 def unwrap_uv(
@@ -66,12 +68,11 @@ def unwrap_uv(
 
 
 def rasterize_uv(
-    uvs: np.ndarray, faces: np.ndarray, size: int, budget: int = 1 << 22
+    uvs: np.ndarray, faces: np.ndarray, size: int, budget: int = 1 << 22, device: str | torch.device = "cpu"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Finds, for every texel centre, the UV triangle containing it and its barycentric coordinates.
 
-    Vectorized over triangles: the integer texel centres inside each triangle's bounding box are enumerated in
-    batches of about ``budget`` candidates and tested with edge functions.
+    Runs the torch rasteriser (:func:`engine.mesh.raster.rasterize_uv_layout`) on ``device``.
 
     Args:
         uvs: (V, 2) in [0, 1]; faces: (F, 3) indices into ``uvs``.
@@ -80,44 +81,9 @@ def rasterize_uv(
     Returns:
         tri (S, S) int64 triangle index per texel (-1 outside every triangle) and bary (S, S, 3) float32.
     """
-    uv = np.asarray(uvs, dtype=np.float64)
-    f = np.asarray(faces, dtype=np.int64)
-    # Pixel coordinates where texel centres are integers: x = column, y = row (v up -> rows down).
-    px = np.stack([uv[:, 0] * size - 0.5, (1.0 - uv[:, 1]) * size - 0.5], axis=1)
-    tri_xy = px[f]  # (F, 3, 2)
-    lo = np.clip(np.ceil(tri_xy.min(axis=1) - 1e-9), 0, size - 1).astype(np.int64)
-    hi = np.clip(np.floor(tri_xy.max(axis=1) + 1e-9), 0, size - 1).astype(np.int64)
-    nx = np.maximum(hi[:, 0] - lo[:, 0] + 1, 0)
-    ny = np.maximum(hi[:, 1] - lo[:, 1] + 1, 0)
-    a, b, c = tri_xy[:, 0], tri_xy[:, 1], tri_xy[:, 2]
-    area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
-    counts = np.where(np.abs(area) > 1e-12, nx * ny, 0)
-    tri_map = np.full((size, size), -1, dtype=np.int64)
-    bary_map = np.zeros((size, size, 3), dtype=np.float32)
-    ends = np.cumsum(counts)
-    start_tri = 0
-    while start_tri < len(f):
-        # The largest run of triangles whose candidates fit the budget (at least one triangle).
-        base = ends[start_tri - 1] if start_tri else 0
-        stop = max(int(np.searchsorted(ends, base + budget, side="right")), start_tri + 1)
-        ids = np.arange(start_tri, stop)
-        n = counts[ids]
-        start_tri = stop
-        if n.sum() == 0:
-            continue
-        rep = np.repeat(ids, n)
-        local = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
-        x = lo[rep, 0] + local % nx[rep]
-        y = lo[rep, 1] + local // nx[rep]
-        ax, ay = a[rep, 0], a[rep, 1]
-        # Barycentrics from signed sub-areas (works for either winding).
-        w1 = ((x - ax) * (c[rep, 1] - ay) - (y - ay) * (c[rep, 0] - ax)) / area[rep]
-        w2 = ((b[rep, 0] - ax) * (y - ay) - (b[rep, 1] - ay) * (x - ax)) / area[rep]
-        w0 = 1.0 - w1 - w2
-        inside = (w0 >= -1e-7) & (w1 >= -1e-7) & (w2 >= -1e-7)
-        tri_map[y[inside], x[inside]] = rep[inside]
-        bary_map[y[inside], x[inside]] = np.stack([w0[inside], w1[inside], w2[inside]], axis=1)
-    return tri_map, bary_map
+    frags = rasterize_uv_layout(torch.as_tensor(np.asarray(uvs, np.float32), device=device),
+                                torch.as_tensor(np.asarray(faces, np.int64), device=device), size, budget)
+    return frags.face.cpu().numpy(), frags.bary.cpu().numpy()
 
 
 def dilate_texture(

@@ -1,0 +1,307 @@
+"""Photo colours for a mesh the way texture-mapping tools do it: depth-map visibility, best-view blending,
+colour levelling between views, and the field's colour where no photo sees the surface.
+
+1. Each camera gets a depth map of the mesh from :mod:`.raster` (one z-buffer pass instead of marching the SDF
+   for every point and camera pair), and a *feather* map: the distance in pixels to the nearest mask edge,
+   depth discontinuity or image border, so a view fades out smoothly where its coverage ends (no hard seams).
+2. A point takes a camera when it lies in front of it, inside the eroded foreground mask, on the visible
+   surface (its depth matches the depth map within a pixel's footprint), and faces it (``cos > min_cos``,
+   which drops grazing views).
+3. Views are blended with ``weight = (cos * resolution * sharpness) ** power * feather``: ``resolution`` is
+   the view's pixels per unit length at the point (near views win), ``sharpness`` the image's Laplacian
+   energy inside the mask relative to the sharpest image. A high ``power`` lets the best views dominate (sharp)
+   while the feather keeps transitions continuous.
+4. Colour levelling: a gain per view and channel (least squares against the blend on a subsample of points,
+   normalized to a geometric mean of 1) so exposure differences between photos do not show as seams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .raster import project, rasterize_view
+
+ColorFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class PhotoOptions:
+    """Controls of the photo blend."""
+
+    min_cos: float = 0.25
+    """Smallest cosine between the surface normal and the direction to a camera (grazing views are dropped)."""
+    power: float = 4.0
+    """Exponent on the view quality: higher lets the best view dominate (sharper, more seam-prone)."""
+    feather_px: float = 6.0
+    """Width in pixels of the fade at a view's mask edges, depth discontinuities and image border."""
+    erode_px: int = 1
+    """Mask erosion in pixels (drops the anti-aliased silhouette, which mixes in background colour)."""
+    depth_tol_px: float = 2.0
+    """Visibility tolerance in pixel footprints (``depth / focal / cos``) plus ``depth_tol``."""
+    depth_tol: float = 2e-3
+    """Absolute visibility tolerance (normalized units)."""
+    level_colors: bool = True
+    """Estimate a per-view, per-channel gain so that views agree (colour levelling)."""
+    level_samples: int = 50_000
+    """Points used to estimate the gains."""
+
+
+@dataclass
+class _View:
+    K: torch.Tensor  # (3, 3)
+    c2w: torch.Tensor  # (3, 4)
+    image: torch.Tensor  # (H, W, 3) float in [0, 1]
+    depth: torch.Tensor  # (H, W) visible depth (inf empty)
+    feather: torch.Tensor  # (H, W) in [0, 1], 0 outside usable pixels
+    sharpness: float
+    gain: torch.Tensor  # (3,)
+
+
+def _as_image(x: Any, device: torch.device) -> torch.Tensor:
+    t = x if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(x))
+    t = t.to(device)
+    t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
+    return t[..., :3]
+
+
+def _as_mask(x: Any, device: torch.device) -> torch.Tensor:
+    t = x if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(x))
+    t = t.to(device)
+    if t.ndim == 3:
+        t = t.amax(dim=-1)
+    if t.dtype == torch.bool:
+        return t
+    return t > (127 if t.dtype == torch.uint8 else 0.5)
+
+
+def _feather(usable: torch.Tensor, width: float) -> torch.Tensor:
+    """(H, W) bool -> (H, W) float: distance to the nearest unusable pixel or the border, / width, clipped at 1."""
+    from scipy.ndimage import distance_transform_edt
+
+    pad = np.pad(usable.cpu().numpy(), 1, constant_values=False)
+    dist = distance_transform_edt(pad)[1:-1, 1:-1]
+    return torch.from_numpy(np.clip(dist / max(width, 1e-6), 0.0, 1.0).astype(np.float32)).to(usable.device)
+
+
+def _sharpness(image: torch.Tensor, usable: torch.Tensor) -> float:
+    """Mean squared Laplacian of the grey image over usable pixels (a focus / motion-blur measure)."""
+    grey = image.mean(dim=-1)[None, None]
+    lap = F.conv2d(grey, grey.new_tensor([[0, 1, 0], [1, -4, 1], [0, 1, 0]])[None, None], padding=1)[0, 0]
+    sel = usable & torch.isfinite(lap)
+    return float((lap[sel] ** 2).mean()) if bool(sel.any()) else 0.0
+
+
+def _depth_edges(depth: torch.Tensor, K: torch.Tensor, tol_px: float) -> torch.Tensor:
+    """(H, W) bool: pixels next to a depth jump larger than a few pixel footprints (occlusion boundaries)."""
+    finite = torch.isfinite(depth)
+    d = torch.where(finite, depth, torch.zeros_like(depth))
+    hi = F.max_pool2d(d[None, None], 3, 1, 1)[0, 0]
+    lo = -F.max_pool2d(torch.where(finite, -depth, torch.full_like(depth, -1e30))[None, None], 3, 1, 1)[0, 0]
+    footprint = d / float(K[0, 0])
+    return finite & (hi - lo > 4.0 * tol_px * footprint + 1e-3)
+
+
+def prepare_views(
+    vertices: torch.Tensor, faces: torch.Tensor, K: Any, c2w: Any, images: Any, masks: Any = None,
+    options: PhotoOptions | None = None, device: str | torch.device = "cpu",
+) -> list[_View]:
+    """Depth maps, feather maps and sharpness of every camera (the per-view work, done once).
+
+    Args:
+        vertices: (V, 3) mesh in the cameras' frame; faces: (F, 3).
+        K: (N, 3, 3); c2w: (N, 3, 4) OpenGL axes; images: (N, H, W, 3) float [0, 1] or uint8;
+        masks: (N, H, W) foreground masks or None.
+    """
+    opts = options or PhotoOptions()
+    device = torch.device(device)
+    v = torch.as_tensor(np.asarray(vertices, np.float32), device=device)
+    f = torch.as_tensor(np.asarray(faces, np.int64), device=device)
+    Ks = torch.as_tensor(np.asarray(K, np.float32).reshape(-1, 3, 3), device=device)
+    c2ws = torch.as_tensor(np.asarray(c2w, np.float32).reshape(-1, 3, 4), device=device)
+    views = []
+    for i in range(len(Ks)):
+        img = _as_image(images[i], device)
+        h, w = img.shape[:2]
+        depth = rasterize_view(v, f, Ks[i], c2ws[i], h, w).depth
+        usable = torch.isfinite(depth) & ~_depth_edges(depth, Ks[i], opts.depth_tol_px)
+        if masks is not None:
+            fg = _as_mask(masks[i], device)
+            if opts.erode_px > 0:
+                k = 2 * int(opts.erode_px) + 1
+                fg = -F.max_pool2d(-fg.float()[None, None], k, 1, int(opts.erode_px))[0, 0] > 0.5
+            usable &= fg
+        views.append(_View(Ks[i], c2ws[i], img, depth, _feather(usable, opts.feather_px), _sharpness(img, usable),
+                           torch.ones(3, device=device)))
+    top = max((vw.sharpness for vw in views), default=0.0)
+    for vw in views:
+        vw.sharpness = vw.sharpness / top if top > 0 else 1.0
+    return views
+
+
+def _sample(image: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of (H, W, C) at pixel coords (M, 2) (integers = centres) -> (M, C)."""
+    h, w = image.shape[:2]
+    grid = torch.stack([(xy[:, 0] + 0.5) / w * 2 - 1, (xy[:, 1] + 0.5) / h * 2 - 1], dim=1)
+    out = F.grid_sample(image.permute(2, 0, 1)[None], grid[None, None], mode="bilinear", padding_mode="border",
+                        align_corners=False)
+    return out[0, :, 0].T
+
+
+def _nearest(image: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+    h, w = image.shape[:2]
+    col = xy[:, 0].round().long().clamp(0, w - 1)
+    row = xy[:, 1].round().long().clamp(0, h - 1)
+    return image[row, col]
+
+
+def depth_visible(depth: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, points: torch.Tensor, cos: torch.Tensor,
+                  opts: PhotoOptions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Depth-map visibility of surface points in one camera.
+
+    Args:
+        depth: (H, W) depth map of the mesh the points lie on; K: (3, 3); c2w: (3, 4);
+        points: (M, 3); cos: (M,) cosine between each point's normal and its direction to the camera.
+    Returns:
+        visible (M,) bool (in front, inside the image, and not behind the depth map by more than a pixel's
+        footprint ``depth / focal / cos`` times ``depth_tol_px`` plus ``depth_tol``), pixel xy (M, 2), depth z (M,).
+    """
+    xy, z = project(points, K, c2w)
+    h, w = depth.shape
+    inside = (z > 0) & (xy[:, 0] >= -0.5) & (xy[:, 0] <= w - 0.5) & (xy[:, 1] >= -0.5) & (xy[:, 1] <= h - 0.5)
+    tol = opts.depth_tol + opts.depth_tol_px * z.abs() / float(K[0, 0]) / cos.clamp_min(1e-3)
+    return inside & (z <= _nearest(depth, xy) + tol), xy, z
+
+
+def _view_samples(view: _View, pts: torch.Tensor, nrm: torch.Tensor, opts: PhotoOptions
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which points this view sees: idx (M,), rgb (M, 3) (gain applied), quality (M,), feather (M,) in (0, 1]."""
+    centre = view.c2w[:, 3]
+    to_cam = centre - pts
+    dist = to_cam.norm(dim=1).clamp_min(1e-9)
+    cos = (to_cam * nrm).sum(dim=1) / dist
+    idx = torch.nonzero(cos > opts.min_cos).squeeze(1)
+    visible, xy, z = depth_visible(view.depth, view.K, view.c2w, pts[idx], cos[idx], opts)
+    idx, xy, c, footprint = idx[visible], xy[visible], cos[idx][visible], z[visible] / float(view.K[0, 0])
+    feather = _sample(view.feather[..., None], xy)[:, 0]
+    keep = feather > 0
+    idx, xy, c, footprint, feather = idx[keep], xy[keep], c[keep], footprint[keep], feather[keep]
+    quality = c * view.sharpness / footprint  # pixels per unit length across the surface, times focus
+    rgb = _sample(view.image, xy) * view.gain
+    return idx, rgb, quality, feather
+
+
+def blend_views(views: list[_View], points: torch.Tensor, normals: torch.Tensor, opts: PhotoOptions
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blends every view's colour at the points.
+
+    Args:
+        views: from :func:`prepare_views`; points, normals: (P, 3) tensors on the views' device.
+    Returns:
+        rgb (P, 3) (0 where unseen) and weight sum (P,) (0 where no view sees the point).
+    """
+    samples = [_view_samples(vw, points, normals, opts) for vw in views]
+    # Quality is relative to the best view of each point, so the power sharpens the choice, not the scale.
+    best = torch.zeros(len(points), device=points.device)
+    for idx, _, q, _ in samples:
+        best.scatter_reduce_(0, idx, q, reduce="amax")
+    acc = torch.zeros((len(points), 3), device=points.device)
+    wsum = torch.zeros(len(points), device=points.device)
+    for idx, rgb, q, feather in samples:
+        wt = (q / best[idx].clamp_min(1e-12)) ** opts.power * feather
+        acc.index_add_(0, idx, rgb * wt[:, None])
+        wsum.index_add_(0, idx, wt)
+    return acc / wsum.clamp_min(1e-12)[:, None], wsum
+
+
+def level_views(views: list[_View], points: torch.Tensor, normals: torch.Tensor, opts: PhotoOptions,
+                iterations: int = 2) -> None:
+    """Sets each view's per-channel gain so its colours match the blend in least squares (geometric mean 1)."""
+    for _ in range(iterations):
+        blend, wsum = blend_views(views, points, normals, opts)
+        gains = []
+        for vw in views:
+            idx, rgb, _, feather = _view_samples(vw, points, normals, opts)
+            seen = wsum[idx] > 0
+            target, mine, wt = blend[idx][seen], rgb[seen] / vw.gain, feather[seen][:, None]
+            if len(target) < 100:
+                gains.append(vw.gain)
+                continue
+            g = (wt * target * mine).sum(0) / (wt * mine * mine).sum(0).clamp_min(1e-12)
+            gains.append(g.clamp(0.5, 2.0))
+        log_mean = torch.stack(gains).clamp_min(1e-6).log().mean(0)
+        for vw, g in zip(views, gains, strict=True):
+            vw.gain = g / log_mean.exp()
+
+
+@torch.no_grad()
+def photo_colors(
+    views: list[_View], points: Any, normals: Any, fallback: ColorFn | None = None,
+    options: PhotoOptions | None = None, chunk: int = 1 << 19,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Photo colours at surface points, the field's colour (or grey) where no photo sees them.
+
+    Args:
+        views: from :func:`prepare_views` (gains set by :func:`level_views` if levelling is wanted).
+        points, normals: (P, 3) numpy float32 (unit outward normals).
+        fallback: ((M, 3) points, (M, 3) normals) tensors -> (M, 3) RGB for unseen points; None: mid grey.
+    Returns:
+        rgb (P, 3) float32 in [0, 1] and seen (P,) bool.
+    """
+    opts = options or PhotoOptions()
+    device = views[0].image.device if views else torch.device("cpu")
+    pts_all = np.asarray(points, np.float32)
+    nrm_all = np.asarray(normals, np.float32)
+    out = np.empty((len(pts_all), 3), np.float32)
+    seen = np.zeros(len(pts_all), bool)
+    for s in range(0, len(pts_all), chunk):
+        pts = torch.from_numpy(pts_all[s:s + chunk]).to(device)
+        nrm = torch.from_numpy(nrm_all[s:s + chunk]).to(device)
+        rgb, wsum = blend_views(views, pts, nrm, opts)
+        ok = wsum > 0
+        if not bool(ok.all()):
+            miss = torch.nonzero(~ok).squeeze(1)
+            if fallback is not None:
+                rgb[miss] = fallback(pts[miss], nrm[miss]).reshape(-1, 3).float()
+            else:
+                rgb[miss] = 0.5
+        out[s:s + chunk] = rgb.clamp(0, 1).cpu().numpy()
+        seen[s:s + chunk] = ok.cpu().numpy()
+    return out, seen
+
+
+def photo_source(
+    vertices: Any, faces: Any, K: Any, c2w: Any, images: Any, masks: Any = None, fallback: ColorFn | None = None,
+    options: PhotoOptions | None = None, device: str | torch.device = "cpu",
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """A colour source (points, normals) -> RGB for :func:`engine.mesh.texture.bake_texture`, from the photos.
+
+    The mesh given here is the one whose depth maps decide visibility: pass the mesh being textured.
+    Levelling gains are estimated on the first call's points (a random subsample) and kept.
+    """
+    opts = options or PhotoOptions()
+    views = prepare_views(vertices, faces, K, c2w, images, masks, opts, device)
+    state = {"levelled": not opts.level_colors}
+
+    @torch.no_grad()
+    def source(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
+        if not state["levelled"] and len(points):
+            rng = np.random.default_rng(0)
+            pick = rng.choice(len(points), size=min(opts.level_samples, len(points)), replace=False)
+            dev = views[0].image.device
+            level_views(views, torch.from_numpy(np.asarray(points, np.float32)[pick]).to(dev),
+                        torch.from_numpy(np.asarray(normals, np.float32)[pick]).to(dev), opts)
+            state["levelled"] = True
+        return photo_colors(views, points, normals, fallback, opts)[0]
+
+    return source
+
+
+__all__ = [
+    "PhotoOptions", "blend_views", "depth_visible", "level_views", "photo_colors", "photo_source", "prepare_views",
+]
