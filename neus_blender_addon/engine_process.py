@@ -161,6 +161,12 @@ def build_fit_command(
     return cmd
 
 
+def texture_settings(size: int | str, color: str, faces: int) -> list[str]:
+    """``--set`` overrides for a textured result (texture side, colour source, game-ready face count; 0 = off)."""
+    return ["export.texture=true", f"export.texture_size={int(size)}", f"export.color={color}",
+            f"export.faces={max(int(faces), 0)}"]
+
+
 def build_export_command(python: Path | str, run_dir: Path | str, texture: bool = True, fmt: str = "glb",
                          frame: str = "normalized", resolution: int | None = None) -> list[str]:
     """``python -m engine export RUN_DIR [--texture] --format F --frame normalized|world``."""

@@ -8,6 +8,13 @@ from .choices import DEVICE_ITEMS, FORMAT_ITEMS, FRAME_ITEMS, PRESET_ITEMS
 from .protocol import RunStatus, format_eta
 
 
+TEXTURE_SIZE_ITEMS = [(str(n), f"{n} px", f"{n} x {n} texture") for n in (1024, 2048, 4096)]
+COLOR_SOURCE_ITEMS = [
+    ("photos", "Photos", "Blend the best training photos per texel (sharpest; the field fills what no photo sees)"),
+    ("field", "Field", "The trained radiance field's colour seen head-on (smoother, no photo detail)"),
+]
+
+
 class NEUS_PG_settings(bpy.types.PropertyGroup):
     """Per-scene settings of the reconstruction and the status of the current run."""
 
@@ -25,6 +32,13 @@ class NEUS_PG_settings(bpy.types.PropertyGroup):
     frame: EnumProperty(name="Frame", items=FRAME_ITEMS, default="normalized")
     texture: BoolProperty(name="Texture", description="Also export and import a textured mesh (UV atlas)",
                           default=False)
+    texture_size: EnumProperty(name="Texture Size", description="Side of the square texture in pixels",
+                               items=TEXTURE_SIZE_ITEMS, default="2048")
+    color_source: EnumProperty(name="Colours", description="Where the texture's colours come from",
+                               items=COLOR_SOURCE_ITEMS, default="photos")
+    game_faces: IntProperty(name="Game-Ready Faces", description="Decimate the textured mesh to this many faces "
+                            "and bake a normal map from the full-resolution surface (0: keep the full mesh)",
+                            default=0, min=0, soft_max=200000)
     engine_settings: StringProperty(name="Extra Settings", description="Advanced: engine config overrides, "
                                     "space-separated KEY=VALUE (e.g. export.resolution=256 train.lr=0.01)",
                                     default="")

@@ -90,7 +90,7 @@ def request_from_scene(scene: bpy.types.Scene, engine_python: str = "", run_dir:
     if s.show_preview and not any(kv.startswith("train.preview_every=") for kv in settings):
         settings.append(f"train.preview_every={PREVIEW_EVERY}")
     if s.texture:
-        settings.append("export.texture=true")  # the fit writes the textured OBJ/GLB itself
+        settings += engine_process.texture_settings(s.texture_size, s.color_source, int(s.game_faces))
     if not s.use_masks and not any(kv.startswith("data.use_mask=") for kv in settings):
         settings.append("data.use_mask=false")  # the engine then layers its no-mask defaults
     user_region = blender_cameras.user_region(scene, dataset)  # the region object, once the artist edits it

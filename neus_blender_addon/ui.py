@@ -115,6 +115,11 @@ class NEUS_PT_output(_SubPanel, bpy.types.Panel):
         col = layout.column()
         col.prop(s, "output_dir")
         col.prop(s, "texture")
+        sub = col.column()
+        sub.enabled = s.texture
+        sub.prop(s, "texture_size")
+        sub.prop(s, "color_source")
+        sub.prop(s, "game_faces")
         col.prop(s, "export_on_cancel")
         row = self.layout.row(align=True)  # usable during a run too
         row.operator("neus.open_run_folder", icon="FILE_FOLDER")
