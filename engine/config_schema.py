@@ -349,8 +349,9 @@ class ExportConfig:
     """marching_cubes (PyMCubes, CPU) | surface_nets (on the device) | auto: surface nets on CUDA."""
     chunk: int = at_least(1, 262144)
     """Points per SDF query."""
-    color: ColorSource = "field"
-    """field (albedo: radiance seen head-on) | photos (from the training images)."""
+    color: ColorSource = "photos"
+    """photos (the training images, blended per point; the field where none sees it; default since it measured
+    sharper on held-out views, BENCHMARKS.md) | field (albedo: radiance seen head-on)."""
     texture: bool = False
     """Also write a UV-unwrapped, baked texture (OBJ + GLB)."""
     texture_size: int = at_least(16, 2048)

@@ -99,8 +99,15 @@ def texturing_views(scene, holdout_every: int) -> np.ndarray:
     return split_views(scene.n_views, int(holdout_every))[0]
 
 
-def _photo_source(model: NeuSModel, scene, verts: np.ndarray, faces: np.ndarray, holdout_every: int = 0):
-    """Photo colours with visibility from depth maps of (verts, faces); the field colours what no photo sees."""
+def _photo_source(model: NeuSModel, scene, verts: np.ndarray, faces: np.ndarray, holdout_every: int = 0,
+                  max_faces: int = 200_000):
+    """Photo colours with visibility from depth maps of (verts, faces); the field colours what no photo sees.
+
+    A larger mesh is decimated for the depth maps only: visibility tolerates the small shift, and rasterising
+    a million faces per view would cost more than the colours.
+    """
+    if len(faces) > max_faces:
+        verts, faces = decimate(verts, faces, max_faces)
     idx = texturing_views(scene, holdout_every)
     masks = None if scene.masks is None else scene.masks[idx]
     return photo_source(verts, faces, scene.K[idx], scene.c2w[idx], scene.images[idx], masks,

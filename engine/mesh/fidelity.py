@@ -81,7 +81,7 @@ def asset_fidelity(
     v = torch.as_tensor(np.asarray(vertices, np.float32), device=device)
     f = torch.as_tensor(np.asarray(faces, np.int64), device=device)
     uv = torch.as_tensor(np.asarray(uvs, np.float32), device=device)
-    tex = torch.as_tensor(np.asarray(texture, np.uint8), device=device).float() / 255.0
+    tex = torch.from_numpy(np.array(texture, np.uint8)).to(device).float() / 255.0
     per_view, coverage = [], []
     for i in indices:
         i = int(i)
