@@ -148,8 +148,10 @@ def cmd_fidelity(args, emitter: Emitter) -> int:
     """Asset fidelity: the exported textured mesh rendered (no lighting) from held-out cameras vs the photos."""
     import numpy as np
 
+    from datasets.normalization_file import read_normalization_json
+
+    from .mesh import MeshFileError, read_mesh, transform_vertices
     from .mesh.fidelity import asset_fidelity
-    from .mesh import MeshFileError, read_mesh, read_normalization_json, transform_vertices
 
     if args.downscale < 1:
         raise InputError(f"--downscale must be at least 1, got {args.downscale}")
