@@ -30,8 +30,14 @@ FRAME_ITEMS = (
     ("normalized", "Normalized", "Object inside the unit sphere, as the engine works (default)"),
     ("world", "World", "The dataset's own world frame: cameras and mesh parented to an empty holding scale_mat"),
 )
+COLOR_SOURCE_ITEMS = (
+    ("photos", "Photos", "Blend the best training photos per texel (sharpest; the field fills what no photo sees)"),
+    ("field", "Field", "The trained radiance field's colour seen head-on (smoother, no photo detail)"),
+)
+TEXTURE_SIZE_ITEMS = tuple((str(n), f"{n} px", f"{n} x {n} texture") for n in (1024, 2048, 4096))
 
 PRESETS = tuple(item[0] for item in PRESET_ITEMS)
+COLOR_SOURCES = tuple(item[0] for item in COLOR_SOURCE_ITEMS)
 DEVICES = tuple(item[0] for item in DEVICE_ITEMS)
 FORMATS = tuple(item[0] for item in FORMAT_ITEMS)
 FRAMES = tuple(item[0] for item in FRAME_ITEMS)

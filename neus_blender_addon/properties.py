@@ -4,15 +4,15 @@
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
-from .choices import DEVICE_ITEMS, FORMAT_ITEMS, FRAME_ITEMS, PRESET_ITEMS
+from .choices import (
+    COLOR_SOURCE_ITEMS,
+    DEVICE_ITEMS,
+    FORMAT_ITEMS,
+    FRAME_ITEMS,
+    PRESET_ITEMS,
+    TEXTURE_SIZE_ITEMS,
+)
 from .protocol import RunStatus, format_eta
-
-
-TEXTURE_SIZE_ITEMS = [(str(n), f"{n} px", f"{n} x {n} texture") for n in (1024, 2048, 4096)]
-COLOR_SOURCE_ITEMS = [
-    ("photos", "Photos", "Blend the best training photos per texel (sharpest; the field fills what no photo sees)"),
-    ("field", "Field", "The trained radiance field's colour seen head-on (smoother, no photo detail)"),
-]
 
 
 class NEUS_PG_settings(bpy.types.PropertyGroup):

@@ -16,6 +16,15 @@ def test_panel_texture_options_are_valid_engine_settings():
     assert (cfg.export.texture_size, cfg.export.color, cfg.export.faces) == (1024, "field", 0)
 
 
+def test_colour_sources_agree_with_the_engine():
+    from typing import get_args
+
+    from engine.config_schema import ColorSource
+    from neus_blender_addon.choices import COLOR_SOURCES
+
+    assert set(COLOR_SOURCES) == set(get_args(ColorSource))
+
+
 def test_engine_rejects_a_too_small_game_ready_face_count():
     with pytest.raises(ConfigError, match="export.faces"):
         build_config("preview", overrides=["export.faces=2"])
