@@ -78,9 +78,26 @@ def _shown(value: Any) -> Any:
     return OmegaConf.to_container(value) if isinstance(value, Container) else value
 
 
+def _section_given_a_value(layer: DictConfig, cls: type = RunConfig, prefix: str = "") -> str | None:
+    """The first key of ``layer`` where the schema has a section but the layer a plain value (OmegaConf's merge
+    error does not name it)."""
+    for f in dataclasses.fields(cls):
+        if f.name not in layer or not dataclasses.is_dataclass(f.type):
+            continue
+        value = layer[f.name]
+        if not isinstance(value, DictConfig):
+            return prefix + f.name
+        found = _section_given_a_value(value, f.type, prefix + f.name + ".")
+        if found:
+            return found
+    return None
+
+
 def _schema_error(exc: OmegaConfBaseException, layers: list[Layer]) -> ConfigError:
     """One line for a merge failure: the key, what it must be, the value given and which layer gave it."""
     key = str(getattr(exc, "full_key", None) or "")
+    if not key:
+        key = next((k for _, layer in reversed(layers) if (k := _section_given_a_value(layer))), "")
     base = re.sub(r"(\[\d+\])+$", "", key)
     missing = object()
     given, source = missing, None

@@ -122,6 +122,7 @@ def test_schema_errors_name_the_key_the_expected_type_and_the_layer(tmp_path):
         ({"overrides": ["model.min_inv_s=abc"]}, "model.min_inv_s must be a number or a schedule"),
         ({"overrides": ["train.loss.eikonal={start: 0.1, end: -1, end_step: 9}"]}, "eikonal must be >= 0"),
         ({"overrides": ["model.occupancy.update_fraction=2"]}, "update_fraction must be in (0, 1]"),
+        ({"overrides": ["model.geometry=5"]}, "model.geometry must be a mapping, got 5 (in --set)"),
     ]:
         with pytest.raises(ConfigError) as info:
             build_config("preview", "dtu", **kwargs)
