@@ -145,6 +145,26 @@ def _operator_context():
     return ctx.temp_override(window=win, screen=win.screen)
 
 
+def normal_maps_as_data(objects) -> int:
+    """Marks the images feeding Normal Map nodes as Non-Color data (Blender's OBJ importer loads a ``map_Bump``
+    normal map as sRGB, which bends every normal); returns how many images it changed."""
+    changed = 0
+    for o in objects:
+        for slot in getattr(o, "material_slots", []):
+            mat = slot.material
+            if mat is None or not mat.use_nodes:
+                continue
+            for node in mat.node_tree.nodes:
+                if node.bl_idname != "ShaderNodeNormalMap":
+                    continue
+                for link in node.inputs["Color"].links:
+                    image = getattr(link.from_node, "image", None)
+                    if image is not None and image.colorspace_settings.name != "Non-Color":
+                        image.colorspace_settings.name = "Non-Color"
+                        changed += 1
+    return changed
+
+
 def _import_with_operator(path: Path, fmt: str, gltf_z_up: bool) -> list[bpy.types.Object]:
     before = set(bpy.data.objects)
     with _operator_context():
@@ -155,6 +175,7 @@ def _import_with_operator(path: Path, fmt: str, gltf_z_up: bool) -> list[bpy.typ
         else:
             bpy.ops.import_scene.gltf(filepath=str(path))
     new = [o for o in bpy.data.objects if o not in before]
+    normal_maps_as_data(new)
     if fmt == "gltf" and gltf_z_up:
         # For files holding raw Z-up coordinates (not the engine's): the glTF importer turns +Y-up into
         # Blender's +Z-up, (x, y, z) -> (x, -z, y), so undo that on the mesh data.

@@ -16,14 +16,9 @@ pytestmark = [pytest.mark.slow,
 
 
 @pytest.fixture(scope="module")
-def held_out_run(tmp_path_factory):
-    """A preview run on the bundled scene with every 8th view held out (swap for conftest's shared run)."""
-    run = tmp_path_factory.mktemp("texture") / "run"
-    code, _, err = run_engine("fit", str(SAMPLE), "--out", str(run), "--preset", "preview", "--steps", "500",
-                              "--progress", "jsonl", "--set", "data.holdout_every=8",
-                              "--set", "export.resolution=128", timeout=1200)
-    assert code == 0, err[-3000:]
-    return run
+def held_out_run(masked_preview_run, tmp_path_factory):
+    """A private copy (exports write into it) of the shared masked preview run with every 8th view held out."""
+    return masked_preview_run.check().copy_to(tmp_path_factory.mktemp("texture") / "run")
 
 
 def test_photo_texture_beats_the_field_texture_on_held_out_views(held_out_run):

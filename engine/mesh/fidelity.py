@@ -72,8 +72,9 @@ def asset_fidelity(
         indices: views to compare.
         downscale: integer factor applied to the photos, masks and intrinsics.
     Returns:
-        ``{"psnr": mean over views, "per_view": [psnr, ...], "views": [index, ...], "coverage": mean fraction of
-        mask pixels the asset covers}``.
+        ``{"psnr": mean over views, "per_view": [psnr, ...], "psnr_covered": the same over the mask pixels the
+        asset covers (texture error without silhouette error), "views": [index, ...], "coverage": mean fraction
+        of mask pixels the asset covers}``.
     """
     from datasets.geometry import scale_intrinsics
 
@@ -82,7 +83,7 @@ def asset_fidelity(
     f = torch.as_tensor(np.asarray(faces, np.int64), device=device)
     uv = torch.as_tensor(np.asarray(uvs, np.float32), device=device)
     tex = torch.from_numpy(np.array(texture, np.uint8)).to(device).float() / 255.0
-    per_view, coverage = [], []
+    per_view, per_view_covered, coverage = [], [], []
     for i in indices:
         i = int(i)
         photo = _downsample(np.asarray(scene.images[i], np.float32)[..., :3], downscale)
@@ -92,10 +93,13 @@ def asset_fidelity(
             mask = _downsample(np.asarray(scene.masks[i], np.float32), downscale) > 0.5
         K = torch.as_tensor(scale_intrinsics(scene.K[i], downscale), dtype=torch.float32)
         rgb, covered = render_textured(v, f, uv, tex, K, torch.as_tensor(scene.c2w[i], dtype=torch.float32), h, w)
-        per_view.append(masked_psnr(rgb.cpu().numpy(), photo, mask))
         cov = covered.cpu().numpy()
+        per_view.append(masked_psnr(rgb.cpu().numpy(), photo, mask))
+        both = cov if mask is None else cov & mask
+        per_view_covered.append(masked_psnr(rgb.cpu().numpy(), photo, both))
         coverage.append(float(cov[mask].mean()) if mask is not None and mask.any() else float(cov.mean()))
     return {"psnr": float(np.mean(per_view)) if per_view else None, "per_view": per_view,
+            "psnr_covered": float(np.mean(per_view_covered)) if per_view_covered else None,
             "views": [int(i) for i in indices], "coverage": float(np.mean(coverage)) if coverage else None}
 
 
