@@ -73,3 +73,23 @@ def test_a_bad_region_is_refused_before_anything_is_written(tmp_path):
                                    "--set", "data.region.type=sphere", "--set", "data.region.radius=1.0")
     assert code == 2 and "data.region.center" in events[-1]["message"]
     assert not run.exists()
+
+
+def test_a_textured_background_around_the_cameras_does_not_inflate_the_auto_region(tmp_path):
+    """SfM on a real capture triangulates the background too (the bundled renders' dome gave 30 % of the sparse
+    points, at 3x the camera distance): points beyond the cameras must not set the object's region."""
+    from datasets.sample_scene.to_colmap import write_colmap
+
+    clean = datasets.load_cameras(write_colmap(tmp_path / "clean"))
+    cluttered_dir = write_colmap(tmp_path / "cluttered")
+    points = cluttered_dir / "sparse" / "0" / "points3D.txt"
+    lines = points.read_text().splitlines()
+    rng = np.random.default_rng(0)
+    centre, cam_dist = clean.scale_mat[:3, 3], float(np.linalg.norm(world_centres(clean) - clean.scale_mat[:3, 3],
+                                                                   axis=1).max())
+    dome = rng.normal(size=(len(lines) // 2, 3))
+    dome = centre + 3 * cam_dist * dome / np.linalg.norm(dome, axis=1, keepdims=True)
+    lines += [f"{100000 + k} {x} {y} {z} 128 128 128 0.5" for k, (x, y, z) in enumerate(dome)]
+    points.write_text("\n".join(lines) + "\n")
+    cluttered = datasets.load_cameras(cluttered_dir)
+    assert cluttered.scale_mat[0, 0] == pytest.approx(clean.scale_mat[0, 0], rel=0.05)

@@ -17,7 +17,9 @@ warning.
 
 Normalization (a COLMAP model has none): centre = the least-squares look-at point of the optical axes (the
 median of the sparse points when the axes are nearly parallel); radius = 1.1 x the 90th percentile of the
-sparse points' distances to the centre, so the object fits in the unit sphere (with no points:
+distances to the centre of the sparse points nearer to it than the median camera (points beyond the cameras are
+background: walls, sky, a dome; all points when fewer than ``MIN_OBJECT_POINTS`` are nearer), so the object fits
+in the unit sphere (with no points:
 ``datasets.normalization.view_radius``), clamped to 0.95 x the nearest camera distance so every camera stays
 outside the unit sphere.
 """
@@ -72,6 +74,7 @@ _SINGLE_FOCAL = ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL")
 _DOUBLE_FOCAL = ("PINHOLE", "OPENCV", "FULL_OPENCV")
 POINT_PERCENTILE = 90.0
 POINT_MARGIN = 1.1
+MIN_OBJECT_POINTS = 20
 
 
 @dataclass
@@ -379,6 +382,9 @@ def normalization(
         center = np.median(points, axis=0)
     if has_points:
         dist = np.linalg.norm(points - center[None], axis=1)
+        nearer = dist[dist < float(np.median(camera_distances(c2w, center)))]
+        if len(nearer) >= MIN_OBJECT_POINTS:  # a background behind the object must not inflate the region
+            dist = nearer
         radius = POINT_MARGIN * float(np.percentile(dist, POINT_PERCENTILE))
     else:
         radius = view_radius(K, c2w, width, height, center)
