@@ -41,8 +41,10 @@ def test_photo_texture_beats_the_field_texture_on_held_out_views(held_out_run):
     photos = judge("photos")
     assert field["held_out"] and photos["held_out"]
     assert field["views"] == photos["views"] and len(photos["views"]) >= 3
-    assert photos["coverage"] > 0.95, photos
     assert photos["psnr"] > field["psnr"], (photos, field)
+    assert photos["psnr_covered"] > field["psnr_covered"] + 1.0, (photos, field)
+    # Same geometry either way; a 500-step run meshed at 128 covers ~85 % of the masks (2048 texels: BENCHMARKS).
+    assert photos["coverage"] == pytest.approx(field["coverage"], abs=0.01) and photos["coverage"] > 0.75
 
 
 def test_depth_map_visibility_agrees_with_sdf_marching(held_out_run):

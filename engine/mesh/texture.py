@@ -22,17 +22,18 @@ def unwrap_uv(
     faces: np.ndarray,
     texture_size: int = 2048,
     padding: int = 2,
-    max_chart_faces: int | None = 8000,
-    max_cost: float = 4.0,
+    max_chart_faces: int | None = 20000,
+    max_cost: float = 2.0,
     stats: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Parametrizes the mesh into charts packed in one ``texture_size`` atlas.
 
     xatlas splits vertices along chart seams, so the result indexes a new vertex list. Its chart growing is
     super-linear in the chart size (an unbounded 200k-face mesh took ~10 min on 2 cores), so charts are capped
-    at about ``max_chart_faces`` faces' worth of area and boundary. ``max_cost`` (xatlas' default 2) lets a chart
-    keep growing over more curvature: with the cap raised from 2000 to 8000 faces and the cost from 2 to 4, a
-    63k-face mesh of the bundled scene went from 177 to 141 charts and 57 % to 60 % atlas use (BENCHMARKS.md).
+    at about ``max_chart_faces`` faces' worth of area and boundary; ``max_cost`` (xatlas' default 2) is how much
+    curvature a chart may grow over. On the bundled scene's 200k-face mesh a 20000-face cap packs best: 82 % atlas
+    use and 56 % of the 2048 texels on the surface, against 59 % / 45 % with a 2000-face cap (BENCHMARKS.md; the
+    larger charts get split into more, smaller pieces by xatlas' validity checks, so the chart count rises).
     Texel density is uniform: xatlas scales every chart by one texels-per-unit factor.
 
     Args:
@@ -168,7 +169,7 @@ def texture_mesh(
     texture_size: int = 2048,
     padding: int | None = None,
     atlas_padding: int = 2,
-    max_chart_faces: int | None = 8000,
+    max_chart_faces: int | None = 20000,
     max_faces: int | None = 200_000,
     stats: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
