@@ -142,3 +142,14 @@ def test_depth_map_visibility_agrees_with_ray_casting():
         occluded += int(hit[in_image].sum())
     assert occluded > 20, "the sample should contain self-occluded points facing the camera"
     assert agree / total > 0.97, (agree, total)
+
+
+def test_fidelity_and_texture_options_reject_bad_input(tmp_path):
+    from engine_helpers import run_engine
+
+    code, _, err = run_engine("fidelity", str(tmp_path / "missing"), timeout=120)
+    assert code == 2 and "config.yaml: not found" in err.strip().splitlines()[-1]
+    code, _, err = run_engine("export", str(tmp_path / "missing"), "--faces", "2", timeout=120)
+    assert code == 2 and "--faces must be at least 4" in err.strip().splitlines()[-1]
+    code, _, err = run_engine("export", str(tmp_path / "missing"), "--texture-size", "8", timeout=120)
+    assert code == 2 and "--texture-size must be between 16 and 16384" in err.strip().splitlines()[-1]
