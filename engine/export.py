@@ -61,12 +61,13 @@ def _device_of(model: NeuSModel) -> torch.device:
     return next(model.parameters()).device
 
 
-def extract_colored_mesh(model: NeuSModel, opts: ExportOptions, scene=None, progress=None, holdout_every: int = 0
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def extract_colored_mesh(model: NeuSModel, opts: ExportOptions, scene=None, progress=None, holdout_every: int = 0,
+                         views_cache: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Marching cubes on the SDF plus per-vertex colours, in the normalized frame.
 
     With ``opts.color == "photos"`` the colours come from the training photos (``holdout_every``: the views held
-    out of training are left out here too).
+    out of training are left out here too); ``views_cache`` keeps the per-camera depth maps for a later texture
+    bake of the same mesh.
 
     Returns vertices (V,3) float32, faces (F,3) int64, colours (V,3) float32 in [0,1], normals (V,3).
     """
@@ -86,7 +87,7 @@ def extract_colored_mesh(model: NeuSModel, opts: ExportOptions, scene=None, prog
         verts, faces = decimate(verts, faces, int(opts.decimate))
     normals = model_normals(model, verts, device)
     if opts.color == "photos" and scene is not None:
-        colors = _photo_source(model, scene, verts, faces, holdout_every)(verts, normals)
+        colors = _photo_source(model, scene, verts, faces, holdout_every, views_cache)(verts, normals)
     else:
         colors = vertex_colors_from_field(verts, normals, model.albedo, device=device)
     return verts, faces, colors, normals
@@ -100,7 +101,7 @@ def texturing_views(scene, holdout_every: int) -> np.ndarray:
 
 
 def _photo_source(model: NeuSModel, scene, verts: np.ndarray, faces: np.ndarray, holdout_every: int = 0,
-                  max_faces: int = 200_000):
+                  views_cache: dict | None = None, max_faces: int = 200_000):
     """Photo colours with visibility from depth maps of (verts, faces); the field colours what no photo sees.
 
     A larger mesh is decimated for the depth maps only: visibility tolerates the small shift, and rasterising
@@ -108,14 +109,22 @@ def _photo_source(model: NeuSModel, scene, verts: np.ndarray, faces: np.ndarray,
     """
     if len(faces) > max_faces:
         verts, faces = decimate(verts, faces, max_faces)
+    # Vertex colours and the texture of one export see the same (decimated) mesh: its depth maps are made once.
+    key = (verts.shape, faces.shape, float(np.asarray(verts, np.float64).sum()), int(faces.sum()), holdout_every)
+    if views_cache is not None and key in views_cache:
+        return views_cache[key]
     idx = texturing_views(scene, holdout_every)
     masks = None if scene.masks is None else scene.masks[idx]
-    return photo_source(verts, faces, scene.K[idx], scene.c2w[idx], scene.images[idx], masks,
-                        fallback=model.albedo, device=_device_of(model))
+    source = photo_source(verts, faces, scene.K[idx], scene.c2w[idx], scene.images[idx], masks,
+                          fallback=model.albedo, device=_device_of(model))
+    if views_cache is not None:
+        views_cache[key] = source
+    return source
 
 
 def texture_asset(model: NeuSModel, scene, verts: np.ndarray, faces: np.ndarray, normals: np.ndarray,
-                  opts: ExportOptions, holdout_every: int = 0, max_faces: int = 200_000
+                  opts: ExportOptions, holdout_every: int = 0, max_faces: int = 200_000,
+                  views_cache: dict | None = None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """UV atlas, colour texture and (game-ready, ``opts.faces > 0``) a normal map baked from the full mesh.
 
@@ -126,7 +135,7 @@ def texture_asset(model: NeuSModel, scene, verts: np.ndarray, faces: np.ndarray,
     low_v, low_f = decimate(verts, faces, target) if len(faces) > target else (verts, faces)
     low_n = normals if low_v is verts else None
     if opts.color == "photos" and scene is not None:
-        source = _photo_source(model, scene, low_v, low_f, holdout_every)
+        source = _photo_source(model, scene, low_v, low_f, holdout_every, views_cache)
     else:
         source = field_color_source(model.albedo, device=_device_of(model))
     size = int(opts.texture_size)
@@ -164,7 +173,9 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
     emitter.emit("stage", stage="extracting")
     t0 = time.monotonic()
     holdout = int(cfg.data.get("holdout_every", 0)) if cfg is not None else 0
-    verts, faces, colors, normals = extract_colored_mesh(model, opts, scene, holdout_every=holdout)
+    views_cache: dict = {}
+    verts, faces, colors, normals = extract_colored_mesh(model, opts, scene, holdout_every=holdout,
+                                                         views_cache=views_cache)
     timings["extract_s"] = time.monotonic() - t0
     emitter.emit("stage", stage="exporting")
     t1 = time.monotonic()
@@ -184,7 +195,8 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
             raise ValueError(f"unknown mesh format {fmt!r}; use {', '.join(EXPORT_FORMATS)}")
     if opts.texture:
         emitter.emit("stage", stage="texturing")
-        tv, tf, uvs, tex, nmap = texture_asset(model, scene, verts, faces, normals, opts, holdout)
+        tv, tf, uvs, tex, nmap = texture_asset(model, scene, verts, faces, normals, opts, holdout,
+                                               views_cache=views_cache)
         tv_out = transform_vertices(tv, scale_mat) if opts.frame == "world" else tv
         obj_files = write_obj(run_dir / f"mesh_textured{suffix}.obj", tv_out, tf, uvs=uvs, texture=tex, yup=True,
                               normal_map=nmap)
