@@ -323,6 +323,11 @@ def test_fit_on_photos_alone_solves_then_gives_a_mesh_in_place(sample_photos, tm
                             n_samples=50_000)["normalized"]
     gt_radius = json.loads((SAMPLE / "scene.json").read_text())["object"]["bounding_radius_normalized"]
     print("photos-to-mesh:", metrics, "radius", gt_radius, "timings", events[-1].get("timings"))
+    # Measured (2026-11-30, commit a41017d): Chamfer-L1 0.019 = 2.7 % of the object radius (accuracy 0.011,
+    # completeness 0.027: the underside, seen by few photos, is the least complete). With the bundled cameras the
+    # same no-mask preview gives 1.1 % (BENCHMARKS.md); solved cameras add their own error and a similarity fit.
+    # 5 % of the radius, the bound of the masked e2e test, leaves room for CPU training's run-to-run spread and
+    # still fails on a wrong region (the dome as the object measured 207 %) or a misaligned frame.
     assert metrics["chamfer_l1"] < 0.05 * gt_radius, metrics
 
 
