@@ -136,11 +136,12 @@ def test_video_of_the_bundled_frames_solves_with_the_sequential_matcher(tmp_path
 
 
 def test_mixed_sizes_formats_and_exif_orientation(tmp_path):
-    """Every other bundled photo: a third as PNG, a third as larger JPEGs, a third stored sideways with an EXIF
-    orientation that turns them upright. All are placed, and the dataset has one image size."""
+    """The bundled photos, a third as PNG, a third as larger JPEGs, a third stored sideways with an EXIF
+    orientation that turns them upright. All are placed, and the dataset has one image size. (Every other photo
+    alone, 36 degrees apart, sometimes solved 5 degrees off: too sparse a set to judge accuracy on.)"""
     folder = tmp_path / "mixed"
     folder.mkdir()
-    for k, png in enumerate(sorted(SAMPLE_IMAGES.glob("*.png"))[::2]):
+    for k, png in enumerate(sorted(SAMPLE_IMAGES.glob("*.png"))):
         img = Image.open(png).convert("RGB")
         if k % 3 == 1:
             img.resize((600, 450), Image.Resampling.LANCZOS).save(folder / f"{png.stem}.jpg", quality=95)
@@ -154,15 +155,14 @@ def test_mixed_sizes_formats_and_exif_orientation(tmp_path):
     code, events, err = run_engine("solve", str(folder), "--out", str(out), "--progress", "jsonl")
     assert code == 0, err[-3000:]
     summary = json.loads((out / "solve.json").read_text())
-    assert summary["registered"] == 20 and summary["camera"] == "grouped", summary  # one camera per size
+    assert summary["registered"] == 40 and summary["camera"] == "grouped", summary  # one camera per size
     solved = datasets.load(out)
     assert {Image.open(p).size for p in solved.image_paths} == {(solved.width, solved.height)}
     assert solved.width > solved.height  # the sideways photos were turned upright
     errors = camera_errors(*known_and_solved(datasets.load(SAMPLE), solved,
                                              lambda n: n.rsplit(".", 1)[0] + ".png")).summary()
-    # Per-image cameras keep the principal point at the image centre; this scene's lies ~16 px off it, which
-    # tilts each camera by ~1.7-2 degrees (measured 2.0 median on 40 photos). The centres still agree closely.
-    assert errors["median_rotation_deg"] <= 3.0 and errors["median_centre_error_pct"] <= 2.0, errors
+    # Two cameras (27 photos at 400x300, 13 at 600x450), each with enough photos to refine its principal point.
+    assert errors["median_rotation_deg"] <= 1.0 and errors["median_centre_error_pct"] <= 1.0, errors
 
 
 @pytest.mark.slow
