@@ -139,7 +139,8 @@ def texture_asset(model: NeuSModel, scene, verts: np.ndarray, faces: np.ndarray,
     else:
         source = field_color_source(model.albedo, device=_device_of(model))
     size = int(opts.texture_size)
-    tv, tf, uvs, tex = texture_mesh(low_v, low_f, source, normals=low_n, texture_size=size, max_faces=None)
+    tv, tf, uvs, tex = texture_mesh(low_v, low_f, source, normals=low_n, texture_size=size, max_faces=None,
+                                    device=_device_of(model))
     nmap = None
     if opts.faces:
         from .mesh.extract import mesh_vertex_normals

@@ -130,6 +130,7 @@ def bake_texture(
     normals: np.ndarray | None = None,
     size: int = 2048,
     padding: int | None = None,
+    device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """Bakes a diffuse texture: each texel inside a UV triangle gets the colour of its 3D point.
 
@@ -140,13 +141,14 @@ def bake_texture(
         normals: (V, 3) vertex normals interpolated per texel; None uses area-weighted mesh normals.
         size: texture side S.
         padding: dilation in texels (None: fill the whole background with the nearest chart colour).
+        device: where the UV triangles are rasterised (the colour source picks its own).
     Returns:
         (S, S, 3) uint8 texture (row 0 = top, i.e. v = 1).
     """
     v = np.asarray(vertices, dtype=np.float32)
     f = np.asarray(faces, dtype=np.int64)
     nrm = mesh_vertex_normals(v, f) if normals is None else np.asarray(normals, dtype=np.float32)
-    tri, bary = rasterize_uv(uvs, f, size)
+    tri, bary = rasterize_uv(uvs, f, size, device=device)
     filled = tri >= 0
     rows, cols = np.nonzero(filled)
     t = tri[rows, cols]
@@ -172,6 +174,7 @@ def texture_mesh(
     max_chart_faces: int | None = 20000,
     max_faces: int | None = 200_000,
     stats: dict | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """UV-unwraps a mesh and bakes its diffuse texture (decimating it first if it has over ``max_faces`` faces).
 
@@ -189,6 +192,7 @@ def texture_mesh(
         max_faces: decimate larger meshes to this many faces first (None: never; the normals are then
             recomputed from the decimated mesh). Needs ``fast-simplification`` when it applies.
         stats: filled by :func:`unwrap_uv` (charts, utilization) and with ``unwrap_s`` / ``bake_s`` seconds.
+        device: where the UV triangles are rasterised.
     Returns:
         new_vertices (V', 3) float32, new_faces (F, 3) int64, uvs (V', 2) float32 in [0, 1],
         texture (T, T, 3) uint8.
@@ -204,7 +208,7 @@ def texture_mesh(
     t1 = time.monotonic()
     nrm = mesh_vertex_normals(v, f) if normals is None else np.asarray(normals, dtype=np.float32)
     new_v = v[vmapping]
-    texture = bake_texture(new_v, new_faces, uvs, color_source, nrm[vmapping], texture_size, padding)
+    texture = bake_texture(new_v, new_faces, uvs, color_source, nrm[vmapping], texture_size, padding, device)
     stats.update(unwrap_s=t1 - t0, bake_s=time.monotonic() - t1)
     return new_v, new_faces, uvs, texture
 
