@@ -89,8 +89,10 @@ def request_from_scene(scene: bpy.types.Scene, engine_python: str = "", run_dir:
     settings = parse_settings(s.engine_settings)
     if s.show_preview and not any(kv.startswith("train.preview_every=") for kv in settings):
         settings.append(f"train.preview_every={PREVIEW_EVERY}")
-    if s.texture:
-        settings += engine_process.texture_settings(s.texture_size, s.color_source, int(s.game_faces))
+    if s.texture:  # the panel's texture options, except where the artist's own settings name the key
+        user_keys = {kv.split("=", 1)[0] for kv in settings}
+        settings += [kv for kv in engine_process.texture_settings(s.texture_size, s.color_source, int(s.game_faces))
+                     if kv.split("=", 1)[0] not in user_keys]
     if not s.use_masks and not any(kv.startswith("data.use_mask=") for kv in settings):
         settings.append("data.use_mask=false")  # the engine then layers its no-mask defaults
     user_region = blender_cameras.user_region(scene, dataset)  # the region object, once the artist edits it
