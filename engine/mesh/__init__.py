@@ -11,10 +11,8 @@
 
 from .color import (
     field_color_source,
-    photo_color_source,
     segment_occluded,
     vertex_colors_from_field,
-    vertex_colors_from_photos,
 )
 from .evaluate import chamfer_and_fscore, evaluate_mesh, sample_surface
 from .exchange import write_glb, write_obj
@@ -54,7 +52,6 @@ __all__ = [
     "marching_cubes",
     "mesh_vertex_normals",
     "outside_visual_hull",
-    "photo_color_source",
     "rasterize_uv",
     "read_mesh",
     "sample_surface",
@@ -65,7 +62,6 @@ __all__ = [
     "transform_vertices",
     "unwrap_uv",
     "vertex_colors_from_field",
-    "vertex_colors_from_photos",
     "write_glb",
     "write_normalization_json",
     "write_obj",

@@ -137,7 +137,7 @@ def bake_texture(
     Args:
         vertices: (V, 3) positions; faces: (F, 3); uvs: (V, 2) in [0, 1] (one UV per vertex, as from xatlas).
         color_source: ((P, 3) points, (P, 3) unit normals) numpy float32 -> (P, 3) RGB in [0, 1]
-            (see :func:`engine.mesh.color.field_color_source` / ``photo_color_source``).
+            (see :func:`engine.mesh.color.field_color_source` / :func:`engine.mesh.photo.photo_source`).
         normals: (V, 3) vertex normals interpolated per texel; None uses area-weighted mesh normals.
         size: texture side S.
         padding: dilation in texels (None: fill the whole background with the nearest chart colour).
