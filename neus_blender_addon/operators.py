@@ -303,6 +303,7 @@ class NEUS_OT_import_mesh(bpy.types.Operator):
                 pass
         blender_cameras.attach_result(obj, context.scene, dataset, s.frame,
                                       np.eye(4) if run_scale_mat is None else run_scale_mat, up)
+        blender_mesh.stamp(obj)  # as placed, so the replace rule sees later edits by the artist
         self.report({"INFO"}, f"Imported '{obj.name}' ({len(obj.data.vertices)} vertices)")
         return {"FINISHED"}
 
