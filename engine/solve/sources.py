@@ -144,7 +144,8 @@ def prepare_photos(folder: Path, out_dir: Path, progress: Callable[[int, int], N
     photos = list_photos(folder)
     if len(photos) < MIN_PHOTOS:
         found = ", ".join(p.name for p in photos) or "none"
-        raise InputError(f"{folder}: {len(photos)} photos found ({found}); camera solving needs at least "
+        count = f"{len(photos)} photo{'' if len(photos) == 1 else 's'}"
+        raise InputError(f"{folder}: {count} found ({found}); camera solving needs at least "
                          f"{MIN_PHOTOS} overlapping photos (JPEG, PNG or TIFF)")
     images, left_out, digests, taken = [], [], {}, set()
     for k, photo in enumerate(photos):
