@@ -25,6 +25,11 @@ from . import (
 from .errors import AddonError
 
 
+def engine_busy() -> bool:
+    """A reconstruction or a camera solve is running (one engine job at a time)."""
+    return reconstruct.is_running() or solve_cameras.is_running()
+
+
 class NEUS_OT_import_cameras(bpy.types.Operator, import_dataset.CameraImportSettings):
     """Create one camera per photo of the dataset (options in the redo panel, as in File > Import)"""
 
@@ -79,7 +84,7 @@ class NEUS_OT_solve_cameras(bpy.types.Operator):
 
     def execute(self, context):
         s = context.scene.neus
-        if reconstruct.is_running() or solve_cameras.is_running():
+        if engine_busy():
             self.report({"ERROR"}, "The engine is busy; cancel the running job first")
             return {"CANCELLED"}
         source = Path(bpy.path.abspath(s.data_dir)).absolute() if s.data_dir.strip() else None
@@ -168,7 +173,7 @@ class NEUS_OT_reconstruct(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        if reconstruct.is_running() or solve_cameras.is_running():
+        if engine_busy():
             cls.poll_message_set("The engine is busy (a reconstruction is already running or cameras are being "
                                  "solved); cancel it first")
             return False
@@ -193,7 +198,7 @@ class NEUS_OT_resume(bpy.types.Operator):
     @classmethod
     def poll(cls, context):
         s = context.scene.neus
-        return (not reconstruct.is_running() and not solve_cameras.is_running() and s.state != "done"
+        return (not engine_busy() and s.state != "done"
                 and bool(s.run_dir.strip())
                 and run_state.resume_problem(bpy.path.abspath(s.run_dir)) is None)
 
@@ -210,7 +215,7 @@ class NEUS_OT_cancel(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        if not (reconstruct.is_running() or solve_cameras.is_running()):
+        if not engine_busy():
             cls.poll_message_set("No reconstruction is running")
             return False
         return True

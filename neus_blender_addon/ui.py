@@ -3,15 +3,11 @@ Engine Log sub-panels (property-split layout, as Blender's own panels)."""
 
 import bpy
 
-from . import photo_source, reconstruct, solve_cameras
+from . import photo_source
+from .operators import engine_busy
 from .preferences import wrapped_labels
 
 HAS_PROGRESS_WIDGET = bpy.types.UILayout.bl_rna.functions.get("progress") is not None  # Blender 4.0+
-
-
-def engine_busy() -> bool:
-    """A reconstruction or a camera solve is running (one engine job at a time)."""
-    return reconstruct.is_running() or solve_cameras.is_running()
 
 
 class _SidebarPanel:
