@@ -205,12 +205,27 @@ def _solve_for_fit(req, emitter: Emitter, token) -> Path:
     solved = req.run_dir / "solved"
     if req.resume and (solved / SOLVE_FILE).is_file():
         return solved
+    if not req.resume:
+        _check_config_before_solving(req)
     emitter.emit("stage", stage="solving")
     result = run_solve(SolveRequest(source=req.data_dir, out=solved), emitter, token, announce=False)
     emitter.emit("solved", **result)
     if req.format == "auto":
         req.format = "colmap"
     return solved
+
+
+def _check_config_before_solving(req) -> None:
+    """A bad ``--set`` or ``--config`` fails in a second, not after minutes of solving: the config is built as it
+    will be for the solved (COLMAP, no masks) scene. The preset ``auto`` resolves to a real preset only once the
+    device is known; ``preview`` stands in for it (every preset has the same keys)."""
+    from .config import build_config
+    from .train import config_errors_as_input
+
+    preset = "preview" if req.preset == "auto" else req.preset
+    fmt = "colmap" if req.format == "auto" else req.format
+    with config_errors_as_input():
+        build_config(preset, fmt, False, req.config_file, [*req.overrides, f"data.format={fmt}"])
 
 
 def _cmd_solve(args, emitter: Emitter) -> int:

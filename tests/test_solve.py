@@ -338,3 +338,13 @@ def test_fit_on_too_few_photos_fails_before_training_and_leaves_no_run_folder(tm
     assert code == 2 and events[-1]["event"] == "error" and "at least 3" in events[-1]["message"], err[-2000:]
     assert [e["stage"] for e in events if e["event"] == "stage"][0] == "solving"
     assert not run.exists()
+
+
+def test_fit_on_photos_checks_set_before_solving(sample_photos, tmp_path):
+    run = tmp_path / "run"
+    code, events, err = run_engine("fit", str(sample_photos), "--out", str(run), "--progress", "jsonl",
+                                   "--set", "train.stepz=3")
+    assert code == 2 and events[-1]["event"] == "error", err[-2000:]
+    assert "train.stepz" in events[-1]["message"] and "\n" not in events[-1]["message"]
+    assert not [e for e in events if e["event"] == "stage"], "it started solving before checking --set"
+    assert not run.exists()
