@@ -15,6 +15,7 @@ from typing import get_args
 from .config_schema import DATA_FORMATS, EXPORT_FORMATS, EXPORT_FRAMES, PRESETS, ColorSource
 from .errors import Cancelled, DeviceError, EngineError, InputError
 from .protocol import Emitter
+from .ranks import is_first_rank
 
 PROGRESS_MODES = ("jsonl", "bar", "none")  # --progress: the JSON-lines protocol, a progress bar, or silence
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
@@ -123,6 +124,12 @@ def protocol_stdout(enabled: bool):
 
 
 def _install_cancel(token) -> None:
+    if not is_first_rank():
+        # A DDP copy of the command: rank 0's stop request decides for every rank (train.ProgressCallback), so a
+        # terminal's Ctrl-C, which reaches every rank, must not end this one on its own; stdin is rank 0's to read.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return
+
     def handler(signum, frame):
         token.set()
 
@@ -171,17 +178,19 @@ def _fit_in(run_dir: Path, req, emitter: Emitter) -> int:
     """``fit`` once the run folder exists."""
     from .commands import require_writable
     from .solve import needs_solving
-    from .train import CancelToken, run_fit
+    from .train import OTHER_RANK_DONE, CancelToken, run_fit
 
     require_writable(run_dir)
     stop_file = run_dir / "STOP"
+    first_rank = is_first_rank()
     try:
-        stop_file.unlink()  # a stale stop request from an earlier run must not stop this one
+        if first_rank:  # a DDP copy starts after rank 0 began training: a STOP file now is a fresh request
+            stop_file.unlink()  # a stale stop request from an earlier run must not stop this one
     except FileNotFoundError:
         pass
     except OSError as exc:
         raise InputError(f"{stop_file}: cannot remove an earlier run's stop request ({exc.strerror or exc})") from exc
-    token = CancelToken(stop_file)
+    token = CancelToken(stop_file if first_rank else None)
     _install_cancel(token)
     try:
         if needs_solving(req.data_dir):
@@ -191,6 +200,10 @@ def _fit_in(run_dir: Path, req, emitter: Emitter) -> int:
         emitter.emit("cancelled", step=0, checkpoint=None, mesh=None)
         return EXIT_CANCELLED
     event = result.pop("event")
+    if event == OTHER_RANK_DONE:
+        # Exit 0 even when the run was cancelled: Lightning kills every rank, rank 0 too (mid-export), when one of
+        # the processes it started ends with another code.
+        return EXIT_OK
     emitter.emit(event, **result)
     return EXIT_CANCELLED if event == "cancelled" else EXIT_OK
 
@@ -203,13 +216,13 @@ def _solve_for_fit(req, emitter: Emitter, token) -> Path:
     from .solve import SOLVE_FILE, SolveRequest, run_solve
 
     solved = req.run_dir / "solved"
-    if req.resume and (solved / SOLVE_FILE).is_file():
-        return solved
-    if not req.resume:
-        _check_config_before_solving(req)
-    emitter.emit("stage", stage="solving")
-    result = run_solve(SolveRequest(source=req.data_dir, out=solved), emitter, token, announce=False)
-    emitter.emit("solved", **result)
+    # A DDP copy of the command starts once rank 0 has solved and begun training: it trains on rank 0's solve.
+    if not ((req.resume or not is_first_rank()) and (solved / SOLVE_FILE).is_file()):
+        if not req.resume:
+            _check_config_before_solving(req)
+        emitter.emit("stage", stage="solving")
+        result = run_solve(SolveRequest(source=req.data_dir, out=solved), emitter, token, announce=False)
+        emitter.emit("solved", **result)
     if req.format == "auto":
         req.format = "colmap"
     return solved
@@ -255,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         i = argv.index("--progress")
         mode = argv[i + 1] if i + 1 < len(argv) else mode
     with protocol_stdout(mode == "jsonl") as out:
-        emitter = Emitter(mode if mode in PROGRESS_MODES else "bar", out)
+        # The other DDP ranks run this same command line; only rank 0 speaks (their stdout is rank 0's stderr).
+        emitter = Emitter((mode if mode in PROGRESS_MODES else "bar") if is_first_rank() else "silent", out)
         try:
             args = build_parser().parse_args(argv)
             if args.command == "fit":

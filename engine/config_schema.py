@@ -322,7 +322,7 @@ class TrainConfig:
     strategy: str = "auto"
     """Lightning strategy; auto: ddp with devices > 1."""
     devices: int = at_least(1, 1)
-    """GPUs to train on (CUDA only)."""
+    """CUDA: GPUs to train on; CPU: processes (gloo DDP, slower than one process: for tests); MPS: always 1."""
     val_every: int = at_least(0, 0)
     """>0: render held-out views every this many steps."""
     val_max_views: int = at_least(1, 4)

@@ -23,7 +23,8 @@ def _clean(value):
 
 
 class Emitter:
-    """Writes protocol events. ``mode`` is ``jsonl``, ``bar`` or ``none``; logs always go to stderr."""
+    """Writes protocol events. ``mode`` is ``jsonl``, ``bar`` or ``none``, whose logs go to stderr, or ``silent``:
+    no events and no logs (the extra DDP ranks, whose stdout and stderr are rank 0's)."""
 
     def __init__(self, mode: str = "bar", stream: TextIO | None = None, min_interval_s: float = 0.1) -> None:
         self.mode = mode
@@ -51,7 +52,8 @@ class Emitter:
         self.emit("progress", **fields)
 
     def log(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+        if self.mode != "silent":
+            print(message, file=sys.stderr, flush=True)
 
     def _bar(self, r: dict) -> None:
         ev = r["event"]

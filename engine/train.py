@@ -21,6 +21,7 @@ from .config import ConfigError, build_config, load_run_config, resolve_accelera
 from .device import device_name, select_device
 from .errors import Cancelled, InputError
 from .protocol import PROTOCOL_VERSION, Emitter
+from .ranks import is_first_rank
 from .region import region_of
 from .system import NeuSSystem, RaySource
 
@@ -41,13 +42,23 @@ class FitRequest:
     phase_timer: bool = True  # the per-phase timer synchronises the device at every phase: off to time sync-free runs
 
 
+# run_fit's result in a DDP rank other than 0: it trained and joined the final checkpoint; nothing to report.
+OTHER_RANK_DONE = "other_rank_done"
+
+
 def checkpoint_path(run_dir: Path) -> Path:
     return run_dir / "checkpoints" / "last.ckpt"
 
 
 def save_checkpoint(trainer: L.Trainer, run_dir: Path) -> Path:
-    """Writes ``checkpoints/last.ckpt`` atomically (a kill mid-write leaves the previous one intact)."""
+    """Writes ``checkpoints/last.ckpt`` atomically (a kill mid-write leaves the previous one intact).
+
+    Under DDP every rank must call it at the same step (Lightning's save ends in a barrier); only rank 0 writes.
+    """
     path = checkpoint_path(run_dir)
+    if not trainer.is_global_zero:
+        trainer.save_checkpoint(path)  # Lightning writes nothing on this rank; it only joins the barrier
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         trainer.save_checkpoint(tmp)
@@ -128,12 +139,44 @@ class ProgressCallback(L.Callback):
         self.samples_total = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.cancel.is_set():
+        step = int(trainer.global_step)
+        stop, checkpoint_due = self._rank_zero_decisions(trainer, step)
+        if stop:
             self.cancelled = True
             trainer.should_stop = True
-        if not trainer.is_global_zero:  # with DDP, only the first process reports and writes files
+        if trainer.is_global_zero:  # with DDP, only the first process reports and writes files
+            self._report(trainer, pl_module, step)
+        if self.cancelled:
             return
-        step = int(trainer.global_step)
+        if checkpoint_due:
+            save_checkpoint(trainer, self.run_dir)
+            self.last_ckpt_time = time.monotonic()
+        if not trainer.is_global_zero:
+            return
+        t = self.cfg.train
+        if self.on_preview is not None and int(t.preview_every) > 0 and step % int(t.preview_every) == 0:
+            self.on_preview(step)
+        if self.on_validate is not None and int(t.val_every) > 0 and step % int(t.val_every) == 0:
+            self.on_validate(step)
+
+    def _rank_zero_decisions(self, trainer, step: int) -> tuple[bool, bool]:
+        """(stop now, write a checkpoint now), as rank 0 sees them, for every rank.
+
+        Under DDP rank 0's stop request and clock decide for all (one small broadcast a step, as Lightning's own
+        timed checkpoints do): a rank that stopped, or skipped a checkpoint's collective save, while the others
+        did not would leave them waiting in a collective forever.
+        """
+        t = self.cfg.train
+        every_steps, every_s = int(t.checkpoint_every_steps), float(t.checkpoint_every_seconds)
+        stop = trainer.is_global_zero and self.cancel.is_set()
+        due = step < self.total and ((every_steps > 0 and step % every_steps == 0)
+                                     or (every_s > 0 and time.monotonic() - self.last_ckpt_time > every_s))
+        if trainer.world_size > 1:
+            stop, due = trainer.strategy.broadcast((stop, due), src=0)
+        return stop, due
+
+    def _report(self, trainer, pl_module, step: int) -> None:
+        """A ``progress`` event when one is due (the last step always reports)."""
         samples = pl_module.last_stats.get("samples", 0)
         # A device tensor with the static sampler: summed on the device, read once at the end (no per-step sync).
         self.samples_total += samples.detach() if isinstance(samples, torch.Tensor) else int(samples)
@@ -144,18 +187,6 @@ class ProgressCallback(L.Callback):
             self.emitter.progress(force=True, step=step, total=self.total, loss=stats.get("loss"),
                                   psnr=stats.get("psnr"), rays=stats.get("rays"), samples_per_step=stats.get("samples"),
                                   elapsed_s=round(elapsed, 2), eta_s=round(eta, 1), inv_s=stats.get("inv_s"))
-        t = self.cfg.train
-        if self.cancelled:
-            return
-        every_steps, every_s = int(t.checkpoint_every_steps), float(t.checkpoint_every_seconds)
-        if step < self.total and ((every_steps > 0 and step % every_steps == 0)
-                                  or (every_s > 0 and time.monotonic() - self.last_ckpt_time > every_s)):
-            save_checkpoint(trainer, self.run_dir)
-            self.last_ckpt_time = time.monotonic()
-        if self.on_preview is not None and int(t.preview_every) > 0 and step % int(t.preview_every) == 0:
-            self.on_preview(step)
-        if self.on_validate is not None and int(t.val_every) > 0 and step % int(t.val_every) == 0:
-            self.on_validate(step)
 
 
 def _trainer_kwargs(device: torch.device, cfg) -> dict:
@@ -163,7 +194,7 @@ def _trainer_kwargs(device: torch.device, cfg) -> dict:
     devices: int | list[int] = int(cfg.train.devices)
     if device.type == "cuda" and devices == 1:
         devices = [device.index or 0]
-    if device.type != "cuda":
+    if device.type == "mps":  # one Apple GPU; on the CPU, devices > 1 means that many gloo processes
         devices = 1
     strategy = str(cfg.train.strategy)
     if strategy == "auto" and isinstance(devices, int) and devices > 1:
@@ -217,7 +248,11 @@ def prepare(req: FitRequest):
 
 
 def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
-    """Runs the whole job. Returns the ``done`` (or ``cancelled``) event's fields; raises EngineError/Cancelled."""
+    """Runs the whole job. Returns the ``done`` (or ``cancelled``) event's fields; raises EngineError/Cancelled.
+
+    In a DDP rank other than 0 (a copy of the command started by Lightning) it trains, joins the checkpoint saves and
+    returns ``{"event": OTHER_RANK_DONE}``; the caller reports nothing for it.
+    """
     t_start = time.monotonic()
     emitter.emit("stage", stage="loading")
     req.run_dir.mkdir(parents=True, exist_ok=True)
@@ -281,16 +316,19 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
         trainer = L.Trainer(callbacks=[callback], **_trainer_kwargs(device, cfg))
     except (ValueError, MisconfigurationException) as exc:  # e.g. train.strategy, which Lightning checks
         raise InputError(f"bad config: {str(exc).splitlines()[0]}") from exc
-    with atomic_write(req.run_dir / "config.yaml", "w") as f:
-        f.write(to_yaml(cfg))
+    if is_first_rank():  # not in the copies of this command that Lightning's DDP launcher starts
+        with atomic_write(req.run_dir / "config.yaml", "w") as f:
+            f.write(to_yaml(cfg))
     emitter.emit("stage", stage="training")
     t_train0 = time.monotonic()
     if start_step < total:
         trainer.fit(system, ckpt_path=str(ckpt) if ckpt is not None else None)
     t_train = time.monotonic() - t_train0
-    model = system.model.to(device).eval()
     step = max(int(trainer.global_step), start_step)
     ckpt_out = save_checkpoint(trainer, req.run_dir) if start_step < total else checkpoint_path(req.run_dir)
+    if not trainer.is_global_zero:  # DDP: rank 0 alone validates, exports and reports
+        return {"event": OTHER_RANK_DONE, "step": step}
+    model = system.model.to(device).eval()
 
     if callback.cancelled:
         mesh = None
