@@ -40,6 +40,7 @@ from engine.mesh import (
     write_obj,
     write_ply,
 )
+from engine.mesh.mesh_data import as_texture, colors_to_uint8
 from engine.mesh.photo import PhotoOptions, photo_colors, prepare_views
 
 # ----------------------------------------------------------------------------------------------------
@@ -489,6 +490,30 @@ def test_obj_and_glb_round_trips(tmp_path, colored_mesh):
     np.testing.assert_allclose(raw.vertices, np.stack([v[:, 0], v[:, 2], -v[:, 1]], 1), atol=1e-6)
     np.testing.assert_allclose(read_mesh(tmp_path / "y.glb", yup=True).vertices, v, atol=1e-6)
     assert no_temp_files(tmp_path)
+
+
+def test_float_colours_and_textures_convert_alike_and_nan_writes_black(tmp_path, colored_mesh):
+    v, f, _ = colored_mesh
+    rng = np.random.default_rng(3)
+    # Floats beyond [0, 1] on both sides, plus NaN and infinities, in a texture and in per-vertex colours.
+    tex = rng.uniform(-0.2, 1.2, (16, 24, 3))
+    tex[0, 0], tex[1, 1], tex[2, 2] = np.nan, np.inf, -np.inf
+    colors = rng.uniform(-0.2, 1.2, (len(v), 3))
+    colors[0], colors[1], colors[2] = np.nan, np.inf, -np.inf
+
+    def expected(x: np.ndarray) -> np.ndarray:  # the finite rule both used before; NaN black, infinities clipped
+        finite = np.round(np.clip(np.where(np.isfinite(x), x, 0.0), 0.0, 1.0) * 255.0)
+        return np.where(np.isposinf(x), 255, np.where(np.isfinite(x), finite, 0)).astype(np.uint8)
+
+    write_obj(tmp_path / "t.obj", v, f, uvs=rng.uniform(0, 1, (len(v), 2)), texture=tex)
+    np.testing.assert_array_equal(read_mesh(tmp_path / "t.obj").texture, expected(tex))
+    write_ply(tmp_path / "c.ply", v, f, colors=colors)
+    np.testing.assert_array_equal(read_mesh(tmp_path / "c.ply").colors, expected(colors))
+    # The same values convert the same way as colours and as a texture; integers are read as 0..255 in both.
+    np.testing.assert_array_equal(colors_to_uint8(tex.reshape(-1, 3)), as_texture(tex).reshape(-1, 3))
+    ints = rng.integers(-50, 300, (8, 8, 3))
+    np.testing.assert_array_equal(as_texture(ints), np.clip(ints, 0, 255))
+    np.testing.assert_array_equal(colors_to_uint8(ints.reshape(-1, 3)), np.clip(ints, 0, 255).reshape(-1, 3))
 
 
 def test_atomic_write_leaves_nothing_on_error(tmp_path):

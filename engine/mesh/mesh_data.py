@@ -59,17 +59,28 @@ def as_faces(faces: Any, n_vertices: int) -> np.ndarray:
     return f
 
 
+def to_uint8(values: Any) -> np.ndarray:
+    """Colour channels of any shape as uint8, the one conversion for vertex colours and texture images.
+
+    uint8 passes through; other integers are read as 0..255 and clipped; floats are read as [0, 1], clipped and
+    rounded. NaN becomes 0 and infinities go to the nearer end: a diverged colour writes black, never the
+    platform-dependent value of casting NaN to an integer.
+    """
+    v = np.asarray(values)
+    if v.dtype == np.uint8:
+        return v
+    if np.issubdtype(v.dtype, np.integer):
+        return np.clip(v, 0, 255).astype(np.uint8)
+    v = np.nan_to_num(v.astype(np.float64), nan=0.0, posinf=1.0, neginf=0.0)
+    return np.round(np.clip(v, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 def colors_to_uint8(colors: Any) -> np.ndarray:
-    """(V, 3) colours as uint8: floats are read as [0, 1] and rounded, uint8 passes through."""
+    """(V, 3) colours as uint8 (:func:`to_uint8`); a fourth (alpha) column is dropped."""
     c = np.asarray(colors)
     if c.ndim != 2 or c.shape[1] not in (3, 4):
         raise ValueError(f"colors must have shape (V, 3), got {c.shape}")
-    c = c[:, :3]
-    if c.dtype == np.uint8:
-        return np.ascontiguousarray(c)
-    if np.issubdtype(c.dtype, np.integer):
-        return np.clip(c, 0, 255).astype(np.uint8)
-    return np.round(np.clip(np.nan_to_num(c.astype(np.float64)), 0.0, 1.0) * 255.0).astype(np.uint8)
+    return np.ascontiguousarray(to_uint8(c[:, :3]))
 
 
 def vertex_colors(colors: Any, n_vertices: int) -> np.ndarray:
@@ -89,13 +100,11 @@ def vertex_uvs(uvs: Any, n_vertices: int) -> np.ndarray:
 
 
 def as_texture(texture: Any) -> np.ndarray:
-    """(H, W, 3) uint8 image (floats read as [0, 1]; an alpha channel is dropped)."""
+    """(H, W, 3) uint8 image (:func:`to_uint8`); an alpha channel is dropped."""
     t = np.asarray(texture)
     if t.ndim != 3 or t.shape[2] not in (3, 4):
         raise ValueError(f"texture must have shape (H, W, 3), got {t.shape}")
-    if t.dtype != np.uint8:
-        t = np.round(np.clip(t.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
-    return np.ascontiguousarray(t[..., :3])
+    return np.ascontiguousarray(to_uint8(t[..., :3]))
 
 
 def zup_to_yup(v: np.ndarray) -> np.ndarray:
