@@ -3,6 +3,7 @@
 import bpy
 
 from . import blender_cameras, blender_mesh, camera_source
+from .ui import SubPanel
 
 
 def current_dataset(context) -> str | None:
@@ -48,21 +49,16 @@ class NEUS_OT_reset_region(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class NEUS_PT_scene(bpy.types.Panel):
+class NEUS_PT_scene(SubPanel, bpy.types.Panel):
     """Region and display helpers, under the add-on's main panel."""
 
     bl_idname = "NEUS_PT_scene"
     bl_label = "Scene"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "Reconstruct"
-    bl_parent_id = "NEUS_PT_reconstruct"
     bl_options = {"DEFAULT_CLOSED"}
+    usable_while_running = True
 
     def draw(self, context):
-        layout = self.layout
-        layout.use_property_split = True
-        layout.use_property_decorate = False
+        layout = self.split_layout(context)
         obj = region_object(context)
         if obj is None:
             layout.label(text="Import cameras to get an editable region", icon="INFO")

@@ -58,18 +58,22 @@ class NEUS_PT_reconstruct(_SidebarPanel, bpy.types.Panel):
             wrapped_labels(err, s.last_error, icon="ERROR", width=48)
 
 
-class _SubPanel(_SidebarPanel):
+class SubPanel(_SidebarPanel):
+    """A settings sub-panel of the main panel (also scene_tools.NEUS_PT_scene): property-split layout, greyed out
+    while the engine runs unless ``usable_while_running``."""
+
     bl_parent_id = "NEUS_PT_reconstruct"
+    usable_while_running = False  # True: region and display helpers, which a run does not read
 
     def split_layout(self, context):
         layout = self.layout
         layout.use_property_split = True
         layout.use_property_decorate = False
-        layout.enabled = not engine_busy()
+        layout.enabled = self.usable_while_running or not engine_busy()
         return layout
 
 
-class NEUS_PT_data(_SubPanel, bpy.types.Panel):
+class NEUS_PT_data(SubPanel, bpy.types.Panel):
     bl_idname = "NEUS_PT_data"
     bl_label = "Data"
 
@@ -87,7 +91,7 @@ class NEUS_PT_data(_SubPanel, bpy.types.Panel):
             layout.operator("neus.import_cameras", icon="OUTLINER_OB_CAMERA")
 
 
-class NEUS_PT_training(_SubPanel, bpy.types.Panel):
+class NEUS_PT_training(SubPanel, bpy.types.Panel):
     bl_idname = "NEUS_PT_training"
     bl_label = "Training"
 
@@ -101,7 +105,7 @@ class NEUS_PT_training(_SubPanel, bpy.types.Panel):
         col.prop(s, "show_preview")
 
 
-class NEUS_PT_output(_SubPanel, bpy.types.Panel):
+class NEUS_PT_output(SubPanel, bpy.types.Panel):
     bl_idname = "NEUS_PT_output"
     bl_label = "Output"
 
@@ -122,7 +126,7 @@ class NEUS_PT_output(_SubPanel, bpy.types.Panel):
         row.operator("neus.import_mesh", icon="IMPORT")
 
 
-class NEUS_PT_advanced(_SubPanel, bpy.types.Panel):
+class NEUS_PT_advanced(SubPanel, bpy.types.Panel):
     bl_idname = "NEUS_PT_advanced"
     bl_label = "Advanced"
     bl_options = {"DEFAULT_CLOSED"}

@@ -232,6 +232,25 @@ class LayoutRecorder:
         self.labels.append(text)
 
 
+class PanelStandIn:
+    """``self`` for a Panel class's ``draw`` where Blender makes no panels (background mode): the class's own
+    attributes and methods (looked up as Python would, so staticmethods stay unbound), and a LayoutRecorder."""
+
+    def __init__(self, cls, bpy):
+        self.cls, self.layout = cls, LayoutRecorder(bpy)
+
+    def __getattr__(self, name):
+        for klass in self.cls.__mro__:
+            if name in vars(klass):
+                attr = vars(klass)[name]
+                return attr.__get__(self, type(self)) if hasattr(attr, "__get__") else attr
+        raise AttributeError(name)
+
+    def draw(self, context):
+        self.cls.draw(self, context)
+        return self.layout
+
+
 def test_panel_and_preferences_draw_what_exists(bpy):
     from types import SimpleNamespace
 
@@ -243,9 +262,8 @@ def test_panel_and_preferences_draw_what_exists(bpy):
     s.log_tail = "engine line one\nerror: engine line two"
     rec = LayoutRecorder(bpy)
     for cls in ui.classes:  # the main panel and its sub-panels, each with its own layout
-        panel = SimpleNamespace(layout=LayoutRecorder(bpy), draw_status=ui.NEUS_PT_reconstruct.draw_status)
-        panel.split_layout = lambda ctx, panel=panel, cls=cls: cls.split_layout(panel, ctx)
-        cls.draw(panel, bpy.context)
+        panel = PanelStandIn(cls, bpy)
+        panel.draw(bpy.context)
         for name in ("props", "ops", "labels"):
             getattr(rec, name).extend(getattr(panel.layout, name))
         if cls is not ui.NEUS_PT_reconstruct:

@@ -178,6 +178,14 @@ def test_timer_driven_run_with_live_preview(bpy, tmp_path):
     s.engine_settings = f"{FAST_EXPORT} train.preview_every=6 train.preview_resolution=32"
     assert bpy.ops.neus.reconstruct(mode="ASYNC") == {"FINISHED"}
     assert reconstruct.is_running() and s.running
+    # During the run the settings sub-panels are greyed out; the Scene panel's helpers stay usable.
+    from test_addon_blender import PanelStandIn
+
+    from neus_blender_addon import scene_tools, ui
+
+    enabled = {cls.bl_label: PanelStandIn(cls, bpy).draw(bpy.context).enabled
+               for cls in (*ui.classes, *scene_tools.classes) if issubclass(cls, ui.SubPanel)}
+    assert enabled == {"Data": False, "Training": False, "Output": False, "Advanced": False, "Scene": True}
     with pytest.raises(RuntimeError, match="already running"):  # one reconstruction at a time
         bpy.ops.neus.reconstruct(mode="ASYNC")
     seen = pump(lambda st: False)

@@ -259,12 +259,10 @@ def test_region_object_gives_the_engine_a_world_frame_region(bpy):
 
 
 def test_scene_panel_draws_what_exists(bpy):
-    from types import SimpleNamespace
-
-    from test_addon_blender import LayoutRecorder
+    from test_addon_blender import PanelStandIn
 
     from neus_blender_addon.scene_tools import NEUS_PT_scene
 
-    rec = LayoutRecorder(bpy)
-    NEUS_PT_scene.draw(SimpleNamespace(layout=rec), bpy.context)
-    assert "neus.show_vertex_colors" in rec.ops
+    layout = PanelStandIn(NEUS_PT_scene, bpy).draw(bpy.context)
+    assert "neus.show_vertex_colors" in layout.ops
+    assert layout.use_property_split is True and layout.enabled is True  # a sub-panel like the others
