@@ -1,4 +1,4 @@
-"""Operators: neus.import_cameras, neus.solve_cameras, neus.reconstruct, neus.resume, neus.cancel,
+"""Operators: neus.import_cameras, neus.pick_video, neus.solve_cameras, neus.reconstruct, neus.resume, neus.cancel,
 neus.open_run_folder, neus.report, neus.import_mesh, neus.check_engine."""
 
 # No `from __future__ import annotations`: Blender reads the property annotations as objects.
@@ -8,6 +8,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 from bpy.props import EnumProperty, StringProperty
+from bpy_extras.io_utils import ImportHelper
 
 from . import (
     blender_cameras,
@@ -56,6 +57,30 @@ class NEUS_OT_import_cameras(bpy.types.Operator, import_dataset.CameraImportSett
             return {"CANCELLED"}
         dataset = camera_source.DatasetFile(Path(bpy.path.abspath(directory)), s.data_format)
         return import_dataset.run_import(self, context, dataset, self.import_options())
+
+
+class NEUS_OT_pick_video(bpy.types.Operator, ImportHelper):
+    """Choose a video to solve the cameras of (the Photos field's own browser picks folders)"""
+
+    bl_idname = "neus.pick_video"
+    bl_label = "Choose Video"
+    bl_options = {"REGISTER"}
+
+    filename_ext = ""  # any of the video suffixes: ImportHelper adds none
+    filter_glob: StringProperty(default=";".join(f"*{suffix}" for suffix in photo_source.VIDEO_SUFFIXES),
+                                options={"HIDDEN"})
+
+    @classmethod
+    def poll(cls, context):
+        return not engine_busy()
+
+    def execute(self, context):
+        path = Path(bpy.path.abspath(self.filepath))
+        if path.suffix.lower() not in photo_source.VIDEO_SUFFIXES or not path.is_file():
+            self.report({"ERROR"}, f"{path}: not a video file ({', '.join(photo_source.VIDEO_SUFFIXES)})")
+            return {"CANCELLED"}
+        context.scene.neus.data_dir = self.filepath
+        return {"FINISHED"}
 
 
 class NEUS_OT_solve_cameras(bpy.types.Operator):
@@ -373,5 +398,5 @@ class NEUS_OT_check_engine(bpy.types.Operator):
         return {"FINISHED"}
 
 
-classes = (NEUS_OT_import_cameras, NEUS_OT_solve_cameras, NEUS_OT_reconstruct, NEUS_OT_resume, NEUS_OT_cancel,
-           NEUS_OT_open_run_folder, NEUS_OT_report, NEUS_OT_import_mesh, NEUS_OT_check_engine)
+classes = (NEUS_OT_import_cameras, NEUS_OT_pick_video, NEUS_OT_solve_cameras, NEUS_OT_reconstruct, NEUS_OT_resume,
+           NEUS_OT_cancel, NEUS_OT_open_run_folder, NEUS_OT_report, NEUS_OT_import_mesh, NEUS_OT_check_engine)

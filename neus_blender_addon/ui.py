@@ -81,7 +81,9 @@ class NEUS_PT_data(SubPanel, bpy.types.Panel):
         layout = self.split_layout(context)
         s = context.scene.neus
         col = layout.column()
-        col.prop(s, "data_dir")
+        row = col.row(align=True)
+        row.prop(s, "data_dir")
+        row.operator("neus.pick_video", text="", icon="FILE_MOVIE")  # the folder browser cannot pick a file
         col.prop(s, "data_format")
         col.prop(s, "frame")
         col.prop(s, "use_masks")

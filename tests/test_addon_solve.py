@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import time
 
+import numpy as np
 import pytest
 from addon_helpers import HAS_BPY, NO_BPY_REASON, SAMPLE_SCENE
 
@@ -102,6 +103,7 @@ def test_solve_cameras_cancel_and_refusals(bpy, tmp_path, photos):
     assert bpy.ops.neus.solve_cameras(mode="ASYNC") == {"FINISHED"}
     with pytest.raises(RuntimeError, match="busy"):
         bpy.ops.neus.reconstruct(mode="ASYNC")
+    assert not bpy.ops.neus.pick_video.poll()  # the source cannot change under a running solve
     t0 = time.time()
     while s.stage not in ("features", "matching") and time.time() - t0 < 120:
         solve_cameras.timer_step()
@@ -114,3 +116,36 @@ def test_solve_cameras_cancel_and_refusals(bpy, tmp_path, photos):
     s.data_dir = str(SAMPLE_SCENE)  # already has cameras: nothing to solve
     with pytest.raises(RuntimeError, match="folder of photos"):
         bpy.ops.neus.solve_cameras(mode="ASYNC")
+
+
+@pytest.mark.blender
+@pytest.mark.skipif(not HAS_BPY, reason=NO_BPY_REASON)
+def test_a_picked_video_becomes_the_source_to_solve(bpy, tmp_path, photos):
+    import fnmatch
+
+    import imageio_ffmpeg
+    from PIL import Image
+    from test_addon_blender import PanelStandIn
+
+    from neus_blender_addon import ui
+
+    video = tmp_path / "walk.mp4"  # a real (short) video of the bundled photos
+    frames = [np.asarray(Image.open(p).convert("RGB").resize((64, 48))) for p in sorted(photos.glob("*.png"))[:3]]
+    writer = imageio_ffmpeg.write_frames(str(video), (64, 48), fps=2, macro_block_size=4)
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+    s = bpy.context.scene.neus
+    # The file browser shows the videos Solve Cameras takes (its own matching ignores case).
+    patterns = bpy.ops.neus.pick_video.get_rna_type().properties["filter_glob"].default.split(";")
+    assert any(fnmatch.fnmatch(video.name, p) for p in patterns)
+    assert not any(fnmatch.fnmatch("000000.png", p) for p in patterns)
+    # A file that is not a video is refused and the field keeps its folder of photos.
+    with pytest.raises(RuntimeError, match="not a video file"):
+        bpy.ops.neus.pick_video(filepath=str(next(photos.glob("*.png"))))
+    assert s.data_dir == str(photos)
+    assert bpy.ops.neus.pick_video(filepath=str(video)) == {"FINISHED"}
+    assert s.data_dir == str(video) and photo_source.needs_solving(video)
+    layout = PanelStandIn(ui.NEUS_PT_data, bpy).draw(bpy.context)
+    assert "neus.pick_video" in layout.ops and "neus.solve_cameras" in layout.ops  # the button solves the video
