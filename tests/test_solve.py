@@ -7,6 +7,7 @@ measured after the similarity fit on camera centres that SfM cannot know (engine
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -70,6 +71,30 @@ def test_bundled_photos_all_register_and_match_the_known_cameras(solved_sample):
     assert summary["median_centre_error_pct"] <= 1.0, summary
 
 
+def test_the_principal_point_refinement_is_kept_only_when_it_holds_up(solved_sample):
+    """The bundled photos' refinement is kept (their principal point is 16 px off-centre); the same model with
+    its principal point dragged to the image's edge, or with a higher error, would be refused."""
+    import pycolmap
+
+    from engine.solve.sfm import PP_MAX_OFFSET, PP_MAX_TURN_DEG, _principal_point_problem
+
+    out, _ = solved_sample
+    refinement = json.loads((out / "solve.json").read_text())["principal_point"]
+    assert refinement["refined"] is True, refinement
+    assert refinement["reprojection_after_px"] <= refinement["reprojection_before_px"]
+    (cx, cy), = refinement["principal_points"]
+    assert abs(cx - 200) < 0.1 * 400 and abs(cy - 150) < 0.1 * 300, refinement
+
+    model = pycolmap.Reconstruction(str(out / "sparse" / "0"))
+    error = float(model.compute_mean_reprojection_error())
+    assert _principal_point_problem(model, error, error, 0.0) is None
+    assert "rose" in _principal_point_problem(model, error, 1.5 * error, 0.0)
+    assert "turned" in _principal_point_problem(model, error, error, PP_MAX_TURN_DEG + 1.0)
+    for cam in model.cameras.values():
+        cam.principal_point_x = cam.width * (0.5 + PP_MAX_OFFSET + 0.05)
+    assert "principal point moved" in _principal_point_problem(model, error, error, 0.0)
+
+
 def test_solve_reports_every_stage_with_counts(solved_sample):
     out, events = solved_sample
     kinds = [e["event"] for e in events]
@@ -127,12 +152,14 @@ def test_video_of_the_bundled_frames_solves_with_the_sequential_matcher(tmp_path
     if left_out:
         warning = [e for e in events if e["event"] == "warning"][-1]
         assert left_out[0] in warning["message"]
+    # COLMAP's own INFO lines (one per image, per bundle adjustment) stay out of the engine's stderr log.
+    assert not re.search(r"^I\d{8} ", err, re.MULTILINE), err[-2000:]
     solved = datasets.load(out)
     # frame_000007.png is the 8th frame of the video, i.e. bundled view order[7]
     pairs = known_and_solved(datasets.load(SAMPLE), solved,
                              lambda n: known.names[order[int(n.split("_")[1].split(".")[0])]])
     errors = camera_errors(*pairs).summary()
-    assert errors["median_rotation_deg"] <= 1.0 and errors["median_centre_error_pct"] <= 1.0, errors
+    assert errors["median_rotation_deg"] <= 1.0 and errors["median_centre_error_pct"] <= 1.0, (errors, summary)
 
 
 def test_mixed_sizes_formats_and_exif_orientation(tmp_path):

@@ -235,6 +235,8 @@ def run_solve(req: SolveRequest, emitter: Emitter, token, announce: bool = True)
             "mean_reprojection_error_px": round(sfm["mean_reprojection_error_px"], 4),
             "n_points": sfm["n_points"],
             "n_models": sfm["n_models"],
+            "model_sizes": sfm["model_sizes"],  # photos placed in each model mapping made (the largest is kept)
+            "principal_point": sfm["principal_point"],  # the final refinement: kept or not, and why
             "matcher": matcher,
             "camera": job.camera,
             "max_image_size": req.max_image_size,

@@ -23,6 +23,12 @@ PAIR_CHUNK = 64  # image pairs per match_image_pairs call
 SEQUENTIAL_OVERLAP = 10  # neighbours matched with each frame (as COLMAP's sequential matcher)
 EXHAUSTIVE_MAX = 150  # `auto` matches every pair up to this many photos, neighbours in name order beyond
 MIN_SHARED_FOR_PP = 8  # photos sharing one camera before its principal point is refined
+# The refined principal point is kept only if the mean reprojection error does not rise by more than this factor,
+# the point stays within this fraction of the image size from the centre (each axis), and the cameras turn by at
+# most this many degrees (median; the bundled scene's 16 px offset turns them ~2 degrees).
+PP_MAX_ERROR_RISE = 1.02
+PP_MAX_OFFSET = 0.15
+PP_MAX_TURN_DEG = 8.0
 
 
 @dataclass
@@ -197,11 +203,13 @@ def run_sfm(job: SfmJob, report: Callable[[dict], None]) -> dict:
     if not models:
         return {"registered_names": [], "timings": timings, "n_models": 0}
     model = max(models.values(), key=lambda rec: rec.num_reg_images())
-    _refine_principal_points(pycolmap, model, job.groups)
+    model, principal_point = _refine_principal_points(pycolmap, model, job.groups)
     registered_names = sorted(model.images[i].name for i in model.reg_image_ids())
     stats = {
         "registered_names": registered_names,
         "n_models": len(models),
+        "model_sizes": sorted((rec.num_reg_images() for rec in models.values()), reverse=True),
+        "principal_point": principal_point,
         "n_points": model.num_points3D(),
         "mean_reprojection_error_px": float(model.compute_mean_reprojection_error()),
         "mean_track_length": float(model.compute_mean_track_length()),
@@ -218,21 +226,80 @@ def run_sfm(job: SfmJob, report: Callable[[dict], None]) -> dict:
     return {**stats, "timings": timings}
 
 
-def _refine_principal_points(pycolmap, model, groups: list[list[str]]) -> None:
-    """One more global bundle adjustment that also moves the principal points, when every camera is shared by
-    enough photos to pin its own down.
+def _bundle_adjust(pycolmap, model, refine_principal_point: bool) -> None:
+    """One global bundle adjustment of ``model`` (in place), through an adjuster object rather than
+    ``pycolmap.bundle_adjustment``: that call sets glog's minloglevel back to 0 each time (pycolmap 4.2.1), which
+    let COLMAP's INFO lines flood stderr for the rest of the solve."""
+    options = pycolmap.BundleAdjustmentOptions()
+    options.refine_principal_point = refine_principal_point
+    options.print_summary = False
+    config = pycolmap.BundleAdjustmentConfig()
+    for image_id in model.reg_image_ids():
+        config.add_image(image_id)
+    config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
+    pycolmap.create_default_bundle_adjuster(options, config, model).solve()
+    model.update_point_3d_errors()
+
+
+def _camera_poses(model) -> dict[str, np.ndarray]:
+    """name -> (3, 4) camera-to-world of the registered images (COLMAP's camera axes)."""
+    return {model.images[i].name: np.asarray(model.images[i].cam_from_world().inverse().matrix())
+            for i in model.reg_image_ids()}
+
+
+def _median_turn_deg(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> float:
+    """Median angle each camera turned between two solves of the same photos, once the frames are aligned (a
+    similarity fitted on the camera centres: bundle adjustment may move the whole model)."""
+    from .compare import camera_errors
+
+    names = sorted(before)
+    if len(names) < 3:
+        return 0.0
+    errors = camera_errors(np.stack([after[n] for n in names]), np.stack([before[n] for n in names]))
+    return float(np.median(errors.rotation_deg))
+
+
+def _principal_point_problem(trial, before_px: float, after_px: float, turn_deg: float) -> str | None:
+    """Why the refined ``trial`` must not replace ``model``, or None. A sparse model can pay for a principal point
+    far off-centre with a tilt of every camera (the two are nearly interchangeable for an orbit around an
+    object); real lenses and renders keep it near the centre."""
+    if after_px > before_px * PP_MAX_ERROR_RISE:
+        return f"the reprojection error rose from {before_px:.3f} to {after_px:.3f} px"
+    for cam in trial.cameras.values():
+        cx, cy = float(cam.principal_point_x), float(cam.principal_point_y)
+        off_x, off_y = abs(cx - cam.width / 2) / cam.width, abs(cy - cam.height / 2) / cam.height
+        if max(off_x, off_y) > PP_MAX_OFFSET:
+            return (f"the principal point moved to ({cx:.1f}, {cy:.1f}), over {PP_MAX_OFFSET:.0%} of the image "
+                    f"from its centre ({cam.width / 2:.0f}, {cam.height / 2:.0f})")
+    if turn_deg > PP_MAX_TURN_DEG:
+        return f"the cameras turned by {turn_deg:.1f} degrees (median)"
+    return None
+
+
+def _refine_principal_points(pycolmap, model, groups: list[list[str]]) -> tuple[object, dict]:
+    """``(model, report)``: one more global bundle adjustment that also moves the principal points, when every
+    camera is shared by enough photos to pin its own down, kept only if it passes ``_principal_point_problem``.
 
     Renders and scans often have the principal point off-centre (the bundled scene: 16 px), and a centre held
     fixed tilts every solved camera by that angle (~2 degrees there). Refining it while the model grows makes
     incremental mapping unstable (measured: some runs of a 40-frame video ended 5-20 degrees off), so it is done
-    here, on the finished model, where it only polishes.
+    here, on the finished model, where it only polishes; the checks guard the rare model it would bend.
     """
+    before_px = float(model.compute_mean_reprojection_error())
+    report = {"refined": False, "reprojection_before_px": round(before_px, 4)}
     if min(len(g) for g in groups) < MIN_SHARED_FOR_PP:
-        return
-    options = pycolmap.BundleAdjustmentOptions()
-    options.refine_principal_point = True
-    options.print_summary = False
-    pycolmap.bundle_adjustment(model, options)
+        return model, {**report, "reason": f"fewer than {MIN_SHARED_FOR_PP} photos share a camera"}
+    trial = pycolmap.Reconstruction(model)
+    _bundle_adjust(pycolmap, trial, refine_principal_point=True)
+    after_px = float(trial.compute_mean_reprojection_error())
+    turn_deg = _median_turn_deg(_camera_poses(model), _camera_poses(trial))
+    report.update(reprojection_after_px=round(after_px, 4), turn_deg=round(turn_deg, 3),
+                  principal_points=[[round(float(cam.principal_point_x), 2), round(float(cam.principal_point_y), 2)]
+                                    for cam in trial.cameras.values()])
+    problem = _principal_point_problem(trial, before_px, after_px, turn_deg)
+    if problem is not None:
+        return model, {**report, "reason": problem}
+    return trial, {**report, "refined": True}
 
 
 def _tidy_undistorted(pycolmap, out: Path) -> None:
