@@ -42,11 +42,15 @@ def git_commit() -> str:
 
 
 def run_benchmark(scene: Path, preset: str, device: str, steps: int | None, gt: Path | None, holdout: int,
-                  overrides: list[str], out_dir: Path, phase_timer: bool = True) -> dict:
+                  overrides: list[str], out_dir: Path, phase_timer: bool = True, events: Path | None = None) -> dict:
     threads = configure_torch_threads()
     req = FitRequest(data_dir=scene, run_dir=out_dir, preset=preset, steps=steps, device=device,
                      overrides=[f"data.holdout_every={holdout}", *overrides], profile=True, phase_timer=phase_timer)
-    result = run_fit(req, Emitter("none"), CancelToken())
+    if events is None:
+        result = run_fit(req, Emitter("none"), CancelToken())
+    else:  # a run stopped at a time limit still shows how far it got
+        with open(events, "w") as stream:
+            result = run_fit(req, Emitter("jsonl", stream=stream, min_interval_s=5.0), CancelToken())
     t = result["timings"]
     n_steps = int(result["steps"])
     summary = {
@@ -139,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-phase-timer", action="store_true",
                    help="no per-phase profile: it synchronises the device at every phase, which hides the gain of a "
                         "sync-free step (compare model.sampler=packed and static this way)")
+    p.add_argument("--events", type=Path, default=None,
+                   help="write the run's progress events (JSON lines, one per 5 s) to this file")
     p.add_argument("--busy-core", action="store_true",
                    help="run twice, alone and with another process keeping one core busy, and report the ratio")
     argv = sys.argv[1:] if argv is None else argv
@@ -152,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         summary = run_benchmark(args.scene, args.preset, args.device, args.steps, args.gt, args.holdout,
-                                args.overrides, args.out or Path(tmp) / "run", phase_timer=not args.no_phase_timer)
+                                args.overrides, args.out or Path(tmp) / "run", phase_timer=not args.no_phase_timer,
+                                events=args.events)
     print(json.dumps(summary))
     if args.results is not None:
         with open(args.results, "a") as f:
