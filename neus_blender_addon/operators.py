@@ -22,6 +22,7 @@ from . import (
     run_files,
     run_state,
     solve_cameras,
+    timer_ui,
 )
 from .errors import AddonError
 
@@ -133,15 +134,9 @@ class NEUS_OT_solve_cameras(bpy.types.Operator):
             self.report({"INFO"}, f"Solving cameras into {out}")
             return {"FINISHED"}
         state = solve_cameras.run_blocking(run)
-        if state == "done":
-            self.report({"WARNING"} if run.warnings else {"INFO"},
-                        f"Cameras solved into {out}" + (f" ({'; '.join(run.warnings)})" if run.warnings else ""))
-            return {"FINISHED"}
-        if state == "cancelled":
-            self.report({"WARNING"}, "Camera solving cancelled")
-        else:
-            self.report({"ERROR"}, f"Camera solving failed: {run.status.last_error}")
-        return {"CANCELLED"}
+        level, message = solve_cameras.outcome(run)
+        self.report({level}, message)
+        return {"FINISHED"} if state == "done" else {"CANCELLED"}
 
 
 def _start_run(op: bpy.types.Operator, context: bpy.types.Context, resume: bool, mode: str,
@@ -357,7 +352,7 @@ def check_engine_step() -> float | None:
     if prefs is not None:
         prefs.engine_status = "\n".join(lines)
     print("\n".join(lines), flush=True)
-    reconstruct._report("INFO" if ok else "ERROR", ("Engine OK: " + "; ".join(lines[1:4])) if ok else lines[0])
+    timer_ui.report("INFO" if ok else "ERROR", ("Engine OK: " + "; ".join(lines[1:4])) if ok else lines[0])
     return None
 
 

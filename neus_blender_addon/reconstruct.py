@@ -15,10 +15,8 @@ timer its outcome is reported with ``neus.report`` (status bar and Info log, see
 
 from __future__ import annotations
 
-import contextlib
 import shlex
 import tempfile
-import textwrap
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +24,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from . import blender_cameras, blender_mesh, camera_source, engine_process, run_files, run_state
+from . import blender_cameras, blender_mesh, camera_source, engine_process, run_files, run_state, timer_ui
 from .errors import AddonError
 from .properties import apply_status
 from .run_state import Run, RunRequest
@@ -37,7 +35,6 @@ LOG_TEXT = "NeuS engine log"  # Text data-block holding the last run's engine lo
 
 _active: Run | None = None
 last_run: Run | None = None  # the most recent run, finished or not (for the UI and tests)
-reports: list[tuple[str, str]] = []  # (level, message) reported from timers, newest last (the UI and tests)
 _shown: dict[str, tuple] = {}  # scene name -> the status last copied into it (redraw only on change)
 
 
@@ -199,7 +196,7 @@ def _finish(run: Run, report: bool) -> None:
     if _active is run:
         _active = None
     _update_ui(run)
-    _set_status_bar(None)
+    timer_ui.set_status_bar(None)
     _store_log(run)
     if run.result_object:
         _undo_push(f"NeuS: import {run.result_object}")
@@ -207,18 +204,18 @@ def _finish(run: Run, report: bool) -> None:
         return
     st = run.status
     if st.state == "failed":
-        _report("ERROR", f"Reconstruction failed: {st.last_error}")
+        timer_ui.report("ERROR", f"Reconstruction failed: {st.last_error}")
     elif st.state == "cancelled":
-        _report("WARNING", "Reconstruction cancelled" + (f"; imported the current mesh as '{run.result_object}'"
-                                                         if run.imported_on_cancel else ""))
+        imported = f"; imported the current mesh as '{run.result_object}'" if run.imported_on_cancel else ""
+        timer_ui.report("WARNING", f"Reconstruction cancelled{imported}")
     else:
-        _report("WARNING" if st.last_error else "INFO", f"Reconstruction finished: '{run.result_object}'"
-                + (f" ({st.last_error})" if st.last_error else ""))
+        timer_ui.report("WARNING" if st.last_error else "INFO", f"Reconstruction finished: '{run.result_object}'"
+                        + (f" ({st.last_error})" if st.last_error else ""))
 
 
 def _undo_push(message: str) -> None:
     try:
-        with _window_context():
+        with timer_ui.window_context():
             bpy.ops.ed.undo_push(message=message)
     except RuntimeError as e:  # no undo stack (some background setups): the import stays, without a step
         print(f"[neus] no undo step: {e}", flush=True)
@@ -233,46 +230,6 @@ def _store_log(run: Run) -> None:
     block = bpy.data.texts.get(LOG_TEXT) or bpy.data.texts.new(LOG_TEXT)
     block.clear()
     block.write(f"# {run.process.log_path}\n{text}")
-
-
-def _windows() -> list:
-    return [w for wm in bpy.data.window_managers for w in wm.windows]
-
-
-def _window_context():
-    """Timers run without a window in the context; operators called from them need one."""
-    wins = _windows()
-    if bpy.context.window is not None or not wins:
-        return contextlib.nullcontext()
-    return bpy.context.temp_override(window=wins[0], screen=wins[0].screen)
-
-
-def _report(level: str, message: str) -> None:
-    """Reports from a timer like an operator does (status bar, Info log; the console in background mode)."""
-    reports.append((level, message))
-    del reports[:-50]
-    try:
-        with _window_context():
-            bpy.ops.neus.report(level=level, message=message)
-    except (RuntimeError, AttributeError):  # bpy.ops raises on an ERROR report, after showing it
-        pass
-    if level != "INFO" and not bpy.app.background:
-        _popup(level, message)
-
-
-def _popup(level: str, message: str) -> None:
-    """A failure or cancel also opens a small popup, which the artist sees wherever the mouse is."""
-
-    def draw(menu, _context):
-        for line in textwrap.wrap(message, 80) or [""]:
-            menu.layout.label(text=line)
-
-    try:
-        with _window_context():
-            bpy.context.window_manager.popup_menu(draw, title="NeuS Reconstruct",
-                                                  icon="ERROR" if level == "ERROR" else "INFO")
-    except (RuntimeError, AttributeError, TypeError):
-        pass
 
 
 def _shown_state(run: Run) -> tuple:
@@ -299,26 +256,8 @@ def _update_ui(run: Run, force: bool = False) -> None:
     if run.result_object:
         settings.result_object = run.result_object
     if not run.finished:
-        _set_status_bar(f"NeuS: {run.status.status_text()}")
-    _redraw()
-
-
-def _set_status_bar(text: str | None) -> None:
-    for win in _windows():
-        try:
-            win.workspace.status_text_set(text)
-        except (AttributeError, RuntimeError, TypeError):
-            pass
-
-
-def _redraw() -> None:
-    """Only the 3D Viewport sidebars (where the panel lives) and the status bar text are redrawn."""
-    for win in _windows():
-        for area in win.screen.areas:
-            if area.type == "VIEW_3D":
-                for region in area.regions:
-                    if region.type == "UI":
-                        region.tag_redraw()
+        timer_ui.set_status_bar(f"NeuS: {run.status.status_text()}")
+    timer_ui.redraw_sidebars()
 
 
 def _fail_internal(run: Run, exc: BaseException) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import bpy
 
-from . import blender_cameras, photo_source
+from . import blender_cameras, photo_source, timer_ui
 from .engine_process import EngineLocation, EngineProcess
 from .properties import apply_status
 from .protocol import RunStatus
@@ -38,6 +38,7 @@ class SolveRun:
     imported: str = ""  # the collection the solved cameras went into
     echo: Callable[[str], None] | None = None
     _last_print: float = 0.0
+    _shown: tuple = ()  # the status last copied into the scene (redraw only on change)
 
 
 _active: SolveRun | None = None
@@ -133,17 +134,31 @@ def _end(run: SolveRun, state: str, error: str = "") -> None:
     if _active is run:
         _active = None
     _update_ui(run)
+    timer_ui.set_status_bar(None)
+
+
+def outcome(run: SolveRun) -> tuple[str, str]:
+    """(report level, message) for a finished solve: the operator that waited reports it, else the timer."""
+    st = run.status
+    if st.state == "done":
+        warned = f" ({'; '.join(run.warnings)})" if run.warnings else ""
+        return ("WARNING" if run.warnings else "INFO"), f"Cameras solved into {run.out}{warned}"
+    if st.state == "cancelled":
+        return "WARNING", "Camera solving cancelled"
+    return "ERROR", f"Camera solving failed: {st.last_error}"
 
 
 def _update_ui(run: SolveRun) -> None:
+    """Copies the status into the scene and redraws the sidebars, only when what they show changed."""
     scene = _scene(run)
-    if scene is not None:
-        apply_status(scene.neus, run.status)
-    for wm in bpy.data.window_managers:
-        for win in wm.windows:
-            for area in win.screen.areas:
-                if area.type == "VIEW_3D":
-                    area.tag_redraw()
+    shown = (run.status.state, run.status.stage, run.status.step, run.status.total, run.status.last_error)
+    if scene is None or run._shown == shown:
+        return
+    run._shown = shown
+    apply_status(scene.neus, run.status)
+    if not run.finished:
+        timer_ui.set_status_bar(f"NeuS camera solve: {run.status.status_text()}")
+    timer_ui.redraw_sidebars()
 
 
 def timer_step() -> float | None:
@@ -162,7 +177,10 @@ def timer_step() -> float | None:
         traceback.print_exception(e)
         run.process.kill()
         _end(run, "failed", f"add-on error while solving: {e}")
-    return None if run.finished else TIMER_INTERVAL
+    if run.finished:
+        timer_ui.report(*outcome(run))  # seen with the sidebar closed, as a reconstruction's end
+        return None
+    return TIMER_INTERVAL
 
 
 def start_timer() -> None:

@@ -132,7 +132,7 @@ def test_script_that_never_unregisters_exits_and_leaves_no_engine(tmp_path):
 
 
 def test_two_runs_two_results_undo_and_the_artists_changes_kept(bpy, tmp_path):
-    from neus_blender_addon import blender_mesh, reconstruct
+    from neus_blender_addon import blender_mesh, reconstruct, timer_ui
 
     # Blender's UI has a first undo step from loading the file; the bpy module in background mode does not.
     bpy.ops.ed.undo_push(message="before the run")
@@ -142,7 +142,7 @@ def test_two_runs_two_results_undo_and_the_artists_changes_kept(bpy, tmp_path):
     first = s.result_object
     assert s.state == "done" and first == "sample_scene NeuS run_001", s.last_error
     assert s.run_dir == str(tmp_path / "runs" / "run_001") and (tmp_path / "runs" / "run_001" / "mesh.ply").is_file()
-    assert reconstruct.reports[-1] == ("INFO", f"Reconstruction finished: '{first}'")  # seen with the sidebar closed
+    assert timer_ui.reports[-1] == ("INFO", f"Reconstruction finished: '{first}'")  # seen with the sidebar closed
     assert bpy.data.texts[reconstruct.LOG_TEXT].as_string().startswith("# ")  # the engine log, kept in a Text
     # The import is one undo step: undo removes the result, redo brings it back.
     win = bpy.context.window_manager.windows[0]
@@ -169,7 +169,7 @@ def test_two_runs_two_results_undo_and_the_artists_changes_kept(bpy, tmp_path):
 
 
 def test_cancel_imports_the_current_mesh_then_resume_finishes_the_run(bpy, tmp_path):
-    from neus_blender_addon import reconstruct
+    from neus_blender_addon import reconstruct, timer_ui
 
     s = bpy.context.scene.neus
     s.steps = 20
@@ -184,7 +184,7 @@ def test_cancel_imports_the_current_mesh_then_resume_finishes_the_run(bpy, tmp_p
     assert s.state == "cancelled" and run.imported_on_cancel, s.last_error
     name = s.result_object
     assert name == "sample_scene NeuS run_001" and len(bpy.data.objects[name].data.vertices) > 0
-    assert reconstruct.reports[-1] == ("WARNING", f"Reconstruction cancelled; imported the current mesh as '{name}'")
+    assert timer_ui.reports[-1] == ("WARNING", f"Reconstruction cancelled; imported the current mesh as '{name}'")
     cancelled_at = run.status.step
     assert 2 <= cancelled_at < 20
     assert bpy.ops.neus.resume.poll()
@@ -202,21 +202,21 @@ def test_cancel_imports_the_current_mesh_then_resume_finishes_the_run(bpy, tmp_p
 
 
 def test_engine_failure_is_reported_from_the_timer(bpy, tmp_path):
-    from neus_blender_addon import reconstruct
+    from neus_blender_addon import timer_ui
 
     bpy.context.scene.neus.engine_settings = "train.lr=[0.1"  # the engine's config parser rejects it
     assert bpy.ops.neus.reconstruct(mode="ASYNC") == {"FINISHED"}
     pump(lambda st: False, timeout=120)
     s = bpy.context.scene.neus
     assert s.state == "failed"
-    level, message = reconstruct.reports[-1]
+    level, message = timer_ui.reports[-1]
     assert level == "ERROR" and message == f"Reconstruction failed: {s.last_error}"
     log = (tmp_path / "runs" / "run_001" / "engine_stderr.log").read_text()
     assert s.log_tail and s.log_tail.splitlines()[-1] in log  # the panel shows the log's last lines
 
 
 def test_check_engine_returns_at_once_and_reports_later(bpy):
-    from neus_blender_addon import operators, reconstruct
+    from neus_blender_addon import operators, timer_ui
 
     t0 = time.time()
     assert bpy.ops.neus.check_engine() == {"FINISHED"}
@@ -228,4 +228,4 @@ def test_check_engine_returns_at_once_and_reports_later(bpy):
         time.sleep(0.2)
     ok, lines = operators.engine_check_result
     assert ok and lines[0].startswith("Engine: ") and any(ln.startswith("torch") for ln in lines)
-    assert reconstruct.reports[-1][0] == "INFO" and reconstruct.reports[-1][1].startswith("Engine OK: ")
+    assert timer_ui.reports[-1][0] == "INFO" and timer_ui.reports[-1][1].startswith("Engine OK: ")

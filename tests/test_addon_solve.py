@@ -73,7 +73,7 @@ def pump(timeout: float = 600.0) -> list[tuple[str, int, int]]:
 @pytest.mark.blender
 @pytest.mark.skipif(not HAS_BPY, reason=NO_BPY_REASON)
 def test_solve_cameras_imports_cameras_and_sparse_points(bpy, tmp_path, photos):
-    from neus_blender_addon import solve_cameras
+    from neus_blender_addon import solve_cameras, timer_ui
 
     s = bpy.context.scene.neus
     assert bpy.ops.neus.solve_cameras(mode="ASYNC") == {"FINISHED"}
@@ -92,12 +92,13 @@ def test_solve_cameras_imports_cameras_and_sparse_points(bpy, tmp_path, photos):
     assert all(c.data.background_images and c.data.background_images[0].image for c in cams)  # photo backgrounds
     cloud = [o for o in coll.all_objects if o.type == "MESH" and "sparse points" in o.name]
     assert len(cloud) == 1 and len(cloud[0].data.vertices) > 500
+    assert timer_ui.reports[-1] == ("INFO", f"Cameras solved into {out}")  # seen with the sidebar closed
 
 
 @pytest.mark.blender
 @pytest.mark.skipif(not HAS_BPY, reason=NO_BPY_REASON)
 def test_solve_cameras_cancel_and_refusals(bpy, tmp_path, photos):
-    from neus_blender_addon import solve_cameras
+    from neus_blender_addon import solve_cameras, timer_ui
 
     s = bpy.context.scene.neus
     assert bpy.ops.neus.solve_cameras(mode="ASYNC") == {"FINISHED"}
@@ -111,6 +112,7 @@ def test_solve_cameras_cancel_and_refusals(bpy, tmp_path, photos):
     assert bpy.ops.neus.cancel() == {"FINISHED"}
     pump(timeout=60)
     assert s.state == "cancelled" and not (tmp_path / "runs" / "my photos solved" / "solve.json").exists()
+    assert timer_ui.reports[-1] == ("WARNING", "Camera solving cancelled")
     assert s.data_dir == str(photos)
 
     s.data_dir = str(SAMPLE_SCENE)  # already has cameras: nothing to solve
