@@ -174,15 +174,11 @@ def sample_uniform_along_rays(
     n_rays = origins.shape[0]
     n_steps = min(max_samples, max(1, int(torch.ceil((far - near).max() / step_size).item()) if n_rays else 1))
     t_mid, valid = _candidates(near, far, step_size, n_steps, stratified)
+    ray_i, step_i = valid.nonzero(as_tuple=True)
+    tm = t_mid[ray_i, step_i]
     if occupied_fn is not None:
-        ray_i, step_i = valid.nonzero(as_tuple=True)
-        tm = t_mid[ray_i, step_i]
-        pts = origins[ray_i] + dirs[ray_i] * tm[:, None]
-        keep = occupied_fn(pts)
+        keep = occupied_fn(origins[ray_i] + dirs[ray_i] * tm[:, None])
         ray_i, tm = ray_i[keep], tm[keep]
-    else:
-        ray_i, step_i = valid.nonzero(as_tuple=True)
-        tm = t_mid[ray_i, step_i]
     half = 0.5 * step_size
     return tm - half, tm + half, ray_i
 
