@@ -27,6 +27,24 @@ def run_engine(*args: str, timeout: float = 600) -> tuple[int, list[dict], str]:
     return proc.returncode, parse_events(proc.stdout), proc.stderr
 
 
+def start_engine(*args: str, env: dict[str, str] | None = None, stdin=subprocess.DEVNULL) -> subprocess.Popen:
+    """Starts ``python -m engine ARGS`` with text pipes on stdout and stderr, for tests that act during a run."""
+    return subprocess.Popen([sys.executable, "-m", "engine", *args], cwd=REPO, env=env or engine_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=stdin, text=True)
+
+
+def lines_until_step(proc: subprocess.Popen, step: int) -> list[str]:
+    """Reads ``proc``'s protocol lines until a ``progress`` event reaches ``step`` or the stream ends; returns the
+    lines read (hand them to :func:`parse_events` with the rest of the output)."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        event = json.loads(line)
+        if event["event"] == "progress" and event["step"] >= step:
+            break
+    return lines
+
+
 def parse_events(stdout: str) -> list[dict]:
     """Every stdout line must be a JSON object (the protocol allows nothing else on stdout)."""
     events = []

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from engine_helpers import REPO, SAMPLE, TINY, engine_env, parse_events, run_engine
+from engine_helpers import REPO, SAMPLE, TINY, engine_env, lines_until_step, parse_events, run_engine, start_engine
 from paths import needs_sample
 
 from engine.cpu_threads import usable_core_count
@@ -55,21 +55,9 @@ def test_fit_event_sequence_and_outputs(smoke_run):
 
 def test_sigint_saves_checkpoint_and_resume_finishes(tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "engine", "fit", str(SAMPLE), "--out", str(run), "--steps", "400", "--progress",
-           "jsonl", *TINY]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=engine_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True)
-    lines = []
-    step = 0
-    deadline = time.monotonic() + 300
-    while step < 8 and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        ev = json.loads(line)
-        step = ev.get("step", step) if ev["event"] == "progress" else step
-    assert step >= 8, "".join(lines) + proc.stderr.read()
+    proc = start_engine("fit", str(SAMPLE), "--out", str(run), "--steps", "400", "--progress", "jsonl", *TINY)
+    lines = lines_until_step(proc, 8)
+    assert proc.poll() is None, "".join(lines) + proc.stderr.read()
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
@@ -97,19 +85,14 @@ def test_sigint_saves_checkpoint_and_resume_finishes(tmp_path):
 @pytest.mark.parametrize("how", ["stop_file", "stdin"])
 def test_stop_file_or_stdin_line_cancels(tmp_path, how):
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "engine", "fit", str(SAMPLE), "--out", str(run), "--steps", "400",
-                             "--progress", "jsonl", *TINY], cwd=REPO, env=engine_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if json.loads(line)["event"] == "progress":
-            if how == "stop_file":
-                (run / "STOP").write_text("")
-            else:
-                proc.stdin.write("stop\n")
-                proc.stdin.flush()
-            break
+    proc = start_engine("fit", str(SAMPLE), "--out", str(run), "--steps", "400", "--progress", "jsonl", *TINY,
+                        stdin=subprocess.PIPE)
+    lines = lines_until_step(proc, 1)
+    if how == "stop_file":
+        (run / "STOP").write_text("")
+    else:
+        proc.stdin.write("stop\n")
+        proc.stdin.flush()
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     events = parse_events("".join(lines) + out)

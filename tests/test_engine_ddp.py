@@ -4,7 +4,6 @@ identical occupancy grids (each rank refreshes its grid from its own random cell
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import ddp_worker
 import pytest
 import torch
 import trimesh
-from engine_helpers import engine_env, parse_events
+from engine_helpers import engine_env, lines_until_step, parse_events, start_engine
 from paths import HAS_SAMPLE, NO_SAMPLE_REASON, REPO, SAMPLE
 
 from engine.ranks import is_first_rank
@@ -53,24 +52,16 @@ def test_fit_command_with_two_cpu_ranks_reports_and_exports_once(tmp_path):
     the other in a collective forever), and rank 1 must exit 0 (else Lightning kills rank 0 mid-export)."""
     run = tmp_path / "run"
     settings = [s for kv in ddp_worker.SETTINGS for s in ("--set", kv)]
-    # A checkpoint every step, timed by the clock: each rank's own clock would decide differently.
-    cmd = [sys.executable, "-m", "engine", "fit", str(SAMPLE), "--out", str(run), "--steps", "5000",
-           "--progress", "jsonl", "--export-on-cancel", "--set", "train.devices=2",
-           "--set", "train.checkpoint_every_steps=0", "--set", "train.checkpoint_every_seconds=0.001",
-           "--set", "export.resolution=32", "--set", "export.coarse_resolution=16", *settings]
     env = engine_env()
     env["OMP_NUM_THREADS"] = "1"  # two processes on the same cores
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL)
+    # A checkpoint every step, timed by the clock: each rank's own clock would decide differently.
+    proc = start_engine("fit", str(SAMPLE), "--out", str(run), "--steps", "5000", "--progress", "jsonl",
+                        "--export-on-cancel", "--set", "train.devices=2", "--set", "train.checkpoint_every_steps=0",
+                        "--set", "train.checkpoint_every_seconds=0.001", "--set", "export.resolution=32",
+                        "--set", "export.coarse_resolution=16", *settings, env=env)
+    step = 3
     try:
-        lines, step = [], 0
-        while step < 3:  # a few steps trained by both ranks, then the stop request rank 0 reads
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            event = json.loads(line)
-            step = event["step"] if event["event"] == "progress" else step
+        lines = lines_until_step(proc, step)  # a few steps trained by both ranks, then the stop request rank 0 reads
         (run / "STOP").touch()
         out, err = proc.communicate(timeout=180)
     finally:
