@@ -360,6 +360,9 @@ class ExportConfig:
     """Target face count before unwrapping (0: keep)."""
     faces: int = checked(0, lambda v: v == 0 or v >= 4, "0 (off) or >= 4")
     """Game-ready: decimate the textured mesh to this many faces and bake a normal map from the full mesh (0: off)."""
+    texture_faces: int = at_least(4, 50000)
+    """Faces of the textured mesh when ``faces`` is 0: decimated so xatlas cuts few, large UV charts (the dense
+    marching-cubes mesh falls apart into thousands of tiny ones); its colours still come from the full mesh."""
     formats: list[ExportFormat] = field(default_factory=lambda: ["ply"])
     """Extra formats beside mesh.ply: obj, glb."""
     frame: ExportFrame = "normalized"

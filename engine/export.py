@@ -123,24 +123,27 @@ def _photo_source(model: NeuSModel, scene, verts: np.ndarray, faces: np.ndarray,
 
 
 def texture_asset(model: NeuSModel, scene, verts: np.ndarray, faces: np.ndarray, normals: np.ndarray,
-                  opts: ExportOptions, holdout_every: int = 0, max_faces: int = 200_000,
-                  views_cache: dict | None = None
+                  opts: ExportOptions, holdout_every: int = 0, views_cache: dict | None = None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """UV atlas, colour texture and (game-ready, ``opts.faces > 0``) a normal map baked from the full mesh.
+
+    The textured mesh is decimated to ``opts.faces`` (else ``opts.texture_faces``) faces, so the atlas has few,
+    large charts; its colours are sampled on the full mesh (points snapped onto it, its SDF normals), and photo
+    visibility comes from the same depth maps as the vertex colours.
 
     Returns vertices (V', 3), faces (F', 3), uvs (V', 2), texture (S, S, 3) uint8, normal map (S, S, 3) uint8
     or None, in the normalized frame.
     """
-    target = int(opts.faces) if opts.faces else max_faces
+    target = int(opts.faces) if opts.faces else int(opts.texture_faces)
     low_v, low_f = decimate(verts, faces, target) if len(faces) > target else (verts, faces)
-    low_n = normals if low_v is verts else None
+    decimated = low_v is not verts
     if opts.color == "photos" and scene is not None:
-        source = _photo_source(model, scene, low_v, low_f, holdout_every, views_cache)
+        source = _photo_source(model, scene, verts, faces, holdout_every, views_cache)
     else:
         source = field_color_source(model.albedo, device=_device_of(model))
     size = int(opts.texture_size)
-    tv, tf, uvs, tex = texture_mesh(low_v, low_f, source, normals=low_n, texture_size=size, max_faces=None,
-                                    device=_device_of(model))
+    tv, tf, uvs, tex = texture_mesh(low_v, low_f, source, normals=None if decimated else normals, texture_size=size,
+                                    detail=(verts, normals) if decimated else None, device=_device_of(model))
     nmap = None
     if opts.faces:
         from .mesh.extract import mesh_vertex_normals

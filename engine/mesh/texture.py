@@ -42,7 +42,8 @@ def unwrap_uv(
         padding: texels between charts (room for dilation and bilinear filtering).
         max_chart_faces: chart size bound in average faces (None: xatlas defaults, unbounded).
         max_cost: xatlas' chart growing cost limit (higher: fewer, larger, more curved charts).
-        stats: if given, filled with ``charts`` (count) and ``utilization`` (fraction of the atlas covered).
+        stats: if given, filled with ``charts`` (count), ``utilization`` (fraction of the atlas covered) and
+            ``density_spread`` (:func:`texel_density_spread`).
     Returns:
         vmapping (V',) int64 index of each new vertex in ``vertices``, faces (F, 3) int64 into the new
         vertices, uvs (V', 2) float32 in [0, 1].
@@ -73,10 +74,34 @@ def unwrap_uv(
         if atlas.atlas_count == 1:
             break
     vmapping, new_faces, uvs = atlas[0]
-    if stats is not None:
-        stats.update(charts=int(atlas.chart_count), utilization=float(np.mean(atlas.utilization)))
     uvs = np.clip(np.asarray(uvs, dtype=np.float32), 0.0, 1.0)
-    return vmapping.astype(np.int64), new_faces.astype(np.int64).reshape(-1, 3), uvs
+    vmapping, new_faces = vmapping.astype(np.int64), new_faces.astype(np.int64).reshape(-1, 3)
+    if stats is not None:
+        stats.update(charts=int(atlas.chart_count), utilization=float(np.mean(atlas.utilization)),
+                     density_spread=texel_density_spread(v[vmapping], new_faces, uvs))
+    return vmapping, new_faces, uvs
+
+
+def texel_density_spread(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray) -> float:
+    """How uneven the texel density is: the area-weighted coefficient of variation, over faces, of the texels
+    per unit length (``sqrt(UV area / 3D area)``). 0 for a perfectly uniform atlas; stretch inside charts and
+    differently scaled charts both raise it.
+
+    Args:
+        vertices: (V, 3); faces: (F, 3); uvs: (V, 2) (one UV per vertex, as from xatlas).
+    """
+    tri = np.asarray(vertices, np.float64)[faces]
+    uv = np.asarray(uvs, np.float64)[faces]
+    area3 = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    e1, e2 = uv[:, 1] - uv[:, 0], uv[:, 2] - uv[:, 0]
+    area2 = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
+    keep = area3 > 0
+    if not keep.any():
+        return 0.0
+    density = np.sqrt(area2[keep] / area3[keep])
+    w = area3[keep] / area3[keep].sum()
+    mean = float((w * density).sum())
+    return float(np.sqrt((w * (density - mean) ** 2).sum()) / mean) if mean > 0 else 0.0
 
 
 def rasterize_uv(
@@ -163,6 +188,42 @@ def bake_texture(
     return dilate_texture(texture, filled, padding)
 
 
+def detail_color_source(color_source: ColorSource, vertices: np.ndarray, normals: np.ndarray,
+                        k: int = 4) -> ColorSource:
+    """Wraps a colour source so it samples the full-detail surface instead of a decimated mesh's.
+
+    Each point moves onto the tangent plane of its nearest detail vertex (among the ``k`` nearest, the first
+    whose normal faces the same way, so a thin part's far side is never taken) and gets the detail normals'
+    inverse-distance blend; points with no such vertex keep their own position and normal.
+
+    Args:
+        color_source: see :func:`bake_texture`.
+        vertices: (V, 3) full-detail vertices; normals: (V, 3) their unit normals (e.g. SDF gradients).
+    """
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(np.asarray(vertices, np.float64))
+    pos = np.asarray(vertices, np.float32)
+    nrm = np.asarray(normals, np.float32)
+
+    def source(points: np.ndarray, low_normals: np.ndarray) -> np.ndarray:
+        p = np.asarray(points, np.float32)
+        n_low = np.asarray(low_normals, np.float32)
+        dist, idx = tree.query(p, k=k, workers=-1)  # (P, k)
+        cand = nrm[idx]  # (P, k, 3)
+        facing = (cand * n_low[:, None]).sum(-1) > 0
+        ok = facing.any(1)
+        w = facing / np.maximum(dist, 1e-9)
+        n = (cand * w[..., None].astype(np.float32)).sum(1)
+        n = n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+        anchor = pos[idx[np.arange(len(p)), np.argmax(facing, axis=1)]]
+        snapped = p - ((p - anchor) * n).sum(1, keepdims=True) * n
+        ok = ok[:, None]
+        return color_source(np.where(ok, snapped, p).astype(np.float32), np.where(ok, n, n_low).astype(np.float32))
+
+    return source
+
+
 def texture_mesh(
     vertices: np.ndarray,
     faces: np.ndarray,
@@ -172,14 +233,17 @@ def texture_mesh(
     padding: int | None = None,
     atlas_padding: int = 2,
     max_chart_faces: int | None = 20000,
-    max_faces: int | None = 200_000,
+    max_faces: int | None = None,
+    detail: tuple[np.ndarray, np.ndarray] | None = None,
     stats: dict | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """UV-unwraps a mesh and bakes its diffuse texture (decimating it first if it has over ``max_faces`` faces).
 
     The returned geometry is the textured mesh (split along UV seams, possibly decimated): export it, not the
-    input. xatlas needs ~20-40 s for 200k faces on 2 CPU cores and grows super-linearly, hence ``max_faces``.
+    input. A decimated mesh unwraps into far fewer, larger charts, and faster (xatlas splits the dense
+    marching-cubes mesh into thousands of few-face pieces: BENCHMARKS.md), while its colours still come from the
+    input surface (:func:`detail_color_source`).
 
     Args:
         vertices: (V, 3); faces: (F, 3).
@@ -189,8 +253,10 @@ def texture_mesh(
         padding: texture dilation (see :func:`dilate_texture`).
         atlas_padding: texels between charts in the atlas.
         max_chart_faces: chart size bound for xatlas (see :func:`unwrap_uv`).
-        max_faces: decimate larger meshes to this many faces first (None: never; the normals are then
-            recomputed from the decimated mesh). Needs ``fast-simplification`` when it applies.
+        max_faces: decimate larger meshes to this many faces first (None: never). Needs ``fast-simplification``
+            when it applies.
+        detail: (vertices (D, 3), unit normals (D, 3)) of the surface the colours are sampled from (texel
+            points snapped onto it); None: the input mesh when it was decimated, else the mesh itself.
         stats: filled by :func:`unwrap_uv` (charts, utilization) and with ``unwrap_s`` / ``bake_s`` seconds.
         device: where the UV triangles are rasterised.
     Returns:
@@ -200,8 +266,12 @@ def texture_mesh(
     v = np.asarray(vertices, dtype=np.float32)
     f = np.asarray(faces, dtype=np.int64)
     if max_faces is not None and len(f) > max_faces:
+        if detail is None:
+            detail = (v, mesh_vertex_normals(v, f) if normals is None else np.asarray(normals, np.float32))
         v, f = decimate(v, f, int(max_faces))
         normals = None
+    if detail is not None:
+        color_source = detail_color_source(color_source, *detail)
     stats = {} if stats is None else stats
     t0 = time.monotonic()
     vmapping, new_faces, uvs = unwrap_uv(v, f, texture_size, atlas_padding, max_chart_faces, stats=stats)
@@ -213,4 +283,5 @@ def texture_mesh(
     return new_v, new_faces, uvs, texture
 
 
-__all__ = ["bake_texture", "dilate_texture", "rasterize_uv", "texture_mesh", "unwrap_uv"]
+__all__ = ["bake_texture", "detail_color_source", "dilate_texture", "rasterize_uv", "texel_density_spread",
+           "texture_mesh", "unwrap_uv"]
