@@ -31,10 +31,11 @@ def unwrap_uv(
     xatlas splits vertices along chart seams, so the result indexes a new vertex list. Its chart growing is
     super-linear in the chart size (an unbounded 200k-face mesh took ~10 min on 2 cores), so charts are capped
     at about ``max_chart_faces`` faces' worth of area and boundary; ``max_cost`` (xatlas' default 2) is how much
-    curvature a chart may grow over. On the bundled scene's 200k-face mesh a 20000-face cap packs best: 82 % atlas
-    use and 56 % of the 2048 texels on the surface, against 59 % / 45 % with a 2000-face cap (BENCHMARKS.md; the
-    larger charts get split into more, smaller pieces by xatlas' validity checks, so the chart count rises).
-    Texel density is uniform: xatlas scales every chart by one texels-per-unit factor.
+    curvature a chart may grow over. Feed it a decimated mesh (:func:`texture_mesh`'s ``max_faces``): a dense
+    marching-cubes mesh falls apart into thousands of few-face charts whatever the options (6059 charts for the
+    bundled scene's 200k faces, 353 once decimated to 50k, with the 20000-face cap that packed best; higher
+    ``max_cost``, more iterations or other weights gave more charts; BENCHMARKS.md). xatlas scales every chart by
+    one texels-per-unit factor, so texel density is even up to the stretch inside charts.
 
     Args:
         vertices: (V, 3); faces: (F, 3).
