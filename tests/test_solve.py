@@ -95,6 +95,27 @@ def test_the_principal_point_refinement_is_kept_only_when_it_holds_up(solved_sam
     assert "principal point moved" in _principal_point_problem(model, error, error, 0.0)
 
 
+def test_a_camera_turned_out_of_place_is_found_misplaced(solved_sample):
+    """The check that sends mapping round again: nothing in the bundled photos' solve, the one camera turned by a
+    degree (about 7 px at the image's edge) after the solve."""
+    import pycolmap
+
+    from engine.solve.sfm import _misplaced_images
+
+    out, _ = solved_sample
+    summary = json.loads((out / "solve.json").read_text())
+    assert summary["mapping_retry"] is None, summary["mapping_retry"]
+    model = pycolmap.Reconstruction(str(out / "sparse" / "0"))
+    assert _misplaced_images(model) == []
+    image = model.images[sorted(model.reg_image_ids())[5]]
+    frame = model.frames[image.frame_id]
+    half = np.radians(1.0) / 2
+    roll = pycolmap.Rotation3d(np.array([0.0, 0.0, np.sin(half), np.cos(half)]))  # xyzw, about the view axis
+    frame.rig_from_world = pycolmap.Rigid3d(roll * frame.rig_from_world.rotation, frame.rig_from_world.translation)
+    model.update_point_3d_errors()
+    assert _misplaced_images(model) == [image.name]
+
+
 def test_solve_reports_every_stage_with_counts(solved_sample):
     out, events = solved_sample
     kinds = [e["event"] for e in events]

@@ -237,6 +237,7 @@ def run_solve(req: SolveRequest, emitter: Emitter, token, announce: bool = True)
             "n_models": sfm["n_models"],
             "model_sizes": sfm["model_sizes"],  # photos placed in each model mapping made (the largest is kept)
             "principal_point": sfm["principal_point"],  # the final refinement: kept or not, and why
+            "mapping_retry": sfm["mapping_retry"],  # null, or the misplaced images that made mapping run again
             "matcher": matcher,
             "camera": job.camera,
             "max_image_size": req.max_image_size,
