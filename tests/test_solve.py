@@ -396,3 +396,36 @@ def test_fit_on_photos_checks_set_before_solving(sample_photos, tmp_path):
     assert "train.stepz" in events[-1]["message"] and "\n" not in events[-1]["message"]
     assert not [e for e in events if e["event"] == "stage"], "it started solving before checking --set"
     assert not run.exists()
+
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_a_phone_video_with_rotation_metadata_gives_upright_frames(tmp_path, degrees):
+    """A phone films sideways and stores a display rotation instead of turning the pixels; the working frames are
+    the video as a player shows it. The rotated file is the same stream with a display matrix (ffmpeg's
+    -display_rotation, counter-clockwise degrees), so its frames must equal the plain file's frames turned."""
+    import imageio_ffmpeg
+
+    from engine.solve.sources import prepare_video
+
+    plain, turned = tmp_path / "plain.mp4", tmp_path / "turned.mp4"
+    frames = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(SAMPLE_IMAGES.glob("*.png"))[:6]]
+    height, width = frames[0].shape[:2]
+    writer = imageio_ffmpeg.write_frames(str(plain), (width, height), fps=5, quality=9, macro_block_size=4)
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-display_rotation", str(degrees),
+                    "-i", str(plain), "-c", "copy", str(turned)], check=True, stdin=subprocess.DEVNULL)
+
+    def working_frames(video: Path) -> list[np.ndarray]:
+        out = tmp_path / video.stem
+        out.mkdir()
+        prepared = prepare_video(video, out, fps=5, max_frames=120, progress=lambda done, total: None)
+        return [np.asarray(Image.open(out / im.name).convert("RGB")).astype(int) for im in prepared.images]
+
+    upright, shown = working_frames(plain), working_frames(turned)
+    assert len(shown) == len(upright) == 6
+    for a, b in zip(upright, shown, strict=True):
+        assert b.shape == np.rot90(a, degrees // 90).shape
+        assert np.abs(np.rot90(a, degrees // 90) - b).mean() < 1.0  # the same decoded pixels, turned

@@ -3,9 +3,10 @@
 Photos: JPEG / PNG / TIFF at the top of the folder, any sizes. Each is decoded in full (a truncated file is
 caught here, naming it), turned upright by its EXIF orientation, converted to RGB and downscaled to at most
 ``WORKING_SIZE`` pixels on the long side; the EXIF focal length (35 mm equivalent) becomes a focal prior in
-pixels. Video: frames decoded by imageio-ffmpeg; in each window of ``video_fps / fps`` frames the sharpest
-(variance of a Laplacian) is kept, and a frame almost identical to the previous kept one is dropped (a phone
-standing still).
+pixels. Video: frames decoded by imageio-ffmpeg, turned as a player shows them (a phone's rotation metadata, its
+display matrix, is applied by ffmpeg's default autorotation, and imageio-ffmpeg reports the turned size); in each
+window of ``video_fps / fps`` frames the sharpest (variance of a Laplacian) is kept, and a frame almost identical
+to the previous kept one is dropped (a phone standing still).
 
 Checked before any camera solving: at least 3 photos, every file readable, not all copies of one picture,
 enough texture (flat photos are left out with a reason; too few textured photos is an error).
