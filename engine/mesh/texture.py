@@ -190,7 +190,7 @@ def bake_texture(
 
 
 def detail_color_source(color_source: ColorSource, vertices: np.ndarray, normals: np.ndarray,
-                        k: int = 4) -> ColorSource:
+                        k: int = 4, chunk: int = 1 << 19) -> ColorSource:
     """Wraps a colour source so it samples the full-detail surface instead of a decimated mesh's.
 
     Each point moves onto the tangent plane of its nearest detail vertex (among the ``k`` nearest, the first
@@ -200,6 +200,7 @@ def detail_color_source(color_source: ColorSource, vertices: np.ndarray, normals
     Args:
         color_source: see :func:`bake_texture`.
         vertices: (V, 3) full-detail vertices; normals: (V, 3) their unit normals (e.g. SDF gradients).
+        k: nearest vertices considered per point; chunk: points snapped at a time (memory bound).
     """
     from scipy.spatial import cKDTree
 
@@ -207,20 +208,26 @@ def detail_color_source(color_source: ColorSource, vertices: np.ndarray, normals
     pos = np.asarray(vertices, np.float32)
     nrm = np.asarray(normals, np.float32)
 
-    def source(points: np.ndarray, low_normals: np.ndarray) -> np.ndarray:
-        p = np.asarray(points, np.float32)
-        n_low = np.asarray(low_normals, np.float32)
+    def snap(p: np.ndarray, n_low: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         dist, idx = tree.query(p, k=k, workers=-1)  # (P, k)
         cand = nrm[idx]  # (P, k, 3)
         facing = (cand * n_low[:, None]).sum(-1) > 0
-        ok = facing.any(1)
-        w = facing / np.maximum(dist, 1e-9)
-        n = (cand * w[..., None].astype(np.float32)).sum(1)
+        w = (facing / np.maximum(dist, 1e-9)).astype(np.float32)
+        n = (cand * w[..., None]).sum(1)
         n = n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
         anchor = pos[idx[np.arange(len(p)), np.argmax(facing, axis=1)]]
         snapped = p - ((p - anchor) * n).sum(1, keepdims=True) * n
-        ok = ok[:, None]
-        return color_source(np.where(ok, snapped, p).astype(np.float32), np.where(ok, n, n_low).astype(np.float32))
+        ok = facing.any(1)[:, None]
+        return np.where(ok, snapped, p).astype(np.float32), np.where(ok, n, n_low).astype(np.float32)
+
+    def source(points: np.ndarray, low_normals: np.ndarray) -> np.ndarray:
+        p = np.asarray(points, np.float32)
+        n_low = np.asarray(low_normals, np.float32)
+        # In chunks: the (P, k, 3) candidates of a 4096 x 4096 texture would take gigabytes at once.
+        parts = [snap(p[s:s + chunk], n_low[s:s + chunk]) for s in range(0, len(p), chunk)]
+        if not parts:
+            return color_source(p, n_low)
+        return color_source(np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts]))
 
     return source
 
