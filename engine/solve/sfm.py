@@ -195,25 +195,11 @@ def run_sfm(job: SfmJob, report: Callable[[dict], None]) -> dict:
         registered += 1
         clock.tick(min(registered, len(job.names)))
 
-    long_side = _longest_side(pycolmap, db_path)
-    models = _map(pycolmap, db_path, image_dir, work / "sparse", _mapping_options(pycolmap, job, long_side, False),
-                  on_registered)
-    model = _best_model(models)
-    misplaced = _misplaced_images(model) if model is not None else []
-    retry = None
-    if misplaced:  # mapped again with stricter thresholds; the better of the two solves is kept
-        retried = _map(pycolmap, db_path, image_dir, work / "sparse_strict",
-                       _mapping_options(pycolmap, job, long_side, True), lambda: None)
-        candidate = _best_model(retried)
-        candidate_misplaced = _misplaced_images(candidate) if candidate is not None else []
-        kept = candidate is not None and _solve_score(candidate, candidate_misplaced) > _solve_score(model, misplaced)
-        retry = {"misplaced": misplaced, "strict_registered": 0 if candidate is None else candidate.num_reg_images(),
-                 "strict_misplaced": candidate_misplaced, "kept": "strict" if kept else "first"}
-        if kept:
-            models, model = retried, candidate
+    models, model, retry = _map_checked(pycolmap, job, db_path, image_dir, work, on_registered)
     timings["mapping_s"] = clock.seconds()
     if model is None:
-        return {"registered_names": [], "timings": timings, "n_models": 0}
+        return {"registered_names": [], "timings": timings, "n_models": 0, "model_sizes": [],
+                "principal_point": None, "mapping_retry": retry}
     model, principal_point = _refine_principal_points(pycolmap, model, job.groups)
     registered_names = sorted(model.images[i].name for i in model.reg_image_ids())
     stats = {
@@ -279,6 +265,28 @@ def _map(pycolmap, db_path: Path, image_dir: Path, sparse_dir: Path, options, on
     return pycolmap.incremental_mapping(str(db_path), str(image_dir), str(sparse_dir), options,
                                         initial_image_pair_callback=lambda: (on_registered(), on_registered()),
                                         next_image_callback=on_registered)
+
+
+def _map_checked(pycolmap, job: SfmJob, db_path: Path, image_dir: Path, work: Path,
+                 on_registered: Callable[[], None]) -> tuple[dict, object, dict | None]:
+    """``(models, best model or None, retry report or None)``: incremental mapping, and once more with stricter
+    thresholds when the best model has misplaced images; the better of the two solves is kept (the retry
+    reports no progress: it is a few seconds' pause at the end of the mapping stage)."""
+    long_side = _longest_side(pycolmap, db_path)
+    models = _map(pycolmap, db_path, image_dir, work / "sparse", _mapping_options(pycolmap, job, long_side, False),
+                  on_registered)
+    model = _best_model(models)
+    misplaced = _misplaced_images(model) if model is not None else []
+    if not misplaced:
+        return models, model, None
+    retried = _map(pycolmap, db_path, image_dir, work / "sparse_strict",
+                   _mapping_options(pycolmap, job, long_side, True), lambda: None)
+    candidate = _best_model(retried)
+    candidate_misplaced = _misplaced_images(candidate) if candidate is not None else []
+    kept = candidate is not None and _solve_score(candidate, candidate_misplaced) > _solve_score(model, misplaced)
+    retry = {"misplaced": misplaced, "strict_registered": 0 if candidate is None else candidate.num_reg_images(),
+             "strict_misplaced": candidate_misplaced, "kept": "strict" if kept else "first"}
+    return (retried, candidate, retry) if kept else (models, model, retry)
 
 
 def _best_model(models: dict):
