@@ -149,9 +149,9 @@ def run_sfm(job: SfmJob, report: Callable[[dict], None]) -> dict:
     """Features, matching, mapping and undistortion; returns counts and timings for solve.json."""
     import pycolmap
 
-    # Seeds RANSAC and mapping. Matching verifies pairs in several threads, each drawing from its own generator,
-    # so the verified matches, and the cameras slightly, still vary between runs (measured: one thread gives
-    # identical matches, at the cost of the threads' speed-up).
+    # Seeds RANSAC and mapping. With several threads, matching's verified matches (and so the cameras, slightly)
+    # still vary between runs; measured: with one matching thread they are identical, mapping being repeatable
+    # for the same matches.
     pycolmap.set_random_seed(0)
     work, image_dir, out = Path(job.work_dir), Path(job.image_dir), Path(job.out_dir)
     db_path = work / "database.db"
