@@ -81,3 +81,38 @@ def test_depth_map_visibility_agrees_with_sdf_marching(held_out_run):
         total += len(sel)
     assert total > 500
     assert agree / total > 0.95, (agree, total)
+
+
+def test_held_out_views_colour_nothing_and_the_levelled_fallback_matches_unseen_photos(held_out_run):
+    """The views `engine fidelity` judges on never colour the asset; the field's colour, mapped onto the photos'
+    on half the surface the photos see, is closer to the photos on the other half than the raw field."""
+    import datasets
+    from engine.commands import fidelity_views, load_run
+    from engine.export import texturing_views
+    from engine.mesh.photo import PhotoOptions, blend_views, fit_fallback_levels, prepare_views
+
+    cfg, model = load_run(held_out_run, "cpu")
+    scene = datasets.load(SAMPLE)
+    train = texturing_views(scene, int(cfg.data.holdout_every))
+    judged, held_out = fidelity_views(scene.n_views, int(cfg.data.holdout_every))
+    assert held_out and len(judged) >= 3 and not set(judged) & {int(i) for i in train}
+    assert len(train) + len(judged) == scene.n_views
+
+    import trimesh
+
+    mesh = trimesh.load(held_out_run / "mesh.ply", process=False)
+    pts, face_idx = trimesh.sample.sample_surface(mesh, 20000, seed=2)
+    pts = torch.from_numpy(np.asarray(pts, np.float32))
+    nrm = torch.from_numpy(np.asarray(mesh.face_normals, np.float32)[face_idx])
+    opts = PhotoOptions()
+    views = prepare_views(mesh.vertices, mesh.faces, scene.K[train], scene.c2w[train], scene.images[train],
+                          scene.masks[train], opts)
+    half = torch.arange(len(pts)) % 2 == 0
+    levelled = fit_fallback_levels(views, pts[half], nrm[half], model.albedo, opts)
+    with torch.no_grad():
+        blend, wsum = blend_views(views, pts[~half], nrm[~half], opts)
+        seen = wsum > 0
+        assert int(seen.sum()) > 5000
+        raw_err = ((model.albedo(pts[~half][seen], nrm[~half][seen]) - blend[seen]) ** 2).mean()
+        levelled_err = ((levelled(pts[~half][seen], nrm[~half][seen]) - blend[seen]) ** 2).mean()
+    assert float(levelled_err) < float(raw_err), (float(levelled_err), float(raw_err))

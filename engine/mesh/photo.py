@@ -10,9 +10,14 @@ colour levelling between views, and the field's colour where no photo sees the s
 3. Views are blended with ``weight = (cos * resolution * sharpness) ** power * feather``: ``resolution`` is
    the view's pixels per unit length at the point (near views win), ``sharpness`` the image's Laplacian
    energy inside the mask relative to the sharpest image. A high ``power`` lets the best views dominate (sharp)
-   while the feather keeps transitions continuous.
-4. Colour levelling: a gain per view and channel (least squares against the blend on a subsample of points,
-   normalized to a geometric mean of 1) so exposure differences between photos do not show as seams.
+   while the feather keeps transitions continuous. The default power is low (1): a diffuse texture is seen from
+   every direction, and on a real capture with view-dependent shading (DTU) a near-average of the views matches
+   unseen views best, while a synthetic scene loses nothing (engine/BENCHMARKS.md).
+4. Points no view passes those rules for get a relaxed pass (grazing views, the un-eroded mask); what is still
+   unseen takes the field's colour, mapped onto the photos' colours by a per-channel affine fit.
+5. Optional colour levelling (off by default: on DTU it cost 0.3 dB, as the gains soak up real view-dependent
+   shading): a gain per view and channel (least squares against the blend on a subsample of points, normalized
+   to a geometric mean of 1) for captures whose exposure varies between photos.
 """
 
 from __future__ import annotations
@@ -36,8 +41,9 @@ class PhotoOptions:
 
     min_cos: float = 0.25
     """Smallest cosine between the surface normal and the direction to a camera (grazing views are dropped)."""
-    power: float = 4.0
-    """Exponent on the view quality: higher lets the best view dominate (sharper, more seam-prone)."""
+    power: float = 1.0
+    """Exponent on the view quality: higher lets the best view dominate (sharper, more seam-prone, and further
+    from how other directions see the surface); 0 is a plain feathered average."""
     feather_px: float = 6.0
     """Width in pixels of the fade at a view's mask edges, depth discontinuities and image border."""
     erode_px: int = 1
@@ -46,10 +52,19 @@ class PhotoOptions:
     """Visibility tolerance in pixel footprints (``depth / focal / cos``) plus ``depth_tol``."""
     depth_tol: float = 2e-3
     """Absolute visibility tolerance (normalized units)."""
-    level_colors: bool = True
-    """Estimate a per-view, per-channel gain so that views agree (colour levelling)."""
+    level_colors: bool = False
+    """Estimate a per-view, per-channel gain so that views agree (colour levelling; for photos whose exposure
+    varies)."""
     level_samples: int = 50_000
     """Points used to estimate the gains."""
+    relaxed_fill: bool = True
+    """Points no view passes the rules above for get a second, relaxed pass (views down to ``relaxed_min_cos``,
+    the un-eroded mask, no feather) before the field's colour is used."""
+    relaxed_min_cos: float = 0.05
+    """Smallest cosine of the relaxed pass."""
+    level_fallback: bool = True
+    """Map the fallback (field) colours onto the photos' with a per-channel affine fit on points both colour, so
+    surfaces no photo sees match their surroundings' exposure and white balance."""
 
 
 @dataclass
@@ -59,6 +74,7 @@ class _View:
     image: torch.Tensor  # (H, W, 3) float in [0, 1]
     depth: torch.Tensor  # (H, W) visible depth (inf empty)
     feather: torch.Tensor  # (H, W) in [0, 1], 0 outside usable pixels
+    loose: torch.Tensor  # (H, W) float 1 on every foreground pixel the mesh covers (relaxed pass), else 0
     sharpness: float
     gain: torch.Tensor  # (3,)
 
@@ -130,14 +146,16 @@ def prepare_views(
         h, w = img.shape[:2]
         depth = rasterize_view(v, f, Ks[i], c2ws[i], h, w).depth
         usable = torch.isfinite(depth) & ~_depth_edges(depth, Ks[i], opts.depth_tol_px)
+        loose = torch.isfinite(depth)
         if masks is not None:
             fg = _as_mask(masks[i], device)
+            loose &= fg
             if opts.erode_px > 0:
                 k = 2 * int(opts.erode_px) + 1
                 fg = -F.max_pool2d(-fg.float()[None, None], k, 1, int(opts.erode_px))[0, 0] > 0.5
             usable &= fg
-        views.append(_View(Ks[i], c2ws[i], img, depth, _feather(usable, opts.feather_px), _sharpness(img, usable),
-                           torch.ones(3, device=device)))
+        views.append(_View(Ks[i], c2ws[i], img, depth, _feather(usable, opts.feather_px), loose.float(),
+                           _sharpness(img, usable), torch.ones(3, device=device)))
     top = max((vw.sharpness for vw in views), default=0.0)
     for vw in views:
         vw.sharpness = vw.sharpness / top if top > 0 else 1.0
@@ -178,17 +196,21 @@ def depth_visible(depth: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, point
     return inside & (z <= _nearest(depth, xy) + tol), xy, z
 
 
-def _view_samples(view: _View, pts: torch.Tensor, nrm: torch.Tensor, opts: PhotoOptions
+def _view_samples(view: _View, pts: torch.Tensor, nrm: torch.Tensor, opts: PhotoOptions, relaxed: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Which points this view sees: idx (M,), rgb (M, 3) (gain applied), quality (M,), feather (M,) in (0, 1]."""
+    """Which points this view sees: idx (M,), rgb (M, 3) (gain applied), quality (M,), feather (M,) in (0, 1].
+
+    ``relaxed``: the fill pass for points no view sees under the normal rules (``relaxed_min_cos``, the
+    un-eroded mask, no feather).
+    """
     centre = view.c2w[:, 3]
     to_cam = centre - pts
     dist = to_cam.norm(dim=1).clamp_min(1e-9)
     cos = (to_cam * nrm).sum(dim=1) / dist
-    idx = torch.nonzero(cos > opts.min_cos).squeeze(1)
+    idx = torch.nonzero(cos > (opts.relaxed_min_cos if relaxed else opts.min_cos)).squeeze(1)
     visible, xy, z = depth_visible(view.depth, view.K, view.c2w, pts[idx], cos[idx], opts)
     idx, xy, c, footprint = idx[visible], xy[visible], cos[idx][visible], z[visible] / float(view.K[0, 0])
-    feather = _sample(view.feather[..., None], xy)[:, 0]
+    feather = _nearest(view.loose[..., None], xy)[:, 0] if relaxed else _sample(view.feather[..., None], xy)[:, 0]
     keep = feather > 0
     idx, xy, c, footprint, feather = idx[keep], xy[keep], c[keep], footprint[keep], feather[keep]
     quality = c * view.sharpness / footprint  # pixels per unit length across the surface, times focus
@@ -196,16 +218,17 @@ def _view_samples(view: _View, pts: torch.Tensor, nrm: torch.Tensor, opts: Photo
     return idx, rgb, quality, feather
 
 
-def blend_views(views: list[_View], points: torch.Tensor, normals: torch.Tensor, opts: PhotoOptions
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def blend_views(views: list[_View], points: torch.Tensor, normals: torch.Tensor, opts: PhotoOptions,
+                relaxed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Blends every view's colour at the points.
 
     Args:
         views: from :func:`prepare_views`; points, normals: (P, 3) tensors on the views' device.
+        relaxed: use the relaxed fill rules (see :func:`_view_samples`).
     Returns:
         rgb (P, 3) (0 where unseen) and weight sum (P,) (0 where no view sees the point).
     """
-    samples = [_view_samples(vw, points, normals, opts) for vw in views]
+    samples = [_view_samples(vw, points, normals, opts, relaxed) for vw in views]
     # Quality is relative to the best view of each point, so the power sharpens the choice, not the scale.
     best = torch.zeros(len(points), device=points.device)
     for idx, _, q, _ in samples:
@@ -239,6 +262,31 @@ def level_views(views: list[_View], points: torch.Tensor, normals: torch.Tensor,
             vw.gain = g / log_mean.exp()
 
 
+def fit_fallback_levels(views: list[_View], points: torch.Tensor, normals: torch.Tensor, fallback: ColorFn,
+                        opts: PhotoOptions) -> ColorFn:
+    """The fallback mapped onto the photos' colours: ``scale * fallback + offset`` per channel, least squares on
+    the points that both colour (a field learned under other lighting or exposure would otherwise show as
+    differently coloured patches where no photo sees the surface).
+
+    Args:
+        points, normals: (P, 3) tensors on the views' device (a sample of the surface).
+    """
+    blend, wsum = blend_views(views, points, normals, opts)
+    seen = torch.nonzero(wsum > 0).squeeze(1)
+    if len(seen) < 100:
+        return fallback
+    x = fallback(points[seen], normals[seen]).reshape(-1, 3).float()
+    y = blend[seen]
+    mx, my = x.mean(0), y.mean(0)
+    scale = (((x - mx) * (y - my)).mean(0) / ((x - mx) ** 2).mean(0).clamp_min(1e-8)).clamp(0.0, 4.0)
+    offset = my - scale * mx
+
+    def levelled(p: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        return fallback(p, n).reshape(-1, 3).float() * scale + offset
+
+    return levelled
+
+
 @torch.no_grad()
 def photo_colors(
     views: list[_View], points: Any, normals: Any, fallback: ColorFn | None = None,
@@ -264,6 +312,12 @@ def photo_colors(
         nrm = torch.from_numpy(nrm_all[s:s + chunk]).to(device)
         rgb, wsum = blend_views(views, pts, nrm, opts)
         ok = wsum > 0
+        if opts.relaxed_fill and not bool(ok.all()):
+            miss = torch.nonzero(~ok).squeeze(1)
+            rgb_fill, w_fill = blend_views(views, pts[miss], nrm[miss], opts, relaxed=True)
+            got = w_fill > 0
+            rgb[miss[got]] = rgb_fill[got]
+            ok[miss[got]] = True
         if not bool(ok.all()):
             miss = torch.nonzero(~ok).squeeze(1)
             if fallback is not None:
@@ -286,22 +340,27 @@ def photo_source(
     """
     opts = options or PhotoOptions()
     views = prepare_views(vertices, faces, K, c2w, images, masks, opts, device)
-    state = {"levelled": not opts.level_colors}
+    state: dict[str, Any] = {"levelled": False, "fallback": fallback}
 
     @torch.no_grad()
     def source(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
-        if not state["levelled"] and len(points):
+        if not state["levelled"] and len(points) and views:
             rng = np.random.default_rng(0)
             pick = rng.choice(len(points), size=min(opts.level_samples, len(points)), replace=False)
             dev = views[0].image.device
-            level_views(views, torch.from_numpy(np.asarray(points, np.float32)[pick]).to(dev),
-                        torch.from_numpy(np.asarray(normals, np.float32)[pick]).to(dev), opts)
+            pts = torch.from_numpy(np.asarray(points, np.float32)[pick]).to(dev)
+            nrm = torch.from_numpy(np.asarray(normals, np.float32)[pick]).to(dev)
+            if opts.level_colors:
+                level_views(views, pts, nrm, opts)
+            if opts.level_fallback and fallback is not None:
+                state["fallback"] = fit_fallback_levels(views, pts, nrm, fallback, opts)
             state["levelled"] = True
-        return photo_colors(views, points, normals, fallback, opts)[0]
+        return photo_colors(views, points, normals, state["fallback"], opts)[0]
 
     return source
 
 
 __all__ = [
-    "PhotoOptions", "blend_views", "depth_visible", "level_views", "photo_colors", "photo_source", "prepare_views",
+    "PhotoOptions", "blend_views", "depth_visible", "fit_fallback_levels", "level_views", "photo_colors",
+    "photo_source", "prepare_views",
 ]
