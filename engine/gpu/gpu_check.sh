@@ -8,7 +8,12 @@
 #   bash engine/gpu/gpu_check.sh full        # there: per-phase profiles (compiled, eager, static, CUDA graphs), fast,
 #                                            # 2048 texture export
 #
-# Results land in $OUT (results.jsonl and logs). Each run is capped by `timeout` and by what is left of the stage's
+# With 15 device minutes, one call does it: `run` with carry [".gpu"], timeout_s 580 and the command
+# `GPU_CHECK_SECONDS=540 bash engine/gpu/gpu_check.sh full 2>&1 | tee $OUT/full.log`
+# (a machine starts in ~30 s; the smoke stage is for a session with time for two calls).
+#
+# Results land in $OUT: results.jsonl, and logs.tgz with every run's stderr and progress events (only 8 files come
+# back from the device machine, so the logs travel as one archive). Each run is capped by `timeout` and by what is left of the stage's
 # deadline (GPU_CHECK_SECONDS), so a stage always ends in time. The benches of one call share one torch.compile
 # cache, which starts empty: the first bench's `first_step_s` is the compile time a user's first run pays, the later
 # ones show a warm cache (a user's later runs). Copy the JSON lines into engine/BENCHMARKS.md with the device, date
@@ -42,6 +47,8 @@ DEADLINE=$((SECONDS + ${GPU_CHECK_SECONDS:-420}))
 cap() { local left=$((DEADLINE - SECONDS)); echo $(( left < 1 ? 1 : (left < $1 ? left : $1) )); }
 left() { echo $((DEADLINE - SECONDS)); }
 mkdir -p "$OUT"
+LOGS=$(mktemp -d)
+trap 'tar czf "$OUT/logs.tgz" -C "$LOGS" . 2>/dev/null' EXIT
 export PYTHONUNBUFFERED=1
 if [ ! -f /tmp/site/.installed ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl \
@@ -51,7 +58,7 @@ fi
 export PYTHONPATH="/tmp/site:$PWD"
 NEUS_COMMIT="$(cat .gpu/commit.txt 2>/dev/null || echo unknown)"
 export NEUS_COMMIT
-SCENE=.gpu/dtu65_800
+SCENE="${GPU_CHECK_SCENE:-.gpu/dtu65_800}"  # another scene only for a dry run of the script on a CPU
 RESULTS="$OUT/results.jsonl"
 CACHE=$(mktemp -d)  # one empty compile cache per call
 NOACC="--set accel.tcnn=false --set accel.nerfacc=false"
@@ -60,18 +67,31 @@ export TORCH_EXTENSIONS_DIR=/tmp/torch_ext MAX_JOBS=16
 TORCH_CUDA_ARCH_LIST="$(python3 -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' 2>/dev/null)"
 export TORCH_CUDA_ARCH_LIST
 
-# bench NAME CAP ARGS...: one engine.bench run (the call's compile cache); stderr to $OUT/NAME.err, progress to
-# $OUT/NAME.events (what a run stopped at its cap leaves behind).
+# bench NAME CAP ARGS...: one engine.bench run (the call's compile cache); stderr to $LOGS/NAME.err, progress to
+# $LOGS/NAME.events (what a run stopped at its cap leaves behind).
 bench() {
   local name=$1 limit; limit=$(cap "$2"); shift 2
   if [ "$limit" -lt 15 ]; then echo "SKIP $name: $(left) s left"; return; fi
   echo "== $name (cap ${limit}s)"
   TORCH_LOGS=recompiles TORCHINDUCTOR_CACHE_DIR=$CACHE/inductor TRITON_CACHE_DIR=$CACHE/triton \
-    timeout -k 5 "$limit" python3 -m engine.bench "$SCENE" --results "$RESULTS" --events "$OUT/$name.events" "$@" \
-    2> "$OUT/$name.err" \
-    && echo "OK $name" || { echo "FAIL $name (rc $?)"; grep -v Warning "$OUT/$name.err" | tail -8; }
-  grep -h "torch.compile failed" "$OUT/$name.err" | head -3
-  tail -1 "$OUT/$name.events" 2>/dev/null | cut -c1-300  # how far it got
+    timeout -k 5 "$limit" python3 -m engine.bench "$SCENE" --results "$RESULTS" --events "$LOGS/$name.events" "$@" \
+    2> "$LOGS/$name.err" \
+    && echo "OK $name" || { echo "FAIL $name (rc $?)"; grep -v Warning "$LOGS/$name.err" | tail -8; }
+  grep -h "torch.compile failed" "$LOGS/$name.err" | head -3
+  tail -1 "$LOGS/$name.events" 2>/dev/null | cut -c1-300  # how far it got
+}
+
+# summary: the JSON results as a short table (the reply carries only the end of the output).
+summary() {
+  [ -s "$RESULTS" ] || { echo "no JSON results (see logs.tgz)"; return 0; }
+  python3 - "$RESULTS" <<'EOF'
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    print({k: r.get(k) for k in ("preset", "overrides", "steps", "first_step_s", "steps_per_s_after_first", "train_s",
+                                 "extract_s", "wall_to_mesh_s", "mean_samples_per_step", "peak_gpu_memory_gb",
+                                 "heldout_psnr", "mask_iou", "profile_ms_per_step")})
+EOF
 }
 
 if [ "$STAGE" = "nerfacc" ]; then
@@ -80,16 +100,17 @@ if [ "$STAGE" = "nerfacc" ]; then
   timeout -k 5 "$(cap 40)" python3 -m pytest -q -p no:cacheprovider -k nerfacc tests/test_engine_accel.py 2>&1 | tail -3
   bench nerfacc_packed 70 --preset fast --steps 600 --no-phase-timer --set accel.tcnn=false --set accel.nerfacc=true
   bench torch_packed 70 --preset fast --steps 600 --no-phase-timer $NOACC
+  summary
   exit 0
 fi
 
 if [ "$STAGE" = "smoke" ]; then
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/nvidia_smi.txt"
-  echo "$NEUS_COMMIT" | tee "$OUT/commit.txt"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$LOGS/nvidia_smi.txt"
+  echo "$NEUS_COMMIT" | tee "$LOGS/commit.txt"
   python3 -c "import torch, lightning, numpy; print('torch', torch.__version__, 'lightning', lightning.__version__, 'numpy', numpy.__version__)"
-  python3 -m engine doctor --json > "$OUT/doctor.json" 2>&1 || tail -5 "$OUT/doctor.json"
+  python3 -m engine doctor --json > "$LOGS/doctor.json" 2>&1 || tail -5 "$LOGS/doctor.json"
   timeout -k 5 "$(cap 120)" python3 -m pytest -q -p no:cacheprovider -k "not nerfacc" tests/test_engine_accel.py \
-    tests/test_engine_render.py tests/test_engine_static_sampler.py 2>&1 | tail -12 | tee "$OUT/pytest.txt"
+    tests/test_engine_render.py tests/test_engine_static_sampler.py 2>&1 | tail -12 | tee "$LOGS/pytest.txt"
   SHORT="--set export.resolution=128 --holdout 8"
   bench smoke_packed 130 --preset fast --steps 300 $NOACC $SHORT --out /tmp/runs/smoke_packed
   bench smoke_static_graphs 100 --preset fast --steps 300 --no-phase-timer $NOACC $SHORT \
@@ -97,19 +118,16 @@ if [ "$STAGE" = "smoke" ]; then
   if [ -d /tmp/runs/smoke_packed ]; then
     echo "== texture export on the GPU (cap $(cap 40)s)"
     ( time timeout -k 5 "$(cap 40)" python3 -m engine export /tmp/runs/smoke_packed --texture --texture-size 1024 \
-        --progress none ) > "$OUT/smoke_texture.txt" 2>&1 && echo "OK texture" || { echo "FAIL texture"; tail -8 "$OUT/smoke_texture.txt"; }
+        --progress none ) > "$LOGS/smoke_texture.txt" 2>&1 && echo "OK texture" || { echo "FAIL texture"; tail -8 "$LOGS/smoke_texture.txt"; }
   fi
-  [ -s "$RESULTS" ] && python3 - "$RESULTS" <<'EOF'
-import json, sys
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    print({k: r.get(k) for k in ("overrides", "steps", "train_s", "extract_s", "steps_per_s", "mean_samples_per_step",
-                                 "peak_gpu_memory_gb", "heldout_psnr", "mask_iou")})
-EOF
+  summary
   exit 0
 fi
 
 # full: where a step's time goes, then the figures. Most important first.
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$LOGS/nvidia_smi.txt"
+python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"
+echo "commit $NEUS_COMMIT"
 PROFILE="--preset fast --steps 600 $NOACC --set export.resolution=256"
 bench profile_packed_compiled 110 $PROFILE                              # cold compile + per-phase profile
 bench profile_packed_eager 70 $PROFILE --set train.compile=false        # is compiling worth a minute?
@@ -121,14 +139,7 @@ bench fast 200 --preset fast --no-phase-timer $NOACC --out /tmp/runs/fast
 if [ -d /tmp/runs/fast ] && [ "$(left)" -ge 25 ]; then
   echo "== texture export (2048, photos) on the GPU"
   ( time timeout -k 5 "$(cap 45)" python3 -m engine export /tmp/runs/fast --texture --texture-size 2048 --progress none ) \
-    > "$OUT/texture.txt" 2>&1 && echo "OK texture" || { echo "FAIL texture"; tail -8 "$OUT/texture.txt"; }
-  grep real "$OUT/texture.txt"
+    > "$LOGS/texture.txt" 2>&1 && echo "OK texture" || { echo "FAIL texture"; tail -8 "$LOGS/texture.txt"; }
+  grep real "$LOGS/texture.txt"
 fi
-[ -s "$RESULTS" ] && python3 - "$RESULTS" <<'EOF'
-import json, sys
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    print({k: r.get(k) for k in ("preset", "overrides", "steps", "first_step_s", "steps_per_s_after_first", "train_s",
-                                 "extract_s", "wall_to_mesh_s", "mean_samples_per_step", "peak_gpu_memory_gb",
-                                 "heldout_psnr", "mask_iou", "profile_ms_per_step")})
-EOF
+summary
