@@ -53,3 +53,18 @@ def parse_events(stdout: str) -> list[dict]:
         assert isinstance(obj, dict) and "event" in obj, line
         events.append(obj)
     return events
+
+
+def write_video(path, frames, fps: float, quality: float | None = None) -> None:
+    """A real MP4 of ``frames`` (H, W, 3) uint8 arrays, all one size, through imageio-ffmpeg's ffmpeg (``quality``:
+    its 0-10 scale, None for its default)."""
+    import imageio_ffmpeg
+    import numpy as np
+
+    height, width = frames[0].shape[:2]
+    extra = {} if quality is None else {"quality": quality}
+    writer = imageio_ffmpeg.write_frames(str(path), (width, height), fps=fps, macro_block_size=4, **extra)
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()

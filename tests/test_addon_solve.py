@@ -125,19 +125,15 @@ def test_solve_cameras_cancel_and_refusals(bpy, tmp_path, photos):
 def test_a_picked_video_becomes_the_source_to_solve(bpy, tmp_path, photos):
     import fnmatch
 
-    import imageio_ffmpeg
+    from engine_helpers import write_video
     from PIL import Image
     from test_addon_blender import PanelStandIn
 
     from neus_blender_addon import ui
 
     video = tmp_path / "walk.mp4"  # a real (short) video of the bundled photos
-    frames = [np.asarray(Image.open(p).convert("RGB").resize((64, 48))) for p in sorted(photos.glob("*.png"))[:3]]
-    writer = imageio_ffmpeg.write_frames(str(video), (64, 48), fps=2, macro_block_size=4)
-    writer.send(None)
-    for frame in frames:
-        writer.send(np.ascontiguousarray(frame))
-    writer.close()
+    write_video(video, [np.asarray(Image.open(p).convert("RGB").resize((64, 48)))
+                        for p in sorted(photos.glob("*.png"))[:3]], fps=2)
     s = bpy.context.scene.neus
     # The file browser shows the videos Solve Cameras takes (its own matching ignores case).
     patterns = bpy.ops.neus.pick_video.get_rna_type().properties["filter_glob"].default.split(";")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_helpers import DTU, REPO, SAMPLE, engine_env, parse_events, run_engine
+from engine_helpers import DTU, REPO, SAMPLE, engine_env, parse_events, run_engine, write_video
 from PIL import Image
 
 import datasets
@@ -147,18 +147,11 @@ def orbit_order(known: datasets.CameraSet) -> list[int]:
 
 
 def test_video_of_the_bundled_frames_solves_with_the_sequential_matcher(tmp_path):
-    import imageio_ffmpeg
-
     known = datasets.load_cameras(SAMPLE)
     order = orbit_order(known)
     video = tmp_path / "orbit.mp4"
-    frames = [np.asarray(Image.open(known.image_paths[i]).convert("RGB")) for i in order]
-    height, width = frames[0].shape[:2]
-    writer = imageio_ffmpeg.write_frames(str(video), (width, height), fps=10, quality=9, macro_block_size=4)
-    writer.send(None)
-    for frame in frames:
-        writer.send(np.ascontiguousarray(frame))
-    writer.close()
+    write_video(video, [np.asarray(Image.open(known.image_paths[i]).convert("RGB")) for i in order], fps=10,
+                quality=9)
 
     out = tmp_path / "data"
     code, events, err = run_engine("solve", str(video), "--out", str(out), "--fps", "10", "--progress", "jsonl")
@@ -409,12 +402,7 @@ def test_a_phone_video_with_rotation_metadata_gives_upright_frames(tmp_path, deg
 
     plain, turned = tmp_path / "plain.mp4", tmp_path / "turned.mp4"
     frames = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(SAMPLE_IMAGES.glob("*.png"))[:6]]
-    height, width = frames[0].shape[:2]
-    writer = imageio_ffmpeg.write_frames(str(plain), (width, height), fps=5, quality=9, macro_block_size=4)
-    writer.send(None)
-    for frame in frames:
-        writer.send(np.ascontiguousarray(frame))
-    writer.close()
+    write_video(plain, frames, fps=5, quality=9)
     subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-display_rotation", str(degrees),
                     "-i", str(plain), "-c", "copy", str(turned)], check=True, stdin=subprocess.DEVNULL)
 
