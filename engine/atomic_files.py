@@ -8,12 +8,18 @@ commands (renders) and the mesh writers.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from . import failpoints
+
+# errno values of a full disk or quota.
+DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 # Temporary files start with this prefix (the repository's .gitignore ignores it).
 TMP_PREFIX = ".neus_tmp"
@@ -35,6 +41,53 @@ def _replace(src: Path, dst: Path, tries: int = 20) -> None:
             time.sleep(0.05)
 
 
+def write_kind(path: Path) -> str | None:
+    """What a write is, for the failpoints ``disk_full@<kind>`` and ``kill@<kind>_write``: ``checkpoint``,
+    ``config``, ``preview`` (training's preview meshes) or ``export`` (the mesh files); None for anything else."""
+    if path.suffix == ".ckpt":
+        return "checkpoint"
+    if path.name == "config.yaml":
+        return "config"
+    if path.parent.name == "preview":
+        return "preview"
+    return "export" if path.name.startswith("mesh") else None
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Deletes the temporaries that a killed process left in ``folder`` and below (``TMP_PREFIX`` names). Returns
+    them. Only for a folder that no other process is writing to (a run folder, at the start of a command)."""
+    removed = []
+    for tmp in Path(folder).rglob(f"{TMP_PREFIX}.*"):
+        with contextlib.suppress(OSError):
+            if tmp.is_file():
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def keep_previous(path: Path, previous: Path) -> None:
+    """Makes ``previous`` a copy of ``path`` (a hard link where the file system has them), atomically: ``path`` stays
+    in place throughout, so a kill at any moment leaves both names valid. Writers only ever rename onto ``path``,
+    never write into it, so the link keeps the old contents."""
+    if previous.exists() and os.path.samefile(path, previous):
+        return  # already linked (a run killed before it renamed the new file onto ``path``); rename would no-op
+    tmp = previous.parent / f"{TMP_PREFIX}.{previous.stem}.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        try:
+            os.link(path, tmp)
+        except OSError:  # no hard links here (FAT, some network shares)
+            import shutil
+
+            shutil.copyfile(path, tmp)
+        _replace(tmp, previous)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, keep_suffix: bool = True) -> Iterator[Path]:
     """Yields a temporary path next to ``path``; renames it onto ``path`` if the block succeeds.
@@ -50,12 +103,15 @@ def atomic_path(path: str | os.PathLike, keep_suffix: bool = True) -> Iterator[P
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        failpoints.maybe_fail_write(write_kind(path), tmp_path)
         with contextlib.suppress(OSError):
             os.chmod(tmp_path, 0o666 & ~_UMASK)
         _replace(tmp_path, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:  # name the file meant, not its temporary
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 
@@ -90,4 +146,5 @@ def write_bytes_atomically(path: str | os.PathLike, data: bytes) -> Path:
     return Path(path)
 
 
-__all__ = ["TMP_PREFIX", "atomic_path", "atomic_write", "write_bytes_atomically"]
+__all__ = ["DISK_FULL", "TMP_PREFIX", "atomic_path", "atomic_write", "keep_previous", "remove_temporaries",
+           "write_bytes_atomically", "write_kind"]

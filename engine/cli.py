@@ -12,8 +12,9 @@ import traceback
 from pathlib import Path
 from typing import get_args
 
+from .atomic_files import DISK_FULL
 from .config_schema import DATA_FORMATS, EXPORT_FORMATS, EXPORT_FRAMES, PRESETS, ColorSource
-from .errors import Cancelled, DeviceError, EngineError, InputError
+from .errors import Cancelled, DeviceError, DiskFull, EngineError, InputError
 from .protocol import Emitter
 from .ranks import is_first_rank
 
@@ -271,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         # The other DDP ranks run this same command line; only rank 0 speaks (their stdout is rank 0's stderr).
         emitter = Emitter((mode if mode in PROGRESS_MODES else "bar") if is_first_rank() else "silent", out)
         try:
+            _load_failpoints()
             args = build_parser().parse_args(argv)
             if args.command == "fit":
                 return _cmd_fit(args, emitter)
@@ -291,11 +293,24 @@ def main(argv: list[str] | None = None) -> int:
         except MemoryError as exc:
             return _fail(emitter, DeviceError(f"out of memory: {exc}", exit_code=1), mode)
         except Exception as exc:  # an internal error: full traceback on stderr, one line in the protocol
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+                return _fail(emitter, DiskFull(f"{exc.filename or 'a file'}: no space left on the disk; the files "
+                                               "written before are intact (free space, then --resume or export "
+                                               "again)"), mode)
             if "out of memory" in str(exc).lower():
                 return _fail(emitter, DeviceError(str(exc).splitlines()[0], exit_code=1), mode)
             traceback.print_exc(file=sys.stderr)
             return _fail(emitter, EngineError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"),
                          mode)
+
+
+def _load_failpoints() -> None:
+    from . import failpoints
+
+    try:
+        failpoints.load()
+    except failpoints.FailpointSyntaxError as exc:
+        raise InputError(str(exc)) from None
 
 
 def _fail(emitter: Emitter, exc: EngineError, mode: str) -> int:

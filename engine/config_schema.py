@@ -282,6 +282,17 @@ class LossWeights:
 
 
 @dataclass
+class GuardConfig:
+    bad_steps: int = at_least(1, 3)
+    """Non-finite steps (loss or gradient NaN/inf; each is skipped: no update) in a row that roll the run back to
+    the last good checkpoint."""
+    lr_factor: float = checked(0.5, lambda v: 0 < v <= 1, "in (0, 1]")
+    """Each rollback multiplies every learning rate by this."""
+    max_rollbacks: int = at_least(0, 3)
+    """Rollbacks allowed; one more stops the run (error kind ``diverged``, exit 1, last good checkpoint kept)."""
+
+
+@dataclass
 class TrainConfig:
     steps: int = at_least(1, 20000)
     """Training steps."""
@@ -337,6 +348,8 @@ class TrainConfig:
     """>0: write checkpoints/last.ckpt every this many steps."""
     checkpoint_every_seconds: float = at_least(0, 120.0)
     """>0: and at least this often (seconds)."""
+    guard: GuardConfig = section(GuardConfig)
+    """What happens when training produces non-finite losses or gradients (PROTOCOL.md, Faults)."""
 
 
 @dataclass

@@ -26,3 +26,19 @@ class DeviceError(EngineError):
 
 class Cancelled(Exception):
     """Raised when the user stops the engine outside of the training loop."""
+
+
+class Diverged(EngineError):
+    """Training kept producing non-finite losses or gradients after every allowed rollback: exit 1, kind
+    ``diverged``; the last good checkpoint is kept."""
+
+    kind = "diverged"
+    exit_code = 1
+
+
+class DiskFull(EngineError):
+    """A write failed because the disk (or quota) is full: exit 1, kind ``disk``; the files written before are
+    intact (every write is atomic)."""
+
+    kind = "disk"
+    exit_code = 1

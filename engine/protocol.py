@@ -8,6 +8,8 @@ import sys
 import time
 from typing import TextIO
 
+from . import failpoints
+
 PROTOCOL_VERSION = 1
 
 
@@ -39,6 +41,8 @@ class Emitter:
             self.stream.flush()
         elif self.mode == "bar":
             self._bar(record)
+        if event == "stage":
+            failpoints.maybe_kill(str(fields.get("stage")))  # kill@<stage>: the moment a stage begins
 
     def progress_due(self, force: bool = False) -> bool:
         """Whether a ``progress`` event may go out now (at most one per ``min_interval_s`` unless ``force``)."""

@@ -12,6 +12,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
+from .guard import StepGuard
 from .model import NeuSModel, compute_losses, scheduled
 from .rays import directions_from_pixels
 
@@ -129,6 +130,7 @@ class NeuSSystem(L.LightningModule):
         self.static = self.model.sampler == "static"
         self.cuda_graphs = False
         self._step = self.forward_step  # compiled with CUDA graphs by _compile when configured
+        self.guard = StepGuard(cfg)
         if self.static:
             t = cfg.train
             self.n_rays = bucket_rays(self.n_rays, int(t.min_rays), int(t.max_rays))
@@ -179,7 +181,15 @@ class NeuSSystem(L.LightningModule):
         value = 1.0 if mode == "white" else 0.0
         return torch.full((n, 3), value, device=self.device)
 
-    def training_step(self, batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch, batch_idx: int) -> Tensor | None:
+        """One step, guarded (engine.guard): out of memory halves the rays and skips it (None); a non-finite loss or
+        gradient drops its update."""
+        return self.guard.training_step(self, batch, batch_idx)
+
+    def backward(self, loss: Tensor, *args, **kwargs) -> None:
+        self.guard.backward(self, loss, *args, **kwargs)
+
+    def _train_step(self, batch, batch_idx: int) -> Tensor:
         step = int(self.global_step)
         timer = self.model.timer
         timer.start()
@@ -288,6 +298,7 @@ class NeuSSystem(L.LightningModule):
         self.model.timer.mark("other")
 
     def on_after_backward(self) -> None:
+        self.guard.after_backward(self)
         self.model.timer.mark("backward")
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
@@ -320,11 +331,13 @@ class NeuSSystem(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["n_rays"] = self.n_rays
+        checkpoint["guard"] = self.guard.state()
         if self.static and self._demand is not None:
             checkpoint["static_demand"] = self._demand  # candidates per ray, as last read back
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.n_rays = int(checkpoint.get("n_rays", self.n_rays))
+        self.guard.load(checkpoint.get("guard"))
         if self.static:
             t = self.cfg.train
             self.n_rays = bucket_rays(self.n_rays, int(t.min_rays), int(t.max_rays))  # e.g. saved by a packed run

@@ -15,11 +15,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 import datasets
 
-from .atomic_files import atomic_path, atomic_write
+from . import failpoints
+from .atomic_files import atomic_path, atomic_write, keep_previous, remove_temporaries
 from .cancel import CancelToken
 from .config import ConfigError, build_config, load_run_config, resolve_accelerators, resolve_auto, to_yaml
 from .device import device_name, select_device
-from .errors import Cancelled, InputError
+from .errors import Cancelled, DeviceError, Diverged, InputError
+from .guard import weights_finite
 from .protocol import PROTOCOL_VERSION, Emitter
 from .ranks import is_first_rank
 from .region import region_of
@@ -50,18 +52,29 @@ def checkpoint_path(run_dir: Path) -> Path:
     return run_dir / "checkpoints" / "last.ckpt"
 
 
-def save_checkpoint(trainer: L.Trainer, run_dir: Path) -> Path:
-    """Writes ``checkpoints/last.ckpt`` atomically (a kill mid-write leaves the previous one intact).
+def previous_checkpoint_path(run_dir: Path) -> Path:
+    """The checkpoint before ``last.ckpt``, kept beside it."""
+    return run_dir / "checkpoints" / "prev.ckpt"
+
+
+def save_checkpoint(trainer: L.Trainer, run_dir: Path) -> Path | None:
+    """Writes ``checkpoints/last.ckpt`` atomically, keeping the one it replaces as ``prev.ckpt`` (a kill at any
+    moment leaves both valid). Weights that are not finite are never saved: it returns None instead.
 
     Under DDP every rank must call it at the same step (Lightning's save ends in a barrier); only rank 0 writes.
     """
     path = checkpoint_path(run_dir)
+    if not weights_finite(trainer.lightning_module):  # the same answer on every rank: DDP keeps the weights equal
+        return None
     if not trainer.is_global_zero:
         trainer.save_checkpoint(path)  # Lightning writes nothing on this rank; it only joins the barrier
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         trainer.save_checkpoint(tmp)
+        if path.is_file():
+            keep_previous(path, previous_checkpoint_path(run_dir))
+            failpoints.maybe_kill("checkpoint_rotate")
     return path
 
 
@@ -140,16 +153,22 @@ class ProgressCallback(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = int(trainer.global_step)
-        stop, checkpoint_due = self._rank_zero_decisions(trainer, step)
+        failpoints.maybe_kill(step)
+        stop, checkpoint_due, rollback = self._rank_zero_decisions(trainer, pl_module, step)
         if stop:
             self.cancelled = True
             trainer.should_stop = True
+        if rollback:
+            self._roll_back(trainer, pl_module, step)
+        self._send_guard_events(pl_module)
         if trainer.is_global_zero:  # with DDP, only the first process reports and writes files
             self._report(trainer, pl_module, step)
         if self.cancelled:
             return
-        if checkpoint_due:
-            save_checkpoint(trainer, self.run_dir)
+        if checkpoint_due and not rollback:
+            if save_checkpoint(trainer, self.run_dir) is None:  # the guard missed it (e.g. a bf16 overflow)
+                self._roll_back(trainer, pl_module, step)
+                self._send_guard_events(pl_module)
             self.last_ckpt_time = time.monotonic()
         if not trainer.is_global_zero:
             return
@@ -159,8 +178,20 @@ class ProgressCallback(L.Callback):
         if self.on_validate is not None and int(t.val_every) > 0 and step % int(t.val_every) == 0:
             self.on_validate(step)
 
-    def _rank_zero_decisions(self, trainer, step: int) -> tuple[bool, bool]:
-        """(stop now, write a checkpoint now), as rank 0 sees them, for every rank.
+    def _roll_back(self, trainer, pl_module, step: int) -> None:
+        """Back to the last good checkpoint (engine.guard): ``last.ckpt`` only ever holds finite weights."""
+        path = checkpoint_path(self.run_dir)
+        state = read_checkpoint(path, resume=True) if path.is_file() else None
+        pl_module.guard.roll_back(pl_module, state, step, 0 if state is None else int(state["global_step"]))
+
+    def _send_guard_events(self, pl_module) -> None:
+        events, pl_module.guard.events = pl_module.guard.events, []
+        for event in events:
+            self.emitter.emit(**event)
+            self.emitter.log(" ".join(f"{k}={v}" for k, v in event.items()))
+
+    def _rank_zero_decisions(self, trainer, pl_module, step: int) -> tuple[bool, bool, bool]:
+        """(stop now, write a checkpoint now, roll back now), as rank 0 sees them, for every rank.
 
         Under DDP rank 0's stop request and clock decide for all (one small broadcast a step, as Lightning's own
         timed checkpoints do): a rank that stopped, or skipped a checkpoint's collective save, while the others
@@ -171,9 +202,10 @@ class ProgressCallback(L.Callback):
         stop = trainer.is_global_zero and self.cancel.is_set()
         due = step < self.total and ((every_steps > 0 and step % every_steps == 0)
                                      or (every_s > 0 and time.monotonic() - self.last_ckpt_time > every_s))
+        rollback = pl_module.guard.rollback_due()
         if trainer.world_size > 1:
-            stop, due = trainer.strategy.broadcast((stop, due), src=0)
-        return stop, due
+            stop, due, rollback = trainer.strategy.broadcast((stop, due, rollback), src=0)
+        return stop, due, rollback
 
     def _report(self, trainer, pl_module, step: int) -> None:
         """A ``progress`` event when one is due (the last step always reports)."""
@@ -256,6 +288,9 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
     t_start = time.monotonic()
     emitter.emit("stage", stage="loading")
     req.run_dir.mkdir(parents=True, exist_ok=True)
+    if is_first_rank():  # what a killed run left half-written (the DDP copies start while rank 0 writes)
+        for tmp in remove_temporaries(req.run_dir):
+            emitter.log(f"removed {tmp}, left half-written by an earlier run that was killed")
     cfg, scene = prepare(req)
     device = select_device(str(cfg.device))
     if not req.resume:
@@ -322,10 +357,17 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
     emitter.emit("stage", stage="training")
     t_train0 = time.monotonic()
     if start_step < total:
-        trainer.fit(system, ckpt_path=str(ckpt) if ckpt is not None else None)
+        try:
+            trainer.fit(system, ckpt_path=str(ckpt) if ckpt is not None else None)
+        except DeviceError:  # out of memory even at the fewest rays: keep the last completed step
+            save_checkpoint(trainer, req.run_dir)
+            raise
     t_train = time.monotonic() - t_train0
     step = max(int(trainer.global_step), start_step)
     ckpt_out = save_checkpoint(trainer, req.run_dir) if start_step < total else checkpoint_path(req.run_dir)
+    if ckpt_out is None:
+        raise Diverged(f"training ended with non-finite weights at step {step}; the last good checkpoint "
+                       f"{checkpoint_path(req.run_dir)} is kept; lower train.lr and train.lr_geometry_encoding")
     if not trainer.is_global_zero:  # DDP: rank 0 alone validates, exports and reports
         return {"event": OTHER_RANK_DONE, "step": step}
     model = system.model.to(device).eval()

@@ -20,9 +20,13 @@ def engine_env() -> dict[str, str]:
     return env
 
 
-def run_engine(*args: str, timeout: float = 600) -> tuple[int, list[dict], str]:
-    """Runs ``python -m engine ARGS``; returns (exit code, parsed stdout JSON lines, stderr)."""
-    proc = subprocess.run([sys.executable, "-m", "engine", *args], cwd=REPO, env=engine_env(), capture_output=True,
+def run_engine(*args: str, timeout: float = 600, failpoints: str | None = None) -> tuple[int, list[dict], str]:
+    """Runs ``python -m engine ARGS`` (with ``NEUS_FAILPOINTS=failpoints`` when given); returns (exit code, parsed
+    stdout JSON lines, stderr)."""
+    env = engine_env()
+    if failpoints is not None:
+        env["NEUS_FAILPOINTS"] = failpoints
+    proc = subprocess.run([sys.executable, "-m", "engine", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     return proc.returncode, parse_events(proc.stdout), proc.stderr
 
