@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..errors import Cancelled, EngineError, InputError
 from ..protocol import PROTOCOL_VERSION, Emitter
-from .sfm import SfmJob, choose_cameras, choose_matcher
+from .sfm import SfmJob, choose_cameras, choose_matcher, peak_rss_mb
 from .sources import VIDEO_SUFFIXES, PreparedSource, list_photos, prepare_photos, prepare_video, source_kind
 
 SOLVE_FILE = "solve.json"
@@ -40,7 +40,7 @@ _TERMINATE_WAIT_S = 1.0
 class SolveRequest:
     source: Path  # folder of photos or a video file
     out: Path  # DATA_DIR
-    matcher: str = "auto"  # auto | exhaustive | sequential
+    matcher: str = "auto"  # auto | exhaustive | sequential | retrieval
     max_image_size: int = 1200  # long side SIFT sees, pixels: a laptop solves 50 photos in about a minute
     camera: str = "auto"  # auto (photos of one size and EXIF focal share a camera) | single | per-image
     fps: float = 2.0  # video: frames kept per second of video (the sharpest of each window)
@@ -49,8 +49,8 @@ class SolveRequest:
 
 
 def check_request(req: SolveRequest) -> None:
-    if req.matcher not in ("auto", "exhaustive", "sequential"):
-        raise InputError(f"--matcher must be auto, exhaustive or sequential, not {req.matcher!r}")
+    if req.matcher not in ("auto", "exhaustive", "sequential", "retrieval"):
+        raise InputError(f"--matcher must be auto, exhaustive, sequential or retrieval, not {req.matcher!r}")
     if req.camera not in ("auto", "single", "per-image"):
         raise InputError(f"--camera must be auto, single or per-image, not {req.camera!r}")
     if req.max_image_size < 200:
@@ -212,7 +212,8 @@ def run_solve(req: SolveRequest, emitter: Emitter, token, announce: bool = True)
         job = SfmJob(image_dir=str(work / "images"), work_dir=str(work), out_dir=str(result), names=names,
                      focal_priors={im.name: im.focal_prior_px for im in prepared.images if im.focal_prior_px},
                      matcher=matcher, loop=kind == "video", max_image_size=req.max_image_size,
-                     camera=camera, groups=groups)
+                     camera=camera, groups=groups,
+                     turned={im.name: 90 * im.turns for im in prepared.images if im.turns})
         sfm = _run_child(job, staging / "job.json", emitter, token)
         placed = sfm["registered_names"]
         _check_placed(req, prepared, placed, names)
@@ -239,9 +240,15 @@ def run_solve(req: SolveRequest, emitter: Emitter, token, announce: bool = True)
             "principal_point": sfm["principal_point"],  # the final refinement: kept or not, and why
             "mapping_retry": sfm["mapping_retry"],  # null, or the misplaced images that made mapping run again
             "matcher": matcher,
+            "pairs": sfm["n_pairs"],  # image pairs matched (exhaustive: all; otherwise within the pair budget)
+            # photos turned by a quarter (degrees counter-clockwise) into the set's orientation; their images in
+            # DATA_DIR are turned and their cameras rolled with them
+            "turned": job.turned,
             "camera": job.camera,
             "max_image_size": req.max_image_size,
             "timings": {"read_s": read_s, **sfm["timings"], "total_s": round(time.monotonic() - t0, 2)},
+            # peak resident memory, MiB, of this process (reading the photos) and of the pycolmap child
+            "peak_rss_mb": {"reading": peak_rss_mb(), "solving": sfm["peak_rss_mb"]},
             "pycolmap": pycolmap.__version__,
         }
         (result / SOLVE_FILE).write_text(json.dumps(summary, indent=2))

@@ -10,18 +10,31 @@ last frames of a video are matched with the first, closing an orbit around the o
 
 from __future__ import annotations
 
-import shutil
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-FEATURE_CHUNK = 4  # images per extract_features call: a progress event every few seconds on a laptop
-PAIR_CHUNK = 64  # image pairs per match_image_pairs call
+FEATURE_CHUNK = 2  # images per extract_features call: a progress event every second or two on a laptop
+PAIR_CHUNK = 32  # image pairs per match_image_pairs call
+KEEPALIVE_S = 2.0  # a stage that has reported nothing for this long repeats its count (no silent phase)
 SEQUENTIAL_OVERLAP = 10  # neighbours matched with each frame (as COLMAP's sequential matcher)
-EXHAUSTIVE_MAX = 150  # `auto` matches every pair up to this many photos, neighbours in name order beyond
+# The pair budget: matching costs per pair, so `auto` matches at most this many pairs per photo. Every pair while
+# that fits (up to 2 * PAIRS_PER_PHOTO + 1 photos), beyond it each photo with its most similar photos
+# (RETRIEVAL_NEIGHBOURS, by a vocabulary built from the set's own features) and its RETRIEVAL_SEQUENTIAL
+# neighbours in name order (photos are usually named in the order they were taken).
+PAIRS_PER_PHOTO = 25
+RETRIEVAL_NEIGHBOURS = 15
+RETRIEVAL_SEQUENTIAL = 5
+VOCABULARY_WORDS = 256  # visual words of the vocabulary built for retrieval (a few seconds for 200 photos)
+VOCABULARY_SAMPLE = 400  # descriptors per photo it is built from
+RETRIEVAL_FEATURES = 2000  # features per photo indexed and queried
+# SIFT on an image upsampled 2x (COLMAP's first_octave -1) finds 3-4x more features at 3-4x the cost; only
+# small images need it: from this long side on, features come from the image as it is.
+UPSAMPLE_BELOW_PX = 1000
 MIN_SHARED_FOR_PP = 8  # photos sharing one camera before its principal point is refined
 REGISTRATION_ERROR_PX = 12.0  # COLMAP's registration threshold, kept for images with this long side or larger:
 REGISTRATION_REFERENCE_SIDE = 1600
@@ -46,19 +59,28 @@ class SfmJob:
     out_dir: str  # receives images/ and sparse/0/ (undistorted, PINHOLE)
     names: list[str]
     focal_priors: dict[str, float]  # name -> focal in pixels (EXIF)
-    matcher: str  # exhaustive | sequential
+    matcher: str  # exhaustive | sequential | retrieval
     loop: bool  # add loop-closing pairs (video)
     camera: str  # single | grouped | per-image: what ``choose_cameras`` made of the request (for solve.json)
     groups: list[list[str]]  # names sharing one camera (intrinsics), one list per camera
     max_image_size: int
     threads: int = -1
+    turned: dict[str, int] = field(default_factory=dict)  # name -> quarter turns the working image was given
+
+
+def pair_budget(n_images: int) -> int:
+    """The most image pairs ``auto`` matches for ``n_images`` photos: linear in the count."""
+    return PAIRS_PER_PHOTO * n_images
 
 
 def choose_matcher(requested: str, kind: str, n_images: int) -> str:
-    """``auto``: sequential for video frames and for large photo sets, exhaustive otherwise."""
+    """``auto``: sequential for video frames; for photos exhaustive while every pair fits the pair budget,
+    retrieval beyond."""
     if requested != "auto":
         return requested
-    return "sequential" if kind == "video" or n_images > EXHAUSTIVE_MAX else "exhaustive"
+    if kind == "video":
+        return "sequential"
+    return "exhaustive" if n_images * (n_images - 1) // 2 <= pair_budget(n_images) else "retrieval"
 
 
 def image_pairs(n: int, matcher: str, loop: bool, overlap: int = SEQUENTIAL_OVERLAP) -> list[tuple[int, int]]:
@@ -86,20 +108,35 @@ def image_pairs(n: int, matcher: str, loop: bool, overlap: int = SEQUENTIAL_OVER
 
 
 class _Clock:
-    """Progress with an ETA extrapolated from the rate so far."""
+    """Progress of one stage with an ETA extrapolated from the rate so far.
+
+    A stage whose pycolmap call runs longer than KEEPALIVE_S between counts (a slow image, a global bundle
+    adjustment) repeats its last count from a thread every KEEPALIVE_S, so no stage is silent; ``close`` ends it.
+    """
 
     def __init__(self, report: Callable[[dict], None], stage: str, unit: str, total: int) -> None:
         self.report, self.stage, self.unit, self.total = report, stage, unit, total
         self.start = time.monotonic()
+        self.done, self._last = 0, self.start
+        self._closed = threading.Event()
         report({"type": "stage", "stage": stage, "total": total, "unit": unit})
+        threading.Thread(target=self._keepalive, daemon=True, name=f"{stage}-keepalive").start()
+
+    def _keepalive(self) -> None:
+        while not self._closed.wait(KEEPALIVE_S / 4):
+            if time.monotonic() - self._last >= KEEPALIVE_S:
+                self.tick(self.done)
 
     def tick(self, done: int) -> None:
-        elapsed = time.monotonic() - self.start
+        self.done, self._last = done, time.monotonic()
+        elapsed = self._last - self.start
         eta = elapsed / done * (self.total - done) if done > 0 else None
         self.report({"type": "progress", "stage": self.stage, "step": done, "total": self.total, "unit": self.unit,
                      "elapsed_s": round(elapsed, 2), "eta_s": None if eta is None else round(eta, 1)})
 
-    def seconds(self) -> float:
+    def close(self) -> float:
+        """Ends the keepalive; the stage's seconds."""
+        self._closed.set()
         return round(time.monotonic() - self.start, 2)
 
 
@@ -164,9 +201,7 @@ def run_sfm(job: SfmJob, report: Callable[[dict], None]) -> dict:
         pycolmap.import_images(str(db_path), str(image_dir), pycolmap.CameraMode.SINGLE, group, reader)
     _set_focal_priors(pycolmap, db_path, job.focal_priors)
 
-    extraction = pycolmap.FeatureExtractionOptions()
-    extraction.max_image_size = job.max_image_size
-    extraction.num_threads = job.threads
+    extraction = extraction_options(pycolmap, job, _longest_side(pycolmap, db_path))
     clock = _Clock(report, "features", "images", len(job.names))
     for start in range(0, len(job.names), FEATURE_CHUNK):
         chunk = job.names[start:start + FEATURE_CHUNK]
@@ -175,9 +210,12 @@ def run_sfm(job: SfmJob, report: Callable[[dict], None]) -> dict:
         pycolmap.extract_features(str(db_path), str(image_dir), chunk, pycolmap.CameraMode.PER_IMAGE, reader,
                                   extraction, device=pycolmap.Device.cpu)
         clock.tick(start + len(chunk))
-    timings["features_s"] = clock.seconds()
+    timings["features_s"] = clock.close()
 
-    pairs = image_pairs(len(job.names), job.matcher, job.loop)
+    if job.matcher == "retrieval":
+        pairs = retrieval_pairs(pycolmap, db_path, job.names, work, report)
+    else:
+        pairs = image_pairs(len(job.names), job.matcher, job.loop)
     matching = pycolmap.FeatureMatchingOptions()
     matching.num_threads = job.threads
     clock = _Clock(report, "matching", "pairs", len(pairs))
@@ -188,7 +226,7 @@ def run_sfm(job: SfmJob, report: Callable[[dict], None]) -> dict:
         pycolmap.match_image_pairs(str(db_path), matching, pycolmap.ImportedPairingOptions(
             match_list_path=str(pair_file)), device=pycolmap.Device.cpu)
         clock.tick(start + len(chunk))
-    timings["matching_s"] = clock.seconds()
+    timings["matching_s"] = clock.close()
 
     clock = _Clock(report, "mapping", "images", len(job.names))
     registered = 0
@@ -199,11 +237,12 @@ def run_sfm(job: SfmJob, report: Callable[[dict], None]) -> dict:
         clock.tick(min(registered, len(job.names)))
 
     models, model, retry = _map_checked(pycolmap, job, db_path, image_dir, work, on_registered)
-    timings["mapping_s"] = clock.seconds()
     if model is None:
-        return {"registered_names": [], "timings": timings, "n_models": 0, "model_sizes": [],
-                "principal_point": None, "mapping_retry": retry}
+        timings["mapping_s"] = clock.close()
+        return {"registered_names": [], "timings": timings, "n_models": 0, "model_sizes": [], "n_pairs": len(pairs),
+                "principal_point": None, "mapping_retry": retry, "peak_rss_mb": peak_rss_mb()}
     model, principal_point = _refine_principal_points(pycolmap, model, job.groups)
+    timings["mapping_s"] = clock.close()
     registered_names = sorted(model.images[i].name for i in model.reg_image_ids())
     stats = {
         "registered_names": registered_names,
@@ -211,20 +250,82 @@ def run_sfm(job: SfmJob, report: Callable[[dict], None]) -> dict:
         "model_sizes": sorted((rec.num_reg_images() for rec in models.values()), reverse=True),
         "principal_point": principal_point,
         "mapping_retry": retry,
+        "n_pairs": len(pairs),
         "n_points": model.num_points3D(),
         "mean_reprojection_error_px": float(model.compute_mean_reprojection_error()),
         "mean_track_length": float(model.compute_mean_track_length()),
     }
-    best_dir = work / "best"
-    best_dir.mkdir()
-    model.write(str(best_dir))
-
     clock = _Clock(report, "undistorting", "images", len(registered_names))
-    pycolmap.undistort_images(str(out), str(best_dir), str(image_dir), output_type="COLMAP")
-    clock.tick(len(registered_names))
-    timings["undistort_s"] = clock.seconds()
-    _tidy_undistorted(pycolmap, out)
-    return {**stats, "timings": timings}
+    undistort(pycolmap, model, image_dir, out, clock.tick)
+    timings["undistort_s"] = clock.close()
+    return {**stats, "timings": timings, "peak_rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, MiB (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def extraction_options(pycolmap, job: SfmJob, long_side: int):
+    """SIFT options sized to the photos: features from the image as it is once it is large enough, from an image
+    upsampled 2x below UPSAMPLE_BELOW_PX (COLMAP's default), so a 12 MP photo costs about what a 1 MP one did."""
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.max_image_size = job.max_image_size
+    extraction.num_threads = job.threads
+    seen = min(long_side, job.max_image_size)
+    extraction.sift.first_octave = -1 if seen < UPSAMPLE_BELOW_PX else 0
+    return extraction
+
+
+def retrieval_pairs(pycolmap, db_path: Path, names: list[str], work: Path,
+                    report: Callable[[dict], None]) -> list[tuple[int, int]]:
+    """Index pairs (i < j) for a large photo set, at most ``pair_budget(len(names))`` of them: each photo with
+    its RETRIEVAL_NEIGHBOURS most similar photos and its RETRIEVAL_SEQUENTIAL successors in name order.
+
+    Similarity is COLMAP's own image retrieval (a visual-word index with Hamming embedding, as its vocabulary-tree
+    matcher uses); its vocabulary is built here from a sample of the set's own descriptors, because the
+    pretrained vocabularies are downloads and a solve never reaches the network.
+    """
+    clock = _Clock(report, "retrieval", "images", len(names))
+    rng = np.random.default_rng(0)
+    db = pycolmap.Database.open(str(db_path))
+    try:
+        index_of = {db.read_image_with_name(name).image_id: k for k, name in enumerate(names)}
+        sample = []
+        for image_id in index_of:
+            descriptors = np.asarray(db.read_descriptors(image_id).data)
+            take = rng.choice(len(descriptors), min(len(descriptors), VOCABULARY_SAMPLE), replace=False)
+            sample.append(descriptors[np.sort(take)].astype(np.float32))
+        index = pycolmap.VisualIndex.create(128, 64)  # SIFT descriptors, 64-bit Hamming embedding (COLMAP's)
+        build = pycolmap.VisualIndex.BuildOptions()
+        build.num_visual_words = VOCABULARY_WORDS
+        build.num_iterations, build.num_rounds = 11, 1
+        index.build(build, pycolmap.FeatureDescriptorsFloat(pycolmap.FeatureExtractorType.SIFT,
+                                                            np.concatenate(sample)))
+        vocabulary = work / "vocabulary.bin"
+        index.write(str(vocabulary))
+        options = pycolmap.VocabTreePairingOptions()
+        options.vocab_tree_path = str(vocabulary)
+        options.num_images = RETRIEVAL_NEIGHBOURS + 1  # the photo itself comes back first
+        options.max_num_features = RETRIEVAL_FEATURES
+        generator = pycolmap.VocabTreePairGenerator(options, db)
+        pairs = set()
+        while not generator.has_finished():
+            for a, b in generator.next():
+                if a != b and a in index_of and b in index_of:
+                    pairs.add(tuple(sorted((index_of[a], index_of[b]))))
+            clock.tick(len({i for pair in pairs for i in pair}))
+    finally:
+        db.close()
+    n = len(names)
+    pairs.update((i, i + d) for i in range(n) for d in range(1, RETRIEVAL_SEQUENTIAL + 1) if i + d < n)
+    clock.tick(n)
+    clock.close()
+    return sorted(pairs)
 
 
 def _longest_side(pycolmap, db_path: Path) -> int:
@@ -410,39 +511,76 @@ def _refine_principal_points(pycolmap, model, groups: list[list[str]]) -> tuple[
     return trial, {**report, "refined": True}
 
 
-def _tidy_undistorted(pycolmap, out: Path) -> None:
-    """COLMAP layout the loader reads (images/, sparse/0/*.bin); one image size for every photo.
+def fit_to_size(camera, size: tuple[int, int]) -> tuple[tuple[float, float, float, float] | None, list[float]]:
+    """``(box, params)`` that bring a PINHOLE ``camera``'s image to ``size`` with square pixels kept.
 
-    The undistorter writes sparse/ (no model number), a stereo/ folder and scripts for dense MVS, which this
-    project does not use. Photos of mixed sizes come out in several sizes, and the dataset wants one: each image
-    is resized to the most common size and its PINHOLE camera rescaled with it (exact: fx and fy scale apart).
+    The box (x0, y0, x1, y1, source pixels) is centred and has the target's aspect; it is scaled uniformly onto
+    the target (``None``: the sizes agree, nothing to do). An undistorted photo of another camera differs by a few
+    pixels, or by a uniform scale (another phone); a crop and a uniform scale keep fx = fy, where resizing to the
+    target (as before) stretched each axis apart and gave the scene two pixel aspects Blender cannot show.
+    """
+    width, height = camera.width, camera.height
+    if (width, height) == tuple(size):
+        return None, list(camera.params)
+    scale = max(size[0] / width, size[1] / height)
+    box_w, box_h = size[0] / scale, size[1] / scale
+    x0, y0 = float(np.floor((width - box_w) / 2)), float(np.floor((height - box_h) / 2))
+    fx, fy, cx, cy = camera.params
+    return (x0, y0, x0 + box_w, y0 + box_h), [fx * scale, fy * scale, (cx - x0) * scale, (cy - y0) * scale]
+
+
+def undistort(pycolmap, model, image_dir: Path, out: Path, tick: Callable[[int], None]) -> None:
+    """Writes ``out/images`` (undistorted, PINHOLE, one size, square pixels) and ``out/sparse/0`` (the model
+    with those cameras, its observations moved with the pixels), one image at a time as uint8.
+
+    The undistorted size differs between cameras (the undistorter keeps the valid pixels); the most common is
+    kept, and images of other cameras are fitted to it by ``fit_to_size``. The images are written by Pillow with
+    light compression: COLMAP's own writer (``undistort_images``) took 0.8 s per 2 MP PNG, Pillow 0.2 s.
     """
     from PIL import Image
 
-    for extra in ("stereo",):
-        shutil.rmtree(out / extra, ignore_errors=True)
-    for script in out.glob("run-colmap-*.sh"):
-        script.unlink()
-    rec = pycolmap.Reconstruction(str(out / "sparse"))
-    sizes = [(rec.cameras[img.camera_id].width, rec.cameras[img.camera_id].height) for img in rec.images.values()]
-    target = max(set(sizes), key=sizes.count)
-    for cam_id, cam in rec.cameras.items():
-        if (cam.width, cam.height) == target:
-            continue
-        for img in rec.images.values():
-            if img.camera_id == cam_id:
-                path = out / "images" / img.name
-                with Image.open(path) as im:
-                    resized = im.convert("RGB").resize(target, Image.Resampling.LANCZOS)
-                resized.save(path)
-        cam.rescale(target[0], target[1])
-        rec.cameras[cam_id] = cam
+    options = pycolmap.UndistortCameraOptions()
+    pinhole = {cam_id: pycolmap.undistort_camera(options, cam) for cam_id, cam in model.cameras.items()}
+    image_ids = sorted(model.reg_image_ids(), key=lambda i: model.images[i].name)
+    sizes = [(pinhole[model.images[i].camera_id].width, pinhole[model.images[i].camera_id].height)
+             for i in image_ids]
+    target = max(sorted(set(sizes)), key=sizes.count)
+    fitted = {cam_id: fit_to_size(cam, target) for cam_id, cam in pinhole.items()}
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    for done, image_id in enumerate(image_ids, 1):
+        image = model.images[image_id]
+        distorted = model.cameras[image.camera_id]
+        with Image.open(image_dir / image.name) as im:
+            bitmap = pycolmap.Bitmap.from_array(np.asarray(im.convert("RGB")))
+        undistorted = Image.fromarray(pycolmap.undistort_image(options, bitmap, distorted)[0].to_array())
+        del bitmap
+        box, params = fitted[image.camera_id]
+        if box is not None:
+            undistorted = undistorted.resize(target, Image.Resampling.LANCZOS, box=box)
+        undistorted.save(out / "images" / image.name, compress_level=1)
+        _move_observations(pinhole[image.camera_id], distorted, image, box, target)
+        tick(done)
+    for cam_id, cam in pinhole.items():
+        cam.width, cam.height = target
+        cam.params = fitted[cam_id][1]
+        model.cameras[cam_id] = cam
     final = out / "sparse" / "0"
-    final.mkdir()
-    rec.write_binary(str(final))
-    for f in (out / "sparse").iterdir():
-        if f.is_file():
-            f.unlink()
+    final.mkdir(parents=True)
+    model.write_binary(str(final))
+
+
+def _move_observations(pinhole, distorted, image, box, target: tuple[int, int]) -> None:
+    """Moves ``image``'s 2D observations from the distorted photo to the undistorted (and fitted) one."""
+    points = image.points2D
+    if not len(points):
+        return
+    xy = np.array([p.xy for p in points])
+    rays = np.asarray(distorted.cam_from_img(xy))  # (N, 2) on the plane z = 1
+    moved = np.asarray(pinhole.img_from_cam(np.column_stack([rays, np.ones(len(rays))])))[:, :2]
+    if box is not None:
+        moved = (moved - np.array(box[:2])) * (target[0] / (box[2] - box[0]))
+    for point, new in zip(points, moved, strict=True):
+        point.xy = new
 
 
 def main(argv: list[str]) -> int:
@@ -457,9 +595,12 @@ def main(argv: list[str]) -> int:
 
     pycolmap.logging.minloglevel = 1  # warnings and errors only: INFO floods the log for every image
 
+    lock = threading.Lock()  # stage clocks report from their keepalive threads too
+
     def report(message: dict) -> None:
-        sys.stdout.write(json.dumps(message) + "\n")
-        sys.stdout.flush()
+        with lock:
+            sys.stdout.write(json.dumps(message) + "\n")
+            sys.stdout.flush()
 
     try:
         job = SfmJob(**json.loads(Path(argv[0]).read_text()))
