@@ -474,11 +474,10 @@ def test_the_pair_budget_grows_linearly_with_the_photo_count(tmp_path):
     doubles, and the photos that overlap most are among them (found by retrieval: the names are shuffled)."""
     import pycolmap
 
-    from engine.solve.sfm import (RETRIEVAL_NEIGHBOURS, RETRIEVAL_SEQUENTIAL, SfmJob, choose_matcher,
-                                  extraction_options, pair_budget, retrieval_pairs)
+    from engine.solve import sfm
 
-    assert choose_matcher("auto", "photos", 51) == "exhaustive"  # 1275 pairs: within 25 per photo
-    assert choose_matcher("auto", "photos", 52) == "retrieval"
+    assert sfm.choose_matcher("auto", "photos", 51) == "exhaustive"  # 1275 pairs: within 25 per photo
+    assert sfm.choose_matcher("auto", "photos", 52) == "retrieval"
     per_photo = {}
     for n in (20, 40):
         folder = tmp_path / f"views_{n}"
@@ -487,15 +486,15 @@ def test_the_pair_budget_grows_linearly_with_the_photo_count(tmp_path):
         pycolmap.Database.open(str(db)).close()
         reader = pycolmap.ImageReaderOptions()
         pycolmap.import_images(str(db), str(folder), pycolmap.CameraMode.SINGLE, names, reader)
-        job = SfmJob(str(folder), str(tmp_path), str(tmp_path), names, {}, "retrieval", False, "single", [names],
+        job = sfm.SfmJob(str(folder), str(tmp_path), str(tmp_path), names, {}, "retrieval", False, "single", [names],
                      1600)
         pycolmap.extract_features(str(db), str(folder), names, pycolmap.CameraMode.PER_IMAGE, reader,
-                                  extraction_options(pycolmap, job, 300), device=pycolmap.Device.cpu)
+                                  sfm.extraction_options(pycolmap, job, 300), device=pycolmap.Device.cpu)
         events = []
-        pairs = retrieval_pairs(pycolmap, db, names, tmp_path, events.append)
+        pairs = sfm.retrieval_pairs(pycolmap, db, names, tmp_path, events.append)
         assert [e["step"] for e in events if e["type"] == "progress"][-1] == n
         assert len(pairs) == len(set(pairs)) and all(i < j for i, j in pairs)
-        assert len(pairs) <= min(pair_budget(n), (RETRIEVAL_NEIGHBOURS + RETRIEVAL_SEQUENTIAL) * n)
+        assert len(pairs) <= min(sfm.pair_budget(n), (sfm.RETRIEVAL_NEIGHBOURS + sfm.RETRIEVAL_SEQUENTIAL) * n)
         per_photo[n] = len(pairs) / n
         x = np.array([int(name[4:8]) for name in names])
         overlapping = {(i, j) for i in range(n) for j in range(i + 1, n) if abs(x[i] - x[j]) < 100}
