@@ -328,6 +328,9 @@ class TrainConfig:
     """torch.compile the fields; auto: on CUDA."""
     cuda_graphs: bool = False
     """With compile and model.sampler=static: CUDA graphs (mode=reduce-overhead)."""
+    fused_step: bool = True
+    """model.sampler=static, one process, fp32: the whole step (rays, render, losses, backward, AdamW) as one
+    function of device tensors, compiled as one graph with train.compile (engine/fullstep.py)."""
     precision: Precision = 32
     """Lightning precision: 32 | bf16-mixed | ..."""
     strategy: str = "auto"

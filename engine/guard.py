@@ -104,6 +104,10 @@ class StepGuard:
             optimizer.found_inf = bad.float()  # fused AdamW skips params, moments and its step count when 1
         elif bad.item():  # other optimizers / precisions: decide on the host (no grads: no update)
             system.zero_grad(set_to_none=True)
+        self.count(bad)
+
+    def count(self, bad: Tensor) -> None:
+        """Adds a step's non-finite flag (a () bool on the device) to the run of bad steps, read back lagged."""
         self.bad_run = bad.long() if self.bad_run is None else (self.bad_run + 1) * bad
         if not self.readback.pending:
             self.readback.start(self.bad_run)

@@ -335,16 +335,18 @@ def compute_losses(model: NeuSModel, out: RenderOutput, target_rgb: Tensor, targ
                    weights_cfg, step: int) -> tuple[Tensor, dict[str, Tensor]]:
     """Weighted sum of the losses and each term as a detached 0-d tensor (for logging).
 
-    ``weights_cfg`` maps loss names (``train.loss``) to weights or schedules; unnamed and zero-weight losses are
-    skipped, and so is ``mask`` without ``target_mask``. Only complete rays and valid samples count (the static
-    sampler's truncated rays and padding; the packed sampler has neither), and nothing here reads a value back to
+    ``weights_cfg`` maps loss names (``train.loss``) to weights, schedules or 0-d tensors; unnamed and zero-weight
+    losses are skipped, and so is ``mask`` without ``target_mask``. Only complete rays and valid samples count (the
+    static sampler's truncated rays and padding; the packed sampler has neither), and nothing here reads a value back to
     the host, so the static sampler's step stays sync-free.
     """
     ray_w = out.complete.to(out.rgb.dtype)  # (R,)
     sample_w = out.valid.to(out.sdf.dtype)  # (S,)
     losses = _loss_terms(model, out, target_rgb, target_mask, ray_w, sample_w)
-    weights = {k: scheduled(v, step) for k, v in weights_cfg.items()}
-    wanted = [name for name, w in weights.items() if w > 0 and (name != "mask" or target_mask is not None)]
+    # A 0-d tensor weight (the fused step's, set on the host each step) always counts: comparing it would sync.
+    weights = {k: v if isinstance(v, Tensor) else scheduled(v, step) for k, v in weights_cfg.items()}
+    wanted = [name for name, w in weights.items()
+              if (isinstance(w, Tensor) or w > 0) and (name != "mask" or target_mask is not None)]
     terms = {name: losses[name]() for name in wanted}
     total = sum(weights[k] * v for k, v in terms.items())
     if not isinstance(total, Tensor):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 
 import lightning as L
 import numpy as np
@@ -12,18 +13,23 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
+from . import failpoints
+from .fullstep import TRACES_AUTOGRAD, FusedStep, configure_dynamo
 from .guard import StepGuard
 from .model import NeuSModel, compute_losses, scheduled
 from .rays import directions_from_pixels
 
 
-def compile_with_fallback(fn, name: str, mode: str | None = None):
+def compile_with_fallback(fn, name: str, mode: str | None = None, fullgraph: bool = False):
     """``torch.compile(fn)``, except that a failure to compile (which surfaces at the first call) switches
     that function back to eager for the rest of the run instead of ending it.
 
     With ``mode="reduce-overhead"`` (CUDA graphs) dynamic shapes are left to torch.compile's default: a graph is
     recorded per input shape anyway."""
-    compiled = torch.compile(fn, dynamic=True) if mode is None else torch.compile(fn, mode=mode)
+    if mode is None:
+        compiled = torch.compile(fn, dynamic=True, fullgraph=fullgraph)
+    else:
+        compiled = torch.compile(fn, mode=mode, fullgraph=fullgraph)
     use_compiled = [True]
 
     def call(*args, **kwargs):
@@ -55,6 +61,13 @@ def bucket_rays(n: float, lo: int, hi: int) -> int:
     n = min(max(float(n), lo), hi)
     q = 2 ** max(0, math.floor(math.log2(n)) - 3)
     return int(min(max(round(n / q) * q, lo), hi))
+
+
+def _may_be_positive(weight) -> bool:
+    """A loss weight (number or schedule {start, end, ...}) that is positive at some step."""
+    if isinstance(weight, int | float):
+        return weight > 0
+    return float(weight["start"]) > 0 or float(weight["end"]) > 0
 
 
 class _HostReadback:
@@ -125,12 +138,20 @@ class NeuSSystem(L.LightningModule):
         self.rays = rays
         self.n_rays = int(cfg.train.init_rays)
         self.last_stats: dict[str, Tensor | int] = {}
+        # Plain values, read once: compiled code must not reach into the (typed OmegaConf) config.
+        self.background_mode = str(cfg.data.background)
+        self.use_mask = bool(cfg.data.use_mask)
         self._compiled = False
         # Static sampler: fixed sample budget; the ray count follows the candidates per ray, read back lagged.
         self.static = self.model.sampler == "static"
         self.cuda_graphs = False
         self._step = self.forward_step  # compiled with CUDA graphs by _compile when configured
         self.guard = StepGuard(cfg)
+        # The whole step as one function (engine/fullstep.py), built at the first step once the optimizer exists.
+        self.fused: FusedStep | None = None
+        self._fused_call = None
+        self.stage_hook: Callable[[str], None] | None = None  # reports the "compiling" stage (train.run_fit)
+        self._first_step_done = False
         if self.static:
             t = cfg.train
             self.n_rays = bucket_rays(self.n_rays, int(t.min_rays), int(t.max_rays))
@@ -149,7 +170,12 @@ class NeuSSystem(L.LightningModule):
             # batch. Each rank draws its own rays; the grids, refreshed from each rank's own random cells, are
             # shared from rank 0 after every refresh (share_occupancy), and DDP keeps the weights identical.
             torch.manual_seed(int(self.cfg.seed) + self.trainer.global_rank)
-        if bool(self.cfg.train.compile) and not self._compiled and self.device.type == "cuda":
+        t = self.cfg.train
+        # The fused step drives AdamW itself (manual optimization; Lightning still counts steps and saves the
+        # optimizer's state). Under DDP the gradients need DDP's hooks, so more than one process keeps the usual step.
+        self.automatic_optimization = not (self.static and bool(t.fused_step) and self.trainer.world_size == 1
+                                           and str(t.precision) in ("32", "32-true"))
+        if bool(t.compile) and not self._compiled and self.device.type == "cuda":
             self._compile()
 
     def _compile(self) -> None:
@@ -164,7 +190,9 @@ class NeuSSystem(L.LightningModule):
         if hasattr(encoding, "static_levels"):
             encoding.static_levels = True  # progressive levels by masking: no recompilation as levels unlock
         self.cuda_graphs = self.static and bool(self.cfg.train.cuda_graphs)
-        if self.cuda_graphs:
+        if not self.automatic_optimization:
+            pass  # the fused step is compiled when it is built (_fused_training_step)
+        elif self.cuda_graphs:
             self._step = compile_with_fallback(self.forward_step, "forward_step", "reduce-overhead")
         else:
             for module in (self.model.geometry, self.model.radiance):
@@ -175,7 +203,7 @@ class NeuSSystem(L.LightningModule):
         return DataLoader(_Steps(), batch_size=None)
 
     def background_color(self, n: int) -> Tensor:
-        mode = self.cfg.data.background
+        mode = self.background_mode
         if mode == "random":
             return torch.rand(n, 3, device=self.device)
         value = 1.0 if mode == "white" else 0.0
@@ -189,46 +217,98 @@ class NeuSSystem(L.LightningModule):
     def backward(self, loss: Tensor, *args, **kwargs) -> None:
         self.guard.backward(self, loss, *args, **kwargs)
 
+    def draw_rays(self, n_rays: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
+        """Random training rays -> origins, dirs, target rgb (composited on the background where masks are used),
+        mask or None (R,), background colour, all (R, 3) but the mask."""
+        origins, dirs, rgb, mask = self.rays.sample(n_rays)
+        bg = self.background_color(n_rays)
+        if not self.use_mask or mask is None:
+            return origins, dirs, rgb, None, bg
+        return origins, dirs, rgb * mask[:, None] + bg * (1.0 - mask[:, None]), mask, bg
+
     def _train_step(self, batch, batch_idx: int) -> Tensor:
+        if self.stage_hook is not None and self._compiled and not self._first_step_done:
+            self.stage_hook("compiling")  # the first step compiles (or loads the compile cache)
+            loss = self._training_step()
+            self.stage_hook("training")
+        else:
+            loss = self._training_step()
+        self._first_step_done = True
+        return loss
+
+    def _training_step(self) -> Tensor:
+        if not self.automatic_optimization:
+            return self._fused_training_step()
         step = int(self.global_step)
         timer = self.model.timer
-        timer.start()
+        self._step_begin(step)
+        origins, dirs, rgb, mask, bg = self.draw_rays(self.n_rays)
+        timer.mark("data")
+        t = self.cfg.train
+        weights = {k: scheduled(v, step) for k, v in t.loss.items()}
+        outputs = self._keep(self._step(origins, dirs, rgb, mask, bg, weights))
+        timer.mark("losses")
+        self._record_step(*outputs, n_rays=origins.shape[0])
+        if not self.static:  # the packed sampler knows its sample count on the host already
+            self.n_rays = next_ray_count(self.n_rays, outputs[2], int(t.target_samples), int(t.min_rays),
+                                         int(t.max_rays))
+        return outputs[0]
+
+    def _step_begin(self, step: int) -> None:
+        """The host's part before a step: ray count (static sampler), schedules, occupancy refresh."""
+        self.model.timer.start()
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # a new iteration: earlier graph outputs may be overwritten
         if self.static:
             self._adapt_static_rays(step)
         if self.model.update_step(step):
             self.share_occupancy()
-        origins, dirs, rgb, mask = self.rays.sample(self.n_rays)
-        timer.mark("data")
-        bg = self.background_color(self.n_rays)
-        use_mask = bool(self.cfg.data.use_mask) and mask is not None
-        if use_mask:
-            rgb = rgb * mask[:, None] + bg * (1.0 - mask[:, None])
-        t = self.cfg.train
-        weights = {k: scheduled(v, step) for k, v in t.loss.items()}
-        loss, terms, n_samples, per_ray, mse = self._step(origins, dirs, rgb, mask if use_mask else None, bg, weights)
-        if self.cuda_graphs:  # the next replay overwrites graph outputs: keep copies of what outlives the step
-            loss = loss.clone()
-            terms = {k: v.clone() for k, v in terms.items()}
-            n_samples, per_ray, mse = n_samples.clone(), per_ray.clone(), mse.clone()
-        timer.mark("losses")
+
+    def _fused_training_step(self) -> Tensor:
+        """The static sampler's step as one compiled graph (engine/fullstep.py): the host-side schedules here, then
+        the step, which updates the weights itself; ``optimizer.step()`` then only counts the step for Lightning
+        (no gradients are left on the parameters, so AdamW changes nothing)."""
+        step = int(self.global_step)
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        if self.fused is None:
+            t = self.cfg.train
+            names = [k for k, v in t.loss.items() if _may_be_positive(v)]
+            self.fused = FusedStep(self, optimizer.optimizer, names)
+            self._fused_call = self.fused
+            if self._compiled:
+                configure_dynamo()
+                self._fused_call = compile_with_fallback(self.fused, "fused training step",
+                                                         "reduce-overhead" if self.cuda_graphs else None,
+                                                         fullgraph=TRACES_AUTOGRAD)
+        self._step_begin(step)
+        self.fused.ensure_state()  # after a rollback to the starting weights
+        self.fused.set_schedules({k: scheduled(v, step) for k, v in self.cfg.train.loss.items()})
+        self.fused.loss_factor.fill_(failpoints.nan_loss(1.0, step + 1))  # the step the guard reports
+        *outputs, bad = self._keep(self._fused_call(self.n_rays))
+        self.model.timer.mark("step")
+        self.guard.count(bad)
+        optimizer.step()
+        scheduler.step()
+        self._record_step(*outputs, n_rays=self.n_rays)
+        return outputs[0]
+
+    def _keep(self, outputs: tuple) -> tuple:
+        """With CUDA graphs the next replay overwrites a graph's outputs: copies of what outlives the step."""
+        if not self.cuda_graphs:
+            return outputs
+        loss, terms, *counts = outputs
+        return (loss.clone(), {k: v.clone() for k, v in terms.items()}, *(c.clone() for c in counts))
+
+    def _record_step(self, loss: Tensor, terms: dict[str, Tensor], n_samples: Tensor | int, per_ray: Tensor | float,
+                     mse: Tensor, n_rays: int) -> None:
+        """The step's statistics, kept as tensors: converting them every step would stall the GPU; the reporter
+        converts when it reports. Static sampler: also the candidates-per-ray EMA, on the device (the host reads it
+        only now and then, see _adapt_static_rays)."""
         if self.static:
-            with torch.no_grad():  # device-side EMA; the host reads it only now and then (see _adapt_static_rays)
+            with torch.no_grad():
                 self._demand_ema = per_ray if self._demand_ema is None else 0.8 * self._demand_ema + 0.2 * per_ray
-        else:  # the packed sampler knows its sample count on the host already
-            self.n_rays = next_ray_count(self.n_rays, n_samples, int(t.target_samples), int(t.min_rays),
-                                         int(t.max_rays))
-        # Kept as tensors: converting them every step would stall the GPU; the reporter converts when it reports.
-        self.last_stats = {
-            "loss": loss.detach(),
-            "psnr": -10.0 * torch.log10(mse.clamp_min(1e-10)),
-            "rays": origins.shape[0],
-            "samples": n_samples,
-            "inv_s": self.model.inv_s().detach(),
-            **terms,
-        }
-        return loss
+        self.last_stats = {"loss": loss.detach(), "psnr": -10.0 * torch.log10(mse.clamp_min(1e-10)),
+                           "rays": n_rays, "samples": n_samples, "inv_s": self.model.inv_s().detach(), **terms}
 
     def share_occupancy(self) -> None:
         """Under DDP, every rank takes rank 0's occupancy grid after a refresh, so all ranks march the same space

@@ -343,6 +343,7 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
                          n_views=int(min(len(held_idx), cfg.train.val_max_views)))
 
     callback = ProgressCallback(emitter, cancel, req.run_dir, cfg, total, start_step, preview, validate)
+    system.stage_hook = lambda stage: emitter.emit("stage", stage=stage)  # "compiling" around a compiled first step
     if req.profile and req.phase_timer:
         system.model.timer.enable(device)
     if device.type == "cuda":
