@@ -7,12 +7,17 @@ Several faults share one run where that is honest (one kill per process; the nex
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 import trimesh
-from engine_helpers import TINY, lines_until_step, run_engine, start_engine
+from engine_helpers import REPO, TINY, engine_env, lines_until_step, parse_events, run_engine, start_engine
 from omegaconf import OmegaConf
 from paths import SAMPLE, needs_sample
 
@@ -193,10 +198,50 @@ def test_disk_full_during_checkpoint_and_export_damages_nothing(tmp_path, smoke_
     assert ckpt.read_bytes() == ckpt_bytes
     assert_folder_sound(run)
 
-    code, events, err = run_engine("export", str(run), "--progress", "jsonl", "--resolution", "32",
-                                   failpoints="disk_full@export", timeout=300)
+    code, events, err = run_engine("export", str(run), "--progress", "jsonl", "--resolution", "32", "--format", "ply",
+                                   "--color", "field", failpoints="disk_full@export", timeout=300)
     assert code == 1, err
     assert events[-1]["event"] == "error" and events[-1]["kind"] == "disk"
     assert "mesh" in events[-1]["message"] and "no space" in events[-1]["message"]
     assert mesh.read_bytes() == mesh_bytes
     assert_folder_sound(run)
+
+
+def _group_gone(pgid: int, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process groups and SIGKILL are POSIX")
+def test_kill_9_during_each_solve_stage_leaves_nothing_and_the_next_solve_cleans_up(tmp_path):
+    """Eight photos of the bundled orbit (a ~10 s solve). Killed as each stage begins, the solve leaves no DATA_DIR
+    (it is renamed into place only when complete), its pycolmap child ends too, and the next solve removes the
+    killed ones' staging folders and completes."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for png in sorted((SAMPLE / "image").glob("*.png"))[:8]:
+        shutil.copy(png, photos / png.name)
+    out = tmp_path / "data"
+    command = [sys.executable, "-m", "engine", "solve", str(photos), "--out", str(out), "--progress", "jsonl"]
+    for moment in ("features", "matching", "mapping", "writing"):
+        env = {**engine_env(), "NEUS_FAILPOINTS": f"kill@{moment}"}
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+        stdout, _ = proc.communicate(timeout=120)
+        assert proc.returncode == KILLED, stdout
+        assert parse_events(stdout)[-1] == {**parse_events(stdout)[-1], "event": "stage", "stage": moment}
+        assert _group_gone(proc.pid, 10.0), f"the solve's child outlived the engine killed at {moment}"
+        assert not out.exists(), moment
+        assert len(list(tmp_path.glob(".neus_solve.*"))) == 1  # its own; each start removed the one before
+
+    code, events, err = run_engine(*command[3:], timeout=300)
+    assert code == 0, err
+    assert "left by an earlier solve that was killed" in err
+    assert not list(tmp_path.glob(".neus_solve.*"))
+    assert json.loads((out / "solve.json").read_text())["registered"] >= 3

@@ -183,7 +183,11 @@ def run_solve(req: SolveRequest, emitter: Emitter, token, announce: bool = True)
     out = req.out.resolve()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".neus_solve.", dir=out.parent))
+        prefix = f".neus_solve.{out.name}."
+        for stale in out.parent.glob(prefix + "*"):  # left by a solve into the same DATA_DIR that was killed
+            emitter.log(f"removing {stale}, left by an earlier solve that was killed")
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
     except OSError as exc:
         raise InputError(f"{out.parent}: cannot write here ({exc.strerror or exc})") from exc
     t0 = time.monotonic()
