@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import region
 from .config_schema import EXPORT_FORMATS, EXPORT_FRAMES, ExportConfig
+from .guard import with_memory_backoff
 from .mesh import transform_vertices, write_glb, write_normalization_json, write_obj, write_ply
 from .mesh.color import field_color_source, vertex_colors_from_field
 from .mesh.extract import MeshExtractionError, clean_mesh, decimate, extract_mesh
@@ -178,8 +179,10 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
     t0 = time.monotonic()
     holdout = int(cfg.data.get("holdout_every", 0)) if cfg is not None else 0
     views_cache: dict = {}
-    verts, faces, colors, normals = extract_colored_mesh(model, opts, scene, holdout_every=holdout,
-                                                         views_cache=views_cache)
+    verts, faces, colors, normals = with_memory_backoff(
+        lambda chunk: extract_colored_mesh(model, replace(opts, chunk=chunk), scene,
+                                           holdout_every=holdout, views_cache=views_cache),
+        int(opts.chunk), "export.chunk", "extract", emitter.emit)
     timings["extract_s"] = time.monotonic() - t0
     emitter.emit("stage", stage="exporting")
     t1 = time.monotonic()

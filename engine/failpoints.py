@@ -32,10 +32,14 @@ KILL_MOMENTS: frozenset[str] = frozenset({
 # Kinds of write (engine.atomic_files.write_kind) that ``disk_full@<kind>`` can make fail.
 WRITE_KINDS: frozenset[str] = frozenset({"checkpoint", "export", "config", "preview"})
 
+# Chunked evaluations that ``oom@<place>`` can make run out of memory (engine.guard.with_memory_backoff).
+OOM_PLACES: frozenset[str] = frozenset({"extract", "validate"})
+
 # name -> a predicate on ``where`` (the text after @) that says whether the entry is well formed.
 POINTS = {
     "nan_loss": lambda w: _is_steps(w),  # the training loss becomes NaN at that step (or range FIRST-LAST)
-    "oom": lambda w: _is_steps(w),  # the device raises torch.OutOfMemoryError at that training step
+    # the device raises torch.OutOfMemoryError at that training step, or in chunked evaluation (once)
+    "oom": lambda w: _is_steps(w) or w in OOM_PLACES,
     "disk_full": lambda w: w in WRITE_KINDS,  # the next write of that kind fails with ENOSPC (once)
     "kill": lambda w: w.isdigit() or w in KILL_MOMENTS,  # the process SIGKILLs itself at that moment
 }
@@ -139,12 +143,13 @@ def nan_loss(loss, step: int):
     return loss
 
 
-def maybe_oom(step: int) -> None:
-    """``oom@STEP``: raises the error PyTorch raises when the device's memory is exhausted."""
+def maybe_oom(step: int | str) -> None:
+    """``oom@STEP`` / ``oom@<place>``: raises the error PyTorch raises when the device's memory is exhausted (once
+    per step or place)."""
     if _ACTIVE and hit("oom", step, once=True):
         import torch
 
-        raise torch.OutOfMemoryError(f"out of memory at step {step} (failpoint oom@{step})")
+        raise torch.OutOfMemoryError(f"out of memory (failpoint oom@{step})")
 
 
 __all__ = ["ENV", "FailpointSyntaxError", "KILL_MOMENTS", "POINTS", "WRITE_KINDS", "hit", "kill_self", "load",

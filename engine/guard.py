@@ -8,12 +8,15 @@
   starting weights before the first one) and multiply the learning rates by ``lr_factor``; more than
   ``max_rollbacks`` rollbacks stop the run (``engine.errors.Diverged``).
 - Out of memory during a step halves the rays per step (and the sample budget) and skips the step; at
-  ``train.min_rays`` it ends the run with a hint (``DeviceError``, exit 1).
+  ``train.min_rays`` it ends the run with a hint (``DeviceError``, exit 1). Out of memory in chunked evaluation
+  (extraction, validation) halves the chunk and starts that evaluation again (``with_memory_backoff``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -21,6 +24,8 @@ from torch.nn.utils import get_total_norm
 
 from . import failpoints
 from .errors import DeviceError, Diverged
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -180,6 +185,29 @@ class StepGuard:
     def load(self, saved: dict | None) -> None:
         if saved:
             self.rollbacks, self.lr_scale = int(saved["rollbacks"]), float(saved["lr_scale"])
+
+
+def with_memory_backoff(run: Callable[[int], T], chunk: int, setting: str, where: str,
+                        emit: Callable[..., None] | None = None, floor: int = 1024, hint: str | None = None) -> T:
+    """``run(chunk)``; when the device runs out of memory, halves ``chunk`` and runs it again from the start (a
+    ``memory_backoff`` event each time); at ``floor`` ends with DeviceError (exit 1) naming ``setting`` (``hint``:
+    what to do, default "lower <setting>").
+
+    For chunked evaluation (mesh extraction, validation renders): fewer points per call, same result.
+    """
+    while True:
+        try:
+            failpoints.maybe_oom(where)
+            return run(chunk)
+        except torch.OutOfMemoryError:
+            if chunk <= floor:
+                raise DeviceError(f"out of memory on the device in {where} even with chunks of {chunk}; "
+                                  f"{hint or 'lower ' + setting} or use --device cpu", exit_code=1) from None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            chunk = max(floor, chunk // 2)
+            if emit is not None:
+                emit("memory_backoff", stage=where, chunk=chunk, setting=setting)
 
 
 def weights_finite(module: torch.nn.Module) -> bool:

@@ -338,7 +338,7 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
     def validate(step: int) -> None:
         if len(held_idx) and metrics.get("step") != step:
             metrics["step"] = step
-            metrics.update(validation_metrics(system.model, scene, held_idx, cfg))
+            metrics.update(validation_metrics(system.model, scene, held_idx, cfg, emitter.emit))
             emitter.emit("validation", step=step, psnr=metrics["psnr"], mask_iou=metrics["mask_iou"],
                          n_views=int(min(len(held_idx), cfg.train.val_max_views)))
 

@@ -9,6 +9,7 @@ import torch
 
 from datasets.geometry import scale_intrinsics
 
+from .guard import with_memory_backoff
 from .model import NeuSModel
 
 
@@ -41,12 +42,19 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else -10.0 * math.log10(mse)
 
 
-def validation_metrics(model: NeuSModel, scene, indices, cfg) -> dict[str, float | None]:
-    """Mean PSNR over held-out views (background composited like training when masks are used) and mask IoU."""
+def validation_metrics(model: NeuSModel, scene, indices, cfg, emit=None) -> dict[str, float | None]:
+    """Mean PSNR over held-out views (background composited like training when masks are used) and mask IoU.
+    Out of memory halves the rays per render call (``emit``: reports it)."""
+    return with_memory_backoff(lambda chunk: _metrics(model, scene, indices, cfg, chunk), 8192,
+                               "train.val_downscale", "validate", emit, hint="raise train.val_downscale")
+
+
+def _metrics(model: NeuSModel, scene, indices, cfg, chunk: int) -> dict[str, float | None]:
     indices = list(indices)[: int(cfg.train.val_max_views)]
     use_mask = bool(cfg.data.use_mask) and scene.masks is not None
     psnrs, ious = [], []
-    for _, rgb, opacity, target, mask in render_views(model, scene, indices, int(cfg.train.val_downscale)):
+    for _, rgb, opacity, target, mask in render_views(model, scene, indices, int(cfg.train.val_downscale),
+                                                      chunk=chunk):
         if use_mask and mask is not None:
             target = target * mask[..., None] + (1.0 - mask[..., None])  # white background, as rendered
         psnrs.append(psnr(rgb, target))

@@ -168,16 +168,22 @@ def test_repeated_nan_rolls_back_with_lower_lr_then_stops(tmp_path):
 
 
 def test_out_of_memory_halves_rays_then_stops_at_the_floor_with_a_hint(tmp_path):
-    """Step 3 runs out of memory: rays halve (256 -> 128 = train.min_rays) and training goes on; step 4 too, at the
-    floor: one line naming the setting, exit 1, kind device, the checkpoint of step 3 kept."""
+    """The validation render at step 2 runs out of memory: its chunk halves and it completes. Step 3 runs out of
+    memory: rays halve (256 -> 128 = train.min_rays) and training goes on; step 4 too, at the floor: one line naming
+    the setting, exit 1, kind device, the checkpoint of step 3 kept."""
     run = tmp_path / "run"
     code, events, err = run_engine(*FIT, "--out", str(run), "--steps", "20", *TINY,
                                    "--set", "train.init_rays=256", "--set", "train.min_rays=128",
-                                   failpoints="oom@3-4", timeout=300)
+                                   "--set", "data.holdout_every=8", "--set", "train.val_every=2",
+                                   "--set", "train.val_max_views=1", "--set", "train.val_downscale=4",
+                                   failpoints="oom@validate,oom@3-4", timeout=300)
     assert code == 1, err
     backoff = [e for e in events if e["event"] == "memory_backoff"]
-    assert [(e["step"], e["rays"]) for e in backoff] == [(3, 128)]
-    assert backoff[0]["from_rays"] > 128 and backoff[0]["setting"] == "train.target_samples"
+    assert [e.get("stage") for e in backoff] == ["validate", None]
+    assert backoff[0]["chunk"] == 4096 and backoff[0]["setting"] == "train.val_downscale"
+    assert [e["step"] for e in events if e["event"] == "validation"] == [2]
+    assert [(e["step"], e["rays"]) for e in backoff[1:]] == [(3, 128)]
+    assert backoff[1]["from_rays"] > 128 and backoff[1]["setting"] == "train.target_samples"
     assert events[-1]["event"] == "error" and events[-1]["kind"] == "device"
     assert "train.min_rays" in events[-1]["message"] and "step 4" in events[-1]["message"]
     assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
@@ -186,6 +192,7 @@ def test_out_of_memory_halves_rays_then_stops_at_the_floor_with_a_hint(tmp_path)
 
 
 def test_disk_full_during_checkpoint_and_export_damages_nothing(tmp_path, smoke_run):
+    """Also: out of memory during the export's extraction halves its chunk and goes on."""
     run = smoke_run.check().copy_to(tmp_path / "run")
     ckpt, mesh = run / "checkpoints/last.ckpt", run / "mesh.ply"
     ckpt_bytes, mesh_bytes = ckpt.read_bytes(), mesh.read_bytes()
@@ -199,8 +206,11 @@ def test_disk_full_during_checkpoint_and_export_damages_nothing(tmp_path, smoke_
     assert_folder_sound(run)
 
     code, events, err = run_engine("export", str(run), "--progress", "jsonl", "--resolution", "32", "--format", "ply",
-                                   "--color", "field", failpoints="disk_full@export", timeout=300)
+                                   "--color", "field", failpoints="oom@extract,disk_full@export", timeout=300)
     assert code == 1, err
+    backoff = [e for e in events if e["event"] == "memory_backoff"]  # extraction halved its chunk and went on
+    assert [(e["stage"], e["setting"]) for e in backoff] == [("extract", "export.chunk")]
+    assert backoff[0]["chunk"] == OmegaConf.load(run / "config.yaml").export.chunk // 2
     assert events[-1]["event"] == "error" and events[-1]["kind"] == "disk"
     assert "mesh" in events[-1]["message"] and "no space" in events[-1]["message"]
     assert mesh.read_bytes() == mesh_bytes
