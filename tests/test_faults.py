@@ -75,11 +75,12 @@ def test_malformed_failpoints_are_bad_input(tmp_path):
 
 
 def test_nan_steps_are_skipped_and_kill_9_at_every_moment_resumes(tmp_path):
-    """One run folder through seven kills (six failpoint moments and a real SIGKILL from here), resumed each time,
+    """One run folder through five kills (four failpoint moments and a real SIGKILL from here), resumed each time,
     then finished: nothing under a final name is ever damaged, temporaries are removed by the next start, and two
     NaN steps left the weights and Adam moments exactly as the step before them."""
     run = tmp_path / "run"
-    args = (*FIT, "--out", str(run), "--steps", "14", *TINY, "--set", "train.checkpoint_every_steps=1")
+    args = (*FIT, "--out", str(run), "--steps", "14", *TINY, "--set", "train.checkpoint_every_steps=1",
+            "--set", "export.color=field")  # field colours: no depth map per photo, a few seconds less
 
     # NaN at steps 6 and 7 (fewer than train.guard.bad_steps: skipped, no rollback); killed after step 7, before
     # its checkpoint: last.ckpt is step 6, prev.ckpt step 5.
@@ -128,13 +129,12 @@ def test_nan_steps_are_skipped_and_kill_9_at_every_moment_resumes(tmp_path):
     assert load_ckpt(run / "checkpoints/last.ckpt")["global_step"] == before
     assert load_ckpt(run / "checkpoints/prev.ckpt")["global_step"] == before
 
-    # Killed when extraction starts (training finished), then half-way through writing mesh.ply, then at the start
-    # of the next loading stage.
-    for point in ("kill@extracting", "kill@export_write", "kill@loading"):
-        code, events, err = run_engine(*args, "--resume", failpoints=point, timeout=300)
-        assert code == KILLED, (point, err)
-        assert_folder_sound(run, allow_temporaries=1)
-        assert not (run / "mesh.ply").exists(), point
+    # Training finishes; killed half-way through writing mesh.ply.
+    code, events, err = run_engine(*args, "--resume", failpoints="kill@export_write", timeout=300)
+    assert code == KILLED, err
+    assert [e["stage"] for e in events if e["event"] == "stage"][-2:] == ["extracting", "exporting"]
+    assert_folder_sound(run, allow_temporaries=1)
+    assert not (run / "mesh.ply").exists() and temporaries(run)[0].startswith(f"{TMP_PREFIX}.mesh.")
     assert load_ckpt(run / "checkpoints/last.ckpt")["global_step"] == 14
 
     code, events, err = run_engine(*args, "--resume", timeout=300)
@@ -239,7 +239,7 @@ def test_kill_9_during_each_solve_stage_leaves_nothing_and_the_next_solve_cleans
         shutil.copy(png, photos / png.name)
     out = tmp_path / "data"
     command = [sys.executable, "-m", "engine", "solve", str(photos), "--out", str(out), "--progress", "jsonl"]
-    for moment in ("features", "matching", "mapping", "writing"):
+    for moment in ("reading", "features", "matching", "mapping", "writing"):
         env = {**engine_env(), "NEUS_FAILPOINTS": f"kill@{moment}"}
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 stdin=subprocess.DEVNULL, text=True, start_new_session=True)
