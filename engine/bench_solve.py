@@ -41,10 +41,11 @@ def bench(photos: Path, out: Path, known: Path | None, extra: list[str]) -> dict
     wall = time.monotonic() - start
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    times = [e["time"] for e in events]
+    gaps = np.diff([e["time"] for e in events]) if len(events) > 1 else np.zeros(1)
+    before = events[int(gaps.argmax())] if events else {}
     result = {"photos": str(photos), "exit_code": proc.returncode, "wall_s": round(wall, 1),
-              "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
-              "max_silence_s": round(float(np.diff(times).max()), 2) if len(times) > 1 else None}
+              "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "max_silence_s": round(float(gaps.max()), 2),
+              "max_silence_after": f"{before.get('event')} {before.get('stage', '')}".strip()}
     if proc.returncode != 0:
         return {**result, "error": events[-1].get("message") if events else proc.stderr[-500:]}
     summary = json.loads((out / "solve.json").read_text())

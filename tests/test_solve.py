@@ -443,15 +443,14 @@ def test_a_phone_video_with_rotation_metadata_gives_upright_frames(tmp_path, deg
 
 
 def test_solve_is_never_silent(solved_sample):
-    """Every stage reports with counts, and a slow pycolmap call between counts repeats the last one (keepalive):
-    no two events of the solve are more than 5 seconds apart (the protocol's silence limit)."""
-    from engine.solve.sfm import KEEPALIVE_S
+    """Every stage reports with counts, and while a pycolmap call runs between counts the last count is repeated
+    every KEEPALIVE_S: no two events of the solve are further apart than that and a little scheduling."""
+    from engine.solve import KEEPALIVE_S
 
     _, events = solved_sample
-    times = np.array([e["time"] for e in events])
-    gaps = np.diff(times)
-    assert gaps.max() <= 5.0, (gaps.max(), events[int(gaps.argmax())], events[int(gaps.argmax()) + 1])
-    assert KEEPALIVE_S < 5.0
+    gaps = np.diff([e["time"] for e in events])
+    print("longest silence", gaps.max(), "s")
+    assert gaps.max() <= KEEPALIVE_S + 1.0, (gaps.max(), events[int(gaps.argmax())], events[int(gaps.argmax()) + 1])
 
 
 def _sliding_views(folder: Path, n: int, width: int = 200) -> list[str]:

@@ -34,6 +34,7 @@ from .sources import VIDEO_SUFFIXES, PreparedSource, list_photos, prepare_photos
 SOLVE_FILE = "solve.json"
 _POLL_S = 0.1
 _TERMINATE_WAIT_S = 1.0
+KEEPALIVE_S = 2.0  # a stage that has reported nothing for this long repeats its last count (no silent phase)
 
 
 @dataclass
@@ -108,7 +109,43 @@ class _Child:
                 self.proc.wait()
 
 
-def _run_child(job: SfmJob, job_file: Path, emitter: Emitter, token) -> dict:
+class _Relay:
+    """Relays the child's stage and progress messages as events, and repeats the current stage's last count every
+    KEEPALIVE_S while the child is inside one long pycolmap call (feature extraction of a large photo, a global
+    bundle adjustment, incremental mapping between registrations), so no stage is silent. Done here,
+    in the parent: a thread in the child would wait for pycolmap calls that hold Python's GIL."""
+
+    def __init__(self, emitter: Emitter, current: dict, elapsed_s: float) -> None:
+        self.emitter = emitter
+        self.current = current  # stage, step, total, unit of the stage under way (at first: the one just done,
+        # repeated while the child starts)
+        self.last_emit = time.monotonic()
+        self.stage_start = self.last_emit - elapsed_s
+
+    def stage(self, message: dict) -> None:
+        self.emitter.emit("stage", **message)
+        self.current = {"stage": message["stage"], "step": 0, "total": message.get("total"),
+                        "unit": message.get("unit")}
+        self.stage_start = self.last_emit = time.monotonic()
+
+    def progress(self, message: dict) -> None:
+        self.emitter.progress(force=message["step"] >= message["total"], loss=None, psnr=None, **message)
+        now = time.monotonic()
+        self.current = {key: message[key] for key in ("stage", "step", "total", "unit")}
+        self.stage_start, self.last_emit = now - message["elapsed_s"], now
+
+    def idle(self) -> None:
+        now = time.monotonic()
+        if now - self.last_emit < KEEPALIVE_S or not self.current["total"]:
+            return
+        elapsed, step = now - self.stage_start, self.current["step"]
+        eta = elapsed / step * (self.current["total"] - step) if step else None
+        self.emitter.progress(force=True, loss=None, psnr=None, **self.current, elapsed_s=round(elapsed, 2),
+                              eta_s=None if eta is None else round(eta, 1))
+        self.last_emit = now
+
+
+def _run_child(job: SfmJob, job_file: Path, emitter: Emitter, token, relay: _Relay) -> dict:
     """Runs the pycolmap stages in a child, relaying its progress; returns its result message."""
     job_file.write_text(json.dumps(dataclasses.asdict(job)))
     child = _Child(job_file)
@@ -119,6 +156,7 @@ def _run_child(job: SfmJob, job_file: Path, emitter: Emitter, token) -> dict:
             try:
                 message = child.messages.get(timeout=_POLL_S)
             except queue.Empty:
+                relay.idle()
                 continue
             if message is None:
                 child.proc.wait()
@@ -126,9 +164,9 @@ def _run_child(job: SfmJob, job_file: Path, emitter: Emitter, token) -> dict:
                                   "log above)")
             kind = message.pop("type")
             if kind == "stage":
-                emitter.emit("stage", **message)
+                relay.stage(message)
             elif kind == "progress":
-                emitter.progress(force=message["step"] >= message["total"], loss=None, psnr=None, **message)
+                relay.progress(message)
             elif kind == "failed":
                 raise EngineError(f"camera solving failed: {message['message']}")
             elif kind == "result":
@@ -218,7 +256,10 @@ def run_solve(req: SolveRequest, emitter: Emitter, token, announce: bool = True)
                      matcher=matcher, loop=kind == "video", max_image_size=req.max_image_size,
                      camera=camera, groups=groups,
                      turned={im.name: 90 * im.turns for im in prepared.images if im.turns})
-        sfm = _run_child(job, staging / "job.json", emitter, token)
+        unit = "frames" if kind == "video" else "photos"
+        relay = _Relay(emitter, {"stage": "reading", "step": prepared.given, "total": prepared.given, "unit": unit},
+                       time.monotonic() - t0)
+        sfm = _run_child(job, staging / "job.json", emitter, token, relay)
         placed = sfm["registered_names"]
         _check_placed(req, prepared, placed, names)
         source_of = {im.name: im.source for im in prepared.images}
@@ -245,6 +286,7 @@ def run_solve(req: SolveRequest, emitter: Emitter, token, announce: bool = True)
             "mapping_retry": sfm["mapping_retry"],  # null, or the misplaced images that made mapping run again
             "matcher": matcher,
             "pairs": sfm["n_pairs"],  # image pairs matched (exhaustive: all; otherwise within the pair budget)
+            "device": sfm.get("device"),  # where SIFT ran: cpu, or cuda with a CUDA build of pycolmap
             # photos turned by a quarter (degrees counter-clockwise) into the set's orientation; their images in
             # DATA_DIR are turned and their cameras rolled with them
             "turned": job.turned,

@@ -10,7 +10,6 @@ last frames of a video are matched with the first, closing an orbit around the o
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,6 @@ import numpy as np
 
 FEATURE_CHUNK = 2  # images per extract_features call: a progress event every second or two on a laptop
 PAIR_CHUNK = 32  # image pairs per match_image_pairs call
-KEEPALIVE_S = 2.0  # a stage that has reported nothing for this long repeats its count (no silent phase)
 SEQUENTIAL_OVERLAP = 10  # neighbours matched with each frame (as COLMAP's sequential matcher)
 # The pair budget: matching costs per pair, so `auto` matches at most this many pairs per photo. Every pair while
 # that fits (up to 2 * PAIRS_PER_PHOTO + 1 photos), beyond it each photo with its most similar photos
@@ -108,35 +106,22 @@ def image_pairs(n: int, matcher: str, loop: bool, overlap: int = SEQUENTIAL_OVER
 
 
 class _Clock:
-    """Progress of one stage with an ETA extrapolated from the rate so far.
-
-    A stage whose pycolmap call runs longer than KEEPALIVE_S between counts (a slow image, a global bundle
-    adjustment) repeats its last count from a thread every KEEPALIVE_S, so no stage is silent; ``close`` ends it.
-    """
+    """Progress of one stage with an ETA extrapolated from the rate so far (the parent process repeats the last
+    count while a long pycolmap call runs between counts: see ``engine.solve._Relay``)."""
 
     def __init__(self, report: Callable[[dict], None], stage: str, unit: str, total: int) -> None:
         self.report, self.stage, self.unit, self.total = report, stage, unit, total
         self.start = time.monotonic()
-        self.done, self._last = 0, self.start
-        self._closed = threading.Event()
         report({"type": "stage", "stage": stage, "total": total, "unit": unit})
-        threading.Thread(target=self._keepalive, daemon=True, name=f"{stage}-keepalive").start()
-
-    def _keepalive(self) -> None:
-        while not self._closed.wait(KEEPALIVE_S / 4):
-            if time.monotonic() - self._last >= KEEPALIVE_S:
-                self.tick(self.done)
 
     def tick(self, done: int) -> None:
-        self.done, self._last = done, time.monotonic()
-        elapsed = self._last - self.start
+        elapsed = time.monotonic() - self.start
         eta = elapsed / done * (self.total - done) if done > 0 else None
         self.report({"type": "progress", "stage": self.stage, "step": done, "total": self.total, "unit": self.unit,
                      "elapsed_s": round(elapsed, 2), "eta_s": None if eta is None else round(eta, 1)})
 
     def close(self) -> float:
-        """Ends the keepalive; the stage's seconds."""
-        self._closed.set()
+        """The stage's seconds."""
         return round(time.monotonic() - self.start, 2)
 
 
@@ -194,6 +179,7 @@ def run_sfm(job: SfmJob, report: Callable[[dict], None]) -> dict:
     db_path = work / "database.db"
     timings = {}
 
+    clock = _Clock(report, "features", "images", len(job.names))  # from here: reading headers is its start
     pycolmap.Database.open(str(db_path)).close()  # import_images wants the file to exist
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = "SIMPLE_RADIAL"  # one focal and one radial term: what phone photos need, stable
@@ -202,13 +188,15 @@ def run_sfm(job: SfmJob, report: Callable[[dict], None]) -> dict:
     _set_focal_priors(pycolmap, db_path, job.focal_priors)
 
     extraction = extraction_options(pycolmap, job, _longest_side(pycolmap, db_path))
-    clock = _Clock(report, "features", "images", len(job.names))
+    # SIFT extraction and matching on the GPU when this pycolmap was built with CUDA (the pycolmap-cuda wheels);
+    # the CPU otherwise (the usual wheel). Not measured here: no CUDA build on the test machines.
+    device = pycolmap.Device.cuda if pycolmap.has_cuda else pycolmap.Device.cpu
     for start in range(0, len(job.names), FEATURE_CHUNK):
         chunk = job.names[start:start + FEATURE_CHUNK]
         # The images and their cameras exist already; PER_IMAGE only stops the reader checking that a chunk has
         # one size (SINGLE would skip photos of another size than the chunk's first).
         pycolmap.extract_features(str(db_path), str(image_dir), chunk, pycolmap.CameraMode.PER_IMAGE, reader,
-                                  extraction, device=pycolmap.Device.cpu)
+                                  extraction, device=device)
         clock.tick(start + len(chunk))
     timings["features_s"] = clock.close()
 
@@ -224,7 +212,7 @@ def run_sfm(job: SfmJob, report: Callable[[dict], None]) -> dict:
         chunk = pairs[start:start + PAIR_CHUNK]
         pair_file.write_text("".join(f"{job.names[i]} {job.names[j]}\n" for i, j in chunk))
         pycolmap.match_image_pairs(str(db_path), matching, pycolmap.ImportedPairingOptions(
-            match_list_path=str(pair_file)), device=pycolmap.Device.cpu)
+            match_list_path=str(pair_file)), device=device)
         clock.tick(start + len(chunk))
     timings["matching_s"] = clock.close()
 
@@ -251,6 +239,7 @@ def run_sfm(job: SfmJob, report: Callable[[dict], None]) -> dict:
         "principal_point": principal_point,
         "mapping_retry": retry,
         "n_pairs": len(pairs),
+        "device": device.name,
         "n_points": model.num_points3D(),
         "mean_reprojection_error_px": float(model.compute_mean_reprojection_error()),
         "mean_track_length": float(model.compute_mean_track_length()),
@@ -595,12 +584,9 @@ def main(argv: list[str]) -> int:
 
     pycolmap.logging.minloglevel = 1  # warnings and errors only: INFO floods the log for every image
 
-    lock = threading.Lock()  # stage clocks report from their keepalive threads too
-
     def report(message: dict) -> None:
-        with lock:
-            sys.stdout.write(json.dumps(message) + "\n")
-            sys.stdout.flush()
+        sys.stdout.write(json.dumps(message) + "\n")
+        sys.stdout.flush()
 
     try:
         job = SfmJob(**json.loads(Path(argv[0]).read_text()))
