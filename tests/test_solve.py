@@ -16,14 +16,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pycolmap  # a hard dependency: missing, these tests fail rather than skip
 import pytest
 from engine_helpers import DTU, REPO, SAMPLE, engine_env, parse_events, run_engine, write_video
 from PIL import Image
 
 import datasets
 from engine.solve.compare import camera_errors
-
-pytest.importorskip("pycolmap", reason="pycolmap is not installed")
 
 SAMPLE_IMAGES = SAMPLE / "image"
 
@@ -74,7 +73,6 @@ def test_bundled_photos_all_register_and_match_the_known_cameras(solved_sample):
 def test_the_principal_point_refinement_is_kept_only_when_it_holds_up(solved_sample):
     """The bundled photos' refinement is kept (their principal point is 16 px off-centre); the same model with
     its principal point dragged to the image's edge, or with a higher error, would be refused."""
-    import pycolmap
 
     from engine.solve.sfm import PP_MAX_OFFSET, PP_MAX_TURN_DEG, _principal_point_problem
 
@@ -98,7 +96,6 @@ def test_the_principal_point_refinement_is_kept_only_when_it_holds_up(solved_sam
 def test_a_camera_turned_out_of_place_is_found_misplaced(solved_sample):
     """The check that sends mapping round again: nothing in the bundled photos' solve, the one camera turned by a
     degree (about 7 px at the image's edge) after the solve."""
-    import pycolmap
 
     from engine.solve.sfm import _misplaced_images
 
@@ -471,7 +468,6 @@ def test_the_pair_budget_grows_linearly_with_the_photo_count(tmp_path):
     """Above the exhaustive limit, each photo is matched with its most similar photos (retrieval with a vocabulary
     built from the set itself) and its neighbours in name order: the pairs per photo stay bounded as the set
     doubles, and the photos that overlap most are among them (found by retrieval: the names are shuffled)."""
-    import pycolmap
 
     from engine.solve import sfm
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import rtree  # noqa: F401  (trimesh's ray casting needs it; in the test extras: missing, these tests fail)
 import torch
 import trimesh
 from engine_helpers import SAMPLE
@@ -16,7 +17,6 @@ from engine.mesh.normal_map import bake_normal_map, decode_normal_map, nearest_n
 from engine.mesh.raster import rasterize_view
 from engine.mesh.texture import rasterize_uv, unwrap_uv
 
-pytest.importorskip("rtree", reason="trimesh ray casting needs rtree (pip install -e .[test])")
 needs_sample = pytest.mark.skipif(not (SAMPLE / "cameras_sphere.npz").is_file(), reason="bundled scene missing")
 
 
