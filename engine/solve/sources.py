@@ -151,7 +151,13 @@ def _upright_size(photo: Path) -> tuple[int, int] | None:
     unreadable (decoding it later names the problem)."""
     try:
         with Image.open(photo) as img:
-            quarter = img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+            if img.format == "PNG":  # Pillow's getexif decodes a whole PNG (its EXIF may follow the pixels)
+                exif = Image.Exif()
+                if img.info.get("exif"):
+                    exif.load(img.info["exif"])
+            else:
+                exif = img.getexif()
+            quarter = exif.get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
             return (img.height, img.width) if quarter else img.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return None
