@@ -9,6 +9,7 @@ Not a test: it prints figures. Copy the ones you quote into engine/BENCHMARKS.md
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from .cpu_threads import configure_torch_threads
+from .profiling import OpCounter
 from .protocol import Emitter
 from .train import CancelToken, FitRequest, run_fit
 
@@ -53,17 +55,20 @@ class _FirstStepClock(Emitter):
 
 
 def run_benchmark(scene: Path, preset: str, device: str, steps: int | None, gt: Path | None, holdout: int,
-                  overrides: list[str], out_dir: Path, phase_timer: bool = True, events: Path | None = None) -> dict:
+                  overrides: list[str], out_dir: Path, phase_timer: bool = True, events: Path | None = None,
+                  op_count_after: int = 0) -> dict:
     threads = configure_torch_threads()
     req = FitRequest(data_dir=scene, run_dir=out_dir, preset=preset, steps=steps, device=device,
                      overrides=[f"data.holdout_every={holdout}", *overrides], profile=True, phase_timer=phase_timer)
-    if events is None:
-        emitter = _FirstStepClock("none", min_interval_s=5.0)
-        result = run_fit(req, emitter, CancelToken())
-    else:  # a run stopped at a time limit still shows how far it got
-        with open(events, "w") as stream:
-            emitter = _FirstStepClock("jsonl", stream=stream, min_interval_s=5.0)
+    counter = OpCounter(skip=op_count_after, cuda=torch.cuda.is_available()) if op_count_after > 0 else None
+    with counter or contextlib.nullcontext():
+        if events is None:
+            emitter = _FirstStepClock("none", min_interval_s=5.0)
             result = run_fit(req, emitter, CancelToken())
+        else:  # a run stopped at a time limit still shows how far it got
+            with open(events, "w") as stream:
+                emitter = _FirstStepClock("jsonl", stream=stream, min_interval_s=5.0)
+                result = run_fit(req, emitter, CancelToken())
     t = result["timings"]
     n_steps = int(result["steps"])
     first = emitter.first_step_s
@@ -87,6 +92,7 @@ def run_benchmark(scene: Path, preset: str, device: str, steps: int | None, gt: 
         "heldout_psnr": (result.get("validation") or {}).get("psnr"),
         "mask_iou": (result.get("validation") or {}).get("mask_iou"),
         "profile_ms_per_step": result["profile_ms_per_step"],  # {} with --no-phase-timer
+        "ops_per_step": counter.result if counter is not None else None,  # --op-count: launch-overhead proxy
         "overrides": overrides,
     }
     if gt is not None:
@@ -163,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
                         "sync-free step (compare model.sampler=packed and static this way)")
     p.add_argument("--events", type=Path, default=None,
                    help="write the run's progress events (JSON lines, one per 5 s) to this file")
+    p.add_argument("--op-count", type=int, default=0, metavar="SKIP",
+                   help="count the operators of 5 training steps after SKIP steps (torch.profiler; a proxy for "
+                        "launch overhead): ops_per_step in the summary")
     p.add_argument("--busy-core", action="store_true",
                    help="run twice, alone and with another process keeping one core busy, and report the ratio")
     argv = sys.argv[1:] if argv is None else argv
@@ -177,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         summary = run_benchmark(args.scene, args.preset, args.device, args.steps, args.gt, args.holdout,
                                 args.overrides, args.out or Path(tmp) / "run", phase_timer=not args.no_phase_timer,
-                                events=args.events)
+                                events=args.events, op_count_after=args.op_count)
     print(json.dumps(summary))
     if args.results is not None:
         with open(args.results, "a") as f:

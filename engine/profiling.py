@@ -45,3 +45,46 @@ class PhaseTimer:
         """Mean milliseconds per step for each phase."""
         n = max(1, self.steps)
         return {k: round(v / n * 1000, 3) for k, v in self.totals.items()}
+
+
+# Called after every training step (NeuSSystem.on_train_batch_end): lets the benchmark step a profiler schedule.
+STEP_LISTENERS: list = []
+
+
+class OpCounter:
+    """Counts the operators one training step runs, a proxy for launch overhead (each eager aten op is at least one
+    kernel launch on a GPU; a compiled graph shows up as a few fused kernels instead).
+
+    Profiles ``steps`` steps after ``skip`` steps (compilation and warm-up) with torch.profiler. Results per step:
+    ``aten_ops`` (every ``aten::`` call, nested ones included), ``top_level_aten_ops`` (the calls made by Python or
+    by a compiled graph, not by another aten op) and, on CUDA, ``cuda_launches`` (kernel launches seen by the
+    CUDA runtime).
+    """
+
+    def __init__(self, skip: int = 20, steps: int = 5, cuda: bool = False) -> None:
+        from torch.profiler import ProfilerActivity, profile, schedule
+
+        self.steps = steps
+        self.result: dict[str, float] = {}
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        self.profiler = profile(activities=activities, schedule=schedule(wait=skip, warmup=1, active=steps),
+                                on_trace_ready=self._count)
+
+    def _count(self, prof) -> None:
+        events = list(prof.events())
+        aten = [e for e in events if e.name.startswith("aten::")]
+        top = [e for e in aten if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
+        launches = [e for e in events if e.name in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")]
+        self.result = {"aten_ops": round(len(aten) / self.steps, 1),
+                       "top_level_aten_ops": round(len(top) / self.steps, 1)}
+        if launches:
+            self.result["cuda_launches"] = round(len(launches) / self.steps, 1)
+
+    def __enter__(self) -> OpCounter:
+        self.profiler.__enter__()
+        STEP_LISTENERS.append(self.profiler.step)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        STEP_LISTENERS.remove(self.profiler.step)
+        self.profiler.__exit__(*exc)
