@@ -7,6 +7,9 @@
 #   bash engine/gpu/gpu_check.sh nerfacc     # there: nerfacc's JIT build, its test, and a run beside pure PyTorch
 #   bash engine/gpu/gpu_check.sh full        # there: per-phase profiles (compiled, eager, static, CUDA graphs), fast,
 #                                            # 2048 texture export
+#   bash engine/gpu/gpu_check.sh fused       # there (issue 21): the fused static step, cold and warm compile cache,
+#                                            # CUDA graphs, unfused, eager, packed, op counts, fast to a 512^3 mesh
+#   bash engine/gpu/gpu_check.sh quality     # there: `quality` (static, fused) to a 512^3 mesh, one call of its own
 #
 # With 15 device minutes, one call does it: `run` with carry [".gpu"], timeout_s 580 and the command
 # `GPU_CHECK_SECONDS=540 bash engine/gpu/gpu_check.sh full 2>&1 | tee $OUT/full.log`
@@ -90,9 +93,38 @@ for line in open(sys.argv[1]):
     r = json.loads(line)
     print({k: r.get(k) for k in ("preset", "overrides", "steps", "first_step_s", "steps_per_s_after_first", "train_s",
                                  "extract_s", "wall_to_mesh_s", "mean_samples_per_step", "peak_gpu_memory_gb",
-                                 "heldout_psnr", "mask_iou", "profile_ms_per_step")})
+                                 "heldout_psnr", "mask_iou", "profile_ms_per_step", "ops_per_step")})
 EOF
 }
+
+if [ "$STAGE" = "fused" ] || [ "$STAGE" = "quality" ]; then
+  # Issue 21: the fused static step (engine/fullstep.py: one compiled graph per step) against its variants, each
+  # with an operator count of 5 steps after 100 (ops_per_step: aten ops and CUDA launches per step), then `fast`
+  # to a 512^3 mesh. The first bench fills this call's empty compile cache (cold), the second reuses it (warm: what a
+  # user's second run pays). One 15-minute session: `run` with carry [".gpu"], timeout_s 580 and
+  # `GPU_CHECK_SECONDS=540 bash engine/gpu/gpu_check.sh fused 2>&1 | tee $OUT/fused.log`; `quality` needs a session
+  # of its own (same command with `quality`).
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$LOGS/nvidia_smi.txt"
+  python3 -c "import torch; print('torch', torch.__version__, 'traces autograd.grad:', hasattr(torch._dynamo.config, 'trace_autograd_ops'))"
+  echo "commit $NEUS_COMMIT"
+  STATIC="--preset fast --steps 600 --no-phase-timer --op-count 100 $NOACC --set export.resolution=128 --set model.sampler=static"
+  if [ "$STAGE" = "quality" ]; then
+    bench quality_static 560 --preset quality --no-phase-timer $NOACC --set model.sampler=static --set export.resolution=512
+    summary
+    exit 0
+  fi
+  bench fused_cold 110 $STATIC                                          # compile with an empty cache
+  bench fused_warm 50 $STATIC                                           # the same, cache warm
+  bench fused_cuda_graphs 60 $STATIC --set train.cuda_graphs=true        # one CUDA graph per ray-count bucket
+  bench static_unfused 60 $STATIC --set train.fused_step=false           # compiled fields, Lightning's backward + AdamW
+  bench fused_eager 45 $STATIC --set train.compile=false                 # is compiling worth it for `fast`?
+  bench packed_compiled 45 --preset fast --steps 600 --no-phase-timer --op-count 100 $NOACC --set export.resolution=128
+  bench fast_static 200 --preset fast --no-phase-timer $NOACC --set model.sampler=static --set export.resolution=512
+  NEUS_SLOW_TESTS=1 timeout -k 5 "$(cap 60)" python3 -m pytest -q -p no:cacheprovider tests/test_compile_cache.py \
+    tests/test_engine_fused_step.py 2>&1 | tail -3
+  summary
+  exit 0
+fi
 
 if [ "$STAGE" = "nerfacc" ]; then
   # nerfacc's CUDA extension is JIT-built (71 s on 16 cores, 2026-11-30); then its test and a run side by side.
