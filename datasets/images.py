@@ -108,7 +108,10 @@ def _mask_channel(im: Image.Image, own_alpha: bool = False) -> Image.Image:
 
 
 def read_image(path: Path, factor: float, width: int, height: int, out: np.ndarray | None = None) -> np.ndarray:
-    """Reads one image as (height, width, 3) float32 in [0, 1], into ``out`` when given.
+    """Reads one image as (height, width, 3) uint8, into ``out`` when given (fractional factors round to nearest).
+
+    Pixels stay uint8 from here to the sampled rays (1 byte per channel, 3 per pixel): the engine converts only
+    what it samples or compares.
 
     Raises:
         DatasetError: unreadable / corrupt file, or a size that does not match.
@@ -120,21 +123,27 @@ def read_image(path: Path, factor: float, width: int, height: int, out: np.ndarr
         im = Image.alpha_composite(white, rgba).convert("RGB")
     elif im.mode != "RGB":
         im = im.convert("RGB")
-    arr = _downscale(path, im, factor, width, height)
+    return _as_uint8(_downscale(path, im, factor, width, height), (height, width, 3), out)
+
+
+def _as_uint8(arr: np.ndarray, shape: tuple[int, ...], out: np.ndarray | None) -> np.ndarray:
     if out is None:
-        out = np.empty((height, width, 3), dtype=np.float32)
-    np.multiply(arr, np.float32(1.0 / 255.0), out=out, casting="unsafe")
+        out = np.empty(shape, dtype=np.uint8)
+    if arr.dtype == np.uint8:
+        out[...] = arr
+    else:  # exact area average of a fractional factor: round to the nearest level
+        np.rint(arr, out=out, casting="unsafe")
     return out
 
 
 def read_mask(path: Path, factor: float, width: int, height: int, out: np.ndarray | None = None,
               own_alpha: bool = False) -> np.ndarray:
-    """One mask as (height, width) float32 in {0, 1}, into ``out`` if given (alpha if any, else grey; see
+    """One mask as (height, width) bool (foreground), into ``out`` if given (alpha if any, else grey; see
     ``_mask_channel`` for ``own_alpha``)."""
     arr = _downscale(path, _mask_channel(_open(path), own_alpha), factor, width, height)
     if out is None:
-        out = np.empty((height, width), dtype=np.float32)
-    np.greater(arr, 127.5, out=out, casting="unsafe")  # half range: 128..255 is foreground
+        out = np.empty((height, width), dtype=bool)
+    np.greater(arr, 127.5, out=out)  # half range: 128..255 is foreground
     return out
 
 

@@ -22,8 +22,9 @@ class Scene(CameraSet):
     """A CameraSet plus pixels at the loaded resolution.
 
     Attributes:
-        images: (N, H, W, 3) float32 in [0, 1] (RGBA images composited over white).
-        masks: (N, H, W) float32 in {0, 1}, or None when the dataset has no masks.
+        images: (N, H, W, 3) uint8 (RGBA images composited over white); the only copy of the pixels: training,
+            validation and photo colours read (and convert) from it what they use.
+        masks: (N, H, W) bool (foreground), or None when the dataset has no masks.
     (``n_views``, ``height`` and ``width`` describe both arrays.)
     """
 
@@ -54,8 +55,8 @@ def load(
     cams = load_cameras(path, format=format, downscale=downscale, cameras_file=cameras_file, split=split,
                         region=region)
     n, h, w = cams.n_views, cams.height, cams.width
-    images = np.empty((n, h, w, 3), dtype=np.float32)
-    masks = np.empty((n, h, w), dtype=np.float32) if cams.mask_paths is not None else None
+    images = np.empty((n, h, w, 3), dtype=np.uint8)
+    masks = np.empty((n, h, w), dtype=bool) if cams.mask_paths is not None else None
     jobs = [(io.read_image, p, images[i]) for i, p in enumerate(cams.image_paths)]
     if masks is not None:
         # An RGBA image that is its own mask (NeRF-synthetic) is read from its alpha even where that is opaque.
@@ -67,3 +68,8 @@ def load(
         list(pool.map(lambda job: job[0](job[1], cams.downscale, w, h, out=job[2]), jobs))
     values = {f.name: getattr(cams, f.name) for f in fields(CameraSet)}
     return Scene(**values, images=images, masks=masks)
+
+
+def pixel_bytes(n_views: int, width: int, height: int, has_masks: bool) -> int:
+    """Bytes :func:`load` holds for the pixels of ``n_views`` images of ``width x height`` (uint8 RGB, bool mask)."""
+    return n_views * width * height * (3 + int(has_masks))

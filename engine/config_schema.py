@@ -85,7 +85,10 @@ class DataConfig:
     path: str | None = None
     """The scene folder; `fit` records it here so export and render find the photos again."""
     downscale: int = at_least(1, 1)
-    """Load the images this many times smaller."""
+    """Load the images this many times smaller (fit raises it further when the photos would not fit in memory)."""
+    memory_budget_gb: float = at_least(0, 0.0)
+    """Memory a fit may plan to use, in GiB (host RAM on the CPU, device memory on CUDA); 0: 85 % of what the
+    machine has available when the fit starts."""
     cameras_file: str | None = None
     """DTU: another cameras npz instead of cameras_sphere.npz."""
     split: str = "train"

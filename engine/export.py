@@ -115,8 +115,9 @@ def _photo_source(model: NeuSModel, scene, verts: np.ndarray, faces: np.ndarray,
     if views_cache is not None and key in views_cache:
         return views_cache[key]
     idx = texturing_views(scene, holdout_every)
-    masks = None if scene.masks is None else scene.masks[idx]
-    source = photo_source(verts, faces, scene.K[idx], scene.c2w[idx], scene.images[idx], masks,
+    # Lists of views into the scene's uint8 arrays: no copy of the photos.
+    masks = None if scene.masks is None else [scene.masks[i] for i in idx]
+    source = photo_source(verts, faces, scene.K[idx], scene.c2w[idx], [scene.images[i] for i in idx], masks,
                           fallback=model.albedo, device=_device_of(model))
     if views_cache is not None:
         views_cache[key] = source

@@ -102,32 +102,51 @@ class _Steps(IterableDataset):
 class RaySource:
     """Training views kept on the training device; samples random pixels of random views (batch-image sampling).
 
-    images: (N, H, W, 3) uint8, masks: (N, H, W) bool or None, K: (N, 3, 3), c2w: (N, 3, 4).
+    images: (N, H, W, 3) uint8, masks: (N, H, W) bool or None, K: (N, 3, 3), c2w: (N, 3, 4); views: (V,) indices
+    of the training views (default all). On the CPU the scene's own arrays are used as they are (no copy); on an
+    accelerator only the training views are copied over, uint8. Only the sampled pixels become float.
     """
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray | None, K: np.ndarray, c2w: np.ndarray) -> None:
-        self.images = torch.from_numpy(np.ascontiguousarray(np.round(images * 255.0).astype(np.uint8)))
-        self.masks = None if masks is None else torch.from_numpy(np.ascontiguousarray(masks > 0.5))
+    def __init__(self, images: np.ndarray, masks: np.ndarray | None, K: np.ndarray, c2w: np.ndarray,
+                 views: np.ndarray | None = None) -> None:
+        if images.dtype != np.uint8 or (masks is not None and masks.dtype != np.bool_):
+            raise TypeError(f"RaySource takes uint8 images and bool masks, got {images.dtype} / "
+                            f"{None if masks is None else masks.dtype}")
+        self.images = torch.from_numpy(images)  # shares the scene's memory
+        self.masks = None if masks is None else torch.from_numpy(masks)
+        self.views = torch.arange(len(images)) if views is None else torch.as_tensor(np.asarray(views, np.int64))
         self.K = torch.from_numpy(K).float()
         self.c2w = torch.from_numpy(c2w).float()
 
     def to(self, device: torch.device) -> RaySource:
-        self.images = self.images.to(device)
-        self.masks = None if self.masks is None else self.masks.to(device)
-        self.K, self.c2w = self.K.to(device), self.c2w.to(device)
+        if self.images.device == device:
+            return self
+        # One view at a time: the host never holds a second copy of the training images.
+        self.images = _gather_views(self.images, self.views, device)
+        self.masks = None if self.masks is None else _gather_views(self.masks, self.views, device)
+        self.K, self.c2w = self.K[self.views].to(device), self.c2w[self.views].to(device)
+        self.views = torch.arange(len(self.views), device=device)
         return self
 
     def sample(self, n_rays: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """-> origins (R,3), dirs (R,3), rgb (R,3) float in [0,1], mask (R,) float or None."""
-        n, h, w, _ = self.images.shape
+        _, h, w, _ = self.images.shape
         dev = self.images.device
-        view = torch.randint(0, n, (n_rays,), device=dev)
+        view = self.views[torch.randint(0, len(self.views), (n_rays,), device=dev)]
         x = torch.randint(0, w, (n_rays,), device=dev)
         y = torch.randint(0, h, (n_rays,), device=dev)
         origins, dirs = directions_from_pixels(self.K[view], self.c2w[view], x.float(), y.float())
         rgb = self.images[view, y, x].float() / 255.0
         mask = None if self.masks is None else self.masks[view, y, x].float()
         return origins, dirs, rgb, mask
+
+
+def _gather_views(arr: Tensor, views: Tensor, device: torch.device) -> Tensor:
+    """``arr[views]`` on ``device``, copied view by view (no host-side gather)."""
+    out = torch.empty((len(views), *arr.shape[1:]), dtype=arr.dtype, device=device)
+    for j, i in enumerate(views.tolist()):
+        out[j].copy_(arr[i], non_blocking=False)
+    return out
 
 
 class NeuSSystem(L.LightningModule):

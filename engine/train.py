@@ -22,6 +22,7 @@ from .config import ConfigError, build_config, load_run_config, resolve_accelera
 from .device import device_name, select_device
 from .errors import Cancelled, DeviceError, Diverged, InputError
 from .guard import weights_finite
+from .memory import MemoryPlan, plan_fit_memory
 from .protocol import PROTOCOL_VERSION, Emitter
 from .ranks import is_first_rank
 from .region import region_of
@@ -238,7 +239,8 @@ def _trainer_kwargs(device: torch.device, cfg) -> dict:
 
 
 def prepare(req: FitRequest):
-    """Loads the scene and builds the resolved config (or the saved one on ``--resume``)."""
+    """Builds the resolved config (or the saved one on ``--resume``); also returns the cameras at full size (None on
+    ``--resume``), which size the memory plan before any pixel is loaded."""
     if not req.data_dir.is_dir():
         raise InputError(f"{req.data_dir}: " + ("not a folder" if req.data_dir.exists() else "data folder not found"))
     if req.steps is not None and req.steps <= 0:
@@ -251,8 +253,7 @@ def prepare(req: FitRequest):
             cfg = load_run_config(saved)
         if req.steps is not None:
             cfg.train.steps = int(req.steps)
-        scene = load_scene(req.data_dir, cfg.data)
-        return cfg, scene
+        return cfg, None
     overrides = list(req.overrides)
     if req.preset == "auto":  # sized for the device: laptops get preview, CUDA gets fast
         req.preset = "fast" if select_device(req.device).type == "cuda" else "preview"
@@ -275,8 +276,19 @@ def prepare(req: FitRequest):
     except UnicodeEncodeError:  # Linux names are bytes; config.yaml, which records the path, is UTF-8
         shown = cfg.data.path.encode("utf-8", "backslashreplace").decode()
         raise InputError(f"{shown}: the folder's path is not valid UTF-8 (rename it)") from None
-    scene = load_scene(req.data_dir, cfg.data)
-    return cfg, scene
+    return cfg, cams
+
+
+def plan_memory(req: FitRequest, cfg, cams: datasets.CameraSet, device: torch.device) -> MemoryPlan:
+    """Raises ``cfg.data.downscale`` until the fit's memory estimate fits (``engine.memory``); exit 2 if none does."""
+    n_train = len(split_views(cams.n_views, int(cfg.data.holdout_every))[0])
+    has_masks = cams.mask_paths is not None
+    try:
+        plan = plan_fit_memory(cfg, cams.n_views, n_train, cams.width, cams.height, has_masks, device)
+    except MemoryError as exc:
+        raise InputError(f"{req.data_dir}: {exc}") from None
+    cfg.data.downscale = plan.downscale  # recorded in config.yaml: export and render load the same size
+    return plan
 
 
 def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
@@ -291,16 +303,23 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
     if is_first_rank():  # what a killed run left half-written (the DDP copies start while rank 0 writes)
         for tmp in remove_temporaries(req.run_dir):
             emitter.log(f"removed {tmp}, left half-written by an earlier run that was killed")
-    cfg, scene = prepare(req)
+    cfg, cams = prepare(req)
     device = select_device(str(cfg.device))
     if not req.resume:
-        resolve_auto(cfg, scene.masks is not None, device.type)
+        resolve_auto(cfg, cams.mask_paths is not None, device.type)
         resolve_accelerators(cfg, device)
+        plan = plan_memory(req, cfg, cams, device)
+        emitter.emit("memory", **plan.event())
+        if plan.downscale != plan.requested_downscale:
+            w, h = plan.resolution
+            emitter.emit("warning", message=f"images downscaled {plan.downscale}x to {w}x{h} so that the fit fits in "
+                         f"memory ({plan.estimate_bytes / 2**30:.1f} of {plan.budget_bytes / 2**30:.1f} GB, "
+                         f"{plan.where})", left_out=[])
+    scene = load_scene(req.data_dir, cfg.data)
     if cancel.is_set():
         raise Cancelled()
     train_idx, held_idx = split_views(scene.n_views, int(cfg.data.holdout_every))
-    rays = RaySource(scene.images[train_idx], None if scene.masks is None else scene.masks[train_idx],
-                     scene.K[train_idx], scene.c2w[train_idx])
+    rays = RaySource(scene.images, scene.masks, scene.K, scene.c2w, views=train_idx)
     L.seed_everything(int(cfg.seed), verbose=False)
     # Nothing is written until the model, the checkpoint and the trainer are known to work with this config.
     with config_errors_as_input(req.run_dir / "config.yaml" if req.resume else None):

@@ -26,12 +26,12 @@ def render_views(model: NeuSModel, scene, indices, downscale: int, bg: str = "wh
             c2w = torch.from_numpy(scene.c2w[i]).float().to(device)
             h, w = scene.height // downscale, scene.width // downscale
             out = model.render_image(K, c2w, h, w, bg_color, chunk)
-            target = scene.images[i][: h * downscale, : w * downscale]
-            target = target.reshape(h, downscale, w, downscale, 3).mean((1, 3))
+            target = scene.images[i][: h * downscale, : w * downscale]  # uint8: only this view becomes float
+            target = target.reshape(h, downscale, w, downscale, 3).mean((1, 3), dtype=np.float32) / 255.0
             mask = None
             if scene.masks is not None:
                 m = scene.masks[i][: h * downscale, : w * downscale]
-                mask = m.reshape(h, downscale, w, downscale).mean((1, 3)) > 0.5
+                mask = m.reshape(h, downscale, w, downscale).mean((1, 3), dtype=np.float32) > 0.5
             yield i, out["rgb"].cpu().numpy(), out["opacity"].cpu().numpy(), target, mask
     finally:
         model.train(was_training)

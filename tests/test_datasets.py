@@ -135,15 +135,13 @@ def test_dtu_scene_pixels_match_the_files(dtu_scene):
 
     s = dtu_scene
     assert isinstance(s, datasets.CameraSet)
-    assert s.images.shape == (N_DTU, 1200, 1600, 3) and s.images.dtype == np.float32
-    assert s.masks.shape == (N_DTU, 1200, 1600) and s.masks.dtype == np.float32
+    assert s.images.shape == (N_DTU, 1200, 1600, 3) and s.images.dtype == np.uint8
+    assert s.masks.shape == (N_DTU, 1200, 1600) and s.masks.dtype == np.bool_
     assert (s.n_views, s.height, s.width) == (N_DTU, 1200, 1600)
     for i in (0, 25, 48):
-        raw = np.asarray(Image.open(s.image_paths[i]), dtype=np.float32) / 255
-        np.testing.assert_allclose(s.images[i], raw, atol=1e-6)
+        np.testing.assert_array_equal(s.images[i], np.asarray(Image.open(s.image_paths[i])))
         mask = np.asarray(Image.open(s.mask_paths[i]).convert("L")) > 127
         np.testing.assert_array_equal(s.masks[i], mask)
-    assert ((s.masks == 0) | (s.masks == 1)).all()
     fg = s.masks.mean(axis=(1, 2))
     assert (fg > 0.05).all() and (fg < 0.8).all(), fg
     sub = s.subset([5, 2])
@@ -237,7 +235,7 @@ def test_downscaled_pixels_are_box_filtered_and_consistent_with_k(tmp_path, dtu_
         for new, old in enumerate((0, 16, 32)):
             crop = full.images[old, : h * factor, : w * factor]
             box = crop.reshape(h, factor, w, factor, 3).mean(axis=(1, 3))
-            assert np.abs(half.images[new] - box).max() <= 1 / 255 + 1e-6
+            assert np.abs(half.images[new].astype(np.float64) - box).max() <= 1 + 1e-6  # uint8 levels
             mask_box = full.masks[old, : h * factor, : w * factor].reshape(h, factor, w, factor).mean(axis=(1, 3))
             certain = np.abs(mask_box - 0.5) > 0.1
             np.testing.assert_array_equal(half.masks[new][certain], (mask_box > 0.5)[certain])
@@ -555,7 +553,7 @@ def test_image_headers_agree_with_pillow(tmp_path):
     from datasets.images import read_image
 
     jpg = read_image(tmp_path / "baseline.jpg", 1, 53, 37)
-    np.testing.assert_allclose(jpg, np.asarray(Image.open(tmp_path / "baseline.jpg")) / 255, atol=1e-6)
+    np.testing.assert_array_equal(jpg, np.asarray(Image.open(tmp_path / "baseline.jpg")))
     with pytest.raises(DatasetError, match="empty.png: image file is empty"):
         (tmp_path / "empty.png").write_bytes(b"")
         read_image_info(tmp_path / "empty.png")
@@ -577,7 +575,7 @@ def test_downscaled_pixel_grid_follows_the_centre_aware_map(tmp_path, factor):
     Image.fromarray(ramp).save(tmp_path / "ramp.png")
     w, h = downscaled_size(W, H, factor)
     assert (w, h) == (int(W // factor), int(H // factor))
-    img = read_image(tmp_path / "ramp.png", factor, w, h) * 255
+    img = read_image(tmp_path / "ramp.png", factor, w, h).astype(np.float64)
     np.testing.assert_allclose(img[0, :, 0], (np.arange(w) + 0.5) * factor - 0.5, atol=0.5 + 1e-3)
     np.testing.assert_allclose(img[:, 0, 1], (np.arange(h) + 0.5) * factor - 0.5, atol=0.5 + 1e-3)
     # Masks use the same grid: a half plane u >= 100.5 stays a half plane at u' = (100.5 + 0.5) / s - 0.5.
@@ -598,7 +596,7 @@ def test_mask_and_image_pixel_modes(tmp_path):
 
     grey = np.zeros((6, 8), np.uint8)
     grey[:, 4:] = 255
-    expected = (grey > 127).astype(np.float32)
+    expected = grey > 127
     rgba = np.dstack([np.stack([grey] * 3, axis=-1), np.full((6, 8), 255, np.uint8)])
     variants = {
         "opaque_rgba.png": Image.fromarray(rgba, "RGBA"),
@@ -611,10 +609,10 @@ def test_mask_and_image_pixel_modes(tmp_path):
         im.save(tmp_path / name)
         np.testing.assert_array_equal(read_mask(tmp_path / name, 1, 8, 6), expected, err_msg=name)
     # An RGBA photo that is its own mask (NeRF-synthetic) keeps its alpha even when it is opaque.
-    np.testing.assert_array_equal(read_mask(tmp_path / "opaque_rgba.png", 1, 8, 6, own_alpha=True), 1.0)
+    np.testing.assert_array_equal(read_mask(tmp_path / "opaque_rgba.png", 1, 8, 6, own_alpha=True), True)
 
     photo = np.dstack([np.full((6, 8, 3), 51, np.uint8), grey])  # dark grey where opaque, else transparent
     Image.fromarray(photo, "RGBA").save(tmp_path / "photo.png")
-    np.testing.assert_allclose(read_image(tmp_path / "photo.png", 1, 8, 6)[..., 0], np.where(grey, 0.2, 1.0), atol=1e-6)
+    np.testing.assert_array_equal(read_image(tmp_path / "photo.png", 1, 8, 6)[..., 0], np.where(grey, 51, 255))
     Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "photo16.png")
-    np.testing.assert_allclose(read_image(tmp_path / "photo16.png", 1, 8, 6), np.stack([grey / 255] * 3, -1), atol=1e-6)
+    np.testing.assert_array_equal(read_image(tmp_path / "photo16.png", 1, 8, 6), np.stack([grey] * 3, -1))

@@ -86,7 +86,8 @@ def asset_fidelity(
     per_view, per_view_covered, coverage = [], [], []
     for i in indices:
         i = int(i)
-        photo = _downsample(np.asarray(scene.images[i], np.float32)[..., :3], downscale)
+        photo = np.asarray(scene.images[i])[..., :3]
+        photo = _downsample(photo.astype(np.float32) / (255.0 if photo.dtype == np.uint8 else 1.0), downscale)
         h, w = photo.shape[:2]
         mask = None
         if scene.masks is not None:

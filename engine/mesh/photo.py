@@ -71,19 +71,22 @@ class PhotoOptions:
 class _View:
     K: torch.Tensor  # (3, 3)
     c2w: torch.Tensor  # (3, 4)
-    image: torch.Tensor  # (H, W, 3) float in [0, 1]
+    image: torch.Tensor  # (H, W, 3) uint8 (the scene's own pixels on the CPU) or float in [0, 1]
     depth: torch.Tensor  # (H, W) visible depth (inf empty)
     feather: torch.Tensor  # (H, W) in [0, 1], 0 outside usable pixels
-    loose: torch.Tensor  # (H, W) float 1 on every foreground pixel the mesh covers (relaxed pass), else 0
+    loose: torch.Tensor  # (H, W) bool: every foreground pixel the mesh covers (relaxed pass)
     sharpness: float
     gain: torch.Tensor  # (3,)
 
 
 def _as_image(x: Any, device: torch.device) -> torch.Tensor:
     t = x if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(x))
-    t = t.to(device)
-    t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
-    return t[..., :3]
+    t = t[..., :3].to(device)
+    return t if t.dtype == torch.uint8 else t.float()  # uint8 stays uint8: only sampled pixels become float
+
+
+def _unit_float(t: torch.Tensor) -> torch.Tensor:
+    return t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
 
 
 def _as_mask(x: Any, device: torch.device) -> torch.Tensor:
@@ -107,7 +110,7 @@ def _feather(usable: torch.Tensor, width: float) -> torch.Tensor:
 
 def _sharpness(image: torch.Tensor, usable: torch.Tensor) -> float:
     """Mean squared Laplacian of the grey image over usable pixels (a focus / motion-blur measure)."""
-    grey = image.mean(dim=-1)[None, None]
+    grey = _unit_float(image).mean(dim=-1)[None, None]
     lap = F.conv2d(grey, grey.new_tensor([[0, 1, 0], [1, -4, 1], [0, 1, 0]])[None, None], padding=1)[0, 0]
     sel = usable & torch.isfinite(lap)
     return float((lap[sel] ** 2).mean()) if bool(sel.any()) else 0.0
@@ -154,7 +157,7 @@ def prepare_views(
                 k = 2 * int(opts.erode_px) + 1
                 fg = -F.max_pool2d(-fg.float()[None, None], k, 1, int(opts.erode_px))[0, 0] > 0.5
             usable &= fg
-        views.append(_View(Ks[i], c2ws[i], img, depth, _feather(usable, opts.feather_px), loose.float(),
+        views.append(_View(Ks[i], c2ws[i], img, depth, _feather(usable, opts.feather_px), loose,
                            _sharpness(img, usable), torch.ones(3, device=device)))
     top = max((vw.sharpness for vw in views), default=0.0)
     for vw in views:
@@ -163,12 +166,17 @@ def prepare_views(
 
 
 def _sample(image: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of (H, W, C) at pixel coords (M, 2) (integers = centres) -> (M, C)."""
+    """Bilinear samples of (H, W, C) (uint8 -> [0, 1]) at pixel coords (M, 2) (integers = centres, clamped to the
+    border) -> (M, C) float. Gathers the four neighbours, so a uint8 image is never converted whole."""
     h, w = image.shape[:2]
-    grid = torch.stack([(xy[:, 0] + 0.5) / w * 2 - 1, (xy[:, 1] + 0.5) / h * 2 - 1], dim=1)
-    out = F.grid_sample(image.permute(2, 0, 1)[None], grid[None, None], mode="bilinear", padding_mode="border",
-                        align_corners=False)
-    return out[0, :, 0].T
+    x = xy[:, 0].clamp(0, w - 1)
+    y = xy[:, 1].clamp(0, h - 1)
+    x0, y0 = x.floor().long(), y.floor().long()
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    top = _unit_float(image[y0, x0]) * (1 - fx) + _unit_float(image[y0, x1]) * fx
+    bottom = _unit_float(image[y1, x0]) * (1 - fx) + _unit_float(image[y1, x1]) * fx
+    return top * (1 - fy) + bottom * fy
 
 
 def _nearest(image: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
@@ -210,7 +218,10 @@ def _view_samples(view: _View, pts: torch.Tensor, nrm: torch.Tensor, opts: Photo
     idx = torch.nonzero(cos > (opts.relaxed_min_cos if relaxed else opts.min_cos)).squeeze(1)
     visible, xy, z = depth_visible(view.depth, view.K, view.c2w, pts[idx], cos[idx], opts)
     idx, xy, c, footprint = idx[visible], xy[visible], cos[idx][visible], z[visible] / float(view.K[0, 0])
-    feather = _nearest(view.loose[..., None], xy)[:, 0] if relaxed else _sample(view.feather[..., None], xy)[:, 0]
+    if relaxed:
+        feather = _nearest(view.loose[..., None], xy)[:, 0].float()
+    else:
+        feather = _sample(view.feather[..., None], xy)[:, 0]
     keep = feather > 0
     idx, xy, c, footprint, feather = idx[keep], xy[keep], c[keep], footprint[keep], feather[keep]
     quality = c * view.sharpness / footprint  # pixels per unit length across the surface, times focus

@@ -1,0 +1,93 @@
+"""Bounded memory of ``fit`` (issue 19): pixels held once as uint8, an estimate before loading them, an automatic
+downscale when they would not fit, and one line (exit 2) when nothing fits.
+
+Real runs on subsets of the real DTU scan (full-size 1600x1200 photos and masks, symlinked).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+from engine_helpers import REPO, TINY, engine_env, parse_events, run_engine
+from paths import dtu_or_skip
+
+VIEW_PIXELS = 1600 * 1200
+
+
+def dtu_subset(dst, n: int):
+    """The first ``n`` views of DTU scan 65 in DTU layout (symlinks to the real files)."""
+    src = dtu_or_skip()
+    (dst / "image").mkdir(parents=True)
+    (dst / "mask").mkdir()
+    data = np.load(src / "cameras_sphere.npz")
+    arrays = {}
+    for i in range(n):
+        os.symlink(src / "image" / f"{i:06d}.png", dst / "image" / f"{i:06d}.png")
+        os.symlink(src / "mask" / f"{i:03d}.png", dst / "mask" / f"{i:03d}.png")
+        arrays.update({f"{k}_{i}": data[f"{k}_{i}"] for k in ("world_mat", "scale_mat")})
+    np.savez(dst / "cameras_sphere.npz", **arrays)
+    return dst
+
+
+def fit_peak_rss(data, run, *args: str) -> tuple[int, list[dict], str, int]:
+    """Runs a real ``engine fit``; returns (exit code, events, stderr, peak RSS of that child in bytes, from
+    ``wait4``'s resource usage)."""
+    out, err = run.parent / f"{run.name}.out", run.parent / f"{run.name}.err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "engine", "fit", str(data), "--out", str(run),
+                                 "--progress", "jsonl", *args], cwd=REPO, env=engine_env(), stdout=stdout,
+                                stderr=stderr, stdin=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, parse_events(out.read_text()), err.read_text(), usage.ru_maxrss * 1024
+
+
+def test_fit_peak_memory_grows_by_the_photos_uint8_size(tmp_path):
+    """Two real short fits (3 and 9 full-size views): the peak grows by no more than the 6 extra views' uint8 pixels
+    and masks (4 bytes per pixel, 46 MB) plus 24 MB of run-to-run noise (the float32 loader grew by ~48 bytes per
+    pixel, 550 MB here). Each memory estimate bounds its own measured peak from above, within 25 %."""
+    short = ["--preset", "preview", "--steps", "2", "--set", "export.color=field", *TINY]
+    peaks, estimates = {}, {}
+    for n in (3, 9):
+        code, events, err, peaks[n] = fit_peak_rss(dtu_subset(tmp_path / f"d{n}", n), tmp_path / f"r{n}", *short)
+        assert code == 0, err[-2000:]
+        memory = [e for e in events if e["event"] == "memory"]
+        assert len(memory) == 1 and memory[0]["downscale"] == 1 and memory[0]["where"] == "host", memory
+        estimates[n] = memory[0]["estimate_bytes"]
+    growth = peaks[9] - peaks[3]
+    assert growth <= 6 * VIEW_PIXELS * 4 + 24 * 2**20, (peaks, growth / 2**20)
+    for n in (3, 9):
+        assert peaks[n] <= estimates[n] <= 1.25 * peaks[n], (n, peaks[n] / 2**20, estimates[n] / 2**20)
+
+
+def test_memory_plan_downscales_until_the_fit_fits():
+    """The plan for 500 twelve-megapixel photos (4000x3000, no masks, ``preview``) in a 24 GB budget: the smallest
+    downscale whose estimate fits, with the estimate at the next smaller factor over the budget."""
+    import torch
+
+    from engine.config import build_config, resolve_auto
+    from engine.memory import current_rss_bytes, fit_estimate, model_parameter_count, plan_fit_memory
+
+    cfg = build_config("preview", "colmap", False, None, ["data.memory_budget_gb=24"])
+    resolve_auto(cfg, False, "cpu")
+    plan = plan_fit_memory(cfg, 500, 500, 4000, 3000, False, torch.device("cpu"))
+    assert plan.downscale > 1 and plan.estimate_bytes <= 24 * 2**30 == plan.budget_bytes
+    assert plan.resolution == (4000 // plan.downscale, 3000 // plan.downscale)
+    w, h = 4000 // (plan.downscale - 1), 3000 // (plan.downscale - 1)
+    bigger = fit_estimate(cfg, 500, 500, w, h, False, model_parameter_count(cfg.model), False, current_rss_bytes())
+    assert bigger > 24 * 2**30
+
+
+def test_fit_that_fits_nowhere_is_one_line_exit_2(tmp_path):
+    data = dtu_subset(tmp_path / "d", 3)
+    code, events, err = run_engine("fit", str(data), "--out", str(tmp_path / "run"), "--progress", "jsonl",
+                                   "--set", "data.memory_budget_gb=0.05", timeout=120)
+    assert code == 2, err[-2000:]
+    error = [e for e in events if e["event"] == "error"]
+    assert len(error) == 1 and error[0]["kind"] == "input"
+    message = error[0]["message"]
+    assert "\n" not in message and str(data) in message and "do not fit in memory" in message, message
+    assert not (tmp_path / "run" / "config.yaml").exists()
