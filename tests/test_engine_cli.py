@@ -39,8 +39,10 @@ def test_fit_event_sequence_and_outputs(smoke_run):
     run, events = smoke_run.check().folder, smoke_run.events
     kinds = [e["event"] for e in events]
     assert kinds[0] == "stage" and events[0]["stage"] == "loading"
-    assert kinds[1] == "start"
-    start = events[1]
+    assert kinds[1:3] == ["memory", "start"]
+    memory, start = events[1], events[2]
+    assert memory["downscale"] == memory["requested_downscale"] == 1 and memory["resolution"] == [400, 300]
+    assert 0 < memory["estimate_bytes"] <= memory["budget_bytes"] and memory["where"] in ("host", "device")
     assert start["version"] == 1 and start["total_steps"] == 12 and start["device"] == str(select_device("auto"))
     assert 1 <= start["cpu_threads"] <= usable_core_count()
     assert start["config"]["n_images"] == 40 and start["config"]["resolution"] == [400, 300]
