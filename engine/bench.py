@@ -13,7 +13,6 @@ import contextlib
 import datetime
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import torch
 from .cpu_threads import configure_torch_threads
 from .profiling import OpCounter
 from .protocol import Emitter
+from .rss import peak_rss_bytes
 from .train import CancelToken, FitRequest, run_fit
 
 
@@ -88,7 +88,7 @@ def run_benchmark(scene: Path, preset: str, device: str, steps: int | None, gt: 
         "samples_per_s": round(result["mean_samples_per_step"] * n_steps / max(t["train_s"], 1e-9)),
         "mean_samples_per_step": round(result["mean_samples_per_step"]),
         "peak_gpu_memory_gb": result.get("peak_memory_gb"),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "peak_rss_gb": round(peak_rss_bytes() / 2**30, 2),
         "heldout_psnr": (result.get("validation") or {}).get("psnr"),
         "mask_iou": (result.get("validation") or {}).get("mask_iou"),
         "profile_ms_per_step": result["profile_ms_per_step"],  # {} with --no-phase-timer

@@ -17,6 +17,8 @@ import torch
 from datasets.cameras import downscaled_size
 from datasets.scene import pixel_bytes
 
+from .rss import current_rss_bytes
+
 # Measured factors (2026-12-02, CPU, real DTU scan 65 subsets, see BENCHMARKS.md), rounded up:
 PHOTO_COLOUR_BYTES_PER_PIXEL = 20
 """Photo colouring (``engine.mesh.photo.prepare_views``): depth, feather and coverage maps of every training view;
@@ -54,17 +56,6 @@ class MemoryPlan:
         return {"downscale": self.downscale, "requested_downscale": self.requested_downscale,
                 "resolution": list(self.resolution), "estimate_bytes": self.estimate_bytes,
                 "budget_bytes": self.budget_bytes, "where": self.where}
-
-
-def current_rss_bytes() -> int:
-    """This process's resident memory now (Linux /proc; 0 where unknown)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def _cgroup_free_bytes() -> int | None:

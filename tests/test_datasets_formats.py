@@ -137,12 +137,13 @@ def test_blender_rgba_gives_masks_and_white_background(tmp_path, dtu4):
     assert scene.images.shape == (2, 300, 400, 3) and scene.masks.shape == (2, 300, 400)
     for n, k in enumerate((0, 3)):
         alpha = np.asarray(dtu4.mask[k])
-        rgb = np.asarray(dtu4.rgb[k], dtype=np.float32) / 255
+        rgb = np.asarray(dtu4.rgb[k])
         np.testing.assert_array_equal(scene.masks[n], alpha > 127)
         opaque, clear = alpha == 255, alpha == 0
         assert opaque.any() and clear.any()
-        np.testing.assert_allclose(scene.images[n][opaque], rgb[opaque], atol=1e-6)
-        np.testing.assert_allclose(scene.images[n][clear], 1.0)
+        assert scene.images.dtype == np.uint8
+        np.testing.assert_array_equal(scene.images[n][opaque], rgb[opaque])
+        np.testing.assert_array_equal(scene.images[n][clear], 255)
     half = datasets.load(root, downscale=2)
     assert half.images.shape == (2, 150, 200, 3)
     full = datasets.load_cameras(root)
@@ -369,8 +370,7 @@ def test_colmap_text_and_binary_models_match_dtu(tmp_path, dtu4):
     assert (np.linalg.norm(text.c2w[:, :, 3], axis=1) > 1).all()
 
     scene = datasets.load(bin_root, downscale=2)
-    expected = np.asarray(dtu4.rgb[3].reduce(2), dtype=np.float32) / 255
-    np.testing.assert_allclose(scene.images[3], expected, atol=1e-6)
+    np.testing.assert_array_equal(scene.images[3], np.asarray(dtu4.rgb[3].reduce(2)))
 
 
 def test_colmap_sparse_points_with_colours(tmp_path, dtu4):

@@ -32,17 +32,25 @@ def dtu_subset(dst, n: int):
     return dst
 
 
+# A small launcher between pytest and the engine: Linux keeps ``ru_maxrss`` across fork and exec, so an engine
+# started straight from pytest (over 1.5 GB after the Blender tests) would report pytest's size as its own peak.
+LAUNCHER = ("import os, subprocess, sys\n"
+            "with open(sys.argv[1], 'w') as out, open(sys.argv[2], 'w') as err:\n"
+            "    proc = subprocess.Popen(sys.argv[3:], stdout=out, stderr=err, stdin=subprocess.DEVNULL)\n"
+            "    _, status, usage = os.wait4(proc.pid, 0)\n"
+            "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)")
+
+
 def fit_peak_rss(data, run, *args: str) -> tuple[int, list[dict], str, int]:
-    """Runs a real ``engine fit``; returns (exit code, events, stderr, peak RSS of that child in bytes, from
-    ``wait4``'s resource usage)."""
+    """Runs a real ``engine fit``; returns (exit code, events, stderr, peak RSS of that process in bytes, from
+    ``wait4``'s resource usage in a small launcher process)."""
     out, err = run.parent / f"{run.name}.out", run.parent / f"{run.name}.err"
-    with out.open("w") as stdout, err.open("w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "engine", "fit", str(data), "--out", str(run),
-                                 "--progress", "jsonl", *args], cwd=REPO, env=engine_env(), stdout=stdout,
-                                stderr=stderr, stdin=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, parse_events(out.read_text()), err.read_text(), usage.ru_maxrss * 1024
+    launched = subprocess.run([sys.executable, "-c", LAUNCHER, str(out), str(err), sys.executable, "-m", "engine",
+                               "fit", str(data), "--out", str(run), "--progress", "jsonl", *args], cwd=REPO,
+                              env=engine_env(), capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    code, maxrss_kib = map(int, launched.stdout.split())
+    return code, parse_events(out.read_text()), err.read_text(), maxrss_kib * 1024
 
 
 def test_fit_peak_memory_grows_by_the_photos_uint8_size(tmp_path):

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..rss import peak_rss_bytes
+
 FEATURE_CHUNK = 2  # images per extract_features call: a progress event every second or two on a laptop
 PAIR_CHUNK = 32  # image pairs per match_image_pairs call
 SEQUENTIAL_OVERLAP = 10  # neighbours matched with each frame (as COLMAP's sequential matcher)
@@ -251,12 +253,8 @@ def run_sfm(job: SfmJob, report: Callable[[dict], None]) -> dict:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, MiB (Linux reports KiB, macOS bytes)."""
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+    """This process's peak resident memory so far, MiB (its own, not a parent's: see ``peak_rss_bytes``)."""
+    return round(peak_rss_bytes() / 2**20, 1)
 
 
 def extraction_options(pycolmap, job: SfmJob, long_side: int):
