@@ -56,6 +56,10 @@ class CameraSet:
         root: the dataset folder.
         up: (3,) float64 unit average camera up direction in the normalized frame.
         downscale: the factor the images are loaded at (1 = full size).
+        region_notes: why the automatic region is uncertain (``datasets.auto_region``), one line each; empty when
+            it is not, when the format gives its region (DTU, NeRF-synthetic) or for a user region.
+        metres_per_unit: metres per world unit from the dataset's known distance (``scale.json``,
+            ``datasets.scale_file``), or None when none is given.
     """
 
     names: list[str]
@@ -70,6 +74,9 @@ class CameraSet:
     root: Path
     up: np.ndarray
     downscale: float
+    # keyword-only with defaults, so Scene (a subclass) may add fields without defaults
+    region_notes: tuple[str, ...] = dataclasses.field(default=(), kw_only=True)
+    metres_per_unit: float | None = dataclasses.field(default=None, kw_only=True)
 
     @property
     def n_views(self) -> int:
@@ -174,7 +181,9 @@ def load_cameras(
     if fmt not in FORMATS:
         raise DatasetError(root, f"unknown format {format!r}: expected auto, {', '.join(FORMATS)}")
     cam_file = None if cameras_file is None else _resolve(root, cameras_file)
-    return apply_region(_load_format(root, fmt, factor, cam_file, split), region)
+    from datasets.scale_file import with_known_scale  # here: it imports this module
+
+    return apply_region(with_known_scale(_load_format(root, fmt, factor, cam_file, split)), region)
 
 
 def _load_format(root: Path, fmt: str, factor: float, cam_file: Path | None, split: str) -> CameraSet:
@@ -215,7 +224,7 @@ def apply_region(cams: CameraSet, region: dict | None) -> CameraSet:
     if inside:
         raise DatasetError(cams.root, f"data.region contains {len(inside)} camera(s) (e.g. {inside[0]}); the region "
                            "must enclose the object only, with every camera outside it")
-    return dataclasses.replace(cams, c2w=c2w, scale_mat=scale_mat, up=mean_up(c2w))
+    return dataclasses.replace(cams, c2w=c2w, scale_mat=scale_mat, up=mean_up(c2w), region_notes=())
 
 
 def _resolve(root: Path, name: str | Path) -> Path:

@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fps", type=float, default=2.0, help="video: frames kept per second")
     s.add_argument("--max-frames", type=int, default=120, help="video: at most this many frames")
     s.add_argument("--min-placed", type=float, default=0.5, help="fail when fewer than this fraction is placed")
+    s.add_argument("--known-distance", default=None, metavar="IMG_A,IMG_B,METRES",
+                   help="true scale: the distance in metres between the cameras of two photos (scale.json)")
     s.add_argument("--progress", default="bar", choices=PROGRESS_MODES)
 
     d = sub.add_parser("doctor", help="what will run here: Python, torch, devices, accelerators")
@@ -247,7 +249,8 @@ def _cmd_solve(args, emitter: Emitter) -> int:
     from .solve import SolveRequest, run_solve
 
     req = SolveRequest(source=args.source, out=args.out, matcher=args.matcher, max_image_size=args.max_image_size,
-                       camera=args.camera, fps=args.fps, max_frames=args.max_frames, min_placed=args.min_placed)
+                       camera=args.camera, fps=args.fps, max_frames=args.max_frames, min_placed=args.min_placed,
+                       known_distance=args.known_distance)
     stop_file = args.out / "STOP"
     with contextlib.suppress(OSError):
         stop_file.unlink()  # a stale stop request must not stop this solve

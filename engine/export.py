@@ -191,8 +191,10 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
     verts, faces, colors, normals = region.crop_to_box(cfg, scale_mat, verts, faces, colors, normals)
     files: dict[str, Path] = {}
     files["ply"] = write_ply(run_dir / "mesh.ply", verts, faces, colors=colors)
-    files["normalization"] = write_normalization_json(run_dir / "normalization.json", scale_mat, "normalized",
-                                                      region=region.record(cfg, scale_mat))
+    files["normalization"] = write_normalization_json(
+        run_dir / "normalization.json", scale_mat, "normalized",
+        region=region.record(cfg, scale_mat, getattr(scene, "region_notes", ())),
+        metres_per_unit=getattr(scene, "metres_per_unit", None))
     out_verts = transform_vertices(verts, scale_mat) if opts.frame == "world" else verts
     suffix = "_world" if opts.frame == "world" else ""
     if opts.frame == "world":

@@ -23,9 +23,13 @@ def region_of(cfg, key: str = "data.region") -> dict | None:
     return None if (region.get("type") or "auto") == "auto" else region
 
 
-def record(cfg, scale_mat: np.ndarray) -> dict:
-    """The ``region`` entry of normalization.json."""
-    return region_record(region_of(cfg), scale_mat)
+def record(cfg, scale_mat: np.ndarray, notes: tuple[str, ...] = ()) -> dict:
+    """The ``region`` entry of normalization.json; an automatic region also lists why it is uncertain (``notes``,
+    ``CameraSet.region_notes``; empty when it is not)."""
+    entry = region_record(region_of(cfg), scale_mat)
+    if entry["type"] == "auto":
+        entry["notes"] = list(notes)
+    return entry
 
 
 def crop_to_box(cfg, scale_mat: np.ndarray, verts: np.ndarray, faces: np.ndarray, *per_vertex: np.ndarray):

@@ -27,10 +27,20 @@ except ImportError:  # outside Blender: only the bpy-free modules are usable
 if bpy is not None:
     from bpy.app.handlers import persistent
 
-    from . import import_dataset, operators, preferences, properties, reconstruct, scene_tools, solve_cameras, ui
+    from . import (
+        import_dataset,
+        operators,
+        preferences,
+        properties,
+        reconstruct,
+        scene_tools,
+        solve_cameras,
+        true_scale,
+        ui,
+    )
 
     classes = (*properties.classes, *preferences.classes, *operators.classes, *import_dataset.classes, *ui.classes,
-               *scene_tools.classes)
+               *scene_tools.classes, *true_scale.classes)
 
     @persistent
     def _reset_stale_status(_dummy=None) -> None:
@@ -74,6 +84,7 @@ def register() -> None:
     for cls in classes:
         bpy.utils.register_class(cls)
     properties.register()
+    true_scale.register()
     import_dataset.register()
     if _reset_stale_status not in bpy.app.handlers.load_post:
         bpy.app.handlers.load_post.append(_reset_stale_status)
@@ -91,6 +102,7 @@ def unregister() -> None:
     if _reset_stale_status in bpy.app.handlers.load_post:
         bpy.app.handlers.load_post.remove(_reset_stale_status)
     import_dataset.unregister()
+    true_scale.unregister()
     properties.unregister()
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)

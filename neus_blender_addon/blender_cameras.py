@@ -31,6 +31,8 @@ VIEW_PROP = "neus_view"  # index of the dataset view a camera object shows
 PLANE_PROP = "neus_image_plane"  # marks an image plane (child of its camera)
 POINTS_PROP = "neus_sparse_points"  # marks the sparse point cloud
 REGION_PROP = "neus_region"  # marks the editable region object
+REGION_NOTES_PROP = "neus_region_notes"  # on the region object: why the automatic region is uncertain (lines)
+METRES_PROP = "neus_metres_per_unit"  # on the parent: metres per world unit (true scale); absent without one
 KINDS = ("cameras", "previews", "results")
 POINTS_NODE_GROUP = "NeuS sparse points"
 POINT_RADIUS = 0.004  # normalized-frame units: the object fits the unit sphere
@@ -129,14 +131,23 @@ def stored_matrix(obj: bpy.types.Object, key: str = SCALE_MAT_PROP) -> np.ndarra
     return None if value is None else np.array(list(value), dtype=np.float64).reshape(4, 4)
 
 
+def metres_per_unit(parent: bpy.types.Object | None) -> float | None:
+    """The true scale recorded on a dataset's parent (metres per world unit), or None."""
+    value = parent.get(METRES_PROP) if parent is not None else None
+    return None if value is None else float(value)
+
+
 def frame_parent(scene: bpy.types.Scene, dataset: str, frame: str, scale_mat: np.ndarray | None = None,
-                 up: np.ndarray | None = None, replace: bool = False) -> bpy.types.Object:
+                 up: np.ndarray | None = None, replace: bool = False,
+                 metres: float | None = None) -> bpy.types.Object:
     """The dataset's parent empty, created when missing.
 
     ``scale_mat`` and ``up`` are the cameras' (normalized -> world, and mean up in the normalized frame); they
     are recorded on the first call or when ``replace`` is set (a camera import), otherwise the recorded ones
-    stay. The matrix is set on creation, on ``replace`` and when the frame changes, so an artist who moved the
-    whole dataset keeps that placement when results arrive.
+    stay. ``metres`` (metres per world unit: the dataset's true scale) is recorded with them, and a parent that
+    has one shows everything in metres (``camera_math.parent_matrix``). The matrix is set on creation, on
+    ``replace`` and when the frame changes, so an artist who moved the whole dataset keeps that placement when
+    results arrive.
     """
     coll = dataset_collection(scene, dataset)
     empty = find_frame_empty(coll)
@@ -152,11 +163,51 @@ def frame_parent(scene: bpy.types.Scene, dataset: str, frame: str, scale_mat: np
         empty[SCALE_MAT_PROP] = [float(x) for x in S.reshape(-1)]
     if replace or UP_PROP not in empty:
         empty[UP_PROP] = [float(x) for x in (np.array([0.0, 0.0, 1.0]) if up is None else np.asarray(up))]
+    if created or replace:
+        if metres is None:
+            empty.pop(METRES_PROP, None)
+        else:
+            empty[METRES_PROP] = float(metres)
     if created or replace or empty.get(FRAME_PROP) != frame:
         up_vec = np.array(list(empty[UP_PROP]), dtype=np.float64)
-        empty.matrix_world = to_matrix(camera_math.parent_matrix(stored_matrix(empty), frame, up_vec))
+        empty.matrix_world = to_matrix(camera_math.parent_matrix(stored_matrix(empty), frame, up_vec,
+                                                                 metres_per_unit(empty)))
         empty[FRAME_PROP] = frame
     return empty
+
+
+def shown_scale(parent: bpy.types.Object) -> float:
+    """World units of the scene per normalized-frame unit under ``parent`` (Blender clips in scene units)."""
+    S, frame = stored_matrix(parent), parent.get(FRAME_PROP, "normalized")
+    return (camera_math.frame_scale(camera_math.frame_matrix(S, frame))
+            * camera_math.metric_factor(S, frame, metres_per_unit(parent)))
+
+
+def set_true_scale(scene: bpy.types.Scene, dataset: str, metres: float | None) -> bpy.types.Object:
+    """Records the dataset's true scale (metres per world unit, None to drop it) on its parent and shows the
+    dataset in metres: the parent's matrix changes, everything under it (cameras, region, meshes) follows, and
+    the cameras' clipping distances are scaled with it."""
+    coll = dataset_collection(scene, dataset, create=False)
+    parent = find_frame_empty(coll) if coll is not None else None
+    if parent is None:
+        raise ValueError(f"no cameras of {dataset!r} in this scene: import them first")
+    before = shown_scale(parent)
+    if metres is None:
+        parent.pop(METRES_PROP, None)
+    else:
+        parent[METRES_PROP] = float(metres)
+    frame = parent.get(FRAME_PROP, "normalized")
+    up_vec = np.array(list(parent[UP_PROP]), dtype=np.float64)
+    parent.matrix_world = to_matrix(camera_math.parent_matrix(stored_matrix(parent), frame, up_vec,
+                                                              metres_per_unit(parent)))
+    ratio = shown_scale(parent) / before
+    for obj in coll.all_objects:
+        if VIEW_PROP in obj and obj.type == "CAMERA":
+            obj.data.clip_start *= ratio
+            obj.data.clip_end *= ratio
+    for layer in scene.view_layers:
+        layer.update()
+    return parent
 
 
 def place_in_frame(obj: bpy.types.Object, matrix: np.ndarray | Matrix, parent: bpy.types.Object | None) -> None:
@@ -362,6 +413,16 @@ def user_region(scene: bpy.types.Scene, dataset: str) -> region.Region | None:
         raise ValueError(f"{obj.name}: {e}") from None
 
 
+def user_region_or_none(scene: bpy.types.Scene, dataset: str | None) -> region.Region | None:
+    """``user_region``, with a region object the engine cannot use counted as the artist's (not automatic)."""
+    if not dataset:
+        return None
+    try:
+        return user_region(scene, dataset)
+    except ValueError:
+        return region.Region("sphere", (0.0, 0.0, 0.0), radius=1.0)
+
+
 def reset_region(scene: bpy.types.Scene, dataset: str) -> bpy.types.Object | None:
     """Puts the region object back to the automatic region (unit sphere)."""
     coll = dataset_collection(scene, dataset, create=False)
@@ -397,18 +458,24 @@ def import_cameras(scene: bpy.types.Scene, directory: str | Path, frame: str = "
     if options.point_cloud and cams.format == "colmap":
         points = camera_source.load_sparse_points(cams.root)
     return create_cameras(scene, converted, names, camera_source.dataset_name(directory), frame, options,
-                          up=np.asarray(cams.up), views=views, points=points)
+                          up=np.asarray(cams.up), views=views, points=points,
+                          metres_per_unit_of_dataset=getattr(cams, "metres_per_unit", None),
+                          region_notes=tuple(getattr(cams, "region_notes", ())))
 
 
 def create_cameras(scene: bpy.types.Scene, converted: camera_math.SceneCameras, names: list[str],
                    collection_name: str, frame: str = "normalized", options: ImportOptions | None = None,
                    up: np.ndarray | None = None, views: list[int] | None = None,
-                   points: tuple[np.ndarray, np.ndarray] | None = None) -> CameraImport:
+                   points: tuple[np.ndarray, np.ndarray] | None = None,
+                   metres_per_unit_of_dataset: float | None = None,
+                   region_notes: tuple[str, ...] = ()) -> CameraImport:
     """Camera objects for converted cameras, under the parent of dataset ``collection_name``.
 
     Re-importing replaces the cameras, image planes and sparse points of the dataset (the region object and
     results stay). ``up`` (3,) is the cameras' mean up in the normalized frame (default: the mean of these
-    cameras' up axes); ``views`` the dataset index of each camera (default 0..N-1).
+    cameras' up axes); ``views`` the dataset index of each camera (default 0..N-1). ``metres_per_unit_of_dataset``
+    (the dataset's true scale) shows the dataset in metres; ``region_notes`` (why the automatic region is uncertain)
+    are kept on the region object for the sidebar.
     """
     options = options or ImportOptions()
     if up is None:
@@ -419,11 +486,13 @@ def create_cameras(scene: bpy.types.Scene, converted: camera_math.SceneCameras, 
     for obj in list(coll.all_objects):
         if VIEW_PROP in obj or PLANE_PROP in obj or POINTS_PROP in obj:
             remove_object(obj)
-    parent = frame_parent(scene, collection_name, frame, converted.scale_mat, up, replace=True)
+    parent = frame_parent(scene, collection_name, frame, converted.scale_mat, up, replace=True,
+                          metres=metres_per_unit_of_dataset)
     region_obj = ensure_region(coll, parent)
+    region_obj[REGION_NOTES_PROP] = "\n".join(region_notes)
     cam_coll = sub_collection(scene, collection_name, "cameras")
     # Blender clips in world units, unaffected by the parent's scale.
-    clip_scale = camera_math.frame_scale(camera_math.frame_matrix(converted.scale_mat, frame))
+    clip_scale = shown_scale(parent)
     if options.set_render:
         apply_render_settings(scene, converted.render)
     objects, planes = [], []

@@ -312,8 +312,21 @@ def frame_matrix(scale_mat: np.ndarray, frame: str) -> np.ndarray:
     return check_scale_mat(scale_mat) if frame == "world" else np.eye(4)
 
 
-def parent_matrix(scale_mat: np.ndarray, frame: str, up: np.ndarray) -> np.ndarray:
-    """(4, 4) ``matrix_world`` of the dataset's parent empty: the upright rotation after the frame matrix.
+def metric_factor(scale_mat: np.ndarray, frame: str, metres_per_unit: float | None) -> float:
+    """Uniform scale taking the shown frame (``frame_matrix``) to metres: ``metres_per_unit`` (metres per world
+    unit, from the dataset's known distance) for the world frame, times the unit sphere's world radius for the
+    normalized frame; 1 without a known distance."""
+    if metres_per_unit is None:
+        return 1.0
+    if not (np.isfinite(metres_per_unit) and metres_per_unit > 0):
+        raise ValueError(f"metres per unit must be a positive number, got {metres_per_unit!r}")
+    return float(metres_per_unit) * (1.0 if frame == "world" else frame_scale(check_scale_mat(scale_mat)))
+
+
+def parent_matrix(scale_mat: np.ndarray, frame: str, up: np.ndarray,
+                  metres_per_unit: float | None = None) -> np.ndarray:
+    """(4, 4) ``matrix_world`` of the dataset's parent empty: the upright rotation after the frame matrix, scaled to
+    metres when the dataset has a known distance (``metric_factor``).
 
     Children are placed in the cameras' normalized frame, so ``up`` (3,) is the cameras' mean up there
     (``CameraSet.up``); the frame matrix turns it before the rotation brings it onto +Z.
@@ -321,7 +334,8 @@ def parent_matrix(scale_mat: np.ndarray, frame: str, up: np.ndarray) -> np.ndarr
     F = frame_matrix(scale_mat, frame)
     R = np.eye(4)
     R[:3, :3] = upright_rotation(F[:3, :3] @ np.asarray(up, dtype=np.float64).reshape(3))
-    return R @ F
+    M = np.diag([*[metric_factor(scale_mat, frame, metres_per_unit)] * 3, 1.0])
+    return M @ R @ F
 
 
 def result_matrix(camera_scale_mat: np.ndarray, run_scale_mat: np.ndarray) -> np.ndarray:

@@ -18,6 +18,33 @@ def region_object(context) -> bpy.types.Object | None:
     return blender_cameras.find_region(coll) if coll is not None else None
 
 
+def region_notes(context) -> list[str]:
+    """Why the automatic region of the sidebar's dataset is uncertain (one line each; recorded at the camera
+    import), while its region object is still the automatic one; empty otherwise."""
+    obj = region_object(context)
+    notes = str(obj.get(blender_cameras.REGION_NOTES_PROP, "")) if obj is not None else ""
+    if not notes or blender_cameras.user_region_or_none(context.scene, current_dataset(context)) is not None:
+        return []
+    return notes.splitlines()
+
+
+def draw_region_notes(layout, context, short: bool = False) -> None:
+    """The uncertain-region warning (an alert): every reason, or one line pointing to the Scene sub-panel."""
+    from .preferences import wrapped_labels
+
+    notes = region_notes(context)
+    if not notes:
+        return
+    col = layout.column(align=True)
+    col.alert = True
+    if short:
+        col.label(text="Automatic region uncertain: check it (Scene)", icon="ERROR")
+        return
+    col.label(text="Automatic region uncertain:", icon="ERROR")
+    for note in notes:
+        wrapped_labels(col, note, width=48)
+
+
 class NEUS_OT_show_vertex_colors(bpy.types.Operator):
     """Show colour attributes in Solid shading, in the 3D views of this window (the add-on never changes
     viewport shading by itself)"""
@@ -68,6 +95,7 @@ class NEUS_PT_scene(SubPanel, bpy.types.Panel):
             row = col.row(align=True)
             row.operator("neus.select_region", icon="RESTRICT_SELECT_OFF")
             row.operator("neus.reset_region", icon="LOOP_BACK")
+            draw_region_notes(col, context)
         layout.operator("neus.show_vertex_colors", icon="COLOR")
 
 

@@ -91,6 +91,9 @@ class NEUS_PT_data(SubPanel, bpy.types.Panel):
             layout.operator("neus.solve_cameras", icon="CAMERA_DATA")  # photos or a video without cameras
         else:
             layout.operator("neus.import_cameras", icon="OUTLINER_OB_CAMERA")
+        from .scene_tools import draw_region_notes  # here: scene_tools builds on this module
+
+        draw_region_notes(layout, context, short=True)
 
 
 class NEUS_PT_training(SubPanel, bpy.types.Panel):

@@ -90,12 +90,14 @@ def build_camera_set(
     scale_mat: np.ndarray,
     full_size: tuple[int, int],
     factor: float,
+    region_notes: tuple[str, ...] = (),
 ) -> CameraSet:
     """Applies the downscale to full-resolution intrinsics and assembles the CameraSet.
 
     Args:
         K_full: (N, 3, 3) intrinsics of the full-size images; c2w: (N, 3, 4) normalized frame, OpenGL axes.
         full_size: (width, height) of the full-size images.
+        region_notes: why the automatic region (the format's normalization) is uncertain, one line each.
     """
     width, height = downscaled_size(full_size[0], full_size[1], factor)
     if width < 1 or height < 1:
@@ -119,4 +121,5 @@ def build_camera_set(
         root=root,
         up=mean_up(c2w),
         downscale=factor,
+        region_notes=tuple(region_notes),
     )

@@ -15,13 +15,9 @@ COLMAP puts pixel centres at +0.5, so the OpenCV principal point is ``cx - 0.5``
 model are loaded in natural name order; files of images/ that the model does not register are skipped with a
 warning.
 
-Normalization (a COLMAP model has none): centre = the least-squares look-at point of the optical axes (the
-median of the sparse points when the axes are nearly parallel); radius = 1.1 x the 90th percentile of the
-distances to the centre of the sparse points nearer to it than the median camera (points beyond the cameras are
-background: walls, sky, a dome; all points when fewer than ``MIN_OBJECT_POINTS`` are nearer), so the object fits
-in the unit sphere (with no points:
-``datasets.normalization.view_radius``), clamped to 0.95 x the nearest camera distance so every camera stays
-outside the unit sphere.
+Normalization (a COLMAP model has none): the automatic region of ``datasets.auto_region``, the smallest sphere
+holding both the space most photos see and the sparse points' robust hull, every camera outside it; why it is
+uncertain, when it is, is in ``CameraSet.region_notes``.
 """
 
 from __future__ import annotations
@@ -33,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datasets.auto_region import AutoRegion, auto_region
 from datasets.cameras import CameraSet
 from datasets.errors import DatasetError
 from datasets.formats._common import (
@@ -45,13 +42,7 @@ from datasets.formats._common import (
 )
 from datasets.geometry import c2w_from_opencv
 from datasets.imageinfo import list_images, natural_key
-from datasets.normalization import (
-    camera_distances,
-    look_at_center,
-    normalize_c2w,
-    scale_matrix,
-    view_radius,
-)
+from datasets.normalization import normalize_c2w
 
 # model id -> (name, number of parameters), as in COLMAP's src/colmap/sensor/models.h.
 CAMERA_MODELS = {
@@ -72,9 +63,6 @@ _MODEL_PARAMS = {name: count for name, count in CAMERA_MODELS.values()}
 # Models with one focal length (f, cx, cy, ...) and with two (fx, fy, cx, cy, ...).
 _SINGLE_FOCAL = ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL")
 _DOUBLE_FOCAL = ("PINHOLE", "OPENCV", "FULL_OPENCV")
-POINT_PERCENTILE = 90.0
-POINT_MARGIN = 1.1
-MIN_OBJECT_POINTS = 20
 
 
 @dataclass
@@ -368,30 +356,13 @@ def intrinsics(cam: Camera, cam_file: Path) -> np.ndarray:
 
 def normalization(
     K: np.ndarray, c2w: np.ndarray, width: int, height: int, points: np.ndarray | None, where: Path
-) -> np.ndarray:
-    """``scale_mat`` (4, 4) for world-frame cameras and sparse points (see the module docstring)."""
-    if points is not None:
-        points = points[np.isfinite(points).all(axis=1)]  # a NaN would poison the percentile
-    has_points = points is not None and len(points) > 0
-    center = look_at_center(c2w)
-    if center is None:
-        if not has_points:
-            raise DatasetError(
-                where, "cannot place the object: camera axes are nearly parallel and there are no points"
-            )
-        center = np.median(points, axis=0)
-    if has_points:
-        dist = np.linalg.norm(points - center[None], axis=1)
-        nearer = dist[dist < float(np.median(camera_distances(c2w, center)))]
-        if len(nearer) >= MIN_OBJECT_POINTS:  # a background behind the object must not inflate the region
-            dist = nearer
-        radius = POINT_MARGIN * float(np.percentile(dist, POINT_PERCENTILE))
-    else:
-        radius = view_radius(K, c2w, width, height, center)
-    radius = min(radius, 0.95 * float(camera_distances(c2w, center).min()))
-    if not radius > 0:
-        raise DatasetError(where, "cannot place the object: a camera sits at the scene centre")
-    return scale_matrix(center, radius)
+) -> AutoRegion:
+    """The automatic region (``scale_mat`` and notes) of world-frame cameras and sparse points: see
+    ``datasets.auto_region``."""
+    try:
+        return auto_region(K, c2w, width, height, points)
+    except ValueError as exc:
+        raise DatasetError(where, str(exc)) from None
 
 
 def _masks(
@@ -482,7 +453,8 @@ def load(root: Path, factor: float) -> CameraSet:
             raise DatasetError(img_file, f"image {im.name!r}: invalid pose")
         c2w_world[n] = c2w_from_opencv(qvec_to_rotmat(im.qvec), im.tvec)
 
-    scale_mat = normalization(K, c2w_world, width, height, points, folder)
+    region = normalization(K, c2w_world, width, height, points, folder)
+    scale_mat = region.scale_mat
     names = [im.name for im in ordered]
     masks = _masks(root, names, image_dir, in_folder)
     if masks is not None:
@@ -498,4 +470,5 @@ def load(root: Path, factor: float) -> CameraSet:
         scale_mat=scale_mat,
         full_size=(width, height),
         factor=factor,
+        region_notes=region.notes,
     )

@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from datasets.scale_file import check_distance, find_name
+
 from ..errors import Cancelled, EngineError, InputError
 from ..protocol import PROTOCOL_VERSION, Emitter
 from .sfm import SfmJob, choose_cameras, choose_matcher, peak_rss_mb
@@ -47,6 +49,7 @@ class SolveRequest:
     fps: float = 2.0  # video: frames kept per second of video (the sharpest of each window)
     max_frames: int = 120  # video: at most this many frames (the window widens for long videos)
     min_placed: float = 0.5  # fewer photos placed than this fraction is an error
+    known_distance: str | None = None  # "IMG_A,IMG_B,METRES": true scale, kept in DATA_DIR/scale.json
 
 
 def check_request(req: SolveRequest) -> None:
@@ -62,6 +65,70 @@ def check_request(req: SolveRequest) -> None:
         raise InputError(f"--max-frames {req.max_frames}: at least 3")
     if not 0.0 <= req.min_placed <= 1.0:
         raise InputError(f"--min-placed {req.min_placed}: a fraction between 0 and 1")
+    parse_known_distance(req.known_distance)
+
+
+def parse_known_distance(text: str | None) -> tuple[str, str, float] | None:
+    """``IMG_A,IMG_B,METRES`` -> (name, name, metres); None for None. InputError (one line) when malformed."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in str(text).rsplit(",", 2)]
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        raise InputError(f"--known-distance must be IMG_A,IMG_B,METRES (two photo names and the distance between "
+                         f"their cameras in metres), got {text!r}")
+    try:
+        return parts[0], parts[1], check_distance(parts[2])
+    except ValueError as exc:
+        raise InputError(f"--known-distance: {exc}") from None
+
+
+def _known_names(known: tuple[str, str, float] | None, prepared: PreparedSource,
+                 source: Path) -> tuple[str, str] | None:
+    """The dataset names of the two photos of ``--known-distance`` (matched by dataset name, then by the photo's
+    own file name); InputError naming an unknown photo, before any solving."""
+    if known is None:
+        return None
+    names = [im.name for im in prepared.images]
+    by_source = {Path(im.source).name: im.name for im in prepared.images}
+    out = []
+    for wanted in known[:2]:
+        try:
+            out.append(find_name(names, wanted))
+        except ValueError as exc:
+            if wanted not in by_source:
+                raise InputError(f"{source}: --known-distance: {exc}") from None
+            out.append(by_source[wanted])
+    if out[0] == out[1]:
+        raise InputError(f"{source}: --known-distance needs two different photos, got {out[0]!r} twice")
+    return out[0], out[1]
+
+
+def _finish_dataset(result: Path, known: tuple[str, str, float] | None, names: tuple[str, str] | None,
+                    emitter: Emitter) -> dict:
+    """Writes scale.json (when the two photos were placed) into the finished dataset ``result`` and loads its cameras
+    as ``fit`` will: the automatic region (a ``warning`` per reason it is uncertain) and the true scale."""
+    from datasets import DatasetError, load_cameras
+    from datasets.scale_file import write_known_distance
+
+    cams = load_cameras(result)
+    if known is not None:
+        missing = [n for n in names if n not in cams.names]
+        if missing:
+            emitter.emit("warning", message=f"--known-distance not applied: {', '.join(missing)} could not be "
+                         "placed; set the scale later in Blender (True Scale) or solve again", left_out=[])
+        else:
+            write_known_distance(result, cams.names, names[0], names[1], known[2])
+            try:
+                cams = load_cameras(result)
+            except DatasetError as exc:  # the two cameras were placed at one point
+                (result / "scale.json").unlink()
+                emitter.emit("warning", message=f"--known-distance not applied: {exc}", left_out=[])
+    for note in cams.region_notes:
+        emitter.emit("warning", message=f"automatic region uncertain: {note}", left_out=[], about="region")
+    S = cams.scale_mat
+    return {"region": {"center": [float(v) for v in S[:3, 3]], "radius": float(S[0, 0]),
+                       "uncertain": bool(cams.region_notes), "notes": list(cams.region_notes)},
+            "metres_per_unit": cams.metres_per_unit}
 
 
 def _check_out(out: Path) -> None:
@@ -238,6 +305,8 @@ def run_solve(req: SolveRequest, emitter: Emitter, token, announce: bool = True)
                          data_dir=str(out), kind=kind, matcher=req.matcher, camera=req.camera,
                          max_image_size=req.max_image_size, pycolmap=pycolmap.__version__)
         prepared = _prepare(req, kind, work / "images", emitter, token)
+        known = parse_known_distance(req.known_distance)
+        known_names = _known_names(known, prepared, req.source)
         read_s = round(time.monotonic() - t0, 2)
         if prepared.left_out:
             emitter.emit("warning", message=f"{len(prepared.left_out)} of {prepared.given} "
@@ -297,6 +366,7 @@ def run_solve(req: SolveRequest, emitter: Emitter, token, announce: bool = True)
             "peak_rss_mb": {"reading": peak_rss_mb(), "solving": sfm["peak_rss_mb"]},
             "pycolmap": pycolmap.__version__,
         }
+        summary.update(_finish_dataset(result, known, known_names, emitter))
         (result / SOLVE_FILE).write_text(json.dumps(summary, indent=2))
         _move_into_place(result, out, staging)
     finally:
@@ -304,7 +374,8 @@ def run_solve(req: SolveRequest, emitter: Emitter, token, announce: bool = True)
     files = {"images": str(out / "images"), "sparse": str(out / "sparse" / "0"), "solve": str(out / SOLVE_FILE)}
     return {"data_dir": str(out), "registered": summary["registered"], "given": summary["given"],
             "left_out": summary["left_out"], "mean_reprojection_error_px": summary["mean_reprojection_error_px"],
-            "files": files, "timings": summary["timings"]}
+            "files": files, "timings": summary["timings"], "region": summary["region"],
+            "metres_per_unit": summary["metres_per_unit"]}
 
 
 def _check_placed(req: SolveRequest, prepared: PreparedSource, placed: list[str], names: list[str]) -> None:
