@@ -49,10 +49,20 @@ def test_bad_regions_are_named(region, needle):
         datasets.load_cameras(SAMPLE, region=region)
 
 
-def test_fit_records_the_region_and_crops_the_mesh_to_a_box(tmp_path):
+def test_fit_records_the_region_and_true_scale_and_crops_the_mesh_to_a_box(tmp_path):
+    """normalization.json carries the user region and the dataset's true scale (scale.json: metres per world
+    unit), so the mesh can be taken to metres."""
+    from datasets.scale_file import world_centres, write_known_distance
+
+    data = tmp_path / "capture"
+    data.mkdir()
+    for entry in SAMPLE.iterdir():
+        (data / entry.name).symlink_to(entry)
+    cams = datasets.load_cameras(data)
+    write_known_distance(data, cams.names, "000002.png", "000011.png", 1.25)
     run = tmp_path / "run"
     half = [0.5, 0.5, 0.3]
-    code, events, err = run_engine("fit", str(SAMPLE), "--out", str(run), "--steps", "12", "--progress", "jsonl",
+    code, events, err = run_engine("fit", str(data), "--out", str(run), "--steps", "12", "--progress", "jsonl",
                                    *TINY, "--set", "data.region.type=box",
                                    "--set", f"data.region.center=[{','.join(map(str, CENTER))}]",
                                    "--set", f"data.region.half_size=[{','.join(map(str, half))}]")
@@ -62,6 +72,8 @@ def test_fit_records_the_region_and_crops_the_mesh_to_a_box(tmp_path):
     assert region["type"] == "box" and region["half_size"] == half
     np.testing.assert_allclose(region["center"], CENTER)
     assert region["radius"] == pytest.approx(np.linalg.norm(half))
+    centres = world_centres(cams)
+    assert normalization["metres_per_unit"] == pytest.approx(1.25 / np.linalg.norm(centres[2] - centres[11]))
     mesh = trimesh.load(run / "mesh.ply", process=False)
     limit = np.array(half) / np.linalg.norm(half)
     assert len(mesh.faces) > 0
