@@ -10,7 +10,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # Blender-side modules of the add-on; every other add-on module must run under plain pytest without bpy.
 ADDON_BPY_MODULES = {"__init__", "properties", "preferences", "operators", "ui", "blender_cameras", "blender_mesh",
-                     "reconstruct", "headless", "import_dataset", "scene_tools", "solve_cameras", "timer_ui", "true_scale"}
+                     "reconstruct", "headless", "import_dataset", "scene_tools", "solve_cameras", "timer_ui",
+                     "true_scale"}
 # The script that renders the bundled scene runs inside Blender; the datasets package never imports it.
 DATASETS_BLENDER_SCRIPTS = {"datasets/sample_scene/render_sample.py"}
 
