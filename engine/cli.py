@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
-import signal
 import sys
-import threading
 import traceback
 from pathlib import Path
 from typing import get_args
 
 from .atomic_files import DISK_FULL
+from .cancel import REQUEST, CancelToken
 from .config_schema import DATA_FORMATS, EXPORT_FORMATS, EXPORT_FRAMES, PRESETS, ColorSource
 from .errors import Cancelled, DeviceError, DiskFull, EngineError, InputError
+from .liveness import reporting, start_heartbeat
 from .protocol import Emitter
 from .ranks import is_first_rank
 
@@ -123,33 +124,14 @@ def protocol_stdout(enabled: bool):
         sys.stdout = old
         os.dup2(saved, 1)
         os.close(saved)
-        proto.close()
+        with contextlib.suppress(OSError):  # a reader that is gone (engine.liveness stopped the run for it)
+            proto.close()
 
 
-def _install_cancel(token) -> None:
-    if not is_first_rank():
-        # A DDP copy of the command: rank 0's stop request decides for every rank (train.ProgressCallback), so a
-        # terminal's Ctrl-C, which reaches every rank, must not end this one on its own; stdin is rank 0's to read.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        return
+def _install_cancel(token, emitter: Emitter) -> None:
+    from .liveness import watch
 
-    def handler(signum, frame):
-        token.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-
-    def watch_stdin() -> None:
-        try:
-            for line in sys.stdin:
-                if line.strip().lower() == "stop":
-                    token.set()
-                    return
-        except (OSError, ValueError):
-            return
-
-    if sys.stdin is not None and not sys.stdin.isatty():
-        threading.Thread(target=watch_stdin, daemon=True, name="stdin-stop").start()
+    watch(token, emitter)  # signals, stdin, NEUS_PARENT_PID, a broken stdout (engine/liveness.py)
 
 
 def _cmd_fit(args, emitter: Emitter) -> int:
@@ -181,7 +163,7 @@ def _fit_in(run_dir: Path, req, emitter: Emitter) -> int:
     """``fit`` once the run folder exists."""
     from .commands import require_writable
     from .solve import needs_solving
-    from .train import OTHER_RANK_DONE, CancelToken, run_fit
+    from .train import OTHER_RANK_DONE, run_fit
 
     require_writable(run_dir)
     stop_file = run_dir / "STOP"
@@ -194,13 +176,14 @@ def _fit_in(run_dir: Path, req, emitter: Emitter) -> int:
     except OSError as exc:
         raise InputError(f"{stop_file}: cannot remove an earlier run's stop request ({exc.strerror or exc})") from exc
     token = CancelToken(stop_file if first_rank else None)
-    _install_cancel(token)
+    _install_cancel(token, emitter)
     try:
-        if needs_solving(req.data_dir):
-            req.data_dir = _solve_for_fit(req, emitter, token)
-        result = run_fit(req, emitter, token)
+        with reporting(emitter, token):
+            if needs_solving(req.data_dir):
+                req.data_dir = _solve_for_fit(req, emitter, token)
+            result = run_fit(req, emitter, token)
     except Cancelled:
-        emitter.emit("cancelled", step=0, checkpoint=None, mesh=None)
+        emitter.emit("cancelled", step=0, checkpoint=None, mesh=None, reason=token.reason or REQUEST, export=None)
         return EXIT_CANCELLED
     event = result.pop("event")
     if event == OTHER_RANK_DONE:
@@ -245,7 +228,6 @@ def _check_config_before_solving(req) -> None:
 
 
 def _cmd_solve(args, emitter: Emitter) -> int:
-    from .cancel import CancelToken
     from .solve import SolveRequest, run_solve
 
     req = SolveRequest(source=args.source, out=args.out, matcher=args.matcher, max_image_size=args.max_image_size,
@@ -255,14 +237,35 @@ def _cmd_solve(args, emitter: Emitter) -> int:
     with contextlib.suppress(OSError):
         stop_file.unlink()  # a stale stop request must not stop this solve
     token = CancelToken(stop_file)
-    _install_cancel(token)
+    _install_cancel(token, emitter)
     try:
         result = run_solve(req, emitter, token)
     except Cancelled:
-        emitter.emit("cancelled", step=0, checkpoint=None, mesh=None)
+        emitter.emit("cancelled", step=0, checkpoint=None, mesh=None, reason=token.reason or REQUEST, export=None)
         return EXIT_CANCELLED
     emitter.emit("done", **result)
     return EXIT_OK
+
+
+def _cmd_export(args, emitter: Emitter) -> int:
+    """``export`` stops at the next chunk on a cancel (engine.liveness.tick) and writes nothing after it."""
+    from . import commands
+
+    stop_file = args.run_dir / "STOP"
+    token = CancelToken(stop_file if args.run_dir.is_dir() else None)
+    if token.stop_file is not None:
+        with contextlib.suppress(OSError):
+            stop_file.unlink()  # a stale stop request must not stop this export
+    _install_cancel(token, emitter)
+    try:
+        with reporting(emitter, token):
+            return commands.cmd_export(args, emitter)
+    except Cancelled as exc:
+        mesh = getattr(exc, "files", {}).get("ply")
+        emitter.emit("cancelled", step=None, checkpoint=str((args.run_dir / "checkpoints" / "last.ckpt").resolve()),
+                     mesh=None if mesh is None else str(mesh.resolve()), reason=token.reason or REQUEST,
+                     export="cancelled")
+        return EXIT_CANCELLED
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     with protocol_stdout(mode == "jsonl") as out:
         # The other DDP ranks run this same command line; only rank 0 speaks (their stdout is rank 0's stderr).
         emitter = Emitter((mode if mode in PROGRESS_MODES else "bar") if is_first_rank() else "silent", out)
+        if emitter.mode == "jsonl":
+            start_heartbeat(emitter)
         try:
             _load_failpoints()
             args = build_parser().parse_args(argv)
@@ -281,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _cmd_fit(args, emitter)
             if args.command == "solve":
                 return _cmd_solve(args, emitter)
+            if args.command == "export":
+                return _cmd_export(args, emitter)
             from . import commands
 
             return getattr(commands, f"cmd_{args.command}")(args, emitter)
@@ -305,6 +312,15 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc(file=sys.stderr)
             return _fail(emitter, EngineError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"),
                          mode)
+
+
+def console_main() -> int:
+    """``python -m engine`` and the ``neus-engine`` script: :func:`main`, then a quick exit."""
+    code = main()
+    # The interpreter's last collection walks every torch and Lightning object at exit (2-3 s on a busy CPU, with
+    # nothing left to free): frozen objects are skipped, so a cancelled engine is gone within its 2 s.
+    gc.freeze()
+    return code
 
 
 def _load_failpoints() -> None:

@@ -367,7 +367,7 @@ class ExportConfig:
     method: MeshMethod = "auto"
     """marching_cubes (PyMCubes, CPU) | surface_nets (on the device) | auto: surface nets on CUDA."""
     chunk: int = at_least(1, 262144)
-    """Points per SDF query."""
+    """Points per SDF query (at most 32768 off CUDA, so that a cancel waits for one short call)."""
     color: ColorSource = "photos"
     """photos (the training images, blended per point; the field where none sees it; default since it measured
     sharper on held-out views, BENCHMARKS.md) | field (albedo: radiance seen head-on)."""

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from . import region
+from . import liveness, region
 from .config_schema import EXPORT_FORMATS, EXPORT_FRAMES, ExportConfig
+from .errors import Cancelled
 from .guard import with_memory_backoff
 from .mesh import transform_vertices, write_glb, write_normalization_json, write_obj, write_ply
 from .mesh.color import field_color_source, vertex_colors_from_field
@@ -36,6 +37,9 @@ class ExportOptions(ExportConfig):
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["formats"] = list(values["formats"])
         return cls(**values)
+
+
+CPU_SDF_CHUNK = 2**15  # points per SDF call off CUDA: about 0.5 s on a busy 2-core CPU (export.chunk caps it)
 
 
 def _sdf_fn(model: NeuSModel):
@@ -74,8 +78,10 @@ def extract_colored_mesh(model: NeuSModel, opts: ExportOptions, scene=None, prog
     """
     device = _device_of(model)
     r = model.radius
+    # A CPU gains nothing from larger calls, and a cancel or progress event waits for the call under way.
+    chunk = int(opts.chunk) if device.type == "cuda" else min(int(opts.chunk), CPU_SDF_CHUNK)
     verts, faces = extract_mesh(_sdf_fn(model), (-r, -r, -r), (r, r, r), resolution=int(opts.resolution),
-                                chunk=int(opts.chunk), device=device, coarse_resolution=int(opts.coarse_resolution),
+                                chunk=chunk, device=device, coarse_resolution=int(opts.coarse_resolution),
                                 progress=progress, method=str(opts.method))
     if opts.clean:
         masks = None if scene is None else scene.masks
@@ -181,10 +187,11 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
     holdout = int(cfg.data.get("holdout_every", 0)) if cfg is not None else 0
     views_cache: dict = {}
     verts, faces, colors, normals = with_memory_backoff(
-        lambda chunk: extract_colored_mesh(model, replace(opts, chunk=chunk), scene,
+        lambda chunk: extract_colored_mesh(model, replace(opts, chunk=chunk), scene, progress=_grid_progress,
                                            holdout_every=holdout, views_cache=views_cache),
         int(opts.chunk), "export.chunk", "extract", emitter.emit)
     timings["extract_s"] = time.monotonic() - t0
+    liveness.check_cancel()  # the last moment a cancel leaves every file as it was
     emitter.emit("stage", stage="exporting")
     t1 = time.monotonic()
     scale_mat = np.asarray(scene.scale_mat if scene is not None else np.eye(4), dtype=np.float64)
@@ -205,8 +212,12 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
             raise ValueError(f"unknown mesh format {fmt!r}; use {', '.join(EXPORT_FORMATS)}")
     if opts.texture:
         emitter.emit("stage", stage="texturing")
-        tv, tf, uvs, tex, nmap = texture_asset(model, scene, verts, faces, normals, opts, holdout,
-                                               views_cache=views_cache)
+        try:
+            tv, tf, uvs, tex, nmap = texture_asset(model, scene, verts, faces, normals, opts, holdout,
+                                                   views_cache=views_cache)
+        except Cancelled as exc:  # the mesh and normalization.json are whole; no textured file was started
+            exc.files = dict(files)
+            raise
         tv_out = transform_vertices(tv, scale_mat) if opts.frame == "world" else tv
         obj_files = write_obj(run_dir / f"mesh_textured{suffix}.obj", tv_out, tf, uvs=uvs, texture=tex, yup=True,
                               normal_map=nmap)
@@ -223,13 +234,19 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
     return files
 
 
+def _grid_progress(fraction: float) -> None:
+    """The SDF grid's evaluation, chunk by chunk, as a long phase (progress events, cancel)."""
+    liveness.tick("extracting", int(100 * fraction), 100, "percent")
+
+
 def write_preview_mesh(model: NeuSModel, cfg, run_dir: Path, step: int) -> Path | None:
     """A quick low-resolution coloured mesh for live preview; None while the surface is still empty."""
     was_training = model.training
     model.eval()
     try:
         opts = ExportOptions(resolution=int(cfg.train.preview_resolution), coarse_resolution=0, clean=False)
-        verts, faces, colors, _ = extract_colored_mesh(model, opts)
+        with liveness.paused():  # inside a training step: the training loop itself reports and stops
+            verts, faces, colors, _ = extract_colored_mesh(model, opts)
     except MeshExtractionError:
         return None
     finally:

@@ -15,15 +15,18 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
 from pathlib import Path
 
 ENV = "NEUS_FAILPOINTS"
 
-# Moments named in ``kill@<moment>`` (besides a step number: killed right after that training step).
-KILL_MOMENTS: frozenset[str] = frozenset({
-    # the start of a protocol stage (fit and solve): the moment its `stage` event is written
-    "loading", "solving", "training", "extracting", "exporting",
+# The protocol stages (fit, export and solve): the moment a `stage` event is written.
+STAGES: frozenset[str] = frozenset({
+    "loading", "solving", "training", "compiling", "extracting", "exporting", "texturing",
     "reading", "features", "matching", "mapping", "undistorting", "writing",
+})
+# Moments named in ``kill@<moment>`` (besides a step number: killed right after that training step).
+KILL_MOMENTS: frozenset[str] = STAGES | frozenset({
     # an atomic write whose temporary file is half written (engine.atomic_files)
     "checkpoint_write", "export_write", "config_write", "preview_write",
     # between keeping the previous checkpoint as prev.ckpt and renaming the new one onto last.ckpt
@@ -42,7 +45,9 @@ POINTS = {
     "oom": lambda w: _is_steps(w) or w in OOM_PLACES,
     "disk_full": lambda w: w in WRITE_KINDS,  # the next write of that kind fails with ENOSPC (once)
     "kill": lambda w: w.isdigit() or w in KILL_MOMENTS,  # the process SIGKILLs itself at that moment
+    "sleep": lambda w: w in STAGES,  # the main thread sleeps SLEEP_S seconds as that stage begins (a silent phase)
 }
+SLEEP_S = 7.0  # sleep@<stage>: long enough for two heartbeats (engine.liveness, every 3 s of silence)
 
 
 class FailpointSyntaxError(ValueError):
@@ -119,6 +124,12 @@ def maybe_kill(moment: str | int) -> None:
         kill_self()
 
 
+def maybe_sleep(stage: str) -> None:
+    """``sleep@<stage>``: the calling thread sleeps ``SLEEP_S`` seconds, sending nothing (once per stage)."""
+    if _ACTIVE and hit("sleep", stage, once=True):
+        time.sleep(SLEEP_S)
+
+
 def maybe_fail_write(kind: str | None, tmp: Path) -> None:
     """Called by the atomic writers once the temporary ``tmp`` holds the whole file, before it is renamed into place:
     ``disk_full@<kind>`` cuts it to half and raises ENOSPC (as a full disk would mid-write); ``kill@<kind>_write``
@@ -152,5 +163,5 @@ def maybe_oom(step: int | str) -> None:
         raise torch.OutOfMemoryError(f"out of memory (failpoint oom@{step})")
 
 
-__all__ = ["ENV", "FailpointSyntaxError", "KILL_MOMENTS", "POINTS", "WRITE_KINDS", "hit", "kill_self", "load",
-           "maybe_fail_write", "maybe_kill", "maybe_oom", "nan_loss", "parse"]
+__all__ = ["ENV", "FailpointSyntaxError", "KILL_MOMENTS", "POINTS", "SLEEP_S", "STAGES", "WRITE_KINDS", "hit",
+           "kill_self", "load", "maybe_fail_write", "maybe_kill", "maybe_oom", "maybe_sleep", "nan_loss", "parse"]

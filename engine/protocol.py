@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from . import failpoints
 
 PROTOCOL_VERSION = 1
+# Events after which nothing more is sent (the heartbeat stops too).
+FINAL_EVENTS = frozenset({"done", "cancelled", "error"})
 
 
 def _clean(value):
@@ -33,16 +37,56 @@ class Emitter:
         self.stream = stream or sys.stdout
         self.min_interval_s = min_interval_s
         self._last_progress = 0.0
+        # One line at a time: the heartbeat thread (engine.liveness) writes too.
+        self._lock = threading.Lock()
+        self.last_event_at = time.monotonic()  # when the last event other than a heartbeat went out
+        self.last_write_at = self.last_event_at  # ... any event, heartbeats included
+        self.stage = "starting"  # the stage of the last ``stage`` event (heartbeats name it)
+        self.finished = False  # a final event (done, cancelled, error) went out
+        self.closed = False  # the reader of the stream is gone (broken pipe): events are dropped
+        self.on_closed: Callable[[], None] | None = None  # called once when that happens (engine.liveness)
 
     def emit(self, event: str, **fields) -> None:
         record = {"event": event, "time": round(time.time(), 3), **_clean(fields)}
-        if self.mode == "jsonl":
-            self.stream.write(json.dumps(record) + "\n")
-            self.stream.flush()
-        elif self.mode == "bar":
-            self._bar(record)
+        with self._lock:
+            self._write(record)
+            now = time.monotonic()
+            self.last_event_at = self.last_write_at = now
+            if event == "stage":
+                self.stage = str(fields.get("stage"))
+            if event in FINAL_EVENTS:
+                self.finished = True
         if event == "stage":
             failpoints.maybe_kill(str(fields.get("stage")))  # kill@<stage>: the moment a stage begins
+            failpoints.maybe_sleep(str(fields.get("stage")))  # sleep@<stage>: a silent phase
+
+    def heartbeat(self, after_s: float) -> bool:
+        """A ``heartbeat`` event when nothing was sent for ``after_s`` seconds and the run has not ended; whether
+        one went out. Called by the heartbeat thread; the check and the write happen under the lock, so a heartbeat
+        never follows a final event or splits a line."""
+        with self._lock:
+            now = time.monotonic()
+            if self.finished or self.closed or now - self.last_write_at < after_s:
+                return False
+            self._write({"event": "heartbeat", "time": round(time.time(), 3), "stage": self.stage,
+                         "elapsed_s": round(now - self.last_event_at, 1)})
+            self.last_write_at = now
+            return True
+
+    def _write(self, record: dict) -> None:
+        """Writes one event (the lock is held)."""
+        if self.mode == "jsonl":
+            if self.closed:
+                return
+            try:
+                self.stream.write(json.dumps(record) + "\n")
+                self.stream.flush()
+            except (BrokenPipeError, OSError, ValueError):  # the reader is gone (EPIPE; EINVAL on Windows)
+                self.closed = True
+                if self.on_closed is not None:
+                    self.on_closed()
+        elif self.mode == "bar":
+            self._bar(record)
 
     def progress_due(self, force: bool = False) -> bool:
         """Whether a ``progress`` event may go out now (at most one per ``min_interval_s`` unless ``force``)."""

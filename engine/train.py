@@ -17,7 +17,7 @@ import datasets
 
 from . import failpoints
 from .atomic_files import atomic_path, atomic_write, keep_previous, remove_temporaries
-from .cancel import CancelToken
+from .cancel import REQUEST, CancelToken
 from .config import ConfigError, build_config, load_run_config, resolve_accelerators, resolve_auto, to_yaml
 from .device import device_name, select_device
 from .errors import Cancelled, DeviceError, Diverged, InputError
@@ -177,7 +177,10 @@ class ProgressCallback(L.Callback):
         if self.on_preview is not None and int(t.preview_every) > 0 and step % int(t.preview_every) == 0:
             self.on_preview(step)
         if self.on_validate is not None and int(t.val_every) > 0 and step % int(t.val_every) == 0:
-            self.on_validate(step)
+            try:
+                self.on_validate(step)
+            except Cancelled:  # stopped mid-validation: the next step boundary stops training, saving a checkpoint
+                pass
 
     def _roll_back(self, trainer, pl_module, step: int) -> None:
         """Back to the last good checkpoint (engine.guard): ``last.ckpt`` only ever holds finite weights."""
@@ -394,19 +397,32 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
         return {"event": OTHER_RANK_DONE, "step": step}
     model = system.model.to(device).eval()
 
-    if callback.cancelled:
-        mesh = None
-        if req.export_on_cancel:
-            files = export_mesh(model, cfg, scene, req.run_dir, emitter, ExportOptions.from_config(cfg.export))
-            mesh = files.get("ply")
+    def cancelled(reason: str | None, export: str | None, mesh: Path | None = None) -> dict:
         return {"event": "cancelled", "step": step, "checkpoint": str(ckpt_out.resolve()),
-                "mesh": None if mesh is None else str(mesh.resolve())}
+                "mesh": None if mesh is None else str(mesh.resolve()), "reason": reason or REQUEST, "export": export}
 
-    if len(held_idx):
-        validate(step)
+    if callback.cancelled:
+        reason = cancel.reason
+        # Export on Cancel answers a user's request; a parent that is gone reads no mesh (`export` makes it later).
+        if not (req.export_on_cancel and reason == REQUEST):
+            return cancelled(reason, None)
+        cancel.rearm()  # a second request stops the export (engine.liveness.tick)
+        try:
+            files = export_mesh(model, cfg, scene, req.run_dir, emitter, ExportOptions.from_config(cfg.export))
+        except Cancelled as exc:
+            emitter.emit("warning", message=f"export on cancel stopped by a second cancel ({cancel.reason}): "
+                         "no new mesh", left_out=[])
+            return cancelled(reason, "cancelled", getattr(exc, "files", {}).get("ply"))
+        return cancelled(reason, "done", files.get("ply"))
+
     t0 = time.monotonic()
-    files = export_mesh(model, cfg, scene, req.run_dir, emitter, ExportOptions.from_config(cfg.export),
-                        timings := {})
+    try:
+        if len(held_idx):
+            validate(step)
+        files = export_mesh(model, cfg, scene, req.run_dir, emitter, ExportOptions.from_config(cfg.export),
+                            timings := {})
+    except Cancelled as exc:  # a stop during the final validation or export: the checkpoint is saved
+        return cancelled(cancel.reason, "cancelled", getattr(exc, "files", {}).get("ply"))
     result = {"event": "done", "mesh": str(files["ply"].resolve()),
               "files": {k: str(v.resolve()) for k, v in files.items()},
               "steps": step, "timings": {"load_s": round(t_load, 2), "train_s": round(t_train, 2),

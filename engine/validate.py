@@ -10,6 +10,7 @@ import torch
 from datasets.geometry import scale_intrinsics
 
 from .guard import with_memory_backoff
+from .liveness import tick
 from .model import NeuSModel
 
 
@@ -21,7 +22,7 @@ def render_views(model: NeuSModel, scene, indices, downscale: int, bg: str = "wh
     model.eval()
     bg_color = torch.full((3,), 1.0 if bg == "white" else 0.0, device=device)
     try:
-        for i in indices:
+        for k, i in enumerate(indices):
             K = torch.from_numpy(scale_intrinsics(scene.K[i], downscale)).float().to(device)
             c2w = torch.from_numpy(scene.c2w[i]).float().to(device)
             h, w = scene.height // downscale, scene.width // downscale
@@ -32,6 +33,7 @@ def render_views(model: NeuSModel, scene, indices, downscale: int, bg: str = "wh
             if scene.masks is not None:
                 m = scene.masks[i][: h * downscale, : w * downscale]
                 mask = m.reshape(h, downscale, w, downscale).mean((1, 3), dtype=np.float32) > 0.5
+            tick("validating", k + 1, len(indices), "views")  # progress and cancel (engine.liveness)
             yield i, out["rgb"].cpu().numpy(), out["opacity"].cpu().numpy(), target, mask
     finally:
         model.train(was_training)

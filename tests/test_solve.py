@@ -115,6 +115,7 @@ def test_a_camera_turned_out_of_place_is_found_misplaced(solved_sample):
 
 def test_solve_reports_every_stage_with_counts(solved_sample):
     out, events = solved_sample
+    events = [e for e in events if e["event"] != "heartbeat"]  # a slow start on a loaded machine (3 s silent)
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done"
     assert events[0]["command"] == "solve" and events[0]["kind"] == "photos"

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..liveness import tick
+
 ColorFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SdfFn = Callable[[torch.Tensor], torch.Tensor]
 # A colour source for texture baking: (P, 3) points, (P, 3) unit normals (numpy float32) -> (P, 3) RGB.
@@ -56,6 +58,7 @@ def vertex_colors_from_field(
         if rgb.shape[0] != min(chunk, len(v) - s):
             raise ValueError(f"color_fn returned {rgb.shape[0]} colours for {min(chunk, len(v) - s)} points")
         out[s : s + chunk] = rgb.float().cpu().numpy()
+        tick("colouring", min(s + chunk, len(v)), len(v), "points")  # progress and cancel (engine.liveness)
     return np.clip(np.nan_to_num(out, nan=0.5), 0.0, 1.0)
 
 

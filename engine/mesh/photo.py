@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..liveness import tick
 from .raster import project, rasterize_view
 
 ColorFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -159,6 +160,7 @@ def prepare_views(
             usable &= fg
         views.append(_View(Ks[i], c2ws[i], img, depth, _feather(usable, opts.feather_px), loose,
                            _sharpness(img, usable), torch.ones(3, device=device)))
+        tick("colouring", i + 1, len(Ks), "views")  # progress and cancel (engine.liveness), a depth map each
     top = max((vw.sharpness for vw in views), default=0.0)
     for vw in views:
         vw.sharpness = vw.sharpness / top if top > 0 else 1.0
@@ -337,6 +339,7 @@ def photo_colors(
                 rgb[miss] = 0.5
         out[s:s + chunk] = rgb.clamp(0, 1).cpu().numpy()
         seen[s:s + chunk] = ok.cpu().numpy()
+        tick("colouring", min(s + chunk, len(pts_all)), len(pts_all), "points")
     return out, seen
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..liveness import tick
 from .color import ColorSource
 from .extract import decimate, mesh_vertex_normals
 from .raster import rasterize_uv_layout
@@ -224,7 +225,10 @@ def detail_color_source(color_source: ColorSource, vertices: np.ndarray, normals
         p = np.asarray(points, np.float32)
         n_low = np.asarray(low_normals, np.float32)
         # In chunks: the (P, k, 3) candidates of a 4096 x 4096 texture would take gigabytes at once.
-        parts = [snap(p[s:s + chunk], n_low[s:s + chunk]) for s in range(0, len(p), chunk)]
+        parts = []
+        for s in range(0, len(p), chunk):
+            parts.append(snap(p[s:s + chunk], n_low[s:s + chunk]))
+            tick("texturing", min(s + chunk, len(p)), len(p), "texels")  # progress and cancel (engine.liveness)
         if not parts:
             return color_source(p, n_low)
         return color_source(np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts]))
