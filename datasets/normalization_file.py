@@ -72,4 +72,20 @@ def read_normalization_json(path: str | Path) -> tuple[np.ndarray, str]:
         raise DatasetError(path, str(exc)) from exc
 
 
-__all__ = ["FRAMES", "NORMALIZATION_JSON", "as_scale_mat", "normalization_record", "read_normalization_json"]
+def read_metres_per_unit(path: str | Path) -> float | None:
+    """``metres_per_unit`` of ``normalization.json`` (the file or its run folder): metres per world unit from the
+    dataset's known distance, or None when the run had none. DatasetError (one line) for a bad file or value."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / NORMALIZATION_JSON
+    read_normalization_json(path)  # the same checks of the file as a whole
+    value = json.loads(path.read_text(encoding="utf-8")).get("metres_per_unit")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value) or value <= 0:
+        raise DatasetError(path, f"'metres_per_unit' must be a positive number, got {value!r}")
+    return float(value)
+
+
+__all__ = ["FRAMES", "NORMALIZATION_JSON", "as_scale_mat", "normalization_record", "read_metres_per_unit",
+           "read_normalization_json"]

@@ -18,7 +18,7 @@ Preset = Literal["preview", "fast", "quality"]
 DataFormat = Literal["auto", "dtu", "blender", "colmap"]
 Switch = Literal["auto", True, False]
 ExportFormat = Literal["ply", "obj", "glb"]
-ExportFrame = Literal["normalized", "world"]
+ExportFrame = Literal["normalized", "world", "metres"]
 ColorSource = Literal["field", "photos"]
 MeshMethod = Literal["auto", "marching_cubes", "surface_nets"]
 Precision = Literal[32, 16, 64, "32", "16", "64", "bf16", "32-true", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
@@ -385,7 +385,8 @@ class ExportConfig:
     formats: list[ExportFormat] = field(default_factory=lambda: ["ply"])
     """Extra formats beside mesh.ply: obj, glb."""
     frame: ExportFrame = "normalized"
-    """normalized (object in the unit sphere) | world (the dataset's frame; also writes *_world files)."""
+    """normalized (object in the unit sphere) | world (the dataset's frame; also writes *_world files) | metres
+    (the world frame in metres from the dataset's known distance, scale.json; also writes *_metres files)."""
     clean: bool = True
     """Drop small disconnected pieces (and pieces outside the masks' visual hull)."""
 

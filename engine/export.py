@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import liveness, region
 from .config_schema import EXPORT_FORMATS, EXPORT_FRAMES, ExportConfig
-from .errors import Cancelled
+from .errors import Cancelled, InputError
 from .guard import with_memory_backoff
 from .mesh import transform_vertices, write_glb, write_normalization_json, write_obj, write_ply
 from .mesh.color import field_color_source, vertex_colors_from_field
@@ -170,6 +170,24 @@ def _vertex_mapping(original: np.ndarray, split: np.ndarray) -> np.ndarray:
     return cKDTree(original).query(split)[1]
 
 
+def frame_matrix(frame: str, scene) -> np.ndarray | None:
+    """(4, 4) normalized frame -> the frame of the extra ``*_world`` / ``*_metres`` files; None for normalized.
+
+    ``metres`` is the world frame times the dataset's true scale (``scene.metres_per_unit``, from scale.json);
+    without one it is bad input (checked before training by ``fit``)."""
+    if frame == "normalized":
+        return None
+    scale_mat = np.asarray(scene.scale_mat if scene is not None else np.eye(4), dtype=np.float64)
+    if frame == "world":
+        return scale_mat
+    metres = getattr(scene, "metres_per_unit", None)
+    if metres is None:
+        where = f"{scene.root}: " if scene is not None else ""
+        raise InputError(f"{where}export.frame=metres needs the dataset's true scale (scale.json): give a known "
+                         "distance with solve --known-distance or the add-on's Set Scale")
+    return np.diag([metres, metres, metres, 1.0]) @ scale_mat
+
+
 def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, opts: ExportOptions,
                 timings: dict | None = None) -> dict[str, Path]:
     """Writes ``mesh.ply`` (always, normalized frame), ``normalization.json`` and the requested extras.
@@ -182,6 +200,7 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
     timings = {} if timings is None else timings
     if opts.frame not in EXPORT_FRAMES:
         raise ValueError(f"frame must be one of {EXPORT_FRAMES}")
+    to_frame = frame_matrix(opts.frame, scene)  # before the work: a metric frame without a scale is bad input
     emitter.emit("stage", stage="extracting")
     t0 = time.monotonic()
     holdout = int(cfg.data.get("holdout_every", 0)) if cfg is not None else 0
@@ -202,10 +221,10 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
         run_dir / "normalization.json", scale_mat, "normalized",
         region=region.record(cfg, scale_mat, getattr(scene, "region_notes", ())),
         metres_per_unit=getattr(scene, "metres_per_unit", None))
-    out_verts = transform_vertices(verts, scale_mat) if opts.frame == "world" else verts
-    suffix = "_world" if opts.frame == "world" else ""
-    if opts.frame == "world":
-        files["ply_world"] = write_ply(run_dir / "mesh_world.ply", out_verts, faces, colors=colors)
+    out_verts = transform_vertices(verts, to_frame) if to_frame is not None else verts
+    suffix = "" if to_frame is None else f"_{opts.frame}"
+    if to_frame is not None:
+        files[f"ply{suffix}"] = write_ply(run_dir / f"mesh{suffix}.ply", out_verts, faces, colors=colors)
     extra = [f for f in opts.formats if f != "ply"]
     for fmt in extra:
         if fmt not in EXPORT_FORMATS:
@@ -218,7 +237,7 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
         except Cancelled as exc:  # the mesh and normalization.json are whole; no textured file was started
             exc.files = dict(files)
             raise
-        tv_out = transform_vertices(tv, scale_mat) if opts.frame == "world" else tv
+        tv_out = transform_vertices(tv, to_frame) if to_frame is not None else tv
         obj_files = write_obj(run_dir / f"mesh_textured{suffix}.obj", tv_out, tf, uvs=uvs, texture=tex, yup=True,
                               normal_map=nmap)
         for key, path in obj_files.items():

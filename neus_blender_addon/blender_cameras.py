@@ -219,13 +219,17 @@ def place_in_frame(obj: bpy.types.Object, matrix: np.ndarray | Matrix, parent: b
 
 
 def attach_result(obj: bpy.types.Object, scene: bpy.types.Scene, dataset: str, frame: str,
-                  run_scale_mat: np.ndarray, up: np.ndarray | None = None) -> bpy.types.Object:
+                  run_scale_mat: np.ndarray, up: np.ndarray | None = None,
+                  metres: float | None = None) -> bpy.types.Object:
     """Parents a mesh in a run's normalized frame to the dataset's parent, lined up with the cameras.
 
     A run that chose its own region has its own ``scale_mat``; the mesh's local matrix maps it back to the
-    cameras' normalized frame (identity when both agree). Returns the parent.
+    cameras' normalized frame (identity when both agree). ``metres`` (the run's ``metres_per_unit``) shows the
+    dataset in metres when its parent has no true scale yet. Returns the parent.
     """
     parent = frame_parent(scene, dataset, frame, run_scale_mat, up)
+    if metres is not None and metres_per_unit(parent) is None:
+        set_true_scale(scene, dataset, metres)
     place_in_frame(obj, camera_math.result_matrix(stored_matrix(parent), run_scale_mat), parent)
     return parent
 

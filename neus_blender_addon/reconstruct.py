@@ -185,7 +185,11 @@ def _import_result(run: Run, path: str | Path, name: str, kind: str = "results")
     scene = _scene(run) or bpy.context.scene
     req = run.request
     obj = blender_mesh.import_mesh(path, name, blender_cameras.sub_collection(scene, req.dataset, kind))
-    blender_cameras.attach_result(obj, scene, req.dataset, req.frame, _run_scale_mat(run), req.up)
+    try:
+        metres = run_files.read_metres_per_unit(req.run_dir)
+    except ValueError:
+        metres = None  # no normalization.json yet (a live preview) or an older run
+    blender_cameras.attach_result(obj, scene, req.dataset, req.frame, _run_scale_mat(run), req.up, metres)
     return obj
 
 

@@ -25,6 +25,15 @@ def read_normalization(path: str | Path) -> np.ndarray:
     return datasets_module("normalization_file").read_normalization_json(path)[0]
 
 
+def read_metres_per_unit(path: str | Path) -> float | None:
+    """The run's true scale (metres per world unit) from ``normalization.json``, or None without one.
+
+    Raises:
+        ValueError: as :func:`read_normalization`, or a ``metres_per_unit`` that is not a positive number.
+    """
+    return datasets_module("normalization_file").read_metres_per_unit(path)
+
+
 def mesh_format(path: str | Path) -> str:
     """``"ply" | "obj" | "gltf"`` from a mesh file's suffix; ValueError for anything else."""
     suffix = Path(path).suffix.lower()

@@ -65,7 +65,8 @@ def test_fit_records_the_region_and_true_scale_and_crops_the_mesh_to_a_box(tmp_p
     code, events, err = run_engine("fit", str(data), "--out", str(run), "--steps", "12", "--progress", "jsonl",
                                    *TINY, "--set", "data.region.type=box",
                                    "--set", f"data.region.center=[{','.join(map(str, CENTER))}]",
-                                   "--set", f"data.region.half_size=[{','.join(map(str, half))}]")
+                                   "--set", f"data.region.half_size=[{','.join(map(str, half))}]",
+                                   "--set", "export.frame=metres")
     assert code == 0, err[-3000:]
     normalization = json.loads((run / "normalization.json").read_text())
     region = normalization["region"]
@@ -73,11 +74,25 @@ def test_fit_records_the_region_and_true_scale_and_crops_the_mesh_to_a_box(tmp_p
     np.testing.assert_allclose(region["center"], CENTER)
     assert region["radius"] == pytest.approx(np.linalg.norm(half))
     centres = world_centres(cams)
-    assert normalization["metres_per_unit"] == pytest.approx(1.25 / np.linalg.norm(centres[2] - centres[11]))
+    metres = 1.25 / np.linalg.norm(centres[2] - centres[11])
+    assert normalization["metres_per_unit"] == pytest.approx(metres)
+    # export.frame=metres: mesh_metres.ply is mesh.ply taken to the world frame and scaled to metres.
+    S = np.array(normalization["scale_mat"])
+    normalized = trimesh.load(run / "mesh.ply", process=False).vertices
+    in_metres = trimesh.load(run / "mesh_metres.ply", process=False).vertices
+    np.testing.assert_allclose(in_metres, metres * (normalized @ S[:3, :3].T + S[:3, 3]), rtol=1e-5, atol=1e-6)
     mesh = trimesh.load(run / "mesh.ply", process=False)
     limit = np.array(half) / np.linalg.norm(half)
     assert len(mesh.faces) > 0
     assert np.all(np.abs(mesh.vertices) <= limit + 1e-6), np.abs(mesh.vertices).max(axis=0)
+
+
+def test_metres_without_a_known_distance_is_refused_before_training(tmp_path):
+    run = tmp_path / "run"
+    code, events, err = run_engine("fit", str(SAMPLE), "--out", str(run), "--steps", "5", "--progress", "jsonl",
+                                   "--set", "export.frame=metres")
+    assert code == 2 and "scale.json" in events[-1]["message"] and "--known-distance" in events[-1]["message"]
+    assert "training" not in [e.get("stage") for e in events] and not run.exists()
 
 
 def test_a_bad_region_is_refused_before_anything_is_written(tmp_path):

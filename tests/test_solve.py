@@ -45,11 +45,21 @@ def sample_photos(tmp_path_factory) -> Path:
     return folder
 
 
+# True scale given to the solve: the bundled scene's own distance (metres) between the cameras of these photos.
+KNOWN_PAIR = ("000003.png", "000017.png")
+
+
 @pytest.fixture(scope="session")
 def solved_sample(sample_photos, tmp_path_factory):
-    """(DATA_DIR, events) of one solve of the bundled photos."""
+    """(DATA_DIR, events) of one solve of the bundled photos, with the known distance of ``KNOWN_PAIR``."""
+    from datasets.scale_file import world_centres
+
+    known = datasets.load_cameras(SAMPLE)
+    a, b = (known.names.index(n) for n in KNOWN_PAIR)
+    metres = float(np.linalg.norm(world_centres(known)[a] - world_centres(known)[b]))
     out = tmp_path_factory.mktemp("solved") / "data"
-    code, events, err = run_engine("solve", str(sample_photos), "--out", str(out), "--progress", "jsonl")
+    code, events, err = run_engine("solve", str(sample_photos), "--out", str(out), "--progress", "jsonl",
+                                   "--known-distance", f"{KNOWN_PAIR[0]},{KNOWN_PAIR[1]},{metres!r}")
     assert code == 0, err[-3000:]
     return out, events
 
@@ -68,6 +78,27 @@ def test_bundled_photos_all_register_and_match_the_known_cameras(solved_sample):
     summary = errors.summary()
     assert summary["median_rotation_deg"] <= 1.0, summary
     assert summary["median_centre_error_pct"] <= 1.0, summary
+
+
+def test_known_distance_gives_the_solved_cameras_in_metres(solved_sample):
+    """``--known-distance`` with the true distance of one camera pair: every other pair of solved cameras is then
+    at its true distance in metres (the bundled scene's units), within the solve's centre error."""
+    from datasets.scale_file import world_centres
+
+    out, events = solved_sample
+    summary = json.loads((out / "solve.json").read_text())
+    solved, known = datasets.load_cameras(out), datasets.load_cameras(SAMPLE)
+    assert solved.metres_per_unit == pytest.approx(summary["metres_per_unit"], rel=1e-9)
+    assert events[-1]["metres_per_unit"] == pytest.approx(summary["metres_per_unit"], rel=1e-9)
+    assert json.loads((out / "scale.json").read_text())["camera_a"] == KNOWN_PAIR[0]
+    order = [known.names.index(n) for n in solved.names]
+    metric = world_centres(solved) * solved.metres_per_unit
+    truth = world_centres(known)[order]
+    solved_d = np.linalg.norm(metric[:, None] - metric[None], axis=-1)
+    true_d = np.linalg.norm(truth[:, None] - truth[None], axis=-1)
+    pairs = true_d > 0.5 * np.median(true_d)
+    assert np.median(np.abs(solved_d[pairs] / true_d[pairs] - 1)) < 0.01
+    assert summary["region"]["radius"] == pytest.approx(solved.scale_mat[0, 0])
 
 
 def test_the_principal_point_refinement_is_kept_only_when_it_holds_up(solved_sample):
@@ -128,7 +159,7 @@ def test_solve_reports_every_stage_with_counts(solved_sample):
     done = events[-1]
     assert done["registered"] == 40 and Path(done["files"]["sparse"]).is_dir()
     # Nothing but the dataset: no scratch folders beside or inside it.
-    assert sorted(p.name for p in out.iterdir()) == ["images", "solve.json", "sparse"]
+    assert sorted(p.name for p in out.iterdir()) == ["images", "scale.json", "solve.json", "sparse"]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".neus_solve")]
 
 

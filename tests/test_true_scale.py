@@ -151,3 +151,31 @@ def test_set_scale_operator_writes_scale_json_and_rescales_the_scene(bpy, tmp_pa
     t.camera_a, t.camera_b = other, camera_objects(bpy, "capture")[2]
     with pytest.raises(RuntimeError, match="not an imported camera"):
         bpy.ops.neus.set_scale()
+
+
+@pytest.mark.blender
+@needs_bpy
+def test_a_run_with_a_true_scale_comes_in_metres_without_imported_cameras(bpy, tmp_path):
+    """A result attached from a run folder whose normalization.json has metres_per_unit (and no cameras imported
+    first): the mesh, in the run's normalized frame, comes in metres (one normalized unit = radius x factor)."""
+    from neus_blender_addon import blender_cameras, run_files
+
+    run = tmp_path / "run"
+    run.mkdir()
+    S = np.diag([2.5, 2.5, 2.5, 1.0])
+    S[:3, 3] = [0.4, -0.3, 1.1]
+    (run / "normalization.json").write_text(json.dumps({"scale_mat": S.tolist(), "frame": "normalized",
+                                                         "metres_per_unit": 0.04}))
+    assert run_files.read_metres_per_unit(run) == 0.04
+    mesh = bpy.data.meshes.new("m")
+    mesh.from_pydata([(0, 0, 0), (1, 0, 0), (0, 1, 0)], [], [(0, 1, 2)])
+    obj = bpy.data.objects.new("m", mesh)
+    bpy.context.scene.collection.objects.link(obj)
+    blender_cameras.attach_result(obj, bpy.context.scene, "capture", "normalized", run_files.read_normalization(run),
+                                  None, run_files.read_metres_per_unit(run))
+    bpy.context.view_layer.update()
+    v = [obj.matrix_world @ p.co for p in mesh.vertices]
+    assert (v[1] - v[0]).length == pytest.approx(2.5 * 0.04, rel=1e-5)
+    (run / "normalization.json").write_text(json.dumps({"scale_mat": S.tolist(), "metres_per_unit": -1}))
+    with pytest.raises(ValueError, match="metres_per_unit"):
+        run_files.read_metres_per_unit(run)
