@@ -1,5 +1,6 @@
 """True scale (issue 19): one known distance between two cameras, kept in the dataset's scale.json, brings the
-Blender scene and the engine's normalization.json to metres; bad input is one line naming the problem."""
+Blender scene and the engine's normalization.json to metres; bad input is one line naming the problem. Also the
+sidebar's warning for an uncertain automatic region (the add-on side of the same issue item)."""
 
 from __future__ import annotations
 
@@ -179,3 +180,30 @@ def test_a_run_with_a_true_scale_comes_in_metres_without_imported_cameras(bpy, t
     (run / "normalization.json").write_text(json.dumps({"scale_mat": S.tolist(), "metres_per_unit": -1}))
     with pytest.raises(ValueError, match="metres_per_unit"):
         run_files.read_metres_per_unit(run)
+
+
+@pytest.mark.blender
+@needs_bpy
+def test_the_sidebar_says_when_the_automatic_region_is_uncertain(bpy, tmp_path):
+    """A solved capture whose sparse points crowd on one part: the import keeps the loader's reasons on the region
+    object and the sidebar (Data and Scene sub-panels) shows them until the artist edits the region."""
+    from datasets.sample_scene.to_colmap import write_colmap
+    from neus_blender_addon import scene_tools
+
+    root = write_colmap(tmp_path / "crowded")
+    pts = root / "sparse" / "0" / "points3D.txt"
+    lines = pts.read_text().splitlines()[:2000]
+    xyz = np.array([[float(v) for v in ln.split()[1:4]] for ln in lines])
+    keep = np.linalg.norm(xyz - xyz[xyz[:, 2].argmax()], axis=1) < 0.8
+    pts.write_text("\n".join(ln for ln, k in zip(lines, keep, strict=True) if k) + "\n")
+    notes = datasets.load_cameras(root).region_notes
+    assert notes
+    bpy.context.scene.neus.data_dir = str(root)
+    assert bpy.ops.neus.import_cameras(directory=str(root)) == {"FINISHED"}
+    assert scene_tools.region_notes(bpy.context) == list(notes)
+    region = scene_tools.region_object(bpy.context)
+    region.scale = (1.2, 1.2, 1.2)  # the artist looked and chose
+    bpy.context.view_layer.update()
+    assert scene_tools.region_notes(bpy.context) == []
+    assert bpy.ops.neus.reset_region() == {"FINISHED"}
+    assert scene_tools.region_notes(bpy.context) == list(notes)
