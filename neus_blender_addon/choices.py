@@ -27,8 +27,10 @@ FORMAT_ITEMS = (
     ("colmap", "COLMAP", "sparse/0 + images/"),
 )
 FRAME_ITEMS = (
-    ("normalized", "Normalized", "Object inside the unit sphere, as the engine works (default)"),
-    ("world", "World", "The dataset's own world frame: cameras and mesh parented to an empty holding scale_mat"),
+    ("normalized", "Normalized", "Object inside the unit sphere, as the engine works (default); in metres, centred "
+     "on the object, once the dataset has a true scale (True Scale)"),
+    ("world", "World", "The dataset's own world frame: cameras and mesh parented to an empty holding scale_mat; in "
+     "metres once the dataset has a true scale"),
 )
 COLOR_SOURCE_ITEMS = (
     ("photos", "Photos", "Blend the best training photos per texel (sharpest; the field fills what no photo sees)"),
