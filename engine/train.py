@@ -307,6 +307,10 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
         for tmp in remove_temporaries(req.run_dir):
             emitter.log(f"removed {tmp}, left half-written by an earlier run that was killed")
     cfg, cams = prepare(req)
+    if cams is not None:  # export.frame=metres without a true scale (scale.json) is bad input, before any pixel
+        from .export import frame_matrix
+
+        frame_matrix(str(cfg.export.frame), cams)
     device = select_device(str(cfg.device))
     if not req.resume:
         resolve_auto(cfg, cams.mask_paths is not None, device.type)
@@ -319,9 +323,6 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
                          f"memory ({plan.estimate_bytes / 2**30:.1f} of {plan.budget_bytes / 2**30:.1f} GB, "
                          f"{plan.where})", left_out=[])
     scene = load_scene(req.data_dir, cfg.data)
-    from .export import frame_matrix
-
-    frame_matrix(str(cfg.export.frame), scene)  # export.frame=metres without a true scale: bad input, now
     for note in () if req.resume else scene.region_notes:  # the add-on shows these beside the region too
         emitter.emit("warning", message=f"automatic region uncertain: {note}", left_out=[], about="region")
     if cancel.is_set():
