@@ -1,4 +1,5 @@
-"""Automatic region before/after issue 19 on real cameras: ``python -m engine.bench_region [DTU_DIR]``.
+"""Automatic region before/after issue 19 on real cameras: ``python -m engine.bench_region [DTU_DIR]``, or
+``python -m engine.bench_region --solved DATA_DIR [DTU_DIR]`` for an ``engine solve`` of DTU 65's photos.
 
 DTU scan 65 (49 real cameras and masks) with synthetic sparse points: spread over the object, or crowded in a
 ball of a quarter of its bounding radius on one part (features on the textured part only); the bundled scene as a
@@ -64,7 +65,35 @@ def row(name, obj: Sphere, old: Sphere, new, extra_old="", extra_new=""):
           f"{'uncertain' if new.notes else '-'} |")
 
 
+def solved_dtu(solved_dir: Path, dtu_dir: Path) -> None:
+    """Rows for a real solve of DTU 65's photos (``engine solve``): its own sparse points, all of them or the
+    quarter nearest one part; the bounding sphere is taken into the solved frame by the similarity between the
+    solved and the calibrated camera centres."""
+    from datasets.formats.colmap import read_sparse_points
+    from datasets.scale_file import world_centres
+    from engine.solve.compare import fit_similarity
+
+    dtu, solved = datasets.load_cameras(dtu_dir), datasets.load_cameras(solved_dir)
+    points, _ = read_sparse_points(solved_dir)
+    sim = fit_similarity(world_centres(solved), world_centres(dtu)[[dtu.names.index(n) for n in solved.names]])
+    S = dtu.scale_mat
+    obj = Sphere(sim.rotation.T @ (S[:3, 3] - sim.translation) / sim.scale, float(S[0, 0]) / sim.scale)
+
+    def miss(s: Sphere) -> str:
+        return f", {mask_miss(dtu, Sphere(sim.apply(s.center), s.radius * sim.scale)):.1%} mask rays miss"
+
+    c2w = world(solved)
+    dist = np.linalg.norm(points - points[np.argsort(points[:, 0])[len(points) // 10]], axis=1)
+    for name, pts in ((f"DTU 65 solved, all {len(points)} points", points),
+                      ("DTU 65 solved, a quarter of the points (one part)", points[dist < np.percentile(dist, 25)])):
+        old, new = before(c2w, pts), auto_region(solved.K, c2w, solved.width, solved.height, pts)
+        row(name, obj, old, new, miss(old), miss(new.sphere))
+
+
 def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--solved":  # --solved DATA_DIR [DTU_DIR]
+        solved_dtu(Path(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) > 3 else Path("../shared/data/dtu_scan65"))
+        return
     dtu_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("../shared/data/dtu_scan65")
     print("| scene | before r/object | holds it | after r/object | holds it | after says |")
     print("|---|---|---|---|---|---|")
