@@ -15,7 +15,7 @@ from .atomic_files import DISK_FULL
 from .cancel import REQUEST, CancelToken
 from .config_schema import DATA_FORMATS, EXPORT_FORMATS, EXPORT_FRAMES, PRESETS, ColorSource
 from .errors import Cancelled, DeviceError, DiskFull, EngineError, InputError
-from .liveness import reporting, start_heartbeat
+from .liveness import heartbeat_stream, reporting
 from .protocol import Emitter
 from .ranks import is_first_rank
 
@@ -274,11 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     if "--progress" in argv:
         i = argv.index("--progress")
         mode = argv[i + 1] if i + 1 < len(argv) else mode
-    with protocol_stdout(mode == "jsonl") as out:
-        # The other DDP ranks run this same command line; only rank 0 speaks (their stdout is rank 0's stderr).
-        emitter = Emitter((mode if mode in PROGRESS_MODES else "bar") if is_first_rank() else "silent", out)
-        if emitter.mode == "jsonl":
-            start_heartbeat(emitter)
+    # The other DDP ranks run this same command line; only rank 0 speaks (their stdout is rank 0's stderr).
+    emit_mode = (mode if mode in PROGRESS_MODES else "bar") if is_first_rank() else "silent"
+    with protocol_stdout(mode == "jsonl") as out, _with_heartbeats(out, emit_mode == "jsonl") as stream:
+        emitter = Emitter(emit_mode, stream)
         try:
             _load_failpoints()
             args = build_parser().parse_args(argv)
@@ -312,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc(file=sys.stderr)
             return _fail(emitter, EngineError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"),
                          mode)
+
+
+def _with_heartbeats(out, enabled: bool):
+    """The protocol's stream through the heartbeat relay (engine/liveness.py) in jsonl mode."""
+    return heartbeat_stream(out) if enabled else contextlib.nullcontext(out)
 
 
 def console_main() -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import time
 from pathlib import Path
 
 ENV = "NEUS_FAILPOINTS"
@@ -45,7 +44,7 @@ POINTS = {
     "oom": lambda w: _is_steps(w) or w in OOM_PLACES,
     "disk_full": lambda w: w in WRITE_KINDS,  # the next write of that kind fails with ENOSPC (once)
     "kill": lambda w: w.isdigit() or w in KILL_MOMENTS,  # the process SIGKILLs itself at that moment
-    "sleep": lambda w: w in STAGES,  # the main thread sleeps SLEEP_S seconds as that stage begins (a silent phase)
+    "sleep": lambda w: w in STAGES,  # as that stage begins, SLEEP_S seconds in native code holding the GIL
 }
 SLEEP_S = 7.0  # sleep@<stage>: long enough for two heartbeats (engine.liveness, every 3 s of silence)
 
@@ -125,9 +124,15 @@ def maybe_kill(moment: str | int) -> None:
 
 
 def maybe_sleep(stage: str) -> None:
-    """``sleep@<stage>``: the calling thread sleeps ``SLEEP_S`` seconds, sending nothing (once per stage)."""
+    """``sleep@<stage>``: the calling thread sleeps ``SLEEP_S`` seconds in a native call that keeps Python's
+    interpreter lock, as xatlas and PyMCubes do, so no thread of this process runs meanwhile (once per stage)."""
     if _ACTIVE and hit("sleep", stage, once=True):
-        time.sleep(SLEEP_S)
+        import ctypes  # PyDLL: a foreign call that does not release the interpreter lock (CDLL would)
+
+        if os.name == "nt":
+            ctypes.PyDLL("kernel32").Sleep(int(SLEEP_S * 1000))
+        else:
+            ctypes.PyDLL(None).sleep(int(SLEEP_S))
 
 
 def maybe_fail_write(kind: str | None, tmp: Path) -> None:

@@ -1,8 +1,8 @@
 """Liveness: the engine shows it is alive and ends itself when nobody is left to hear it (PROTOCOL.md, "Liveness").
 
-- **Heartbeat**: a daemon thread sends ``heartbeat`` (the current stage, seconds since the last event) after every
-  ``HEARTBEAT_AFTER_S`` seconds without an event, so a reader can tell a long silent phase (compiling, marching
-  cubes, a solve stage) from a hung engine. It writes through the Emitter's lock: never half a line.
+- **Heartbeat**: a relay process between the Emitter and standard output sends ``heartbeat`` (the current stage,
+  seconds since the last event) after every ``HEARTBEAT_AFTER_S`` seconds without an event, so a reader can tell a
+  long silent phase (compiling, marching cubes, xatlas, a solve stage) from a hung engine.
 - **Counts in long phases**: code with natural chunks (grid slabs, photos, texels, validation views) calls
   :func:`tick` at each chunk boundary. Inside :func:`reporting` that sends a ``progress`` event with the phase's
   counts (at most one per ``PHASE_PROGRESS_S``, none for a phase shorter than that) and raises
@@ -20,10 +20,12 @@ import contextlib
 import os
 import signal
 import stat
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import TextIO
 
 from .cancel import PARENT_GONE, REQUEST, STDIN_CLOSED, STDOUT_CLOSED, CancelToken
 from .errors import Cancelled, InputError
@@ -37,8 +39,94 @@ PARENT_ENV = "NEUS_PARENT_PID"
 
 
 # ------------------------------------------------------------------------------------------------ heartbeat
+# The relay: a small Python process (no torch) between the Emitter and the real standard output. It forwards every
+# line as it comes and writes a heartbeat after every ``after`` seconds without one. A thread in the engine could not:
+# native calls that keep Python's interpreter lock (xatlas' unwrap: 10.7 s for a 20k-face mesh, PyMCubes: 1.2 s at
+# 256^3, measured on the shared 2-core CPU) would silence it. One writer: lines never mix. It ends at the end of its
+# input (the engine exited or was killed) and ignores the signals meant for the engine, so it forwards `cancelled`.
+_RELAY = r"""
+import json, queue, signal, sys, threading, time
+for name in ("SIGINT", "SIGTERM", "SIGBREAK"):
+    if hasattr(signal, name):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+after = float(sys.argv[1])
+lines = queue.Queue()
+def read():
+    for line in sys.stdin.buffer:
+        lines.put(line)
+    lines.put(None)
+threading.Thread(target=read, daemon=True).start()
+out = sys.stdout.buffer
+stage, finished = "starting", False
+last_event = last_write = time.monotonic()
+try:
+    while True:
+        try:
+            line = lines.get(timeout=0.1)
+        except queue.Empty:
+            now = time.monotonic()
+            if not finished and now - last_write >= after:
+                beat = {"event": "heartbeat", "time": round(time.time(), 3), "stage": stage,
+                        "elapsed_s": round(now - last_event, 1)}
+                out.write(json.dumps(beat).encode() + b"\n")
+                out.flush()
+                last_write = now
+            continue
+        if line is None:
+            break
+        out.write(line)
+        out.flush()
+        last_event = last_write = time.monotonic()
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "stage":
+            stage = str(event.get("stage"))
+        finished = finished or event.get("event") in ("done", "cancelled", "error")
+except OSError:  # nobody reads the protocol any more: the engine finds out at its next write (stdout closed)
+    pass
+"""
+
+
+class HeartbeatRelay:
+    """The relay process (see above) for one command: :attr:`stream` replaces the protocol's standard output."""
+
+    def __init__(self, stdout: TextIO, after_s: float = HEARTBEAT_AFTER_S) -> None:
+        stdout.flush()
+        self.process = subprocess.Popen([sys.executable, "-c", _RELAY, str(after_s)], stdin=subprocess.PIPE,
+                                        stdout=stdout.fileno(), text=True, encoding="utf-8", bufsize=1)
+        self.stream: TextIO = self.process.stdin  # type: ignore[assignment]
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Ends the input and waits for the relay to write the rest."""
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.close()
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@contextlib.contextmanager
+def heartbeat_stream(stdout: TextIO, after_s: float = HEARTBEAT_AFTER_S) -> Iterator[TextIO]:
+    """The protocol's stream with heartbeats: the relay's input, or ``stdout`` and a heartbeat thread when the relay
+    cannot start."""
+    try:
+        relay = HeartbeatRelay(stdout, after_s)
+    except OSError as exc:
+        print(f"heartbeat relay not started ({exc}); heartbeats from a thread", file=sys.stderr, flush=True)
+        relay = None
+    try:
+        yield stdout if relay is None else relay.stream
+    finally:
+        if relay is not None:
+            relay.close()
+
+
 def start_heartbeat(emitter: Emitter, after_s: float = HEARTBEAT_AFTER_S) -> threading.Thread:
-    """Starts the heartbeat thread (daemon; it ends after the run's final event)."""
+    """Heartbeats from a daemon thread in this process (the fallback: silenced while native code holds the
+    interpreter lock); it ends after the run's final event."""
 
     def beat() -> None:
         while not emitter.finished:
@@ -265,4 +353,5 @@ def _drop_dead_pipe(fd: int | None) -> None:
         os.close(null)
 
 
-__all__ = ["HEARTBEAT_AFTER_S", "PARENT_ENV", "check_cancel", "paused", "reporting", "start_heartbeat", "tick", "watch"]
+__all__ = ["HEARTBEAT_AFTER_S", "PARENT_ENV", "HeartbeatRelay", "check_cancel", "heartbeat_stream", "paused",
+           "reporting", "start_heartbeat", "tick", "watch"]

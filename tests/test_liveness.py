@@ -37,8 +37,9 @@ def read_until(proc: subprocess.Popen, done) -> list[str]:
 
 
 def test_heartbeat_during_a_silent_phase(tmp_path, smoke_run):
-    """``sleep@extracting`` holds the main thread for 7 s as extraction begins, sending nothing: the heartbeat
-    thread fills the silence every 3 s, naming the stage, and never splits a line (every line parses)."""
+    """``sleep@extracting`` spends 7 s in a native call that holds the interpreter lock as extraction begins (as
+    xatlas does; no thread of the engine could write meanwhile): the relay fills the silence every 3 s, naming the
+    stage, and never splits a line (every line parses)."""
     run = smoke_run.check().copy_to(tmp_path / "run")
     code, events, err = run_engine("export", str(run), "--progress", "jsonl", "--color", "field",
                                    failpoints="sleep@extracting", timeout=300)
