@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 from .cancel import PARENT_GONE, REQUEST, STDIN_CLOSED, STDOUT_CLOSED, CancelToken
 from .errors import Cancelled, InputError
@@ -36,6 +36,7 @@ HEARTBEAT_AFTER_S = 3.0  # a heartbeat after this long without an event
 PHASE_PROGRESS_S = 1.0  # a long phase's progress: at most one event per this long, the first after this long
 PARENT_POLL_S = 0.5  # how often the parent process is checked
 PARENT_ENV = "NEUS_PARENT_PID"
+T = TypeVar("T")
 
 
 # ------------------------------------------------------------------------------------------------ heartbeat
@@ -209,6 +210,65 @@ def check_cancel(what: str = "exporting") -> None:
         raise Cancelled(f"stopped while {what}")
 
 
+def interruptible(fn: Callable[..., T], *args, **kwargs) -> T:
+    """``fn(*args, **kwargs)`` for a native call that holds the interpreter lock for seconds (xatlas), run so that a
+    stop request still ends it within a poll: on Linux in a forked child (copy-on-write, nothing to re-import) while
+    this process waits on its pipe and checks the cancel; elsewhere, or outside :func:`reporting`, in place.
+
+    ``fn`` must not touch torch or threads of this process (the child has only the calling thread). Its result is
+    pickled back; dict arguments receive the child's changes (e.g. ``stats``).
+    """
+    if _REPORTER is None or _REPORTER.cancel is None or not sys.platform.startswith("linux"):
+        return fn(*args, **kwargs)
+    import pickle
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: compute, send, and leave without running any of the parent's cleanup
+        code = 0
+        try:
+            os.close(read_end)
+            try:
+                payload = (True, fn(*args, **kwargs), {k: v for k, v in kwargs.items() if isinstance(v, dict)})
+            except BaseException as exc:  # noqa: BLE001 - handed to the parent, which raises it
+                payload = (False, exc, {})
+            with os.fdopen(write_end, "wb") as out:
+                pickle.dump(payload, out, protocol=pickle.HIGHEST_PROTOCOL)
+        except BaseException:  # noqa: BLE001
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    import select
+
+    chunks = []
+    try:
+        while True:
+            ready, _, _ = select.select([read_end], [], [], 0.1)
+            if not ready:
+                check_cancel()
+                continue
+            data = os.read(read_end, 1 << 20)
+            if not data:
+                break
+            chunks.append(data)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        raise
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    if not chunks:
+        raise RuntimeError(f"{getattr(fn, '__name__', fn)}: the worker process ended without a result")
+    ok, value, changed = pickle.loads(b"".join(chunks))
+    if not ok:
+        raise value
+    for key, new in changed.items():
+        kwargs[key].clear()
+        kwargs[key].update(new)
+    return value
+
+
 # ------------------------------------------------------------------------------------------ parent watch
 def watch(token: CancelToken, emitter: Emitter) -> None:
     """Every way to stop the command sets ``token`` (see the module docstring). Raises InputError for a malformed
@@ -353,5 +413,5 @@ def _drop_dead_pipe(fd: int | None) -> None:
         os.close(null)
 
 
-__all__ = ["HEARTBEAT_AFTER_S", "PARENT_ENV", "HeartbeatRelay", "check_cancel", "heartbeat_stream", "paused",
-           "reporting", "start_heartbeat", "tick", "watch"]
+__all__ = ["HEARTBEAT_AFTER_S", "PARENT_ENV", "HeartbeatRelay", "check_cancel", "heartbeat_stream", "interruptible",
+           "paused", "reporting", "start_heartbeat", "tick", "watch"]

@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+import trimesh
 from engine_helpers import REPO, SAMPLE, TINY, engine_env, lines_until_step, parse_events, run_engine, start_engine
 from paths import needs_sample
 
@@ -80,6 +81,32 @@ def test_cancel_during_export_stops_within_a_chunk_and_writes_nothing(tmp_path, 
                                                   e["stage"] == "exporting"]
     assert {name: (run / name).read_bytes() for name in before} == before
     assert temporaries(run) == []
+
+
+def test_cancel_during_the_uv_unwrap_keeps_the_new_mesh_and_starts_no_textured_file(tmp_path, smoke_run):
+    """SIGINT 2 s into ``texturing``, inside xatlas' unwrap (about 20 s on a CPU, holding the interpreter lock: it runs
+    in a forked child that the export kills): `cancelled` within 2.5 s naming the new mesh.ply, which is whole; no
+    textured file exists and no temporary is left."""
+    run = smoke_run.check().copy_to(tmp_path / "run")
+    faces_before = len(trimesh.load(run / "mesh.ply", process=False).faces)
+    proc = start_engine("export", str(run), "--progress", "jsonl", "--texture", "--resolution", "128",
+                        "--texture-size", "2048", "--color", "field")
+    lines = read_until(proc, lambda e: e["event"] == "stage" and e["stage"] == "texturing")
+    time.sleep(2.0)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    elapsed = time.monotonic() - t0
+    print(f"SIGINT during the unwrap -> exit {elapsed:.2f} s")
+    events = parse_events("".join(lines) + out)
+    assert proc.returncode == 130, err[-3000:]
+    assert elapsed < CANCEL_WITHIN_S, elapsed
+    cancelled = events[-1]
+    assert cancelled["event"] == "cancelled" and cancelled["export"] == "cancelled"
+    assert cancelled["mesh"] == str((run / "mesh.ply").resolve())
+    # The new 128^3 mesh, not the run's 48^3 one (measured 56188 faces against 7648).
+    assert len(trimesh.load(run / "mesh.ply", process=False).faces) > 5 * faces_before
+    assert not list(run.glob("mesh_textured*")) and temporaries(run) == []
 
 
 def test_second_cancel_stops_export_on_cancel(tmp_path):

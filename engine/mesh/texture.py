@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..liveness import tick
+from ..liveness import interruptible, tick
 from .color import ColorSource
 from .extract import decimate, mesh_vertex_normals
 from .raster import rasterize_uv_layout
@@ -286,7 +286,9 @@ def texture_mesh(
         color_source = detail_color_source(color_source, *detail)
     stats = {} if stats is None else stats
     t0 = time.monotonic()
-    vmapping, new_faces, uvs = unwrap_uv(v, f, texture_size, atlas_padding, max_chart_faces, stats=stats)
+    # xatlas holds the interpreter lock for seconds: run so that a cancel still ends it (engine.liveness)
+    vmapping, new_faces, uvs = interruptible(unwrap_uv, v, f, texture_size, atlas_padding, max_chart_faces,
+                                             stats=stats)
     t1 = time.monotonic()
     nrm = mesh_vertex_normals(v, f) if normals is None else np.asarray(normals, dtype=np.float32)
     new_v = v[vmapping]
