@@ -228,6 +228,13 @@ def interruptible(fn: Callable[..., T], *args, **kwargs) -> T:
         code = 0
         try:
             os.close(read_end)
+            # Hold none of the engine's files (the protocol pipe: its reader must see the end when the engine
+            # dies), and die with the engine (PR_SET_PDEATHSIG, SIGKILL).
+            os.closerange(3, write_end)
+            os.closerange(write_end + 1, 1 << 16)
+            import ctypes
+
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)
             try:
                 payload = (True, fn(*args, **kwargs), {k: v for k, v in kwargs.items() if isinstance(v, dict)})
             except BaseException as exc:  # noqa: BLE001 - handed to the parent, which raises it
