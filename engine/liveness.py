@@ -302,6 +302,7 @@ def watch(token: CancelToken, emitter: Emitter) -> None:
     def stdout_closed() -> None:
         token.set(STDOUT_CLOSED)
         _drop_dead_pipe(2)  # stderr too, when it went to the same dead reader: later logs must not raise
+        emitter.log("nobody reads the progress events any more (standard output closed): stopping as on a cancel")
 
     emitter.on_closed = stdout_closed
 

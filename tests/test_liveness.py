@@ -207,6 +207,28 @@ def test_engine_ends_itself_when_its_parent_dies_or_its_stdin_closes(tmp_path):
                       weights_only=False)["global_step"] == events[-1]["step"]
 
 
+def test_engine_ends_itself_when_nobody_reads_its_output(tmp_path):
+    """The reader of the engine's standard output goes away mid-training (as when Blender crashes): the next event
+    finds the pipe broken, and the engine saves its checkpoint and exits 130 instead of failing on the write."""
+    run, err_file = tmp_path / "run", tmp_path / "engine.err"
+    with open(err_file, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "engine", *FIT, "--out", str(run), "--steps", "400"],
+                                cwd=REPO, env=engine_env(), stdout=subprocess.PIPE, stderr=err,
+                                stdin=subprocess.DEVNULL, text=True)
+        lines_until_step(proc, 3)
+        proc.stdout.close()
+        t0 = time.monotonic()
+        code = proc.wait(timeout=60)
+    elapsed = time.monotonic() - t0
+    print(f"stdout closed -> exit {elapsed:.2f} s")
+    log = err_file.read_text()
+    assert code == 130, log[-3000:]
+    assert elapsed < CANCEL_WITHIN_S, elapsed
+    assert "standard output closed" in log and "Traceback" not in log
+    step = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+    assert step >= 3 and temporaries(run) == [] and not (run / "mesh.ply").exists()
+
+
 def _events(path) -> list[dict]:
     """The complete lines of a protocol file another process is writing."""
     text = path.read_text() if path.exists() else ""
