@@ -109,6 +109,25 @@ def test_cancel_during_the_uv_unwrap_keeps_the_new_mesh_and_starts_no_textured_f
     assert not list(run.glob("mesh_textured*")) and temporaries(run) == []
 
 
+def test_one_request_sent_three_ways_exports_on_cancel_once(tmp_path):
+    """The add-on asks for a stop three ways at once (STOP file, a `stop` line, SIGINT): that is one request, so Export
+    on Cancel runs to the end (`export: "done"`) instead of being stopped by the copies."""
+    run = tmp_path / "run"
+    proc = start_engine(*FIT, "--out", str(run), "--steps", "400", "--export-on-cancel", stdin=subprocess.PIPE)
+    lines = lines_until_step(proc, 3)
+    (run / "STOP").touch()
+    proc.stdin.write("stop\n")
+    proc.stdin.flush()
+    proc.send_signal(signal.SIGINT)
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, err[-3000:]
+    cancelled = parse_events("".join(lines) + out)[-1]
+    assert cancelled["event"] == "cancelled" and (cancelled["reason"], cancelled["export"]) == ("request", "done")
+    assert cancelled["mesh"] == str((run / "mesh.ply").resolve()) and (run / "mesh.ply").is_file()
+    assert not (run / "STOP").exists() and temporaries(run) == []
+
+
 def test_second_cancel_stops_export_on_cancel(tmp_path):
     """``--export-on-cancel``: the first SIGINT saves the checkpoint and starts the export; a second SIGINT during
     the export's extraction stops it within 2.5 s with a warning, `cancelled` (export: cancelled) and no mesh."""
