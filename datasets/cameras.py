@@ -21,98 +21,23 @@ rows that do not fill a whole output pixel are dropped), so the pixel map is exa
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from datasets.camera_set import CameraSet, check_downscale, downscaled_size
 from datasets.errors import DatasetError
+from datasets.formats import blender, colmap, dtu
 from datasets.geometry import decompose_projection
+from datasets.normalization import mean_up, region_scale_mat, renormalize_c2w
+from datasets.scale_file import with_known_scale
 
-__all__ = ["CameraSet", "FORMATS", "decompose_projection", "detect_format", "load_cameras"]
+__all__ = ["CameraSet", "FORMATS", "check_downscale", "decompose_projection", "detect_format", "downscaled_size",
+           "load_cameras"]
 
 FORMATS = ("dtu", "blender", "colmap")
 SPLITS = ("train", "val", "test", "all")
-
-
-@dataclass
-class CameraSet:
-    """Cameras of one dataset, without pixels.
-
-    Attributes:
-        names: N image names (file names; relative paths where the format has sub-folders).
-        image_paths: N image files.
-        mask_paths: N mask files, or None. A mask file with an alpha channel (NeRF-synthetic RGBA renders,
-            where mask_paths == image_paths) is read from its alpha, and so is a separate mask file whose alpha
-            is not opaque everywhere; others from their grey level, thresholded at half range.
-        K: (N, 3, 3) float64 intrinsics at the loaded resolution (OpenCV pixel convention).
-        c2w: (N, 3, 4) float64 camera-to-world, OpenGL camera axes, normalized frame.
-        scale_mat: (4, 4) float64, normalized -> dataset world frame.
-        width, height: image size in pixels at the loaded resolution.
-        format: "dtu", "blender" or "colmap".
-        root: the dataset folder.
-        up: (3,) float64 unit average camera up direction in the normalized frame.
-        downscale: the factor the images are loaded at (1 = full size).
-        region_notes: why the automatic region is uncertain (``datasets.auto_region``), one line each; empty when
-            it is not, when the format gives its region (DTU, NeRF-synthetic) or for a user region.
-        metres_per_unit: metres per world unit from the dataset's known distance (``scale.json``,
-            ``datasets.scale_file``), or None when none is given.
-    """
-
-    names: list[str]
-    image_paths: list[Path]
-    mask_paths: list[Path] | None
-    K: np.ndarray
-    c2w: np.ndarray
-    scale_mat: np.ndarray
-    width: int
-    height: int
-    format: str
-    root: Path
-    up: np.ndarray
-    downscale: float
-    # keyword-only with defaults, so Scene (a subclass) may add fields without defaults
-    region_notes: tuple[str, ...] = dataclasses.field(default=(), kw_only=True)
-    metres_per_unit: float | None = dataclasses.field(default=None, kw_only=True)
-
-    @property
-    def n_views(self) -> int:
-        return len(self.names)
-
-    def subset(self, indices: Sequence[int]):
-        """A copy with only the views ``indices`` (same type: a Scene stays a Scene)."""
-        idx = [int(i) for i in indices]
-        changes = {
-            "names": [self.names[i] for i in idx],
-            "image_paths": [self.image_paths[i] for i in idx],
-            "mask_paths": None if self.mask_paths is None else [self.mask_paths[i] for i in idx],
-            "K": self.K[idx],
-            "c2w": self.c2w[idx],
-        }
-        for name in ("images", "masks"):  # Scene fields
-            value = getattr(self, name, None)
-            if value is not None:
-                changes[name] = value[idx]
-        return dataclasses.replace(self, **changes)
-
-
-def check_downscale(root: Path, downscale: float) -> float:
-    """Validates a downscale factor (a real number >= 1)."""
-    try:
-        factor = float(downscale)
-    except (TypeError, ValueError):
-        raise DatasetError(root, f"downscale must be a number >= 1, got {downscale!r}") from None
-    if not math.isfinite(factor) or factor < 1.0:
-        raise DatasetError(root, f"downscale must be a number >= 1, got {downscale!r}")
-    return factor
-
-
-def downscaled_size(width: int, height: int, factor: float) -> tuple[int, int]:
-    """Image size after downscaling by ``factor``: floor sizes (the epsilon absorbs 1600 / 1.6 round-off)."""
-    return int(math.floor(width / factor + 1e-9)), int(math.floor(height / factor + 1e-9))
 
 
 def detect_format(path: str | Path) -> str:
@@ -135,9 +60,7 @@ def detect_format(path: str | Path) -> str:
         return "dtu"
     if any((root / f"transforms{suffix}.json").is_file() for suffix in ("", "_train", "_val", "_test")):
         return "blender"
-    from datasets.formats.colmap import find_sparse_folder  # here: the format modules import this one
-
-    if find_sparse_folder(root) is not None:
+    if colmap.find_sparse_folder(root) is not None:
         return "colmap"
     raise DatasetError(
         root,
@@ -181,25 +104,16 @@ def load_cameras(
     if fmt not in FORMATS:
         raise DatasetError(root, f"unknown format {format!r}: expected auto, {', '.join(FORMATS)}")
     cam_file = None if cameras_file is None else _resolve(root, cameras_file)
-    from datasets.scale_file import with_known_scale  # here: it imports this module
-
     return apply_region(with_known_scale(_load_format(root, fmt, factor, cam_file, split)), region)
 
 
 def _load_format(root: Path, fmt: str, factor: float, cam_file: Path | None, split: str) -> CameraSet:
-    # Imported here: the format modules build CameraSet objects from this module.
     if fmt == "dtu":
-        from datasets.formats import dtu
-
         return dtu.load(root, factor, cam_file)
     if fmt == "blender":
-        from datasets.formats import blender
-
         return blender.load(root, factor, cam_file, split)
     if cam_file is not None:
         raise DatasetError(cam_file, "cameras_file is not used by the COLMAP format (it reads sparse/0/)")
-    from datasets.formats import colmap
-
     return colmap.load(root, factor)
 
 
@@ -209,8 +123,6 @@ def apply_region(cams: CameraSet, region: dict | None) -> CameraSet:
     Everything outside the region is then background (or ignored with masks), so clutter around the object does
     not become geometry. Every camera must stay outside the region: ray marching starts outside the unit sphere.
     """
-    from datasets.normalization import mean_up, region_scale_mat, renormalize_c2w
-
     if not region:
         return cams
     try:

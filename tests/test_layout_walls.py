@@ -63,6 +63,46 @@ def test_camera_parsing_is_numpy_only():
     import sys
 
     allowed = {"numpy", "datasets", "__future__"} | set(sys.stdlib_module_names)
-    for rel in ("cameras.py", "geometry.py", "errors.py", "normalization.py", "imageinfo.py", "formats"):
+    for rel in ("cameras.py", "camera_set.py", "scale_file.py", "auto_region.py", "geometry.py", "errors.py", "normalization.py", "imageinfo.py", "formats"):
         for path in ([REPO / "datasets" / rel] if rel.endswith(".py") else modules(f"datasets/{rel}")):
             assert imported_roots(path) <= allowed, (path, imported_roots(path) - allowed)
+
+
+def datasets_module_imports(path: Path) -> set[str]:
+    """Dotted ``datasets.*`` modules one datasets module imports (function-level imports included; a name imported
+    from a package counts as its submodule when one exists)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("datasets"):
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if (REPO / (sub.replace(".", "/") + ".py")).is_file() else node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("datasets"))
+    return found
+
+
+def test_datasets_has_no_import_cycle():
+    """No datasets module imports one that imports it back, even inside a function (where a cycle hides): the format
+    readers build ``CameraSet`` from ``datasets.camera_set``; only the registry ``datasets.cameras`` imports them."""
+    graph = {}
+    for path in modules("datasets"):
+        rel = path.relative_to(REPO).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        graph[name] = datasets_module_imports(path) - {name}
+    assert "datasets.cameras" not in set().union(*(graph[m] for m in graph if m.startswith("datasets.formats")))
+
+    def cycle_from(start: str) -> list[str] | None:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph.get(node, ()):
+                if nxt == start:
+                    return trail + [nxt]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, trail + [nxt]))
+        return None
+
+    cycles = [c for c in map(cycle_from, sorted(graph)) if c]
+    assert not cycles, cycles

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.cameras import CameraSet, downscaled_size
+from datasets.camera_set import CameraSet, downscaled_size
 from datasets.errors import DatasetError
 from datasets.geometry import scale_intrinsics
 from datasets.imageinfo import ImageInfo, list_images, read_image_info

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.cameras import CameraSet
+from datasets.camera_set import CameraSet
 from datasets.errors import DatasetError
 from datasets.formats._common import build_camera_set, common_size, read_text
 from datasets.imageinfo import IMAGE_SUFFIXES

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets.auto_region import AutoRegion, auto_region
-from datasets.cameras import CameraSet
+from datasets.camera_set import CameraSet
 from datasets.errors import DatasetError
 from datasets.formats._common import (
     build_camera_set,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.cameras import CameraSet
+from datasets.camera_set import CameraSet
 from datasets.errors import DatasetError
 from datasets.formats._common import build_camera_set, common_size, first_folder, pair_masks
 from datasets.geometry import c2w_from_opencv, decompose_projection
