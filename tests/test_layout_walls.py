@@ -63,7 +63,8 @@ def test_camera_parsing_is_numpy_only():
     import sys
 
     allowed = {"numpy", "datasets", "__future__"} | set(sys.stdlib_module_names)
-    for rel in ("cameras.py", "camera_set.py", "scale_file.py", "auto_region.py", "geometry.py", "errors.py", "normalization.py", "imageinfo.py", "formats"):
+    for rel in ("cameras.py", "camera_set.py", "scale_file.py", "auto_region.py", "geometry.py", "errors.py",
+                "normalization.py", "imageinfo.py", "formats"):
         for path in ([REPO / "datasets" / rel] if rel.endswith(".py") else modules(f"datasets/{rel}")):
             assert imported_roots(path) <= allowed, (path, imported_roots(path) - allowed)
 
