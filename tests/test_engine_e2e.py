@@ -15,7 +15,6 @@ import json
 import numpy as np
 import pytest
 import trimesh
-from engine_helpers import run_engine
 from paths import SAMPLE, needs_sample
 
 from engine.mesh.evaluate import evaluate_mesh
