@@ -15,7 +15,7 @@ from .atomic_files import DISK_FULL
 from .cancel import REQUEST, CancelToken
 from .config_schema import DATA_FORMATS, EXPORT_FORMATS, EXPORT_FRAMES, PRESETS, ColorSource
 from .errors import Cancelled, DeviceError, DiskFull, EngineError, InputError
-from .liveness import heartbeat_stream, reporting
+from .liveness import heartbeat_stream, reporting, watch
 from .protocol import Emitter
 from .ranks import is_first_rank
 
@@ -129,8 +129,6 @@ def protocol_stdout(enabled: bool):
 
 
 def _install_cancel(token, emitter: Emitter) -> None:
-    from .liveness import watch
-
     watch(token, emitter)  # signals, stdin, NEUS_PARENT_PID, a broken stdout (engine/liveness.py)
 
 
