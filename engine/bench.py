@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cancel import CancelToken
 from .cpu_threads import configure_torch_threads
 from .profiling import OpCounter
 from .protocol import Emitter
 from .rss import peak_rss_bytes
-from .train import CancelToken, FitRequest, run_fit
+from .train import FitRequest, run_fit
 
 
 def git_commit() -> str:

@@ -18,6 +18,7 @@ from .errors import Cancelled, DeviceError, DiskFull, EngineError, InputError
 from .liveness import heartbeat_stream, reporting, watch
 from .protocol import Emitter
 from .ranks import is_first_rank
+from .run_dir import RunDir, config_errors_as_input
 
 PROGRESS_MODES = ("jsonl", "bar", "none")  # --progress: the JSON-lines protocol, a progress bar, or silence
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
@@ -159,21 +160,15 @@ def _cmd_fit(args, emitter: Emitter) -> int:
 
 def _fit_in(run_dir: Path, req, emitter: Emitter) -> int:
     """``fit`` once the run folder exists."""
-    from .commands import require_writable
     from .solve import needs_solving
     from .train import OTHER_RANK_DONE, run_fit
 
-    require_writable(run_dir)
-    stop_file = run_dir / "STOP"
+    run = RunDir(run_dir)
+    run.require_writable()
     first_rank = is_first_rank()
-    try:
-        if first_rank:  # a DDP copy starts after rank 0 began training: a STOP file now is a fresh request
-            stop_file.unlink()  # a stale stop request from an earlier run must not stop this one
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise InputError(f"{stop_file}: cannot remove an earlier run's stop request ({exc.strerror or exc})") from exc
-    token = CancelToken(stop_file if first_rank else None)
+    if first_rank:  # a DDP copy starts after rank 0 began training: a STOP file now is a fresh request
+        run.remove_stop_request(strict=True)  # a stale stop request from an earlier run must not stop this one
+    token = CancelToken(run.stop_file if first_rank else None)
     _install_cancel(token, emitter)
     try:
         with reporting(emitter, token):
@@ -217,7 +212,6 @@ def _check_config_before_solving(req) -> None:
     will be for the solved (COLMAP, no masks) scene. The preset ``auto`` resolves to a real preset only once the
     device is known; ``preview`` stands in for it (every preset has the same keys)."""
     from .config import build_config
-    from .train import config_errors_as_input
 
     preset = "preview" if req.preset == "auto" else req.preset
     fmt = "colmap" if req.format == "auto" else req.format

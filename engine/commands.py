@@ -6,61 +6,11 @@ import json
 import math
 import platform
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from .errors import InputError
 from .protocol import Emitter
-
-
-def require_writable(folder: Path) -> None:
-    """A read-only run folder is bad input up front, not an internal error at the first write."""
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise InputError(f"{folder}: the run folder is not writable ({exc.strerror or exc})") from exc
-
-
-def load_run(run_dir: Path, device_name: str = "auto"):
-    """Rebuilds a trained model from ``RUN_DIR/config.yaml`` and ``checkpoints/last.ckpt``. Returns (cfg, model)."""
-    from .config import load_run_config
-    from .device import select_device
-    from .model import NeuSModel
-    from .train import checkpoint_path, config_errors_as_input, load_weights, read_checkpoint
-
-    if run_dir.exists() and not run_dir.is_dir():
-        raise InputError(f"{run_dir}: not a folder (expected a run folder written by `fit`)")
-    cfg_path, ckpt = run_dir / "config.yaml", checkpoint_path(run_dir)
-    for p in (cfg_path, ckpt):
-        if not p.is_file():
-            raise InputError(f"{p}: not found (is {run_dir} a run folder written by `fit`?)")
-    with config_errors_as_input():
-        cfg = load_run_config(cfg_path)
-    device = select_device(device_name)
-    state = read_checkpoint(ckpt)["state_dict"]
-    with config_errors_as_input(cfg_path):
-        model = NeuSModel(cfg.model)
-        # The sharpness floor as it stood at the last step, so renders look like the end of training.
-        model.min_inv_s.fill_(model.sharpness_floor(int(cfg.train.steps)))
-        progressive = cfg.model.geometry.progressive.enabled
-        n_levels = int(cfg.model.geometry.encoding.n_levels)
-    load_weights(model, {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}, ckpt)
-    if progressive:  # every level active, as at the end of training
-        model.geometry.set_progress(n_levels)
-    model.cos_anneal_ratio.fill_(1.0)
-    return cfg, model.to(device).eval()
-
-
-def _load_scene_for(cfg):
-    """The run's training scene when its folder is still there (photo colours need it), else None."""
-    from .train import load_scene
-
-    path = cfg.data.path
-    if not path or not Path(path).is_dir():
-        return None
-    return load_scene(Path(path), cfg.data)
+from .run_dir import RunDir, split_views
 
 
 def cmd_export(args, emitter: Emitter) -> int:
@@ -72,10 +22,11 @@ def cmd_export(args, emitter: Emitter) -> int:
         raise InputError(f"--texture-size must be between 16 and 16384, got {args.texture_size}")
     if args.faces is not None and args.faces < 4:
         raise InputError(f"--faces must be at least 4, got {args.faces}")
-    cfg, model = load_run(args.run_dir, args.device)
-    require_writable(args.run_dir)
+    run = RunDir(args.run_dir)
+    cfg, model = run.load_model(args.device)
+    run.require_writable()
     emitter.emit("stage", stage="loading")
-    scene = _load_scene_for(cfg)
+    scene = run.load_scene(cfg)
     opts = ExportOptions.from_config(cfg.export, resolution=args.resolution, frame=args.frame, color=args.color,
                                      formats=tuple(args.formats) if args.formats else None,
                                      texture_size=args.texture_size, faces=args.faces)
@@ -124,8 +75,6 @@ def cmd_eval(args, emitter: Emitter) -> int:
 
 def fidelity_views(n_views: int, holdout_every: int) -> tuple[list[int], bool]:
     """The views to judge an asset on: the run's held-out views, else every 8th view (then not held out)."""
-    from .train import split_views
-
     held = split_views(n_views, int(holdout_every))[1]
     if len(held):
         return [int(i) for i in held], True
@@ -155,8 +104,9 @@ def cmd_fidelity(args, emitter: Emitter) -> int:
 
     if args.downscale < 1:
         raise InputError(f"--downscale must be at least 1, got {args.downscale}")
-    cfg, model = load_run(args.run_dir, args.device)
-    scene = _load_scene_for(cfg)
+    run = RunDir(args.run_dir)
+    cfg, model = run.load_model(args.device)
+    scene = run.load_scene(cfg)
     if scene is None:
         raise InputError(f"{args.run_dir}: the run's data folder is gone; fidelity needs its photos")
     mesh_path = args.mesh or args.run_dir / "mesh_textured.obj"
@@ -170,7 +120,7 @@ def cmd_fidelity(args, emitter: Emitter) -> int:
         raise InputError(f"{mesh_path}: has no UVs and texture (export it with --texture)")
     verts = mesh.vertices
     if mesh_path.stem.endswith("_world"):  # exported with --frame world: back to the cameras' frame
-        scale_mat, _ = read_normalization_json(args.run_dir / "normalization.json")
+        scale_mat, _ = read_normalization_json(run.normalization_file)
         verts = transform_vertices(verts, np.linalg.inv(scale_mat))
     views, held_out = fidelity_views(scene.n_views, int(cfg.data.get("holdout_every", 0)))
     if not held_out:
@@ -204,9 +154,10 @@ def cmd_render(args, emitter: Emitter) -> int:
         raise InputError(f"--frames must be positive, got {args.frames}")
     if args.downscale < 1:
         raise InputError(f"--downscale must be at least 1, got {args.downscale}")
-    cfg, model = load_run(args.run_dir, args.device)
-    require_writable(args.run_dir)
-    scene = _load_scene_for(cfg)
+    run = RunDir(args.run_dir)
+    cfg, model = run.load_model(args.device)
+    run.require_writable()
+    scene = run.load_scene(cfg)
     if scene is None:
         raise InputError(f"{args.run_dir}: the run's data folder is gone; render needs its camera intrinsics")
     if scene.height // args.downscale < 1 or scene.width // args.downscale < 1:

@@ -24,6 +24,7 @@ from .mesh.photo import photo_source
 from .mesh.texture import texture_mesh
 from .model import NeuSModel
 from .protocol import Emitter
+from .run_dir import split_views
 
 
 @dataclass
@@ -102,8 +103,6 @@ def extract_colored_mesh(model: NeuSModel, opts: ExportOptions, scene=None, prog
 
 def texturing_views(scene, holdout_every: int) -> np.ndarray:
     """Views whose photos colour the asset: the training views (held-out ones stay unseen, for honest figures)."""
-    from .train import split_views
-
     return split_views(scene.n_views, int(holdout_every))[0]
 
 

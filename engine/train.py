@@ -2,31 +2,30 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from omegaconf.errors import OmegaConfBaseException
 
 import datasets
 
 from . import failpoints
-from .atomic_files import atomic_path, atomic_write, keep_previous, remove_temporaries
+from .atomic_files import atomic_path, keep_previous, remove_temporaries
 from .cancel import REQUEST, CancelToken
-from .config import ConfigError, build_config, load_run_config, resolve_accelerators, resolve_auto, to_yaml
+from .config import build_config, resolve_accelerators, resolve_auto
 from .device import device_name, select_device
 from .errors import Cancelled, DeviceError, Diverged, InputError
+from .export import ExportOptions, export_mesh, frame_matrix, write_preview_mesh
 from .guard import weights_finite
 from .memory import MemoryPlan, plan_fit_memory
 from .protocol import PROTOCOL_VERSION, Emitter
 from .ranks import is_first_rank
-from .region import region_of
+from .run_dir import RunDir, config_errors_as_input, load_scene, load_weights, read_checkpoint, split_views
 from .system import NeuSSystem, RaySource
+from .validate import validation_metrics
 
 
 @dataclass
@@ -49,22 +48,13 @@ class FitRequest:
 OTHER_RANK_DONE = "other_rank_done"
 
 
-def checkpoint_path(run_dir: Path) -> Path:
-    return run_dir / "checkpoints" / "last.ckpt"
-
-
-def previous_checkpoint_path(run_dir: Path) -> Path:
-    """The checkpoint before ``last.ckpt``, kept beside it."""
-    return run_dir / "checkpoints" / "prev.ckpt"
-
-
-def save_checkpoint(trainer: L.Trainer, run_dir: Path) -> Path | None:
+def save_checkpoint(trainer: L.Trainer, run: RunDir) -> Path | None:
     """Writes ``checkpoints/last.ckpt`` atomically, keeping the one it replaces as ``prev.ckpt`` (a kill at any
     moment leaves both valid). Weights that are not finite are never saved: it returns None instead.
 
     Under DDP every rank must call it at the same step (Lightning's save ends in a barrier); only rank 0 writes.
     """
-    path = checkpoint_path(run_dir)
+    path = run.checkpoint
     if not weights_finite(trainer.lightning_module):  # the same answer on every rank: DDP keeps the weights equal
         return None
     if not trainer.is_global_zero:
@@ -74,77 +64,17 @@ def save_checkpoint(trainer: L.Trainer, run_dir: Path) -> Path | None:
     with atomic_path(path) as tmp:
         trainer.save_checkpoint(tmp)
         if path.is_file():
-            keep_previous(path, previous_checkpoint_path(run_dir))
+            keep_previous(path, run.previous_checkpoint)
             failpoints.maybe_kill("checkpoint_rotate")
     return path
-
-
-def read_checkpoint(path: Path, resume: bool = False) -> dict:
-    """A checkpoint written by ``save_checkpoint``; a damaged or foreign file is bad input naming it (exit 2).
-
-    ``resume``: it must also hold the training state Lightning restores (optimizers, loops).
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except MemoryError:
-        raise
-    except Exception as exc:  # a damaged file fails in many ways: EOFError, UnpicklingError, RuntimeError (zip)...
-        raise InputError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from exc
-    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
-        raise InputError(f"{path}: not a checkpoint written by `fit` (no state_dict)")
-    if resume and not all(k in state for k in ("global_step", "optimizer_states", "pytorch-lightning_version")):
-        raise InputError(f"{path}: cannot resume from this checkpoint (it lacks the training state)")
-    return state
-
-
-def load_weights(module: torch.nn.Module, state_dict: dict, ckpt: Path) -> None:
-    """``module.load_state_dict`` where a mismatch (another config or version wrote the checkpoint) is bad input."""
-    try:
-        module.load_state_dict(state_dict)
-    except RuntimeError as exc:
-        raise InputError(f"{ckpt}: the checkpoint does not fit the run's config.yaml (written by another config "
-                         "or engine version?)") from exc
-
-
-@contextlib.contextmanager
-def config_errors_as_input(source: Path | None = None):
-    """Config problems are bad input (exit 2, one line): a ConfigError as it is (it names the file or ``--set``), and
-    a key missing from a saved (older or hand-edited) config.yaml, which surfaces while the model is built."""
-    try:
-        yield
-    except ConfigError as exc:
-        raise InputError(str(exc)) from exc
-    except OmegaConfBaseException as exc:
-        where = "" if source is None else f"{source}: "
-        raise InputError(f"{where}bad config: {str(exc).splitlines()[0]}") from exc
-
-
-def load_scene(data_dir: Path, cfg_data):
-    """The scene as a run's ``data`` section describes it (fit, and export/render with photo colours); a bad
-    dataset is bad input."""
-    try:
-        return datasets.load(data_dir, format=cfg_data.format, downscale=int(cfg_data.downscale),
-                             cameras_file=cfg_data.cameras_file, split=str(cfg_data.split),
-                             region=region_of(cfg_data, "region"))
-    except datasets.DatasetError as exc:
-        raise InputError(str(exc)) from exc
-
-
-def split_views(n_views: int, holdout_every: int) -> tuple[np.ndarray, np.ndarray]:
-    """Training and held-out view indices: every ``holdout_every``-th view is held out (none when 0)."""
-    idx = np.arange(n_views)
-    if holdout_every <= 0 or n_views < 3:
-        return idx, idx[:0]
-    held = idx[holdout_every // 2::holdout_every]
-    return np.setdiff1d(idx, held), held
 
 
 class ProgressCallback(L.Callback):
     """Reports progress, honours cancel requests within one step, writes periodic checkpoints and previews."""
 
-    def __init__(self, emitter: Emitter, cancel: CancelToken, run_dir: Path, cfg, total: int, start_step: int,
+    def __init__(self, emitter: Emitter, cancel: CancelToken, run: RunDir, cfg, total: int, start_step: int,
                  on_preview=None, on_validate=None) -> None:
-        self.emitter, self.cancel, self.run_dir, self.cfg = emitter, cancel, run_dir, cfg
+        self.emitter, self.cancel, self.run, self.cfg = emitter, cancel, run, cfg
         self.total, self.start_step = total, start_step
         self.on_preview, self.on_validate = on_preview, on_validate
         self.t0 = time.monotonic()
@@ -167,7 +97,7 @@ class ProgressCallback(L.Callback):
         if self.cancelled:
             return
         if checkpoint_due and not rollback:
-            if save_checkpoint(trainer, self.run_dir) is None:  # the guard missed it (e.g. a bf16 overflow)
+            if save_checkpoint(trainer, self.run) is None:  # the guard missed it (e.g. a bf16 overflow)
                 self._roll_back(trainer, pl_module, step)
                 self._send_guard_events(pl_module)
             self.last_ckpt_time = time.monotonic()
@@ -184,8 +114,7 @@ class ProgressCallback(L.Callback):
 
     def _roll_back(self, trainer, pl_module, step: int) -> None:
         """Back to the last good checkpoint (engine.guard): ``last.ckpt`` only ever holds finite weights."""
-        path = checkpoint_path(self.run_dir)
-        state = read_checkpoint(path, resume=True) if path.is_file() else None
+        state = self.run.read_checkpoint(resume=True) if self.run.has_checkpoint() else None
         pl_module.guard.roll_back(pl_module, state, step, 0 if state is None else int(state["global_step"]))
 
     def _send_guard_events(self, pl_module) -> None:
@@ -248,12 +177,11 @@ def prepare(req: FitRequest):
         raise InputError(f"{req.data_dir}: " + ("not a folder" if req.data_dir.exists() else "data folder not found"))
     if req.steps is not None and req.steps <= 0:
         raise InputError(f"--steps must be positive, got {req.steps}")
-    saved = req.run_dir / "config.yaml"
+    run = RunDir(req.run_dir)
     if req.resume:
-        if not checkpoint_path(req.run_dir).is_file() or not saved.is_file():
+        if not run.has_checkpoint() or not run.config_file.is_file():
             raise InputError(f"{req.run_dir}: nothing to resume (no checkpoints/last.ckpt and config.yaml)")
-        with config_errors_as_input():
-            cfg = load_run_config(saved)
+        cfg = run.load_config()
         if req.steps is not None:
             cfg.train.steps = int(req.steps)
         return cfg, None
@@ -301,6 +229,7 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
     returns ``{"event": OTHER_RANK_DONE}``; the caller reports nothing for it.
     """
     t_start = time.monotonic()
+    run = RunDir(req.run_dir)
     emitter.emit("stage", stage="loading")
     req.run_dir.mkdir(parents=True, exist_ok=True)
     if is_first_rank():  # what a killed run left half-written (the DDP copies start while rank 0 writes)
@@ -308,8 +237,6 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
             emitter.log(f"removed {tmp}, left half-written by an earlier run that was killed")
     cfg, cams = prepare(req)
     if cams is not None:  # export.frame=metres without a true scale (scale.json) is bad input, before any pixel
-        from .export import frame_matrix
-
         frame_matrix(str(cfg.export.frame), cams)
     device = select_device(str(cfg.device))
     if not req.resume:
@@ -331,10 +258,10 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
     rays = RaySource(scene.images, scene.masks, scene.K, scene.c2w, views=train_idx)
     L.seed_everything(int(cfg.seed), verbose=False)
     # Nothing is written until the model, the checkpoint and the trainer are known to work with this config.
-    with config_errors_as_input(req.run_dir / "config.yaml" if req.resume else None):
+    with config_errors_as_input(run.config_file if req.resume else None):
         system = NeuSSystem(cfg, rays)
     start_step = 0
-    ckpt = checkpoint_path(req.run_dir) if req.resume else None
+    ckpt = run.checkpoint if req.resume else None
     saved_state = None
     if ckpt is not None:
         saved_state = read_checkpoint(ckpt, resume=True)
@@ -353,9 +280,6 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
                          "grad_mode": str(cfg.model.geometry.grad_mode),
                          "samples_per_step": int(cfg.train.target_samples)})
 
-    from .export import ExportOptions, export_mesh, write_preview_mesh
-    from .validate import validation_metrics
-
     def preview(step: int) -> None:
         path = write_preview_mesh(system.model, cfg, req.run_dir, step)
         if path is not None:
@@ -370,7 +294,7 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
             emitter.emit("validation", step=step, psnr=metrics["psnr"], mask_iou=metrics["mask_iou"],
                          n_views=int(min(len(held_idx), cfg.train.val_max_views)))
 
-    callback = ProgressCallback(emitter, cancel, req.run_dir, cfg, total, start_step, preview, validate)
+    callback = ProgressCallback(emitter, cancel, run, cfg, total, start_step, preview, validate)
     system.stage_hook = lambda stage: emitter.emit("stage", stage=stage)  # "compiling" around a compiled first step
     if req.profile and req.phase_timer:
         system.model.timer.enable(device)
@@ -381,22 +305,21 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
     except (ValueError, MisconfigurationException) as exc:  # e.g. train.strategy, which Lightning checks
         raise InputError(f"bad config: {str(exc).splitlines()[0]}") from exc
     if is_first_rank():  # not in the copies of this command that Lightning's DDP launcher starts
-        with atomic_write(req.run_dir / "config.yaml", "w") as f:
-            f.write(to_yaml(cfg))
+        run.save_config(cfg)
     emitter.emit("stage", stage="training")
     t_train0 = time.monotonic()
     if start_step < total:
         try:
             trainer.fit(system, ckpt_path=str(ckpt) if ckpt is not None else None)
         except DeviceError:  # out of memory even at the fewest rays: keep the last completed step
-            save_checkpoint(trainer, req.run_dir)
+            save_checkpoint(trainer, run)
             raise
     t_train = time.monotonic() - t_train0
     step = max(int(trainer.global_step), start_step)
-    ckpt_out = save_checkpoint(trainer, req.run_dir) if start_step < total else checkpoint_path(req.run_dir)
+    ckpt_out = save_checkpoint(trainer, run) if start_step < total else run.checkpoint
     if ckpt_out is None:
         raise Diverged(f"training ended with non-finite weights at step {step}; the last good checkpoint "
-                       f"{checkpoint_path(req.run_dir)} is kept; lower train.lr and train.lr_geometry_encoding")
+                       f"{run.checkpoint} is kept; lower train.lr and train.lr_geometry_encoding")
     if not trainer.is_global_zero:  # DDP: rank 0 alone validates, exports and reports
         return {"event": OTHER_RANK_DONE, "step": step}
     model = system.model.to(device).eval()

@@ -17,7 +17,7 @@ from engine_helpers import engine_env, lines_until_step, parse_events, start_eng
 from paths import HAS_SAMPLE, NO_SAMPLE_REASON, REPO, SAMPLE
 
 from engine.ranks import is_first_rank
-from engine.train import read_checkpoint
+from engine.run_dir import read_checkpoint
 
 STEPS = 5  # the grid refreshes at steps 0, 2 and 4: the last step refreshes it, nothing re-syncs it afterwards
 

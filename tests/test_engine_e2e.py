@@ -45,9 +45,9 @@ def test_preview_without_masks_keeps_the_object_in_the_foreground(no_mask_previe
     run = no_mask_preview_run.check().folder
     validation = no_mask_preview_run.last("validation")
     assert validation and validation["mask_iou"] > 0.6, validation
-    from engine.commands import load_run
+    from engine.run_dir import RunDir
 
-    cfg, model = load_run(run, "cpu")  # as export and render see it: the sharpness floor of the last step holds
+    cfg, model = RunDir(run).load_model("cpu")  # as export and render see it: the last step's sharpness floor holds
     assert float(model.inv_s().detach()) >= cfg.model.min_inv_s.end - 1e-3
     gt_radius = json.loads((SAMPLE / "scene.json").read_text())["object"]["bounding_radius_normalized"]
     metrics = evaluate_mesh(run / "mesh.ply", SAMPLE / "gt_mesh_normalized.ply", threshold=0.02,

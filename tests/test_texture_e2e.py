@@ -52,12 +52,12 @@ def test_depth_map_visibility_agrees_with_sdf_marching(held_out_run):
     import trimesh
 
     import datasets
-    from engine.commands import load_run
     from engine.mesh.color import segment_occluded
     from engine.mesh.photo import PhotoOptions, depth_visible
     from engine.mesh.raster import rasterize_view
+    from engine.run_dir import RunDir
 
-    cfg, model = load_run(held_out_run, "cpu")
+    cfg, model = RunDir(held_out_run).load_model("cpu")
     scene = datasets.load(SAMPLE)
     mesh = trimesh.load(held_out_run / "mesh.ply", process=False)
     pts, face_idx = trimesh.sample.sample_surface(mesh, 1500, seed=1)
@@ -87,11 +87,12 @@ def test_held_out_views_colour_nothing_and_the_levelled_fallback_matches_unseen_
     """The views `engine fidelity` judges on never colour the asset; the field's colour, mapped onto the photos'
     on half the surface the photos see, is closer to the photos on the other half than the raw field."""
     import datasets
-    from engine.commands import fidelity_views, load_run
+    from engine.commands import fidelity_views
     from engine.export import texturing_views
     from engine.mesh.photo import PhotoOptions, blend_views, fit_fallback_levels, prepare_views
+    from engine.run_dir import RunDir
 
-    cfg, model = load_run(held_out_run, "cpu")
+    cfg, model = RunDir(held_out_run).load_model("cpu")
     scene = datasets.load(SAMPLE)
     train = texturing_views(scene, int(cfg.data.holdout_every))
     judged, held_out = fidelity_views(scene.n_views, int(cfg.data.holdout_every))
