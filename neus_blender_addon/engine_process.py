@@ -28,8 +28,13 @@ from .choices import DEVICES, FORMATS, PRESETS
 from .errors import AddonError
 
 ENV_VAR = "NEUS_ENGINE_PYTHON"
+PARENT_ENV = "NEUS_PARENT_PID"  # the engine ends itself (saving its checkpoint) when this process is gone
 STOP_FILE = "STOP"
 STDERR_LOG = "engine_stderr.log"
+# Seconds without a line from the engine after which it counts as not responding. The engine sends a ``heartbeat``
+# after every 3 s without an event (its longest measured gap between lines: 3.3 s), so 30 s is ten missed beats.
+DEFAULT_SILENCE_S = 30.0
+SILENCE_POLL_S = 0.2
 
 
 # Process states. ``running`` until the process has exited and its stdout is drained.
@@ -180,11 +185,13 @@ def build_export_command(python: Path | str, run_dir: Path | str, texture: bool 
 
 def subprocess_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment for the engine: unbuffered UTF-8 output; no PYTHONHOME (it would point a foreign
-    interpreter at Blender's standard library)."""
+    interpreter at Blender's standard library); ``NEUS_PARENT_PID`` = this process (Blender), so an engine whose
+    Blender crashed stops itself, saving a checkpoint (``engine/PROTOCOL.md``, Liveness)."""
     env = dict(os.environ if base is None else base)
     env.pop("PYTHONHOME", None)
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
+    env[PARENT_ENV] = str(os.getpid())
     return env
 
 
@@ -285,18 +292,25 @@ class EngineProcess:
 
     Events (dicts, see :mod:`protocol`) arrive in :attr:`events`; the last one is always
     ``{"event": "exit", "returncode": rc, "state": final_state}``.
+
+    Liveness is judged by silence, not by time: every line on stdout (an event, a ``heartbeat``, a stray print)
+    resets :meth:`silent_for`. After :meth:`cancel` the engine may take as long as it needs (an export on cancel
+    that keeps reporting is never cut short); only ``silence_s`` seconds without a line get its process group
+    killed. Standard input stays a pipe for the engine's life: its end tells the engine that Blender is gone.
     """
 
     def __init__(self, argv: Sequence[str], run_dir: Path | str, cwd: Path | str | None = None,
-                 log_path: Path | str | None = None, grace_s: float = 15.0, kill_grace_s: float = 5.0,
+                 log_path: Path | str | None = None, silence_s: float = DEFAULT_SILENCE_S,
                  env: Mapping[str, str] | None = None) -> None:
         self.argv = [str(a) for a in argv]
         self.run_dir = Path(run_dir)
         self.cwd = Path(cwd) if cwd else self.run_dir
         self.log_path = Path(log_path) if log_path else self.run_dir / STDERR_LOG
-        self.grace_s = grace_s
-        self.kill_grace_s = kill_grace_s
+        self.silence_s = float(silence_s)
         self.env = subprocess_env(env)
+        self._last_output = time.monotonic()
+        self._cancelled_at: float | None = None
+        self.killed_for: str = ""  # why the add-on killed the process group ("" when it did not)
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self._lock = threading.Lock()
         self._state = IDLE
@@ -329,6 +343,17 @@ class EngineProcess:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
+
+    def silent_for(self) -> float:
+        """Seconds since the engine's last line on stdout (or since it started, or since :meth:`cancel`, whichever
+        is latest: a cancel restarts the clock, so the engine gets a full ``silence_s`` to answer it)."""
+        last = max(self._last_output, self._cancelled_at or 0.0)
+        return max(0.0, time.monotonic() - last)
+
+    @property
+    def not_responding(self) -> bool:
+        """Running and silent for ``silence_s`` seconds or more."""
+        return self.running and self.silent_for() >= self.silence_s
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -363,6 +388,7 @@ class EngineProcess:
             self._log_file.close()
             raise EngineNotFoundError(f"cannot start the engine ({self.argv[0]}): {e}") from e
         self.started_at = time.time()
+        self._last_output = time.monotonic()
         with self._lock:
             self._state = RUNNING
         _LIVE.add(self)
@@ -374,6 +400,7 @@ class EngineProcess:
         seen: set[str] = set()
         try:
             for raw in self._proc.stdout:
+                self._last_output = time.monotonic()
                 try:
                     event = protocol.parse_line(raw)
                 except protocol.ProtocolError as e:
@@ -398,7 +425,8 @@ class EngineProcess:
                 self._returncode = rc
                 self._state = state
             _LIVE.discard(self)
-            self.events.put({"event": protocol.EXIT_EVENT, "returncode": rc, "state": state, "time": time.time()})
+            self.events.put({"event": protocol.EXIT_EVENT, "returncode": rc, "state": state, "time": time.time(),
+                             "killed": self.killed_for})
 
     def _final_state(self, rc: int, seen: set[str]) -> str:
         if rc == 0 and "done" in seen:
@@ -408,13 +436,15 @@ class EngineProcess:
         return DONE if rc == 0 else FAILED
 
     def cancel(self) -> None:
-        """Asks the engine to stop (SIGINT / CTRL_BREAK, ``RUN_DIR/STOP`` and ``stop`` on stdin), then escalates
-        to terminate after ``grace_s`` and kill after ``kill_grace_s`` more. Returns at once."""
+        """Asks the engine to stop (SIGINT / CTRL_BREAK, ``RUN_DIR/STOP`` and ``stop`` on stdin; a second call is a
+        second request, which also stops an export on cancel). Returns at once. A watcher kills the process group
+        once the engine has been silent for ``silence_s`` seconds since the request or its last line."""
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return
         first = not self._cancel_requested
         self._cancel_requested = True
+        self._cancelled_at = time.monotonic()
         try:
             (self.run_dir / STOP_FILE).touch()
         except OSError:
@@ -433,43 +463,54 @@ class EngineProcess:
         except (OSError, ValueError):
             pass
         if first:
-            threading.Thread(target=self._escalate, name="neus-engine-cancel", daemon=True).start()
+            threading.Thread(target=self._kill_when_silent, name="neus-engine-cancel", daemon=True).start()
 
-    def _escalate(self) -> None:
+    def _kill_when_silent(self) -> None:
         proc = self._proc
         assert proc is not None
-        try:
-            proc.wait(self.grace_s)
+        while proc.poll() is None:
+            silent = self.silent_for()
+            if silent >= self.silence_s:
+                self.kill_now(f"the engine sent nothing for {silent:.0f} s after Cancel")
+                return
+            time.sleep(SILENCE_POLL_S)
+
+    def kill_now(self, reason: str = "killed on request") -> None:
+        """Kills the engine's whole process group at once (the Kill button, a silent engine). The run ends
+        ``cancelled``; the engine's checkpoint files are written atomically, so ``--resume`` continues from the last
+        one it saved."""
+        proc = self._proc
+        if proc is None:
             return
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            proc.terminate()
-            proc.wait(self.kill_grace_s)
-        except subprocess.TimeoutExpired:
-            self._kill_group(proc)
-        except OSError:
-            pass
+        self._cancel_requested = True
+        if not self.killed_for:
+            self.killed_for = reason
+        self._kill_group(proc)
 
     def kill(self) -> None:
-        """Stops at once (Blender quitting, add-on unregistered): a short cancel, then kill."""
+        """Stops at once (Blender quitting, add-on unregistered): a stop request, up to 3 s for the engine to save
+        its checkpoint, then SIGKILL to its whole process group (also when the engine itself already ended, so no
+        child it started, a solver or another training rank, outlives it)."""
         proc = self._proc
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        self.cancel()
-        try:
-            proc.wait(min(self.grace_s, 3.0))
-        except subprocess.TimeoutExpired:
-            self._kill_group(proc)
+        if proc.poll() is None:
+            self.cancel()
             try:
-                proc.wait(5.0)
+                proc.wait(3.0)
             except subprocess.TimeoutExpired:
-                pass
+                self.killed_for = self.killed_for or "Blender or the add-on stopped"
+        self._kill_group(proc)
+        try:
+            proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            pass
 
     @staticmethod
     def _kill_group(proc: subprocess.Popen[str]) -> None:
-        """SIGKILL to the engine's whole process group (it leads its own session, see :meth:`start`), so helper
-        processes it started (data loader workers) go too; a plain kill elsewhere."""
+        """SIGKILL to the engine's whole process group (it leads its own session, see :meth:`start`), so processes
+        it started (the heartbeat relay, a solver, other training ranks, loader workers) go too; a plain kill
+        elsewhere. The group outlives its leader while a member lives, so this works after the engine exited."""
         if os.name != "nt":
             with contextlib.suppress(OSError):
                 os.killpg(proc.pid, signal.SIGKILL)

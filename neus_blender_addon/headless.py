@@ -2,11 +2,14 @@
 
     python -m neus_blender_addon.headless DATA_DIR --out RUN_DIR [--preset auto|preview|fast|quality] [--steps N]
         [--device auto|cpu|cuda|mps] [--frame normalized|world] [--texture] [--engine-python PATH]
+        [--silence-limit SECONDS]
 
 Run it with the project's venv Python (which has the ``bpy`` module), from the repository root. It starts from an
 empty factory scene, registers the add-on, imports the cameras, runs the reconstruction to completion (progress
 on stdout), adds a world and a sun so a render (F12) through the first dataset camera shows the mesh, and
-saves ``RUN_DIR/scene.blend``. Exit codes: 0 done, 1 failed, 2 bad input, 130 cancelled.
+saves ``RUN_DIR/scene.blend``. An engine that sends nothing (not even its 3 s heartbeat) for ``--silence-limit``
+seconds is killed and the run fails with one line. Exit codes: 0 done, 1 failed (or given up on), 2 bad input,
+130 cancelled.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 from pathlib import Path
 
 from neus_blender_addon.choices import DEVICES, FORMATS, FRAMES, PRESETS
+from neus_blender_addon.engine_process import DEFAULT_SILENCE_S
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -39,9 +43,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                     help="engine config override (repeatable), e.g. --set export.resolution=256")
     ap.add_argument("--engine-python", default="", help="interpreter that runs the engine (default: auto-detect)")
+    ap.add_argument("--silence-limit", type=float, default=DEFAULT_SILENCE_S, metavar="SECONDS",
+                    help=f"give up on an engine silent this long (default {DEFAULT_SILENCE_S:.0f}; it sends a "
+                         "heartbeat every 3 s)")
     args = ap.parse_args(argv)
     if args.steps < 0:
         ap.error("--steps must be >= 0")
+    if not args.silence_limit > 0:
+        ap.error("--silence-limit must be > 0 seconds")
     for kv in args.settings:
         if "=" not in kv or kv.startswith("="):
             ap.error(f"--set expects KEY=VALUE, got '{kv}'")
@@ -123,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ[engine_process.ENV_VAR] = args.engine_python
         reconstruct.last_run = None
         # background mode: runs to completion, printing progress; --out is the run folder itself
-        result = _call(bpy.ops.neus.reconstruct, run_dir=str(out))
+        result = _call(bpy.ops.neus.reconstruct, run_dir=str(out), silence_limit=args.silence_limit)
         run = reconstruct.last_run
         if "FINISHED" not in result:
             if run is None:  # refused before the engine started (engine not found, say)

@@ -1,5 +1,5 @@
 """Operators: neus.import_cameras, neus.pick_video, neus.solve_cameras, neus.reconstruct, neus.resume, neus.cancel,
-neus.open_run_folder, neus.report, neus.import_mesh, neus.check_engine."""
+neus.kill, neus.open_run_folder, neus.report, neus.import_mesh, neus.check_engine."""
 
 # No `from __future__ import annotations`: Blender reads the property annotations as objects.
 import functools
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import bpy
 import numpy as np
-from bpy.props import EnumProperty, StringProperty
+from bpy.props import EnumProperty, FloatProperty, StringProperty
 from bpy_extras.io_utils import ImportHelper
 
 from . import (
@@ -123,7 +123,8 @@ class NEUS_OT_solve_cameras(bpy.types.Operator):
         try:
             engine = engine_process.find_engine_python(preferences.engine_python_setting(context))
             run = solve_cameras.start(context.scene, source, out, engine, self.matcher,
-                                      echo=functools.partial(print, flush=True))
+                                      echo=functools.partial(print, flush=True),
+                                      silence_s=preferences.silence_limit_setting(context))
         except (AddonError, ValueError, RuntimeError, OSError) as e:
             s.last_error = str(e)
             s.state = "failed"
@@ -140,16 +141,18 @@ class NEUS_OT_solve_cameras(bpy.types.Operator):
 
 
 def _start_run(op: bpy.types.Operator, context: bpy.types.Context, resume: bool, mode: str,
-               run_dir: str = "") -> set[str]:
+               run_dir: str = "", silence_s: float = 0.0) -> set[str]:
     """Shared by Reconstruct and Resume: one place reports an AddonError (and stores it for the panel)."""
     s = context.scene.neus
     try:
         engine_python = preferences.engine_python_setting(context)
+        silence_s = silence_s or preferences.silence_limit_setting(context)
         if resume:
-            request = reconstruct.resume_request(context.scene, engine_python)
+            request = reconstruct.resume_request(context.scene, engine_python, silence_s)
         else:
             request = reconstruct.request_from_scene(context.scene, engine_python,
-                                                     Path(bpy.path.abspath(run_dir)) if run_dir else None)
+                                                     Path(bpy.path.abspath(run_dir)) if run_dir else None,
+                                                     silence_s=silence_s)
         blocking = mode == "BLOCKING" or (mode == "AUTO" and bpy.app.background)
         run = reconstruct.start(request, echo=functools.partial(print, flush=True))
     except AddonError as e:
@@ -190,6 +193,9 @@ class NEUS_OT_reconstruct(bpy.types.Operator):
     mode: EnumProperty(name="Mode", items=MODE_ITEMS, default="AUTO", options={"SKIP_SAVE", "HIDDEN"})
     run_dir: StringProperty(name="Run Folder", description="Use this run folder instead of a new numbered one",
                             subtype="DIR_PATH", options={"SKIP_SAVE", "HIDDEN"})
+    silence_limit: FloatProperty(name="Silence Limit", description="Seconds without a word from the engine that "
+                                 "count as not responding (0: the add-on preferences' value)", default=0.0, min=0.0,
+                                 options={"SKIP_SAVE", "HIDDEN"})
 
     @classmethod
     def poll(cls, context):
@@ -203,7 +209,7 @@ class NEUS_OT_reconstruct(bpy.types.Operator):
         return True
 
     def execute(self, context):
-        return _start_run(self, context, False, self.mode, self.run_dir)
+        return _start_run(self, context, False, self.mode, self.run_dir, self.silence_limit)
 
 
 class NEUS_OT_resume(bpy.types.Operator):
@@ -249,6 +255,29 @@ class NEUS_OT_cancel(bpy.types.Operator):
             return {"CANCELLED"}
         self.report({"INFO"}, "Cancelling the reconstruction")
         return {"FINISHED"}
+
+
+class NEUS_OT_kill(bpy.types.Operator):
+    """Kill the engine now, with every process it started (for an engine that stopped answering; the last
+    checkpoint stays, Resume continues from it)"""
+
+    bl_idname = "neus.kill"
+    bl_label = "Kill"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context):
+        if not engine_busy():
+            cls.poll_message_set("No engine is running")
+            return False
+        return True
+
+    def execute(self, context):
+        if solve_cameras.kill() or reconstruct.kill():
+            self.report({"WARNING"}, "Killing the engine")
+            return {"FINISHED"}
+        self.report({"WARNING"}, "No engine is running")
+        return {"CANCELLED"}
 
 
 class NEUS_OT_open_run_folder(bpy.types.Operator):
@@ -394,4 +423,5 @@ class NEUS_OT_check_engine(bpy.types.Operator):
 
 
 classes = (NEUS_OT_import_cameras, NEUS_OT_pick_video, NEUS_OT_solve_cameras, NEUS_OT_reconstruct, NEUS_OT_resume,
-           NEUS_OT_cancel, NEUS_OT_open_run_folder, NEUS_OT_report, NEUS_OT_import_mesh, NEUS_OT_check_engine)
+           NEUS_OT_cancel, NEUS_OT_kill, NEUS_OT_open_run_folder, NEUS_OT_report, NEUS_OT_import_mesh,
+           NEUS_OT_check_engine)

@@ -4,7 +4,7 @@
 import textwrap
 
 import bpy
-from bpy.props import StringProperty
+from bpy.props import IntProperty, StringProperty
 
 from . import engine_process
 
@@ -31,11 +31,19 @@ class NEUS_AP_preferences(bpy.types.AddonPreferences):
         subtype="FILE_PATH",
         default="",
     )
+    silence_limit: IntProperty(
+        name="Not Responding After (s)",
+        description=("Seconds without a word from the engine (it sends a heartbeat every 3 s) after which the panel "
+                     "says it is not responding and offers Kill; after Cancel, an engine silent this long is killed. "
+                     "An engine that keeps reporting, an export on cancel say, is never killed"),
+        default=int(engine_process.DEFAULT_SILENCE_S), min=5, max=3600,
+    )
     engine_status: StringProperty(name="Engine Status", default="")
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
         layout.prop(self, "engine_python")
+        layout.prop(self, "silence_limit")
         try:
             loc = engine_process.find_engine_python(self.engine_python)
             wrapped_labels(layout, f"Using {loc.describe()}", icon="CHECKMARK")
@@ -58,6 +66,12 @@ def engine_python_setting(context: bpy.types.Context | None = None) -> str:
     prefs = get_preferences(context)
     path = prefs.engine_python.strip() if prefs is not None else ""
     return bpy.path.abspath(path) if path.startswith("//") else path
+
+
+def silence_limit_setting(context: bpy.types.Context | None = None) -> float:
+    """Seconds of engine silence that count as not responding (the default when not enabled as an add-on)."""
+    prefs = get_preferences(context)
+    return float(prefs.silence_limit) if prefs is not None else engine_process.DEFAULT_SILENCE_S
 
 
 classes = (NEUS_AP_preferences,)

@@ -67,6 +67,8 @@ class NEUS_PG_settings(bpy.types.PropertyGroup):
     run_dir: StringProperty(name="Run Folder", description="Folder of the last run", subtype="DIR_PATH", default="")
     result_object: StringProperty(name="Result", default="")
     log_tail: StringProperty(name="Engine Log", description="The last lines of the engine's log", default="")
+    silent_s: IntProperty(name="Not Responding", description="Seconds the engine has been silent, once past the "
+                          "preferences' limit (0: it answers)", default=0, min=0)
 
 
 def apply_status(settings: NEUS_PG_settings, status: RunStatus) -> None:
@@ -74,8 +76,9 @@ def apply_status(settings: NEUS_PG_settings, status: RunStatus) -> None:
     settings.running = status.state == "running"
     settings.state = status.state
     settings.stage = status.stage
-    settings.step = int(status.step)
-    settings.total = int(status.total)
+    done, total, _unit = status.counts()  # a long phase's own count while it reports, else training's steps
+    settings.step = int(done)
+    settings.total = int(total)
     settings.has_loss = status.loss is not None
     settings.loss = float(status.loss or 0.0)
     settings.has_psnr = status.psnr is not None

@@ -29,7 +29,7 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
 
 # Events produced by the add-on itself (never by the engine).
 LOG_EVENT = "log"  # a stdout line that is not a JSON object; field ``message``
-EXIT_EVENT = "exit"  # the process ended; field ``returncode``
+EXIT_EVENT = "exit"  # the process ended; fields ``returncode``, ``state``, ``killed`` (why the add-on killed it, or "")
 
 
 class ProtocolError(ValueError):
@@ -119,6 +119,9 @@ class RunStatus:
     val_psnr: float | None = None
     eta_s: float | None = None
     elapsed_s: float | None = None
+    phase_step: int = 0  # a long phase's own count (extracting, colouring, a solve stage ...); training keeps step
+    phase_total: int = 0
+    unit: str = ""  # the phase count's unit ("percent", "photos", ...)
     device: str = ""
     last_error: str = ""
     mesh_path: str | None = None
@@ -128,9 +131,19 @@ class RunStatus:
     returncode: int | None = None
     log_tail: list[str] = field(default_factory=list)
 
+    def counts(self) -> tuple[int, int, str]:
+        """What the UI shows as done / total: the current long phase's count while one reports, else training's."""
+        if self.phase_total > 0:
+            return self.phase_step, self.phase_total, self.unit
+        return self.step, self.total, ""
+
     @property
     def fraction(self) -> float:
-        return progress_fraction(self.step, self.total)
+        done, total, _ = self.counts()
+        return progress_fraction(done, total)
+
+    def _reset_phase(self) -> None:
+        self.phase_step, self.phase_total, self.unit = 0, 0, ""
 
     def apply(self, event: dict[str, Any]) -> None:
         """Updates the status from one event (engine events plus the add-on's ``log``/``exit``)."""
@@ -143,6 +156,14 @@ class RunStatus:
             self.step = int(_num(event.get("start_step")) or 0)
         elif name == "stage":
             self.stage = str(event.get("stage", ""))
+            self._reset_phase()
+        elif name == "progress" and event.get("stage") not in (None, "training"):  # a long phase's own count
+            self.stage = str(event["stage"])
+            self.phase_step = int(_num(event.get("step")) or 0)
+            self.phase_total = int(_num(event.get("total")) or 0)
+            self.unit = str(event.get("unit") or "")
+            self.eta_s = _num(event.get("eta_s"))
+            self.elapsed_s = _num(event.get("elapsed_s"))
         elif name == "progress":
             self.step = int(_num(event.get("step")) or 0)
             self.total = int(_num(event.get("total")) or self.total)
@@ -159,6 +180,7 @@ class RunStatus:
             files = event.get("files")
             self.files = {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else {}
             self.stage = "done"
+            self._reset_phase()
             self.eta_s = 0.0
             if self.total:
                 self.step = self.total
@@ -167,6 +189,7 @@ class RunStatus:
             if event.get("mesh"):
                 self.mesh_path = event.get("mesh")
             self.stage = "cancelled"
+            self._reset_phase()
         elif name == "error":
             kind = event.get("kind")
             msg = str(event.get("message", "")).strip()
@@ -188,8 +211,9 @@ class RunStatus:
         if self.state == "idle":
             return "Idle"
         parts = [(self.stage or "starting").capitalize()]
-        if self.stage == "training" or (self.total and self.step):
-            parts[0] += f" {self.step}/{self.total} ({100.0 * self.fraction:.0f}%)"
+        done, total, unit = self.counts()
+        if self.stage == "training" or (total and done):
+            parts[0] += f" {done}/{total}{' ' + unit if unit else ''} ({100.0 * self.fraction:.0f}%)"
         if self.loss is not None:
             parts.append(f"loss {self.loss:.4g}")
         if self.psnr is not None:

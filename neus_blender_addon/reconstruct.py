@@ -55,7 +55,8 @@ def default_run_dir(dataset: str) -> Path:
 
 
 def request_from_scene(scene: bpy.types.Scene, engine_python: str = "", run_dir: Path | None = None,
-                       resume: bool = False) -> RunRequest:
+                       resume: bool = False,
+                       silence_s: float = engine_process.DEFAULT_SILENCE_S) -> RunRequest:
     """Validates the scene settings and the dataset (cameras only, fast) and finds the engine.
 
     The run goes to ``run_dir`` when given (headless, Resume), else to a new numbered folder
@@ -99,10 +100,12 @@ def request_from_scene(scene: bpy.types.Scene, engine_python: str = "", run_dir:
     return RunRequest(scene.name, data_dir, run_dir, dataset, engine, s.preset, s.device, int(s.steps),
                       s.data_format, s.frame, bool(s.texture), bool(s.show_preview),
                       np.asarray(cams.scale_mat, dtype=np.float64), settings, resume=resume,
-                      export_on_cancel=bool(s.export_on_cancel), result_name=result_name, up=np.asarray(cams.up))
+                      export_on_cancel=bool(s.export_on_cancel), result_name=result_name, up=np.asarray(cams.up),
+                      silence_s=silence_s)
 
 
-def resume_request(scene: bpy.types.Scene, engine_python: str = "") -> RunRequest:
+def resume_request(scene: bpy.types.Scene, engine_python: str = "",
+                   silence_s: float = engine_process.DEFAULT_SILENCE_S) -> RunRequest:
     """A request that continues the scene's last run folder from its checkpoint (``fit --resume``).
 
     Raises:
@@ -115,7 +118,7 @@ def resume_request(scene: bpy.types.Scene, engine_python: str = "") -> RunReques
     problem = run_state.resume_problem(run_dir)
     if problem:
         raise AddonError(problem)
-    return request_from_scene(scene, engine_python, run_dir=run_dir, resume=True)
+    return request_from_scene(scene, engine_python, run_dir=run_dir, resume=True, silence_s=silence_s)
 
 
 def parse_settings(text: str) -> list[str]:
@@ -211,7 +214,8 @@ def _finish(run: Run, report: bool) -> None:
         timer_ui.report("ERROR", f"Reconstruction failed: {st.last_error}")
     elif st.state == "cancelled":
         imported = f"; imported the current mesh as '{run.result_object}'" if run.imported_on_cancel else ""
-        timer_ui.report("WARNING", f"Reconstruction cancelled{imported}")
+        why = f" ({st.last_error})" if st.last_error else ""
+        timer_ui.report("WARNING", f"Reconstruction cancelled{imported}{why}")
     else:
         timer_ui.report("WARNING" if st.last_error else "INFO", f"Reconstruction finished: '{run.result_object}'"
                         + (f" ({st.last_error})" if st.last_error else ""))
@@ -236,10 +240,16 @@ def _store_log(run: Run) -> None:
     block.write(f"# {run.process.log_path}\n{text}")
 
 
+def silent_seconds(process: engine_process.EngineProcess) -> int:
+    """Whole seconds the engine has been silent once past its limit, else 0 (what the panel's warning shows)."""
+    return int(process.silent_for()) if process.not_responding else 0
+
+
 def _shown_state(run: Run) -> tuple:
     st = run.status
-    return (st.state, st.stage, run.phase, st.step, st.total, st.loss, st.psnr, round(st.eta_s or 0.0),
-            st.last_error, run.result_object, tuple(run.log_tail), str(run.request.run_dir), run.finished)
+    return (st.state, st.stage, run.phase, st.counts(), st.loss, st.psnr, round(st.eta_s or 0.0),
+            st.last_error, run.result_object, tuple(run.log_tail), str(run.request.run_dir), run.finished,
+            silent_seconds(run.process))
 
 
 def _update_ui(run: Run, force: bool = False) -> None:
@@ -257,6 +267,7 @@ def _update_ui(run: Run, force: bool = False) -> None:
         settings.stage = "texturing"
     settings.run_dir = str(run.request.run_dir)
     settings.log_tail = "\n".join(run.log_tail)
+    settings.silent_s = 0 if run.finished else silent_seconds(run.process)
     if run.result_object:
         settings.result_object = run.result_object
     if not run.finished:
@@ -275,6 +286,8 @@ def timer_step() -> float | None:
     run = _active
     if run is None:
         return None
+    if _scene(run) is None:  # a file load took the run's scene: follow the new file even without the load_post handler
+        follow_loaded_file(bpy.context.scene)
     try:
         for event in run.process.poll_events():
             run.handle_event(HOST, event)
@@ -318,6 +331,8 @@ def run_blocking(run: Run, poll_s: float = 0.25) -> str:
             event = run.process.next_event(timeout=poll_s)
             if event is not None:
                 run.handle_event(HOST, event)
+            else:
+                run.give_up_if_silent(HOST)  # nobody is there to press Kill
         except KeyboardInterrupt:
             interrupts += 1
             HOST.say(run, "[neus] interrupted: cancelling the engine" if interrupts == 1
@@ -336,6 +351,15 @@ def cancel() -> bool:
     """Asks the active run's engine to stop; the run ends when the engine exits. False if nothing runs."""
     run = _active
     if run is None or not run.cancel():
+        return False
+    _update_ui(run)
+    return True
+
+
+def kill() -> bool:
+    """The panel's Kill: ends the active run's engine (its whole process group) at once. False if nothing runs."""
+    run = _active
+    if run is None or not run.kill():
         return False
     _update_ui(run)
     return True

@@ -50,6 +50,7 @@ class RunRequest:
     export_on_cancel: bool = True  # a cancelled fit still writes (and the add-on imports) its current mesh
     result_name: str = ""  # the result object's name; "" -> "<dataset> NeuS"
     up: np.ndarray | None = None  # the cameras' mean up (normalized frame), for the dataset's upright parent
+    silence_s: float = engine_process.DEFAULT_SILENCE_S  # seconds without a line: "not responding" (preferences)
 
     def __post_init__(self) -> None:
         if not self.result_name:
@@ -74,7 +75,7 @@ class RunRequest:
 
     def process(self, argv: list[str], log_name: str = engine_process.STDERR_LOG) -> EngineProcess:
         return EngineProcess(argv, self.run_dir, cwd=self.engine.repo_root or self.run_dir,
-                             log_path=self.run_dir / log_name)
+                             log_path=self.run_dir / log_name, silence_s=self.silence_s)
 
 
 class Host(Protocol):
@@ -106,6 +107,8 @@ class Run:
     imported_on_cancel: bool = False  # the result came from --export-on-cancel
     log_tail: list[str] = field(default_factory=list)  # the engine log's last lines
     echo: Callable[[str], None] | None = None
+    gave_up: str = ""  # why the add-on gave up on a silent engine (the run then ends "failed")
+    _cancelled_event: dict = field(default_factory=dict)  # the engine's ``cancelled`` event, if it sent one
     _last_print: float = 0.0
     _log_size: int = -1
 
@@ -133,6 +136,28 @@ class Run:
         self.status.stage = "cancelling"
         return True
 
+    def kill(self) -> bool:
+        """The panel's Kill: ends the engine's process group at once. The run ends ``cancelled`` (its last
+        checkpoint stays resumable). False when the run already ended."""
+        if self.finished:
+            return False
+        silent = self.process.silent_for()
+        self.process.kill_now(f"killed from the panel after {silent:.0f} s without a word from the engine")
+        self.status.stage = "killing"
+        return True
+
+    def give_up_if_silent(self, host: Host) -> bool:
+        """Headless / blocking runs, where nobody can press Kill: kills an engine silent for ``silence_s`` and
+        makes the run end ``failed`` with that reason. True when it gave up."""
+        if self.finished or self.gave_up or not self.process.not_responding:
+            return False
+        self.gave_up = (f"the engine sent nothing for {self.process.silent_for():.0f} s (limit "
+                        f"{self.process.silence_s:.0f} s): killed it; its last checkpoint in {self.request.run_dir} "
+                        "can be resumed")
+        host.say(self, f"[neus] {self.gave_up}")
+        self.process.kill_now(self.gave_up)
+        return True
+
     def end(self, host: Host, state: str, error: str | None = None) -> None:
         """Final state; called once, when the last process of the run has exited (or the add-on gave up)."""
         self.status.state = state
@@ -147,7 +172,8 @@ class Run:
                 host.say(self, f"[neus] warning: {self.status.last_error}")
         elif state == "cancelled":
             host.say(self, "[neus] cancelled" + (f": imported the current mesh as {self.result_object}"
-                                                 if self.imported_on_cancel else ""))
+                                                 if self.imported_on_cancel else "")
+                     + (f" ({self.status.last_error})" if self.status.last_error else ""))
         else:
             host.say(self, f"[neus] failed: {self.status.last_error}")
 
@@ -174,6 +200,8 @@ class Run:
     def handle_event(self, host: Host, event: dict) -> None:
         """Applies one engine event (main thread: it may import objects)."""
         name = event.get("event")
+        if name == "cancelled":
+            self._cancelled_event = event
         if self.phase == "export":
             self.export_status.apply(event)
             if name == "exit":
@@ -214,6 +242,9 @@ class Run:
         state = event.get("state")
         st = self.status
         host.clear_preview(self)
+        if self.gave_up:
+            self.end(host, "failed", self.gave_up)
+            return
         if state == "done":
             mesh = st.mesh_path or str(self.request.run_dir / run_files.MESH_PLY)
             if not Path(mesh).is_file():
@@ -241,9 +272,28 @@ class Run:
                     st.last_error = f"cannot import the mesh saved on cancel: {error}"
                 else:
                     self.imported_on_cancel = True
+            elif self.request.export_on_cancel:
+                st.last_error = self._why_no_mesh_on_cancel(event)
+            elif event.get("killed"):
+                st.last_error = str(event["killed"])
             self.end(host, "cancelled")
         else:
             self.end(host, "failed", st.last_error or self.process.failure_message())
+
+    def _why_no_mesh_on_cancel(self, exit_event: dict) -> str:
+        """Export on Cancel made no mesh: the one line that says why (the panel and the report show it)."""
+        cancelled = self._cancelled_event
+        if exit_event.get("killed"):
+            return f"no mesh on cancel: {exit_event['killed']}"
+        if cancelled.get("export") == "cancelled":
+            return "no mesh on cancel: a second Cancel stopped the export (Export in the engine makes it later)"
+        if cancelled and not cancelled.get("checkpoint"):
+            return "no mesh on cancel: the run was cancelled before training began"
+        if cancelled.get("reason") not in (None, "request"):
+            return f"no mesh on cancel: the engine stopped on its own ({cancelled['reason']})"
+        if not cancelled:
+            return "no mesh on cancel: " + self.process.failure_message()
+        return "no mesh on cancel: the engine exported none (see the engine log)"
 
     def _start_export(self, host: Host) -> None:
         """Chains ``engine export --texture`` after a fit that was asked for a texture and made none."""
@@ -263,6 +313,10 @@ class Run:
 
     def _finish_export(self, host: Host, event: dict) -> None:
         es = self.export_status
+        if self.gave_up:
+            self.status.last_error = f"texture export given up (vertex colours kept): {self.gave_up}"
+            self.end(host, "failed")
+            return
         if event.get("returncode") == 0:
             path = run_files.textured_mesh_from(es.files) or (es.mesh_path if es.mesh_path and not
                                                               es.mesh_path.endswith(".ply") else None)

@@ -18,7 +18,7 @@ from pathlib import Path
 import bpy
 
 from . import blender_cameras, photo_source, timer_ui
-from .engine_process import EngineLocation, EngineProcess
+from .engine_process import DEFAULT_SILENCE_S, EngineLocation, EngineProcess
 from .properties import apply_status
 from .protocol import RunStatus
 
@@ -50,7 +50,7 @@ def is_running() -> bool:
 
 
 def start(scene: bpy.types.Scene, source: Path, out: Path, engine: EngineLocation, matcher: str = "auto",
-          echo: Callable[[str], None] | None = None) -> SolveRun:
+          echo: Callable[[str], None] | None = None, silence_s: float = DEFAULT_SILENCE_S) -> SolveRun:
     """Starts ``engine solve SOURCE --out OUT``. Raises RuntimeError (already running, unwritable folder),
     EngineNotFoundError, ValueError (bad matcher)."""
     global _active, last_solve
@@ -59,7 +59,7 @@ def start(scene: bpy.types.Scene, source: Path, out: Path, engine: EngineLocatio
     cmd = photo_source.build_solve_command(engine.python, source, out, matcher)
     # The log goes beside the dataset: the engine only writes into an empty folder or an earlier solve.
     proc = EngineProcess(cmd, out, cwd=engine.repo_root or out.parent,
-                         log_path=out.parent / f"{out.name}.{photo_source.SOLVE_LOG}")
+                         log_path=out.parent / f"{out.name}.{photo_source.SOLVE_LOG}", silence_s=silence_s)
     out.parent.mkdir(parents=True, exist_ok=True)
     proc.start()
     run = SolveRun(scene.name, source, out, proc, echo=echo)
@@ -118,7 +118,7 @@ def _finish(run: SolveRun, event: dict) -> None:
         _say(run, f"[neus] solved: {len(res.cameras)} cameras and {n_points} sparse points in '{run.imported}'")
         _end(run, "done", "; ".join(run.warnings))
     elif state == "cancelled":
-        _end(run, "cancelled")
+        _end(run, "cancelled", str(event.get("killed") or ""))
     else:
         _end(run, "failed", run.status.last_error or run.process.failure_message())
 
@@ -151,11 +151,13 @@ def outcome(run: SolveRun) -> tuple[str, str]:
 def _update_ui(run: SolveRun) -> None:
     """Copies the status into the scene and redraws the sidebars, only when what they show changed."""
     scene = _scene(run)
-    shown = (run.status.state, run.status.stage, run.status.step, run.status.total, run.status.last_error)
+    silent = int(run.process.silent_for()) if run.process.not_responding and not run.finished else 0
+    shown = (run.status.state, run.status.stage, run.status.counts(), run.status.last_error, silent)
     if scene is None or run._shown == shown:
         return
     run._shown = shown
     apply_status(scene.neus, run.status)
+    scene.neus.silent_s = silent
     if not run.finished:
         timer_ui.set_status_bar(f"NeuS camera solve: {run.status.status_text()}")
     timer_ui.redraw_sidebars()
@@ -195,6 +197,8 @@ def run_blocking(run: SolveRun, poll_s: float = 0.25) -> str:
             event = run.process.next_event(timeout=poll_s)
             if event is not None:
                 handle_event(run, event)
+            elif run.process.not_responding and not run.process.killed_for:  # nobody is there to press Kill
+                run.process.kill_now(f"the engine sent nothing for {run.process.silent_for():.0f} s: killed it")
         except KeyboardInterrupt:
             run.process.cancel()
     return run.status.state
@@ -206,6 +210,17 @@ def cancel() -> bool:
         return False
     run.process.cancel()
     run.status.stage = "cancelling"
+    _update_ui(run)
+    return True
+
+
+def kill() -> bool:
+    """The panel's Kill: ends the solve's engine (its whole process group) at once."""
+    run = _active
+    if run is None or run.finished:
+        return False
+    run.process.kill_now(f"killed from the panel after {run.process.silent_for():.0f} s without a word")
+    run.status.stage = "killing"
     _update_ui(run)
     return True
 

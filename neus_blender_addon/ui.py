@@ -28,6 +28,13 @@ class NEUS_PT_reconstruct(_SidebarPanel, bpy.types.Panel):
         row.scale_y = 1.4
         if running:
             row.operator("neus.cancel", icon="CANCEL")
+            if s.silent_s:
+                warn = layout.box()
+                warn.alert = True
+                warn.label(text=f"Engine not responding for {s.silent_s} s", icon="ERROR")
+                buttons = warn.row(align=True)
+                buttons.operator("neus.cancel", icon="CANCEL")
+                buttons.operator("neus.kill", icon="X")
         else:
             row.operator("neus.reconstruct", icon="PLAY")
             if s.state != "done" and s.run_dir:

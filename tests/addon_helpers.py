@@ -131,3 +131,92 @@ def blender_project(scene, cam_obj, points: np.ndarray) -> np.ndarray:
         x, y, _z = world_to_camera_view(scene, cam_obj, Vector([float(c) for c in p]))
         out[i] = (x * W - 0.5, (1.0 - y) * H - 0.5)
     return out
+
+
+# -- an engine stand-in for process handling in Blender ------------------------------------------------------
+# Where the add-on's handling of the engine's *process* is under test (not reconstruction), a stand-in makes the
+# awkward cases happen on time: an engine that ignores SIGINT and SIGTERM and has a child that ignores them too, one
+# that goes silent, an export on cancel that keeps reporting past the silence limit. It is started exactly as the
+# real engine (``<python> -m engine fit DATA --out RUN ...``: the add-on finds it as its Engine Python) and speaks
+# the real protocol. STANDIN_MODE: "family" (stubborn, heartbeats; its and its child's pids in RUN/family.json),
+# "silent" (as "family", but says nothing after start),
+# "export" (a cancel starts an export that sends heartbeats for STANDIN_EXPORT_S seconds, then writes a real
+# mesh.ply and ends cancelled), "export-silent" (that export goes silent).
+STANDIN_ENGINE = r'''
+import json, os, signal, subprocess, sys, time
+mode = os.environ.get("STANDIN_MODE", "family")
+run_dir = sys.argv[sys.argv.index("--out") + 1]
+os.makedirs(run_dir, exist_ok=True)
+def emit(event, **kw):
+    print(json.dumps({"event": event, "time": time.time(), **kw}), flush=True)
+stop = {"at": None}
+def on_stop(signum, frame):
+    stop["at"] = stop["at"] or time.time()
+stubborn = mode in ("family", "silent")
+for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, signal.SIG_IGN if stubborn else on_stop)
+emit("start", version=1, command="fit", device="cpu", device_name="stand-in", total_steps=100000, start_step=0)
+emit("stage", stage="training")
+if stubborn:
+    ignore = "import signal, time; [signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)]"
+    child = subprocess.Popen([sys.executable, "-c", ignore + "; time.sleep(600)"], stdout=subprocess.DEVNULL)
+    with open(os.path.join(run_dir, "family.json.tmp"), "w") as f:
+        json.dump({"engine": os.getpid(), "child": child.pid}, f)
+    os.replace(os.path.join(run_dir, "family.json.tmp"), os.path.join(run_dir, "family.json"))
+    while True:
+        if mode == "family":
+            emit("heartbeat", stage="training", elapsed_s=0.5)
+        time.sleep(0.5)
+step = 0
+while stop["at"] is None and not os.path.exists(os.path.join(run_dir, "STOP")):
+    step += 1
+    emit("progress", step=step, total=100000, loss=0.1, psnr=None, eta_s=99.0)
+    time.sleep(0.1)
+emit("stage", stage="extracting")
+if mode == "export-silent":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    time.sleep(600)
+t0 = time.time()
+while time.time() - t0 < float(os.environ.get("STANDIN_EXPORT_S", "3")):
+    emit("heartbeat", stage="extracting", elapsed_s=round(time.time() - t0, 1))
+    time.sleep(0.3)
+mesh = os.path.join(run_dir, "mesh.ply")
+with open(mesh, "w") as f:
+    f.write("ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\n"
+            "element face 1\nproperty list uchar int vertex_indices\nend_header\n0 0 0\n0.5 0 0\n0 0.5 0\n3 0 1 2\n")
+emit("cancelled", step=step, checkpoint=None, mesh=mesh, reason="request", export="done")
+sys.exit(130)
+'''
+
+
+def standin_engine(folder: Path) -> Path:
+    """Writes the stand-in as an executable "Python" (``folder/python``) to set as the Engine Python."""
+    import stat
+    import sys
+
+    path = folder / "python"
+    path.write_text(f"#!{sys.executable}\n{STANDIN_ENGINE}")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def pids_alive(pids: list[int]) -> list[int]:
+    """Those of ``pids`` that still exist as processes (a zombie, dead but not yet reaped, counts as gone)."""
+    import os
+
+    alive = []
+    for pid in pids:
+        if Path("/proc").is_dir():
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if state != "Z":
+                alive.append(pid)
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        alive.append(pid)
+    return alive

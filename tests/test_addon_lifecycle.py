@@ -91,6 +91,41 @@ def test_file_load_during_a_run_keeps_it_attached(bpy, tmp_path):
     assert new.neus.result_object in bpy.data.objects
 
 
+@pytest.mark.parametrize("handler", ["load_post", "timer only"])
+def test_file_open_during_a_run_lands_in_the_opened_files_scene(bpy, tmp_path, handler):
+    """File > Open of a .blend whose scene has another name: the run's status and result land in that scene, also
+    with the load_post handler off (the persistent timer notices on its own that the run's scene is gone)."""
+    import neus_blender_addon as addon
+    from neus_blender_addon import reconstruct
+
+    other = tmp_path / "other.blend"
+    scene = bpy.context.scene
+    scene.name = "Elsewhere"
+    bpy.ops.wm.save_as_mainfile(filepath=str(other), copy=True)  # the file to open; this one stays unsaved
+    scene.name = "Scene"
+    assert bpy.ops.neus.reconstruct(mode="ASYNC") == {"FINISHED"}
+    run = reconstruct.active_run()
+    pump(training)
+    if handler == "timer only":
+        bpy.app.handlers.load_post.remove(addon._reset_stale_status)
+    try:
+        bpy.ops.wm.open_mainfile(filepath=str(other))
+    finally:
+        if addon._reset_stale_status not in bpy.app.handlers.load_post:
+            bpy.app.handlers.load_post.append(addon._reset_stale_status)
+    follows_at_once = handler == "load_post"  # else at the timer's next tick
+    assert [sc.name for sc in bpy.data.scenes] == ["Elsewhere"]
+    assert bpy.context.scene.neus.state == ("running" if follows_at_once else "idle")
+    assert bpy.app.timers.is_registered(reconstruct.timer_step) and reconstruct.active_run() is run
+    pump(lambda st: False)
+    opened = bpy.data.scenes["Elsewhere"]
+    assert run.request.scene_name == "Elsewhere" and run.status.state == "done", run.status.last_error
+    assert opened.neus.state == "done" and opened.neus.step == STEPS and not opened.neus.running
+    assert opened.neus.run_dir == str(tmp_path / "runs" / "run_001")
+    assert opened.neus.result_object == "sample_scene NeuS run_001"
+    assert opened.neus.result_object in opened.objects  # the result is in the opened file's scene
+
+
 CLEAN_EXIT_SCRIPT = textwrap.dedent(
     """
     import sys, time

@@ -27,8 +27,9 @@ FAKE_ENGINE = textwrap.dedent(
     stop = {"flag": False}
     def on_signal(signum, frame):
         stop["flag"] = True
-    if mode == "stubborn":
+    if mode in ("stubborn", "hang", "stdin"):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:
         signal.signal(signal.SIGINT, on_signal)
     print("engine log line on stderr", file=sys.stderr, flush=True)
@@ -50,6 +51,17 @@ FAKE_ENGINE = textwrap.dedent(
     if mode == "badevent":
         print(json.dumps({"event": "progress", "step": 3}), flush=True)
         sys.exit(0)
+    if mode == "hang":  # says nothing more, ever
+        time.sleep(600)
+    if mode == "stdin":  # what the engine's liveness watch relies on: Blender's pid, and stdin a pipe kept open
+        import stat
+        emit("probe", parent=os.environ.get("NEUS_PARENT_PID"), stdin_pipe=stat.S_ISFIFO(os.fstat(0).st_mode))
+        for line in sys.stdin:
+            if line.strip() == "stop":
+                emit("cancelled", step=0, checkpoint=None, mesh=None, reason="request")
+                sys.exit(130)
+        emit("log", message="stdin closed")
+        sys.exit(1)
     step = 0
     while True:  # "slow" and "stubborn": train until told to stop
         step += 1
@@ -130,7 +142,7 @@ def test_protocol_violation_becomes_error_event(fake):
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
 def test_cancel_with_sigint(fake):
-    proc = fake("slow", grace_s=10.0)
+    proc = fake("slow")
     proc.start()
     assert proc.next_event(5)["event"] == "start"
     t0 = time.time()
@@ -154,15 +166,43 @@ def test_stop_file_alone_stops_the_engine(fake, tmp_path):
 
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
-def test_cancel_escalates_to_terminate(fake):
-    proc = fake("stubborn", grace_s=0.5, kill_grace_s=2.0)
+def test_cancel_never_kills_an_engine_that_keeps_talking(fake):
+    # "stubborn" ignores every stop request but reports ten times a second: silence, not time, decides.
+    proc = fake("stubborn", silence_s=0.5)
     proc.start()
     assert proc.next_event(5)["event"] == "start"
+    proc.cancel()
+    time.sleep(2.0)  # four times the silence limit
+    assert proc.running and proc.killed_for == "" and proc.silent_for() < 0.5
+    proc.kill_now()
+    assert drain(proc)[-1]["returncode"] == -9 and proc.state == ep.CANCELLED
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+def test_cancel_kills_a_silent_engine_after_the_silence_limit(fake):
+    proc = fake("hang", silence_s=1.0)  # ignores SIGINT and SIGTERM, says nothing after its start
+    proc.start()
+    assert proc.next_event(5)["event"] == "start"
+    time.sleep(1.5)  # silent before the cancel too: the cancel restarts the clock
+    assert proc.not_responding
     t0 = time.time()
     proc.cancel()
     events = drain(proc)
-    assert 0.4 < time.time() - t0 < 6.0
-    assert events[-1]["returncode"] < 0 and proc.state == ep.CANCELLED  # killed by SIGTERM
+    assert 1.0 <= time.time() - t0 < 2.0
+    assert events[-1] == {**events[-1], "returncode": -9, "state": ep.CANCELLED,
+                          "killed": "the engine sent nothing for 1 s after Cancel"}
+
+
+def test_engine_gets_blenders_pid_and_a_stdin_pipe(fake):
+    proc = fake("stdin")
+    proc.start()
+    probe = next(e for e in iter(lambda: proc.next_event(10), None) if e["event"] == "probe")
+    assert probe["parent"] == str(os.getpid()) and probe["stdin_pipe"] is True
+    time.sleep(0.5)
+    assert proc.running  # stdin stays open while the add-on holds the process
+    proc.cancel()  # SIGINT and SIGTERM are ignored here: only the "stop" line ends it
+    events = drain(proc)
+    assert events[-2]["event"] == "cancelled" and events[-1]["returncode"] == 130
 
 
 def test_stale_stop_file_is_removed_before_start(fake):

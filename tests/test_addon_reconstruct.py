@@ -232,7 +232,8 @@ def test_engine_error_is_shown(bpy, tmp_path):
     with pytest.raises(RuntimeError, match="Reconstruction failed"):
         bpy.ops.neus.reconstruct(mode="BLOCKING")
     run = reconstruct.last_run
-    assert s.state == "failed" and run.status.returncode in (1, 2) and not s.running
+    assert s.state == "failed" and run.status.returncode == 2 and not s.running  # bad input: exit 2 ...
+    assert s.last_error.startswith("input error: bad config: "), s.last_error  # ... with kind "input"
     # The engine's own one-line message (it also prints it as "error: ..." on stderr) reaches the UI.
     log = (tmp_path / "runs" / "run_001" / "engine_stderr.log").read_text()
     engine_msg = next(ln[len("error: "):] for ln in log.splitlines() if ln.startswith("error: "))

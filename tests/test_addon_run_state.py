@@ -163,3 +163,32 @@ def test_log_tail_follows_the_engine_log(tmp_path):
     with log.open("a") as f:
         f.write("error: the last line\n")
     assert run.refresh_log_tail() and run.log_tail[-1] == "error: the last line"
+
+
+@pytest.mark.parametrize("cancelled,exit_extra,why", [
+    ({"step": 4, "checkpoint": "/r/last.ckpt", "mesh": None, "reason": "request", "export": "cancelled"}, {},
+     "no mesh on cancel: a second Cancel stopped the export (Export in the engine makes it later)"),
+    ({"step": 0, "checkpoint": None, "mesh": None, "reason": "request", "export": None}, {},
+     "no mesh on cancel: the run was cancelled before training began"),
+    ({"step": 4, "checkpoint": "/r/last.ckpt", "mesh": None, "reason": "stdin closed", "export": None}, {},
+     "no mesh on cancel: the engine stopped on its own (stdin closed)"),
+    (None, {"killed": "the engine sent nothing for 30 s after Cancel"},
+     "no mesh on cancel: the engine sent nothing for 30 s after Cancel"),
+])
+def test_export_on_cancel_without_a_mesh_says_why(tmp_path, cancelled, exit_extra, why):
+    run, host = make_run(tmp_path), PlyHost()
+    assert run.request.export_on_cancel  # on by default
+    feed(run, host, START, {"event": "progress", "step": 4, "total": 10, "loss": 0.1})
+    if cancelled is not None:
+        feed(run, host, {"event": "cancelled", **cancelled})
+    feed(run, host, {"event": "exit", "returncode": 130 if cancelled else -9, "state": "cancelled", **exit_extra})
+    assert run.status.state == "cancelled" and not run.imported_on_cancel and host.objects == {}
+    assert run.status.last_error == why
+    assert host.lines[-1] == f"[neus] cancelled ({why})"
+
+
+def test_cancel_without_export_on_cancel_stays_quiet(tmp_path):
+    run, host = make_run(tmp_path, export_on_cancel=False), PlyHost()
+    feed(run, host, START, {"event": "cancelled", "step": 4, "checkpoint": "/r/last.ckpt", "mesh": None},
+         {"event": "exit", "returncode": 130, "state": "cancelled"})
+    assert run.status.state == "cancelled" and run.status.last_error == "" and host.lines[-1] == "[neus] cancelled"

@@ -144,6 +144,21 @@ def test_run_status_follows_a_run():
     assert st.state == "done" and st.step == 200 and st.mesh_path == "/r/mesh.ply"
 
 
+def test_a_long_phases_counts_leave_the_training_step_alone():
+    """Export on cancel reports ``extracting`` 0..100 percent: the panel shows that count, the run keeps the step
+    it was cancelled at (what Resume continues from)."""
+    st = protocol.RunStatus()
+    st.apply({"event": "start", "version": 1, "total_steps": 20, "start_step": 0})
+    st.apply({"event": "progress", "step": 7, "total": 20, "loss": 0.1, "psnr": None, "eta_s": 3.0})
+    st.apply({"event": "stage", "stage": "extracting"})
+    st.apply({"event": "progress", "stage": "extracting", "step": 40, "total": 100, "unit": "percent",
+              "loss": None, "psnr": None, "eta_s": 2.0, "elapsed_s": 1.0})
+    assert (st.step, st.total) == (7, 20) and st.counts() == (40, 100, "percent")
+    assert st.fraction == pytest.approx(0.4) and st.status_text().startswith("Extracting 40/100 percent (40%)")
+    st.apply({"event": "cancelled", "step": 7, "checkpoint": "/r/last.ckpt", "mesh": "/r/mesh.ply"})
+    assert st.counts() == (7, 20, "") and st.mesh_path == "/r/mesh.ply"
+
+
 @pytest.mark.parametrize("seconds,text", [(None, "--"), (-1, "--"), (float("nan"), "--"), (0, "0s"), (42.4, "42s"),
                                           (65, "1m 05s"), (3600 + 2 * 60 + 59, "1h 02m")])
 def test_format_eta(seconds, text):
