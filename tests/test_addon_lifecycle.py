@@ -203,19 +203,27 @@ def test_two_runs_two_results_undo_and_the_artists_changes_kept(bpy, tmp_path):
     assert replaced.name == "sample_scene NeuS run_002" and "sample_scene NeuS run_002.001" not in bpy.data.objects
 
 
-def test_cancel_imports_the_current_mesh_then_resume_finishes_the_run(bpy, tmp_path):
+def test_cancel_imports_the_current_mesh_then_resume_finishes_the_run(bpy, tmp_path, monkeypatch):
     from neus_blender_addon import reconstruct, timer_ui
 
     s = bpy.context.scene.neus
     s.steps = 20
     assert s.export_on_cancel  # on by default
     assert bpy.ops.neus.resume.poll() is False  # nothing to resume yet
-    assert bpy.ops.neus.reconstruct(mode="ASYNC") == {"FINISHED"}
+    # The export on cancel starts with 7 s in native code holding Python's lock (a failpoint), past a silence limit
+    # of 5 s: the engine's heartbeats (one after every 3 s without an event) keep it alive, so the add-on lets it
+    # finish. (With a limit of 2 s, below the heartbeat's 3 s, the add-on killed it and said so.)
+    monkeypatch.setenv("NEUS_FAILPOINTS", "sleep@extracting")
+    assert bpy.ops.neus.reconstruct(mode="ASYNC", silence_limit=5.0) == {"FINISHED"}
+    monkeypatch.delenv("NEUS_FAILPOINTS")
     pump(lambda st: st.stage == "training" and st.step >= 2)
+    t0 = time.time()
     assert bpy.ops.neus.cancel() == {"FINISHED"}
     pump(lambda st: False, timeout=120)
     s = bpy.context.scene.neus
     run = reconstruct.last_run
+    assert time.time() - t0 > 7.0 and run.process.killed_for == "" and run.status.returncode == 130, (
+        s.state, s.last_error, run.process.killed_for, run.status.returncode, time.time() - t0)
     assert s.state == "cancelled" and run.imported_on_cancel, s.last_error
     name = s.result_object
     assert name == "sample_scene NeuS run_001" and len(bpy.data.objects[name].data.vertices) > 0
