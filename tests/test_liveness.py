@@ -242,7 +242,9 @@ def test_engine_ends_itself_when_nobody_reads_its_output(tmp_path):
     print(f"stdout closed -> exit {elapsed:.2f} s")
     log = err_file.read_text()
     assert code == 130, log[-3000:]
-    assert elapsed < CANCEL_WITHIN_S, elapsed
+    # Found only by writing: the relay's next write fails, then the engine's (a step later), and training stops at the
+    # step after that: measured 1.42, 1.47 and 2.51 s on the shared 2-core CPU.
+    assert elapsed < 4.0, elapsed
     assert "standard output closed" in log and "Traceback" not in log
     step = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)["global_step"]
     assert step >= 3 and temporaries(run) == [] and not (run / "mesh.ply").exists()
