@@ -191,7 +191,8 @@ def test_timer_driven_run_with_live_preview(bpy, tmp_path):
     seen = pump(lambda st: False)
     assert s.state == "done" and not s.running and not reconstruct.is_running()
     steps = [x["step"] for x in seen if x["stage"] == "training"]
-    assert any(0 < step < STEPS for step in steps) and max(x["step"] for x in seen) == STEPS  # live progress
+    # live progress; later phases (validating, extracting, ...) show their own counts in the same field
+    assert any(0 < step < STEPS for step in steps) and max(steps) == STEPS
     assert any(0 < x["progress"] < 1 for x in seen) and s.progress == 1.0
     assert any(x["preview"] for x in seen)  # the live preview appeared ...
     assert not any(o.name.endswith("NeuS run_001 preview") for o in bpy.data.objects)  # ... and made way for the result
