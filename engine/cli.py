@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib
 import os
 import sys
 import traceback
@@ -13,12 +14,21 @@ from typing import get_args
 
 from .atomic_files import DISK_FULL
 from .cancel import REQUEST, CancelToken
-from .config_schema import DATA_FORMATS, EXPORT_FORMATS, EXPORT_FRAMES, PRESETS, ColorSource
+from .config_schema import (
+    DATA_FORMATS,
+    EXPORT_FORMATS,
+    EXPORT_FRAMES,
+    PRESETS,
+    SOLVE_CAMERAS,
+    SOLVE_MATCHERS,
+    ColorSource,
+)
 from .errors import Cancelled, DeviceError, DiskFull, EngineError, InputError
+from .jobs import JOB_MODULES, OTHER_RANK_DONE
 from .liveness import heartbeat_stream, reporting, watch
 from .protocol import Emitter
 from .ranks import is_first_rank
-from .run_dir import RunDir, config_errors_as_input
+from .run_dir import RunDir
 
 PROGRESS_MODES = ("jsonl", "bar", "none")  # --progress: the JSON-lines protocol, a progress bar, or silence
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
@@ -79,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-neural", action="store_true", help="skip the neural render's PSNR on the same views")
     a.add_argument("--device", default="auto")
     a.add_argument("--json", action="store_true")
-    a.add_argument("--progress", default="none", choices=["jsonl", "bar", "none"])
+    a.add_argument("--progress", default="none", choices=PROGRESS_MODES)
 
     r = sub.add_parser("render", help="render novel views along a spherical trajectory")
     r.add_argument("run_dir", type=Path)
@@ -91,10 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("solve", help="solve the cameras of a folder of photos or a video (pycolmap)")
     s.add_argument("source", type=Path, help="folder of photos (JPEG/PNG/TIFF) or a video file")
     s.add_argument("--out", type=Path, required=True, help="DATA_DIR: COLMAP layout + solve.json")
-    s.add_argument("--matcher", default="auto", choices=["auto", "exhaustive", "sequential"],
-                   help="auto: sequential for video or many photos, exhaustive otherwise")
+    s.add_argument("--matcher", default="auto", choices=SOLVE_MATCHERS,
+                   help="auto: sequential for a video, exhaustive for a few photos, retrieval for many")
     s.add_argument("--max-image-size", type=int, default=1200, help="long side for feature extraction, pixels")
-    s.add_argument("--camera", default="auto", choices=["auto", "single", "per-image"])
+    s.add_argument("--camera", default="auto", choices=SOLVE_CAMERAS)
     s.add_argument("--fps", type=float, default=2.0, help="video: frames kept per second")
     s.add_argument("--max-frames", type=int, default=120, help="video: at most this many frames")
     s.add_argument("--min-placed", type=float, default=0.5, help="fail when fewer than this fraction is placed")
@@ -129,56 +139,62 @@ def protocol_stdout(enabled: bool):
             proto.close()
 
 
-def _install_cancel(token, emitter: Emitter) -> None:
-    watch(token, emitter)  # signals, stdin, NEUS_PARENT_PID, a broken stdout (engine/liveness.py)
+def run_job(argv: list[str], emitter: Emitter, mode: str) -> int:
+    """Parses ``argv`` and runs its job (``engine/jobs/``); returns the exit code.
 
-
-def _cmd_fit(args, emitter: Emitter) -> int:
-    from .cpu_threads import configure_torch_threads
-    from .train import FitRequest
-
-    configure_torch_threads()  # reported in the start event (cpu_threads)
-    req = FitRequest(data_dir=args.data_dir, run_dir=args.out, format=args.format, preset=args.preset,
-                     steps=args.steps, device=args.device, config_file=args.config, overrides=args.overrides,
-                     resume=args.resume, export_on_cancel=args.export_on_cancel)
-    if args.out.exists() and not args.out.is_dir():
-        raise InputError(f"{args.out}: exists and is not a folder")
-    if args.resume and (args.overrides or args.config):
-        emitter.log(f"--resume continues with {args.out / 'config.yaml'}: --set and --config are ignored")
-    created = not args.out.exists()
+    Owns what every job shares: errors become one ``error`` event and line (an ``EngineError``'s ``kind`` and exit
+    code; anything else is internal, with its traceback on stderr), Ctrl-C in a job that does not watch for stop
+    requests becomes ``cancelled``; see :func:`_run` for the rest.
+    """
     try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{args.out}: cannot create the run folder ({exc.strerror or exc})") from exc
-    try:
-        return _fit_in(args.out, req, emitter)
-    finally:
-        if created:  # a run that failed before writing anything leaves no empty folder behind
-            with contextlib.suppress(OSError):
-                args.out.rmdir()
-
-
-def _fit_in(run_dir: Path, req, emitter: Emitter) -> int:
-    """``fit`` once the run folder exists."""
-    from .solve import needs_solving
-    from .train import OTHER_RANK_DONE, run_fit
-
-    run = RunDir(run_dir)
-    run.require_writable()
-    first_rank = is_first_rank()
-    if first_rank:  # a DDP copy starts after rank 0 began training: a STOP file now is a fresh request
-        run.remove_stop_request(strict=True)  # a stale stop request from an earlier run must not stop this one
-    token = CancelToken(run.stop_file if first_rank else None)
-    _install_cancel(token, emitter)
-    try:
-        with reporting(emitter, token):
-            if needs_solving(req.data_dir):
-                req.data_dir = _solve_for_fit(req, emitter, token)
-            result = run_fit(req, emitter, token)
-    except Cancelled:
-        emitter.emit("cancelled", step=0, checkpoint=None, mesh=None, reason=token.reason or REQUEST, export=None)
+        _load_failpoints()
+        args = build_parser().parse_args(argv)
+        job = importlib.import_module(f"{__package__}.jobs.{JOB_MODULES[args.command]}")
+        request = job.request_from_args(args)
+        with job.run_folder(request, emitter) as run_dir:
+            return _run(job, request, run_dir, emitter)
+    except EngineError as exc:  # InputError, DeviceError, DiskFull, Diverged: each has its kind and exit code
+        return _fail(emitter, exc, mode)
+    except KeyboardInterrupt:
+        emitter.emit("cancelled", step=0, checkpoint=None, mesh=None)
         return EXIT_CANCELLED
-    event = result.pop("event")
+    except MemoryError as exc:
+        return _fail(emitter, DeviceError(f"out of memory: {exc}", exit_code=1), mode)
+    except Exception as exc:  # an internal error: full traceback on stderr, one line in the protocol
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            return _fail(emitter, DiskFull(f"{exc.filename or 'a file'}: no space left on the disk; the files "
+                                           "written before are intact (free space, then --resume or export "
+                                           "again)"), mode)
+        if "out of memory" in str(exc).lower():
+            return _fail(emitter, DeviceError(str(exc).splitlines()[0], exit_code=1), mode)
+        traceback.print_exc(file=sys.stderr)
+        return _fail(emitter, EngineError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"),
+                     mode)
+
+
+def _run(job, request, run_dir: RunDir | None, emitter: Emitter) -> int:
+    """One job in its folder: a stale STOP file is removed, the cancel token and its watchers (signals, stdin,
+    the STOP file, the parent: engine.liveness) are installed for jobs that stop on request, ``Cancelled`` becomes
+    the ``cancelled`` event (exit 130), and the result becomes the final event (or the job's printed report)."""
+    watches = job.WATCHES_STOP
+    stop_file = None
+    # A DDP copy of fit starts after rank 0 began training: a STOP file then is a fresh request, not a stale one.
+    if watches and run_dir is not None and is_first_rank():
+        run_dir.remove_stop_request(strict=getattr(job, "STRICT_STOP", False))
+        stop_file = run_dir.stop_file
+    cancel = CancelToken(stop_file)
+    if watches:
+        watch(cancel, emitter)
+    try:
+        with reporting(emitter, cancel) if watches else contextlib.nullcontext():
+            result = job.run(request, run_dir, emitter, cancel)
+    except Cancelled as exc:
+        fields = getattr(job, "cancelled_fields", _cancelled_before_work)(exc, request, run_dir, cancel)
+        emitter.emit("cancelled", **fields)
+        return EXIT_CANCELLED
+    if hasattr(job, "report"):
+        return job.report(request, result)
+    event = result.pop("event", "done")
     if event == OTHER_RANK_DONE:
         # Exit 0 even when the run was cancelled: Lightning kills every rank, rank 0 too (mid-export), when one of
         # the processes it started ends with another code.
@@ -187,77 +203,9 @@ def _fit_in(run_dir: Path, req, emitter: Emitter) -> int:
     return EXIT_CANCELLED if event == "cancelled" else EXIT_OK
 
 
-def _solve_for_fit(req, emitter: Emitter, token) -> Path:
-    """``fit PHOTOS|VIDEO``: solves the cameras into ``RUN_DIR/solved`` (kept for --resume), returns that folder.
-
-    The solve's events join the fit's stream after a ``solving`` stage; its ``done`` becomes ``solved``.
-    """
-    from .solve import SOLVE_FILE, SolveRequest, run_solve
-
-    solved = req.run_dir / "solved"
-    # A DDP copy of the command starts once rank 0 has solved and begun training: it trains on rank 0's solve.
-    if not ((req.resume or not is_first_rank()) and (solved / SOLVE_FILE).is_file()):
-        if not req.resume:
-            _check_config_before_solving(req)
-        emitter.emit("stage", stage="solving")
-        result = run_solve(SolveRequest(source=req.data_dir, out=solved), emitter, token, announce=False)
-        emitter.emit("solved", **result)
-    if req.format == "auto":
-        req.format = "colmap"
-    return solved
-
-
-def _check_config_before_solving(req) -> None:
-    """A bad ``--set`` or ``--config`` fails in a second, not after minutes of solving: the config is built as it
-    will be for the solved (COLMAP, no masks) scene. The preset ``auto`` resolves to a real preset only once the
-    device is known; ``preview`` stands in for it (every preset has the same keys)."""
-    from .config import build_config
-
-    preset = "preview" if req.preset == "auto" else req.preset
-    fmt = "colmap" if req.format == "auto" else req.format
-    with config_errors_as_input():
-        build_config(preset, fmt, False, req.config_file, [*req.overrides, f"data.format={fmt}"])
-
-
-def _cmd_solve(args, emitter: Emitter) -> int:
-    from .solve import SolveRequest, run_solve
-
-    req = SolveRequest(source=args.source, out=args.out, matcher=args.matcher, max_image_size=args.max_image_size,
-                       camera=args.camera, fps=args.fps, max_frames=args.max_frames, min_placed=args.min_placed,
-                       known_distance=args.known_distance)
-    stop_file = args.out / "STOP"
-    with contextlib.suppress(OSError):
-        stop_file.unlink()  # a stale stop request must not stop this solve
-    token = CancelToken(stop_file)
-    _install_cancel(token, emitter)
-    try:
-        result = run_solve(req, emitter, token)
-    except Cancelled:
-        emitter.emit("cancelled", step=0, checkpoint=None, mesh=None, reason=token.reason or REQUEST, export=None)
-        return EXIT_CANCELLED
-    emitter.emit("done", **result)
-    return EXIT_OK
-
-
-def _cmd_export(args, emitter: Emitter) -> int:
-    """``export`` stops at the next chunk on a cancel (engine.liveness.tick) and writes nothing after it."""
-    from . import commands
-
-    stop_file = args.run_dir / "STOP"
-    token = CancelToken(stop_file if args.run_dir.is_dir() else None)
-    if token.stop_file is not None:
-        with contextlib.suppress(OSError):
-            stop_file.unlink()  # a stale stop request must not stop this export
-    _install_cancel(token, emitter)
-    try:
-        with reporting(emitter, token):
-            return commands.cmd_export(args, emitter)
-    except Cancelled as exc:
-        mesh = getattr(exc, "files", {}).get("ply")
-        emitter.emit("cancelled", step=None, checkpoint=str((args.run_dir / "checkpoints" / "last.ckpt").resolve()),
-                     mesh=None if mesh is None else str(mesh.resolve()), reason=token.reason or REQUEST,
-                     export="cancelled")
-        return EXIT_CANCELLED
+def _cancelled_before_work(exc: Cancelled, request, run_dir: RunDir | None, cancel: CancelToken) -> dict:
+    """The ``cancelled`` event of a job stopped before it made anything (fit while solving or loading, solve)."""
+    return {"step": 0, "checkpoint": None, "mesh": None, "reason": cancel.reason or REQUEST, "export": None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,40 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     # The other DDP ranks run this same command line; only rank 0 speaks (their stdout is rank 0's stderr).
     emit_mode = (mode if mode in PROGRESS_MODES else "bar") if is_first_rank() else "silent"
     with protocol_stdout(mode == "jsonl") as out, _with_heartbeats(out, emit_mode == "jsonl") as stream:
-        emitter = Emitter(emit_mode, stream)
-        try:
-            _load_failpoints()
-            args = build_parser().parse_args(argv)
-            if args.command == "fit":
-                return _cmd_fit(args, emitter)
-            if args.command == "solve":
-                return _cmd_solve(args, emitter)
-            if args.command == "export":
-                return _cmd_export(args, emitter)
-            from . import commands
-
-            return getattr(commands, f"cmd_{args.command}")(args, emitter)
-        except InputError as exc:
-            return _fail(emitter, exc, mode)
-        except DeviceError as exc:
-            return _fail(emitter, exc, mode)
-        except EngineError as exc:
-            return _fail(emitter, exc, mode)
-        except KeyboardInterrupt:
-            emitter.emit("cancelled", step=0, checkpoint=None, mesh=None)
-            return EXIT_CANCELLED
-        except MemoryError as exc:
-            return _fail(emitter, DeviceError(f"out of memory: {exc}", exit_code=1), mode)
-        except Exception as exc:  # an internal error: full traceback on stderr, one line in the protocol
-            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
-                return _fail(emitter, DiskFull(f"{exc.filename or 'a file'}: no space left on the disk; the files "
-                                               "written before are intact (free space, then --resume or export "
-                                               "again)"), mode)
-            if "out of memory" in str(exc).lower():
-                return _fail(emitter, DeviceError(str(exc).splitlines()[0], exit_code=1), mode)
-            traceback.print_exc(file=sys.stderr)
-            return _fail(emitter, EngineError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"),
-                         mode)
+        return run_job(argv, Emitter(emit_mode, stream), mode)
 
 
 def _with_heartbeats(out, enabled: bool):

@@ -24,6 +24,10 @@ MeshMethod = Literal["auto", "marching_cubes", "surface_nets"]
 Precision = Literal[32, 16, 64, "32", "16", "64", "bf16", "32-true", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
                     "64-true"]
 Activation = Literal["relu", "softplus"]
+# ``solve --matcher``: which photo pairs are matched (auto: sequential for a video, exhaustive for a few photos,
+# retrieval for many; engine.solve.sfm.choose_matcher). ``--camera``: which photos share intrinsics.
+SolveMatcher = Literal["auto", "exhaustive", "sequential", "retrieval"]
+SolveCamera = Literal["auto", "single", "per-image"]
 # A number, or a schedule {start, end, start_step (default 0), end_step} interpolated linearly between the steps
 # (``engine.model.scheduled``). OmegaConf cannot type "number or mapping", so check_values checks it.
 Schedulable = Any
@@ -32,6 +36,8 @@ PRESETS: tuple[str, ...] = get_args(Preset)
 DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
 EXPORT_FRAMES: tuple[str, ...] = get_args(ExportFrame)
+SOLVE_MATCHERS: tuple[str, ...] = get_args(SolveMatcher)
+SOLVE_CAMERAS: tuple[str, ...] = get_args(SolveCamera)
 
 # Keys that older engines wrote into a run's config.yaml: dropped (RETIRED) or moved (RENAMED) when it is loaded.
 RETIRED: tuple[str, ...] = ("train.progress_interval_s",)

@@ -28,6 +28,13 @@ def _clean(value):
     return value
 
 
+def done_timings(export_timings: dict, total_s: float, load_s: float = 0.0, train_s: float = 0.0) -> dict:
+    """The ``done`` event's ``timings`` in seconds (PROTOCOL.md); ``export_timings`` as ``export_mesh`` fills it."""
+    return {"load_s": round(load_s, 2), "train_s": round(train_s, 2),
+            "extract_s": round(export_timings.get("extract_s", 0.0), 2),
+            "export_s": round(export_timings.get("export_s", 0.0), 2), "total_s": round(total_s, 2)}
+
+
 class Emitter:
     """Writes protocol events. ``mode`` is ``jsonl``, ``bar`` or ``none``, whose logs go to stderr, or ``silent``:
     no events and no logs (the extra DDP ranks, whose stdout and stderr are rank 0's)."""

@@ -20,8 +20,9 @@ from .device import device_name, select_device
 from .errors import Cancelled, DeviceError, Diverged, InputError
 from .export import ExportOptions, export_mesh, frame_matrix, write_preview_mesh
 from .guard import weights_finite
+from .jobs import OTHER_RANK_DONE
 from .memory import MemoryPlan, plan_fit_memory
-from .protocol import PROTOCOL_VERSION, Emitter
+from .protocol import PROTOCOL_VERSION, Emitter, done_timings
 from .ranks import is_first_rank
 from .run_dir import RunDir, config_errors_as_input, load_scene, load_weights, read_checkpoint, split_views
 from .system import NeuSSystem, RaySource
@@ -42,10 +43,6 @@ class FitRequest:
     export_on_cancel: bool = False
     profile: bool = False  # benchmark figures in the result, with per-phase timings unless phase_timer is off
     phase_timer: bool = True  # the per-phase timer synchronises the device at every phase: off to time sync-free runs
-
-
-# run_fit's result in a DDP rank other than 0: it trained and joined the final checkpoint; nothing to report.
-OTHER_RANK_DONE = "other_rank_done"
 
 
 def save_checkpoint(trainer: L.Trainer, run: RunDir) -> Path | None:
@@ -342,7 +339,6 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
             return cancelled(reason, "cancelled", getattr(exc, "files", {}).get("ply"))
         return cancelled(reason, "done", files.get("ply"))
 
-    t0 = time.monotonic()
     try:
         if len(held_idx):
             validate(step)
@@ -352,10 +348,8 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
         return cancelled(cancel.reason, "cancelled", getattr(exc, "files", {}).get("ply"))
     result = {"event": "done", "mesh": str(files["ply"].resolve()),
               "files": {k: str(v.resolve()) for k, v in files.items()},
-              "steps": step, "timings": {"load_s": round(t_load, 2), "train_s": round(t_train, 2),
-                                         "extract_s": round(timings.get("extract_s", 0.0), 2),
-                                         "export_s": round(timings.get("export_s", time.monotonic() - t0), 2),
-                                         "total_s": round(time.monotonic() - t_start, 2)}}
+              "steps": step,
+              "timings": done_timings(timings, time.monotonic() - t_start, load_s=t_load, train_s=t_train)}
     if metrics:
         result["validation"] = {k: v for k, v in metrics.items() if k != "step"}
     if req.profile:

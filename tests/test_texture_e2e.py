@@ -87,8 +87,8 @@ def test_held_out_views_colour_nothing_and_the_levelled_fallback_matches_unseen_
     """The views `engine fidelity` judges on never colour the asset; the field's colour, mapped onto the photos'
     on half the surface the photos see, is closer to the photos on the other half than the raw field."""
     import datasets
-    from engine.commands import fidelity_views
     from engine.export import texturing_views
+    from engine.jobs.fidelity import fidelity_views
     from engine.mesh.photo import PhotoOptions, blend_views, fit_fallback_levels, prepare_views
     from engine.run_dir import RunDir
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from datasets.scale_file import check_distance, find_name
 
+from ..config_schema import SOLVE_CAMERAS, SOLVE_MATCHERS
 from ..errors import Cancelled, EngineError, InputError
 from ..protocol import PROTOCOL_VERSION, Emitter
 from .sfm import SfmJob, choose_cameras, choose_matcher, peak_rss_mb
@@ -43,7 +44,7 @@ KEEPALIVE_S = 2.0  # a stage that has reported nothing for this long repeats its
 class SolveRequest:
     source: Path  # folder of photos or a video file
     out: Path  # DATA_DIR
-    matcher: str = "auto"  # auto | exhaustive | sequential | retrieval
+    matcher: str = "auto"  # one of config_schema.SOLVE_MATCHERS
     max_image_size: int = 1200  # long side SIFT sees, pixels: a laptop solves 50 photos in about a minute
     camera: str = "auto"  # auto (photos of one size and EXIF focal share a camera) | single | per-image
     fps: float = 2.0  # video: frames kept per second of video (the sharpest of each window)
@@ -53,10 +54,10 @@ class SolveRequest:
 
 
 def check_request(req: SolveRequest) -> None:
-    if req.matcher not in ("auto", "exhaustive", "sequential", "retrieval"):
-        raise InputError(f"--matcher must be auto, exhaustive, sequential or retrieval, not {req.matcher!r}")
-    if req.camera not in ("auto", "single", "per-image"):
-        raise InputError(f"--camera must be auto, single or per-image, not {req.camera!r}")
+    if req.matcher not in SOLVE_MATCHERS:
+        raise InputError(f"--matcher must be one of {', '.join(SOLVE_MATCHERS)}, not {req.matcher!r}")
+    if req.camera not in SOLVE_CAMERAS:
+        raise InputError(f"--camera must be one of {', '.join(SOLVE_CAMERAS)}, not {req.camera!r}")
     if req.max_image_size < 200:
         raise InputError(f"--max-image-size {req.max_image_size}: too small to find features (at least 200)")
     if not req.fps > 0:

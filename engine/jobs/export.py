@@ -1,0 +1,76 @@
+"""``export RUN_DIR``: re-extracts the mesh (and, on request, the textured asset) from a run's checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..cancel import REQUEST, CancelToken
+from ..errors import Cancelled, InputError
+from ..protocol import Emitter, done_timings
+from ..run_dir import RunDir
+
+# export stops at the next chunk on a request (engine.liveness.tick) and writes nothing after it.
+WATCHES_STOP = True
+
+
+@dataclass
+class ExportRequest:
+    """``export``'s command-line settings; None: the run's ``export`` config decides."""
+
+    run_dir: Path
+    resolution: int | None = None
+    texture: bool = False
+    formats: list[str] | None = None
+    frame: str | None = None
+    color: str | None = None
+    texture_size: int | None = None
+    faces: int | None = None
+    device: str = "auto"
+
+
+def request_from_args(args) -> ExportRequest:
+    return ExportRequest(run_dir=args.run_dir, resolution=args.resolution, texture=args.texture,
+                         formats=args.formats, frame=args.frame, color=args.color, texture_size=args.texture_size,
+                         faces=args.faces, device=args.device)
+
+
+@contextlib.contextmanager
+def run_folder(req: ExportRequest, emitter: Emitter) -> Iterator[RunDir]:
+    yield RunDir(req.run_dir)
+
+
+def run(req: ExportRequest, run_dir: RunDir, emitter: Emitter, cancel: CancelToken) -> dict:
+    from ..export import ExportOptions, export_mesh
+
+    if req.resolution is not None and req.resolution < 2:
+        raise InputError(f"--resolution must be at least 2, got {req.resolution}")
+    if req.texture_size is not None and not 16 <= req.texture_size <= 16384:
+        raise InputError(f"--texture-size must be between 16 and 16384, got {req.texture_size}")
+    if req.faces is not None and req.faces < 4:
+        raise InputError(f"--faces must be at least 4, got {req.faces}")
+    cfg, model = run_dir.load_model(req.device)
+    run_dir.require_writable()
+    emitter.emit("stage", stage="loading")
+    scene = run_dir.load_scene(cfg)
+    opts = ExportOptions.from_config(cfg.export, resolution=req.resolution, frame=req.frame, color=req.color,
+                                     formats=tuple(req.formats) if req.formats else None,
+                                     texture_size=req.texture_size, faces=req.faces)
+    if req.texture or req.texture_size is not None or req.faces is not None:
+        opts.texture = True
+    t0 = time.monotonic()
+    timings: dict = {}
+    files = export_mesh(model, cfg, scene, run_dir.path, emitter, opts, timings)
+    return {"mesh": str(files["ply"].resolve()), "files": {k: str(v.resolve()) for k, v in files.items()},
+            "steps": int(cfg.train.steps), "timings": done_timings(timings, total_s=time.monotonic() - t0)}
+
+
+def cancelled_fields(exc: Cancelled, req: ExportRequest, run_dir: RunDir, cancel: CancelToken) -> dict:
+    """``mesh``: the new mesh.ply when the export was stopped after writing it (during texturing)."""
+    mesh = getattr(exc, "files", {}).get("ply")
+    return {"step": None, "checkpoint": str(run_dir.checkpoint.resolve()),
+            "mesh": None if mesh is None else str(mesh.resolve()), "reason": cancel.reason or REQUEST,
+            "export": "cancelled"}
