@@ -144,13 +144,14 @@ def build_fit_command(
     resume: bool = False,
     export_on_cancel: bool = False,
 ) -> list[str]:
-    """``python -m engine fit DATA --out RUN ... --progress jsonl`` (steps <= 0 keeps the preset's default)."""
+    """``python -m engine fit DATA --out RUN ... --progress jsonl`` (steps <= 0 keeps the preset's default).
+    AddonError for an unknown preset, device or format."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset '{preset}' (expected one of {', '.join(PRESETS)})")
+        raise AddonError(f"unknown preset '{preset}' (expected one of {', '.join(PRESETS)})")
     if device not in DEVICES:
-        raise ValueError(f"unknown device '{device}' (expected one of {', '.join(DEVICES)})")
+        raise AddonError(f"unknown device '{device}' (expected one of {', '.join(DEVICES)})")
     if data_format not in FORMATS:
-        raise ValueError(f"unknown format '{data_format}' (expected one of {', '.join(FORMATS)})")
+        raise AddonError(f"unknown format '{data_format}' (expected one of {', '.join(FORMATS)})")
     cmd = [str(python), "-m", "engine", "fit", str(Path(data_dir).absolute()), "--out", str(Path(run_dir).absolute()),
            "--preset", preset, "--device", device, "--progress", "jsonl"]
     if data_format != "auto":
@@ -364,7 +365,7 @@ class EngineProcess:
             AddonError: the run folder cannot be written.
         """
         if self.state != IDLE:
-            raise RuntimeError("an EngineProcess can be started once")
+            raise AddonError("an EngineProcess can be started once")
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / STOP_FILE).unlink(missing_ok=True)  # a stale STOP would end the new run at once

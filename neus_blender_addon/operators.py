@@ -92,13 +92,7 @@ class NEUS_OT_solve_cameras(bpy.types.Operator):
     bl_label = "Solve Cameras"
     bl_options = {"REGISTER"}
 
-    matcher: EnumProperty(
-        name="Matcher",
-        items=[("auto", "Auto", "Every pair for up to 150 photos; neighbouring frames for a video"),
-               ("exhaustive", "Exhaustive", "Match every pair of photos"),
-               ("sequential", "Sequential", "Match neighbouring photos in name order (video frames)")],
-        default="auto",
-    )
+    matcher: EnumProperty(name="Matcher", items=list(photo_source.MATCHER_ITEMS), default="auto")
     mode: EnumProperty(
         name="Mode",
         items=[("AUTO", "Auto", "Blocking in background mode (scripts), else asynchronous"),
@@ -125,7 +119,7 @@ class NEUS_OT_solve_cameras(bpy.types.Operator):
             run = solve_cameras.start(context.scene, source, out, engine, self.matcher,
                                       echo=functools.partial(print, flush=True),
                                       silence_s=preferences.silence_limit_setting(context))
-        except (AddonError, ValueError, RuntimeError, OSError) as e:
+        except AddonError as e:
             s.last_error = str(e)
             s.state = "failed"
             self.report({"ERROR"}, str(e))

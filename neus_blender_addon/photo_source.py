@@ -9,23 +9,41 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from .errors import AddonError
+
 # As the engine's solve reads them (engine/solve/sources.py); the add-on may not import the engine.
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mts")
-MATCHERS = ("auto", "exhaustive", "sequential")
+# (name, label, description) of ``engine solve --matcher`` (engine/solve/sfm.py choose_matcher): the one list the
+# operator's menu and the command check use.
+MATCHER_ITEMS = (
+    ("auto", "Auto", "Sequential for a video; for photos every pair while the pairs fit a budget linear in the "
+     "count, retrieval beyond"),
+    ("exhaustive", "Exhaustive", "Match every pair of photos"),
+    ("sequential", "Sequential", "Match neighbouring photos in name order (video frames)"),
+    ("retrieval", "Retrieval", "Match each photo with its most similar ones (visual words): large photo sets"),
+)
+MATCHERS = tuple(name for name, _label, _description in MATCHER_ITEMS)
 SOLVE_FILE = "solve.json"
 SOLVE_LOG = "engine_solve_stderr.log"
 
 
 def has_cameras(folder: Path) -> bool:
-    """A camera file of a supported format (DTU npz, NeRF-synthetic JSON, COLMAP sparse model)."""
-    return (any(folder.glob("cameras*.npz")) or any(folder.glob("transforms*.json"))
-            or any((folder / sub / f"cameras{ext}").is_file() for sub in ("sparse/0", "sparse")
-                   for ext in (".bin", ".txt")))
+    """A dataset format is detected in ``folder`` (the camera loader's own ``detect_format``, the rule the engine's
+    ``fit`` applies before it decides to solve)."""
+    from .camera_source import cameras_module
+
+    cameras = cameras_module()
+    try:
+        cameras.detect_format(folder)
+    except ValueError:  # DatasetError: no format
+        return False
+    return True
 
 
 def needs_solving(path: str | Path) -> bool:
-    """A video file, or a folder with photos at its top and no camera file."""
+    """A video file, or a folder with photos at its top and no dataset format: what ``engine fit`` solves first
+    (engine/solve ``needs_solving``, which the add-on may not import)."""
     path = Path(path)
     if path.is_file():
         return path.suffix.lower() in VIDEO_SUFFIXES
@@ -44,9 +62,10 @@ def solved_dir_for(source: str | Path, base: str | Path) -> Path:
 
 def build_solve_command(python: Path | str, source: Path | str, out: Path | str, matcher: str = "auto",
                         extra: Sequence[str] = ()) -> list[str]:
-    """``python -m engine solve SOURCE --out DATA_DIR --matcher M --progress jsonl``."""
+    """``python -m engine solve SOURCE --out DATA_DIR --matcher M --progress jsonl`` (AddonError: unknown
+    matcher)."""
     if matcher not in MATCHERS:
-        raise ValueError(f"unknown matcher '{matcher}' (expected one of {', '.join(MATCHERS)})")
+        raise AddonError(f"unknown matcher '{matcher}' (expected one of {', '.join(MATCHERS)})")
     return [str(python), "-m", "engine", "solve", str(Path(source).absolute()), "--out", str(Path(out).absolute()),
             "--matcher", matcher, "--progress", "jsonl", *extra]
 

@@ -61,7 +61,7 @@ class RunRequest:
         return f"{self.result_name} preview"
 
     def fit_command(self) -> list[str]:
-        """The ``engine fit`` command line (``ValueError`` for an unknown preset, device or format)."""
+        """The ``engine fit`` command line (AddonError for an unknown preset, device or format)."""
         return engine_process.build_fit_command(
             self.engine.python, self.data_dir, self.run_dir, preset=self.preset, device=self.device,
             steps=self.steps, data_format=self.data_format, settings=() if self.resume else self.settings,
@@ -332,12 +332,8 @@ class Run:
 
 
 def new_run(request: RunRequest, echo: Callable[[str], None] | None = None) -> Run:
-    """A run for ``request`` whose engine is not started yet (``ValueError`` -> AddonError for bad options)."""
-    try:
-        argv = request.fit_command()
-    except ValueError as e:
-        raise AddonError(str(e)) from e
-    return Run(request, request.process(argv), echo=echo)
+    """A run for ``request`` whose engine is not started yet (AddonError for bad options)."""
+    return Run(request, request.process(request.fit_command()), echo=echo)
 
 
 def resume_problem(run_dir: Path | str) -> str | None:

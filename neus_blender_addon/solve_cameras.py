@@ -19,6 +19,7 @@ import bpy
 
 from . import blender_cameras, photo_source, timer_ui
 from .engine_process import DEFAULT_SILENCE_S, EngineLocation, EngineProcess
+from .errors import AddonError
 from .properties import apply_status
 from .protocol import RunStatus
 
@@ -51,16 +52,19 @@ def is_running() -> bool:
 
 def start(scene: bpy.types.Scene, source: Path, out: Path, engine: EngineLocation, matcher: str = "auto",
           echo: Callable[[str], None] | None = None, silence_s: float = DEFAULT_SILENCE_S) -> SolveRun:
-    """Starts ``engine solve SOURCE --out OUT``. Raises RuntimeError (already running, unwritable folder),
-    EngineNotFoundError, ValueError (bad matcher)."""
+    """Starts ``engine solve SOURCE --out OUT``. Raises AddonError (already running, bad matcher, unwritable
+    folder, the engine cannot start)."""
     global _active, last_solve
     if is_running():
-        raise RuntimeError("cameras are already being solved; cancel first")
+        raise AddonError("cameras are already being solved; cancel first")
     cmd = photo_source.build_solve_command(engine.python, source, out, matcher)
     # The log goes beside the dataset: the engine only writes into an empty folder or an earlier solve.
     proc = EngineProcess(cmd, out, cwd=engine.repo_root or out.parent,
                          log_path=out.parent / f"{out.name}.{photo_source.SOLVE_LOG}", silence_s=silence_s)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AddonError(f"{out.parent}: cannot create the output folder ({e.strerror or e})") from e
     proc.start()
     run = SolveRun(scene.name, source, out, proc, echo=echo)
     run.status.state = "running"
@@ -168,6 +172,9 @@ def timer_step() -> float | None:
     run = _active
     if run is None:
         return None
+    if _scene(run) is None:  # File > Open / New took the solve's scene: report into the new file's scene
+        run.scene_name = bpy.context.scene.name
+        run._shown = ()
     try:
         for event in run.process.poll_events():
             handle_event(run, event)

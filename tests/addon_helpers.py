@@ -7,6 +7,8 @@ reader bug cannot hide behind a matching writer bug.
 from __future__ import annotations
 
 import importlib.util
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,35 @@ NO_BPY_REASON = "needs the bpy module (Blender as a Python module; pip install b
 # Module marks: tests inside Blender (bpy), and those that also run the real engine on the sample scene.
 IN_BLENDER = [pytest.mark.blender, pytest.mark.skipif(not HAS_BPY, reason=NO_BPY_REASON)]
 WITH_ENGINE_RUNS = [*IN_BLENDER, pytest.mark.slow, needs_sample]
+
+
+# -- driving the add-on's timers ---------------------------------------------------------------------------
+def pump(until: Callable | None = None, timeout: float = 300.0, every: float = 0.1, tick: Callable | None = None,
+         snapshot: Callable | None = None) -> list:
+    """Calls an add-on timer function as Blender's event loop would (timers do not fire in background mode) until
+    it unregisters itself (returns None: the job ended) or ``until(scene.neus)`` holds.
+
+    Args:
+        tick: the timer function; default ``reconstruct.timer_step`` (``solve_cameras.timer_step`` for a solve).
+        snapshot: called with ``scene.neus`` after each tick; the values are returned.
+    """
+    import bpy
+
+    from neus_blender_addon import reconstruct
+
+    tick = tick or reconstruct.timer_step
+    seen: list = []
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        delay = tick()
+        s = bpy.context.scene.neus
+        if snapshot is not None:
+            seen.append(snapshot(s))
+        if delay is None or (until is not None and until(s)):
+            return seen
+        time.sleep(every)
+    s = bpy.context.scene.neus
+    raise AssertionError(f"timed out after {timeout:.0f} s; state {s.state} stage {s.stage} step {s.step}")
 
 
 # -- PLY ---------------------------------------------------------------------------------------------------

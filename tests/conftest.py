@@ -61,17 +61,23 @@ def dtu_scan() -> Path:
 
 
 @pytest.fixture
-def bpy():
-    """Blender (the bpy module) with factory settings and the add-on registered; unregistered afterwards. Modules
-    that need more set-up (a dataset, a run folder) override it."""
+def bpy(request):
+    """Blender (the bpy module) with factory settings and the add-on registered; unregistered afterwards, which
+    also ends an engine a failed test left running. A module that needs the scene set up (a dataset, an output
+    folder) defines ``setup_scene(scene, request)``; ``request.getfixturevalue`` gives it ``tmp_path`` and others."""
     import bpy as _bpy
 
     import neus_blender_addon as addon
+    from neus_blender_addon import reconstruct, solve_cameras
 
     _bpy.ops.wm.read_factory_settings(use_empty=True)
     addon.register()
+    setup_scene = getattr(request.module, "setup_scene", None)
+    if setup_scene is not None:
+        setup_scene(_bpy.context.scene, request)
     yield _bpy
     addon.unregister()
+    assert not reconstruct.is_running() and not solve_cameras.is_running()
 
 
 @pytest.fixture(scope="session")

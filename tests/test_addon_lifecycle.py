@@ -13,7 +13,7 @@ import textwrap
 import time
 
 import pytest
-from addon_helpers import REPO, SAMPLE_SCENE, WITH_ENGINE_RUNS
+from addon_helpers import REPO, SAMPLE_SCENE, WITH_ENGINE_RUNS, pump
 
 pytestmark = WITH_ENGINE_RUNS
 
@@ -32,34 +32,9 @@ def configure(scene, out, steps: int = STEPS) -> None:
     s.engine_settings = FAST_EXPORT
 
 
-@pytest.fixture
-def bpy(tmp_path):
-    import bpy as _bpy
-
-    import neus_blender_addon as addon
-    from neus_blender_addon import reconstruct
-
-    _bpy.ops.wm.read_factory_settings(use_empty=True)
-    addon.register()
-    configure(_bpy.context.scene, tmp_path / "runs")
-    yield _bpy
-    addon.unregister()  # also kills an engine a failed test left running
-    assert not reconstruct.is_running()
-
-
-def pump(until, timeout: float = 300.0, every: float = 0.1) -> None:
-    """Calls the add-on's timer function as Blender's event loop would (timers do not fire in background mode)."""
-    import bpy
-
-    from neus_blender_addon import reconstruct
-
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        delay = reconstruct.timer_step()
-        if delay is None or until(bpy.context.scene.neus):
-            return
-        time.sleep(every)
-    raise AssertionError(f"timed out; state {bpy.context.scene.neus.state} stage {bpy.context.scene.neus.stage}")
+def setup_scene(scene, request) -> None:
+    """The ``bpy`` fixture's set-up (tests/conftest.py)."""
+    configure(scene, request.getfixturevalue("tmp_path") / "runs")
 
 
 def training(st) -> bool:

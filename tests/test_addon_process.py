@@ -17,6 +17,7 @@ import pytest
 from addon_helpers import REPO  # noqa: F401  (puts the repository on sys.path)
 
 from neus_blender_addon import engine_process as ep
+from neus_blender_addon.errors import AddonError
 
 FAKE_ENGINE = textwrap.dedent(
     r'''
@@ -110,7 +111,7 @@ def test_successful_run_events_and_log(fake):
     assert proc.state == ep.DONE and proc.returncode == 0
     assert "engine log line on stderr" in proc.log_path.read_text()  # stderr went to RUN_DIR's log, not stdout
     assert proc.log_path.parent == proc.run_dir
-    with pytest.raises(RuntimeError, match="started once"):
+    with pytest.raises(AddonError, match="started once"):
         proc.start()
 
 
@@ -279,7 +280,7 @@ def test_build_fit_command():
     assert cmd[cmd.index("--out") + 1] == str(Path("/run").absolute())
     assert cmd[cmd.index("--progress") + 1] == "jsonl" and cmd[cmd.index("--steps") + 1] == "500"
     assert "--steps" not in ep.build_fit_command("/py", "/d", "/r", steps=0)
-    with pytest.raises(ValueError, match="unknown preset"):
+    with pytest.raises(AddonError, match="unknown preset"):
         ep.build_fit_command("/py", "/d", "/r", preset="ultra")
-    with pytest.raises(ValueError, match="unknown device"):
+    with pytest.raises(AddonError, match="unknown device"):
         ep.build_fit_command("/py", "/d", "/r", device="tpu")

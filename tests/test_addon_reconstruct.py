@@ -7,11 +7,13 @@ reconstruction quality.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import sys
 import time
 
+import addon_helpers
 import numpy as np
 import pytest
 from addon_helpers import REPO, SAMPLE_SCENE, WITH_ENGINE_RUNS
@@ -24,42 +26,24 @@ STEPS = 12
 FAST_EXPORT = "export.resolution=48 export.coarse_resolution=0 export.clean=false"
 
 
-@pytest.fixture
-def bpy(tmp_path):
-    import bpy as _bpy
-
-    import neus_blender_addon as addon
-    from neus_blender_addon import reconstruct
-
-    _bpy.ops.wm.read_factory_settings(use_empty=True)
-    addon.register()
-    s = _bpy.context.scene.neus
+def setup_scene(scene, request) -> None:
+    """The ``bpy`` fixture's set-up (tests/conftest.py): each run gets a numbered folder in runs/ (run_001 first)."""
+    s = scene.neus
     s.data_dir = str(SAMPLE_SCENE)
-    s.output_dir = str(tmp_path / "runs")  # each run gets a numbered folder in it: runs/run_001 first
+    s.output_dir = str(request.getfixturevalue("tmp_path") / "runs")
     s.preset = "preview"
     s.device = "cpu"
     s.steps = STEPS
-    yield _bpy
-    addon.unregister()  # also kills an engine a failed test left running
-    assert not reconstruct.is_running()
 
 
-def pump(until, timeout: float = 300.0, every: float = 0.1) -> list[dict]:
-    """Calls the add-on's timer function as Blender's event loop would, recording the status after each tick."""
+def snapshot(s) -> dict:
     import bpy
 
-    from neus_blender_addon import reconstruct
+    return {"stage": s.stage, "step": s.step, "state": s.state, "progress": s.progress,
+            "preview": any(o.name.endswith("NeuS run_001 preview") for o in bpy.data.objects)}
 
-    seen, t0 = [], time.time()
-    while time.time() - t0 < timeout:
-        delay = reconstruct.timer_step()
-        s = bpy.context.scene.neus
-        seen.append({"stage": s.stage, "step": s.step, "state": s.state, "progress": s.progress,
-                     "preview": any(o.name.endswith("NeuS run_001 preview") for o in bpy.data.objects)})
-        if delay is None or until(s):
-            return seen
-        time.sleep(every)
-    raise AssertionError(f"timed out; last status {seen[-1] if seen else None}")
+
+pump = functools.partial(addon_helpers.pump, snapshot=snapshot)  # records the panel's status after each tick
 
 
 def test_headless_demo_end_to_end_textured_world_frame(tmp_path):

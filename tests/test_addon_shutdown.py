@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from addon_helpers import IN_BLENDER, REPO, SAMPLE_SCENE, needs_sample, pids_alive, standin_engine
+from addon_helpers import IN_BLENDER, REPO, SAMPLE_SCENE, needs_sample, pids_alive, pump, standin_engine
 
 pytestmark = [*IN_BLENDER, needs_sample, pytest.mark.skipif(os.name == "nt", reason="POSIX process groups")]
 
@@ -40,21 +40,6 @@ def standin(tmp_path, monkeypatch):
 def configure(scene, out: Path) -> None:
     s = scene.neus
     s.data_dir, s.output_dir, s.device, s.show_preview = str(SAMPLE_SCENE), str(out), "cpu", False
-
-
-def pump(until, timeout: float = 20.0):
-    """Calls the add-on's timer as Blender's event loop would (timers do not fire in background mode)."""
-    import bpy
-
-    from neus_blender_addon import reconstruct
-
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        delay = reconstruct.timer_step()
-        if delay is None or until(bpy.context.scene.neus):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out; state {bpy.context.scene.neus.state} stage {bpy.context.scene.neus.stage}")
 
 
 def family(run_dir: Path, timeout: float = 20.0) -> list[int]:
@@ -213,3 +198,33 @@ def test_headless_gives_up_on_a_silent_engine(standin, tmp_path):
     pids = json.loads((out / "family.json").read_text())
     assert_gone([pids["engine"], pids["child"]])
     assert not (out / "scene.blend").exists()
+
+
+def test_a_solve_follows_a_loaded_file_and_still_cancels(bpy, standin, tmp_path):
+    """File > Open of a .blend with another scene name during Solve Cameras: its status lands in that scene (the
+    persistent timer notices the run's scene is gone) and Cancel still reaches the engine."""
+    import shutil
+
+    from neus_blender_addon import solve_cameras
+
+    standin("export", export_s=0.0)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for png in sorted((SAMPLE_SCENE / "image").glob("*.png"))[:3]:
+        shutil.copy(png, photos / png.name)
+    other = tmp_path / "other.blend"
+    bpy.context.scene.name = "Elsewhere"
+    bpy.ops.wm.save_as_mainfile(filepath=str(other), copy=True)
+    bpy.context.scene.name = "Scene"
+    s = bpy.context.scene.neus
+    s.data_dir, s.output_dir = str(photos), str(tmp_path / "runs")
+    assert bpy.ops.neus.solve_cameras(mode="ASYNC") == {"FINISHED"}
+    run = solve_cameras.last_solve
+    pump(lambda st: st.step >= 2, tick=solve_cameras.timer_step)
+    bpy.ops.wm.open_mainfile(filepath=str(other))
+    assert [sc.name for sc in bpy.data.scenes] == ["Elsewhere"] and solve_cameras.is_running()
+    pump(lambda st: st.running and st.step >= 3, timeout=20, tick=solve_cameras.timer_step)
+    assert run.scene_name == "Elsewhere"
+    assert bpy.ops.neus.cancel() == {"FINISHED"}
+    pump(tick=solve_cameras.timer_step)
+    assert bpy.data.scenes["Elsewhere"].neus.state == "cancelled" and run.process.returncode == 130

@@ -6,11 +6,13 @@ from __future__ import annotations
 import shutil
 import time
 
+import addon_helpers
 import numpy as np
 import pytest
 from addon_helpers import HAS_BPY, NO_BPY_REASON, SAMPLE_SCENE
 
 from neus_blender_addon import photo_source
+from neus_blender_addon.errors import AddonError
 
 
 @pytest.fixture
@@ -32,42 +34,22 @@ def test_which_sources_need_solving(photos, tmp_path):
     cmd = photo_source.build_solve_command("/py", photos, tmp_path / "out", "sequential")
     assert cmd[1:4] == ["-m", "engine", "solve"] and cmd[cmd.index("--matcher") + 1] == "sequential"
     assert cmd[-2:] == ["--progress", "jsonl"]
-    with pytest.raises(ValueError, match="unknown matcher"):
+    with pytest.raises(AddonError, match="unknown matcher"):
         photo_source.build_solve_command("/py", photos, tmp_path / "out", "vocab")
 
 
-@pytest.fixture
-def bpy(tmp_path, photos):
-    import bpy as _bpy
-
-    import neus_blender_addon as addon
-    from neus_blender_addon import solve_cameras
-
-    _bpy.ops.wm.read_factory_settings(use_empty=True)
-    addon.register()
-    s = _bpy.context.scene.neus
-    s.data_dir = str(photos)
-    s.output_dir = str(tmp_path / "runs")
-    yield _bpy
-    addon.unregister()  # also ends an engine a failed test left running
-    assert not solve_cameras.is_running()
+def setup_scene(scene, request) -> None:
+    """The ``bpy`` fixture's set-up (tests/conftest.py): the photos to solve, the output folder."""
+    scene.neus.data_dir = str(request.getfixturevalue("photos"))
+    scene.neus.output_dir = str(request.getfixturevalue("tmp_path") / "runs")
 
 
 def pump(timeout: float = 600.0) -> list[tuple[str, int, int]]:
-    """Ticks the add-on's solve timer as Blender's event loop would; returns (stage, step, total) seen."""
-    import bpy
-
+    """Ticks the solve's timer until the solve ends; returns the (stage, step, total) the panel showed."""
     from neus_blender_addon import solve_cameras
 
-    seen, t0 = [], time.time()
-    while time.time() - t0 < timeout:
-        delay = solve_cameras.timer_step()
-        s = bpy.context.scene.neus
-        seen.append((s.stage, s.step, s.total))
-        if delay is None:
-            return seen
-        time.sleep(0.1)
-    raise AssertionError(f"timed out; last status {seen[-1] if seen else None}")
+    return addon_helpers.pump(timeout=timeout, tick=solve_cameras.timer_step,
+                              snapshot=lambda s: (s.stage, s.step, s.total))
 
 
 @pytest.mark.blender
