@@ -22,6 +22,7 @@ import numpy as np
 from mathutils import Matrix
 
 from . import blender_mesh, camera_math, camera_source, region
+from .errors import AddonError
 
 FRAME_EMPTY_PROP = "neus_frame_empty"  # marks the dataset's parent empty
 SCALE_MAT_PROP = "neus_scale_mat"  # on the parent: 16 floats, row-major, the cameras' normalized -> world
@@ -446,9 +447,17 @@ def import_cameras(scene: bpy.types.Scene, directory: str | Path, frame: str = "
     """Creates the cameras (and what ``options`` asks for) of the dataset at ``directory``.
 
     Raises:
-        ValueError: bad dataset (``DatasetError``: ``"<path>: <problem>"``), a bad view subset, or cameras
-            Blender cannot hold.
+        AddonError: bad dataset (``"<path>: <problem>"``), a bad view subset, cameras Blender cannot hold, or the
+            camera loader missing.
     """
+    try:
+        return _import_cameras(scene, directory, frame, data_format, options, cameras_file)
+    except (ValueError, ImportError) as e:
+        raise AddonError(str(e)) from e
+
+
+def _import_cameras(scene: bpy.types.Scene, directory: str | Path, frame: str, data_format: str,
+                    options: ImportOptions | None, cameras_file: str | Path | None) -> CameraImport:
     options = options or ImportOptions()
     camera_math.frame_matrix(np.eye(4), frame)  # validates the frame name before any work
     cams = camera_source.load_camera_set(directory, data_format, cameras_file)

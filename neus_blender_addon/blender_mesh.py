@@ -10,6 +10,7 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
+from .errors import AddonError
 from .ply_io import PlyMesh, read_ply
 from .run_files import mesh_format
 
@@ -195,9 +196,17 @@ def import_mesh(path: str | Path, name: str, collection: bpy.types.Collection,
     frame, i.e. as a child of ``parent`` (the world-frame empty) when given.
 
     Raises:
-        ValueError: unsupported or unreadable file (``PlyError`` for PLY), message naming the file.
+        AddonError: unsupported or unreadable file, message naming the file.
     """
-    path = Path(path)
+    try:
+        return _import_mesh(Path(path), name, collection, parent, gltf_z_up)
+    except (ValueError, OSError, RuntimeError) as e:  # PlyError, a missing file, a failing Blender importer
+        text = str(e) or type(e).__name__
+        raise AddonError(text if str(path) in text else f"{path}: {text}") from e
+
+
+def _import_mesh(path: Path, name: str, collection: bpy.types.Collection, parent: bpy.types.Object | None,
+                 gltf_z_up: bool) -> bpy.types.Object:
     if not path.is_file():
         raise ValueError(f"{path}: mesh file not found")
     fmt = mesh_format(path)

@@ -18,6 +18,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from .errors import AddonError
+
 GENERIC_FOLDER_NAMES = {"data", "dataset", "images", "image", "input", "scene"}
 
 
@@ -108,7 +110,7 @@ def dataset_from_path(path: str | Path) -> DatasetFile:
         model = p.parent
         root = model.parent.parent if model.parent.name == "sparse" else model.parent
         return DatasetFile(root, "colmap")
-    raise ValueError(f"{p}: not a NeuS dataset file (expected transforms.json, cameras_sphere.npz, a COLMAP "
+    raise AddonError(f"{p}: not a NeuS dataset file (expected transforms.json, cameras_sphere.npz, a COLMAP "
                      "cameras/images/points3D .bin or .txt, or a dataset folder)")
 
 

@@ -13,6 +13,7 @@ from bpy.props import BoolProperty, CollectionProperty, FloatProperty, IntProper
 from bpy_extras.io_utils import ImportHelper, poll_file_object_drop
 
 from . import blender_cameras, camera_source
+from .errors import AddonError
 
 # Reconstructions whose Blender camera moves some pixel by more than this get a warning.
 WARN_REPROJECTION_PX = 0.5
@@ -89,7 +90,7 @@ def run_import(op: bpy.types.Operator, context, dataset: camera_source.DatasetFi
     try:
         res = blender_cameras.import_cameras(context.scene, dataset.root, s.frame, dataset.data_format, options,
                                              dataset.cameras_file)
-    except (ValueError, ImportError) as e:
+    except AddonError as e:
         s.last_error = str(e)
         op.report({"ERROR"}, str(e))
         return {"CANCELLED"}
@@ -136,7 +137,7 @@ class NEUS_OT_import_dataset(bpy.types.Operator, ImportHelper, CameraImportSetti
             return {"CANCELLED"}
         try:
             dataset = camera_source.dataset_from_path(path)
-        except ValueError as e:
+        except AddonError as e:
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
         return run_import(self, context, dataset, self.import_options())

@@ -340,7 +340,7 @@ class NEUS_OT_import_mesh(bpy.types.Operator):
         try:
             obj = blender_mesh.import_mesh(path, name, blender_cameras.sub_collection(context.scene, dataset,
                                                                                       "results"))
-        except (ValueError, OSError, RuntimeError) as e:
+        except AddonError as e:
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
         up = None

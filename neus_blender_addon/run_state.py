@@ -83,7 +83,7 @@ class Host(Protocol):
 
     def import_mesh(self, run: Run, path: str, role: str) -> str:
         """Imports ``path`` as the run's ``role`` ("preview" | "result") object; returns its name.
-        Raises AddonError / ValueError / OSError when the file cannot be imported."""
+        Raises AddonError when the file cannot be imported."""
 
     def clear_preview(self, run: Run) -> None:
         """Removes the run's preview object (unless the artist changed it)."""
@@ -225,7 +225,7 @@ class Run:
         elif name == "preview_mesh" and self.request.show_preview and event.get("path"):
             try:
                 host.import_mesh(self, str(event["path"]), "preview")
-            except (AddonError, ValueError, OSError) as e:  # a preview is optional; never fail the run for it
+            except AddonError as e:  # a preview is optional; never fail the run for it
                 host.say(self, f"[neus] preview not shown: {e}")
         elif name == "exit":
             self._finish_fit(host, event)
@@ -234,7 +234,7 @@ class Run:
         """Imports the result; the error text when that failed."""
         try:
             self.result_object = host.import_mesh(self, path, "result")
-        except (AddonError, ValueError, OSError) as e:
+        except AddonError as e:
             return str(e)
         return None
 

@@ -112,7 +112,7 @@ def _finish(run: SolveRun, event: dict) -> None:
         try:
             res = blender_cameras.import_cameras(scene, run.out, settings.frame, "colmap",
                                                  blender_cameras.ImportOptions(backgrounds=True, point_cloud=True))
-        except (ValueError, ImportError, OSError) as e:
+        except AddonError as e:
             _end(run, "failed", f"the cameras were solved but could not be imported: {e}")
             return
         settings.data_dir = str(run.out)  # Reconstruct now trains on the solved dataset

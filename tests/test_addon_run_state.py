@@ -13,7 +13,7 @@ from addon_helpers import grid_mesh, write_ply_binary
 from neus_blender_addon import run_files, run_state
 from neus_blender_addon.engine_process import EngineLocation
 from neus_blender_addon.errors import AddonError
-from neus_blender_addon.ply_io import read_ply
+from neus_blender_addon.ply_io import PlyError, read_ply
 
 
 class PlyHost:
@@ -26,7 +26,10 @@ class PlyHost:
 
     def import_mesh(self, run, path: str, role: str) -> str:
         name = run.preview_name if role == "preview" else run.result_name
-        self.objects[name] = len(read_ply(path).vertices)  # PlyError (a ValueError) for a bad file
+        try:
+            self.objects[name] = len(read_ply(path).vertices)
+        except PlyError as e:  # as blender_mesh.import_mesh: the host raises AddonError only
+            raise AddonError(str(e)) from e
         return name
 
     def clear_preview(self, run) -> None:

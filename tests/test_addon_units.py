@@ -11,6 +11,7 @@ from addon_helpers import DTU, NO_DTU_REASON, grid_mesh, ring_cameras, write_ply
 from datasets.geometry import project_points
 from neus_blender_addon import camera_math as cm
 from neus_blender_addon import camera_source, protocol, run_files
+from neus_blender_addon.errors import AddonError
 from neus_blender_addon.ply_io import PlyError, read_ply
 
 # -- camera math -------------------------------------------------------------------------------------------
@@ -359,7 +360,7 @@ def test_dataset_path_resolution(tmp_path):
     d = camera_source.dataset_from_path(tmp_path / "scan" / "cameras_large.npz")
     assert (d.data_format, d.cameras_file) == ("dtu", tmp_path / "scan" / "cameras_large.npz")
     assert camera_source.dataset_from_path(tmp_path / "scan" / "transforms.json").cameras_file is None
-    with pytest.raises(ValueError, match="not a NeuS dataset file"):
+    with pytest.raises(AddonError, match="not a NeuS dataset file"):
         camera_source.dataset_from_path(tmp_path / "scan" / "notes.txt")
 
 
