@@ -150,7 +150,7 @@ def read_mask(path: Path, factor: float, width: int, height: int, out: np.ndarra
 def mask_is_foreground(values: np.ndarray) -> np.ndarray:
     """The foreground test of mask samples, as :func:`read_mask` applies it: (M,) or (M, C) values (bool, uint8
     0..255 or float 0..1; with channels, any channel counts) -> (M,) bool. Used where masks are sampled at
-    projected points (visual-hull cleaning, photo colours)."""
+    projected points (visual-hull cleaning)."""
     values = np.asarray(values)
     if values.ndim > 1:
         values = values.max(axis=-1)

@@ -202,7 +202,7 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
     to_frame = frame_matrix(opts.frame, scene)  # before the work: a metric frame without a scale is bad input
     emitter.emit("stage", stage="extracting")
     t0 = time.monotonic()
-    holdout = int(cfg.data.get("holdout_every", 0)) if cfg is not None else 0
+    holdout = int(cfg.data.holdout_every)
     views_cache: dict = {}
     verts, faces, colors, normals = with_memory_backoff(
         lambda chunk: extract_colored_mesh(model, replace(opts, chunk=chunk), scene, progress=_grid_progress,

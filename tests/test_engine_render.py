@@ -12,7 +12,6 @@ from engine.render.primitives import (
     neus_alpha,
     ray_sphere_intersect,
     render_weights_from_alpha,
-    render_weights_from_density,
     sample_uniform_along_rays,
 )
 
@@ -69,10 +68,11 @@ def test_padded_scan_used_on_mps_matches_the_float64_scan():
                                exclusive_cumsum_per_ray(vals, ray_idx, len(counts)), rtol=1e-5, atol=1e-5)
 
 
-def test_weights_from_density_and_gradients_flow():
+def test_weights_from_alpha_of_densities_and_gradients_flow():
     sigma = torch.tensor([0.0, 1.0, 100.0], requires_grad=True)
     t0, t1 = torch.tensor([0.0, 0.5, 1.0]), torch.tensor([0.5, 1.0, 1.5])
-    w, trans, alpha = render_weights_from_density(sigma, t0, t1, torch.zeros(3, dtype=torch.long), 1)
+    alpha = 1.0 - torch.exp(-sigma * (t1 - t0))
+    w, trans = render_weights_from_alpha(alpha, torch.zeros(3, dtype=torch.long), 1)
     a1 = 1 - math.exp(-0.5)
     np.testing.assert_allclose(w.detach().numpy(), [0.0, a1, (1 - a1) * (1 - math.exp(-50))], rtol=1e-6)
     w.sum().backward()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from sdf_reference import sdf_normals, segment_occluded
 
 from datasets.geometry import project_points
 from datasets.normalization_file import read_normalization_json
@@ -29,8 +30,6 @@ from engine.mesh import (
     rasterize_uv,
     read_mesh,
     sample_surface,
-    sdf_normals,
-    segment_occluded,
     texture_mesh,
     transform_mesh,
     transform_vertices,

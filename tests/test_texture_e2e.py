@@ -50,9 +50,9 @@ def test_photo_texture_beats_the_field_texture_on_held_out_views(held_out_run):
 def test_depth_map_visibility_agrees_with_sdf_marching(held_out_run):
     """The z-buffer's verdict on trained-mesh points vs sphere tracing the trained SDF towards each camera."""
     import trimesh
+    from sdf_reference import segment_occluded
 
     import datasets
-    from engine.mesh.color import segment_occluded
     from engine.mesh.photo import PhotoOptions, depth_visible
     from engine.mesh.raster import rasterize_view
     from engine.run_dir import RunDir

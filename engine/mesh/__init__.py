@@ -11,7 +11,6 @@
 
 from .color import (
     field_color_source,
-    segment_occluded,
     vertex_colors_from_field,
 )
 from .evaluate import chamfer_and_fscore, evaluate_mesh, sample_surface
@@ -26,7 +25,6 @@ from .extract import (
     marching_cubes,
     mesh_vertex_normals,
     outside_visual_hull,
-    sdf_normals,
 )
 from .frames import transform_mesh, transform_vertices, write_normalization_json
 from .mesh_data import MeshData, MeshFileError, colors_to_uint8
@@ -55,8 +53,6 @@ __all__ = [
     "rasterize_uv",
     "read_mesh",
     "sample_surface",
-    "sdf_normals",
-    "segment_occluded",
     "texture_mesh",
     "transform_mesh",
     "transform_vertices",

@@ -1,7 +1,7 @@
-"""Per-point colours from the learned radiance field, and SDF ray marching for occlusion tests.
+"""Per-point colours from the learned radiance field.
 
 Photo colours (depth-map visibility, view blending) live in :mod:`engine.mesh.photo`. Inputs are numpy arrays or
-tensors; outputs numpy float32 RGB in [0, 1]; the network queries and marching run in torch on ``device``, chunked.
+tensors; outputs numpy float32 RGB in [0, 1]; the network queries run in torch on ``device``, chunked.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import torch
 from ..liveness import tick
 
 ColorFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-SdfFn = Callable[[torch.Tensor], torch.Tensor]
 # A colour source for texture baking: (P, 3) points, (P, 3) unit normals (numpy float32) -> (P, 3) RGB.
 ColorSource = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -62,51 +61,6 @@ def vertex_colors_from_field(
     return np.clip(np.nan_to_num(out, nan=0.5), 0.0, 1.0)
 
 
-def segment_occluded(
-    sdf_fn: SdfFn,
-    starts: torch.Tensor,
-    ends: torch.Tensor,
-    bound_radius: float = 1.0,
-    max_steps: int = 128,
-    min_step: float = 2e-3,
-    step_scale: float = 0.9,
-) -> torch.Tensor:
-    """Whether the SDF goes negative on each segment (sphere tracing from ``starts`` towards ``ends``).
-
-    Marching stops at the end point or where the ray leaves the sphere of ``bound_radius`` (the SDF is only
-    meaningful inside it). A ray still undecided after ``max_steps`` counts as not occluded.
-
-    Args:
-        sdf_fn: (M, 3) -> (M,) SDF.
-        starts, ends: (M, 3) tensors on the device of ``sdf_fn`` (starts already offset off the surface).
-        bound_radius: radius of the region where the SDF is trusted.
-        max_steps, min_step, step_scale: marching controls (``step = max(step_scale * sdf, min_step)``).
-    Returns:
-        (M,) bool.
-    """
-    d = ends - starts
-    length = d.norm(dim=-1).clamp_min(1e-12)
-    d = d / length[:, None]
-    # Exit distance from the trusted sphere: |p + t d| = R.
-    b = (starts * d).sum(-1)
-    c = (starts * starts).sum(-1) - bound_radius**2
-    disc = (b * b - c).clamp_min(0)
-    t_exit = torch.where(c < 0, -b + disc.sqrt(), torch.zeros_like(b))
-    t_max = torch.minimum(length, t_exit)
-    t = torch.zeros_like(length)
-    occluded = torch.zeros_like(length, dtype=torch.bool)
-    active = torch.nonzero(t < t_max).squeeze(1)
-    for _ in range(max_steps):
-        if active.numel() == 0:
-            break
-        sdf = sdf_fn(starts[active] + t[active, None] * d[active]).reshape(-1).float()
-        hit = sdf < 0
-        occluded[active[hit]] = True
-        t[active] += torch.clamp(step_scale * sdf, min=min_step)
-        active = active[~hit & (t[active] < t_max[active])]
-    return occluded
-
-
 def field_color_source(
     color_fn: ColorFn, chunk: int = 2**16, device: str | torch.device = "cpu"
 ) -> ColorSource:
@@ -122,6 +76,5 @@ __all__ = [
     "ColorFn",
     "ColorSource",
     "field_color_source",
-    "segment_occluded",
     "vertex_colors_from_field",
 ]

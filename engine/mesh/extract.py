@@ -259,51 +259,6 @@ def mesh_vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return _normalize(acc)
 
 
-def sdf_normals(
-    sdf_fn: SdfFn,
-    points: Any,
-    chunk: int = 2**16,
-    device: str | torch.device = "cpu",
-    eps: float | None = None,
-) -> np.ndarray:
-    """Unit SDF gradients at points: autograd, or central differences of step ``eps`` if given (or if
-    ``sdf_fn`` is not differentiable).
-
-    Args:
-        sdf_fn: (M, 3) -> (M,) SDF.
-        points: (P, 3) array or tensor.
-        chunk, device: query batching.
-        eps: finite-difference step in normalized units; None tries autograd first.
-    Returns:
-        (P, 3) float32 unit normals (outward).
-    """
-    device = torch.device(device)
-    pts = torch.as_tensor(np.asarray(points, dtype=np.float32) if not torch.is_tensor(points) else points)
-    pts = pts.float().reshape(-1, 3)
-    out = np.empty((len(pts), 3), dtype=np.float32)
-    use_fd = eps is not None
-    for s in range(0, len(pts), chunk):
-        x = pts[s : s + chunk].to(device)
-        g = None
-        if not use_fd:
-            try:
-                with torch.enable_grad():
-                    x_req = x.detach().requires_grad_(True)
-                    y = sdf_fn(x_req).reshape(-1)
-                    (g,) = torch.autograd.grad(y.sum(), x_req)
-            except RuntimeError:
-                use_fd = True  # not differentiable (e.g. computed under no_grad): fall back for every chunk
-        if use_fd:
-            h = 1e-3 if eps is None else float(eps)
-            offs = torch.eye(3, device=device) * h
-            with torch.no_grad():
-                q = torch.cat([x[:, None, :] + offs, x[:, None, :] - offs], dim=1).reshape(-1, 3)
-                d = sdf_fn(q).reshape(-1, 6)
-            g = (d[:, :3] - d[:, 3:]) / (2 * h)
-        out[s : s + len(x)] = g.detach().float().cpu().numpy()
-    return _normalize(out)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Clean-up
 # ----------------------------------------------------------------------------------------------------
@@ -472,5 +427,4 @@ __all__ = [
     "marching_cubes",
     "mesh_vertex_normals",
     "outside_visual_hull",
-    "sdf_normals",
 ]

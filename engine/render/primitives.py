@@ -86,15 +86,6 @@ def render_weights_from_alpha(alphas: Tensor, ray_indices: Tensor, n_rays: int) 
     return alphas * trans, trans
 
 
-def render_weights_from_density(
-    density: Tensor, t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor, n_rays: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Weights from densities: ``alpha = 1 - exp(-sigma * delta)``. All inputs (S,). Returns weights, trans, alphas."""
-    alphas = 1.0 - torch.exp(-density * (t_ends - t_starts))
-    weights, trans = render_weights_from_alpha(alphas, ray_indices, n_rays)
-    return weights, trans, alphas
-
-
 def accumulate_along_rays(weights: Tensor, ray_indices: Tensor, n_rays: int, values: Tensor | None = None) -> Tensor:
     """Weighted sum per ray.
 

@@ -1,6 +1,6 @@
 """The pycolmap stages of ``solve``: features, matching, incremental mapping, undistortion.
 
-Runs in a child process (``engine.solve.run``), so that a long pycolmap call can be stopped at once by ending
+Runs in a child process (``engine.solve.child``), so that a long pycolmap call can be stopped at once by ending
 the process; it reports through ``report(dict)`` (progress counts, per-stage timings). It imports no torch.
 
 Progress comes from doing the work in chunks: features for a few images per call, matching for a block of
