@@ -10,6 +10,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from types import ModuleType
 from typing import get_args
 
 from .atomic_files import DISK_FULL
@@ -172,7 +173,7 @@ def run_job(argv: list[str], emitter: Emitter, mode: str) -> int:
                      mode)
 
 
-def _run(job, request, run_dir: RunDir | None, emitter: Emitter) -> int:
+def _run(job: ModuleType, request, run_dir: RunDir | None, emitter: Emitter) -> int:
     """One job in its folder: a stale STOP file is removed, the cancel token and its watchers (signals, stdin,
     the STOP file, the parent: engine.liveness) are installed for jobs that stop on request, ``Cancelled`` becomes
     the ``cancelled`` event (exit 130), and the result becomes the final event (or the job's printed report)."""
