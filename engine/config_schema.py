@@ -388,6 +388,14 @@ class ExportConfig:
     texture_faces: int = at_least(4, 50000)
     """Faces of the textured mesh when ``faces`` is 0: decimated so xatlas cuts few, large UV charts (the dense
     marching-cubes mesh falls apart into thousands of tiny ones); its colours still come from the full mesh."""
+    texture_refine: bool = False
+    """Fit the baked texture to the training photos: the textured mesh rasterised from each training camera, its
+    texels optimised (Adam, from the photo blend) so the asset reproduces the photos (engine/mesh/texture_refine.py;
+    measured sharper on held-out views, BENCHMARKS.md). Off: the blend alone, seconds faster."""
+    texture_refine_steps: int = at_least(0, 60)
+    """Optimisation steps of the texel fit at most."""
+    texture_refine_s: float = at_least(0, 20.0)
+    """Time budget of the texel fit in seconds (the steps done by then are kept)."""
     formats: list[ExportFormat] = field(default_factory=lambda: ["ply"])
     """Extra formats beside mesh.ply: obj, glb."""
     frame: ExportFrame = "normalized"

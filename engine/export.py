@@ -130,13 +130,16 @@ def _photo_source(model: NeuSModel, scene, verts: np.ndarray, faces: np.ndarray,
 
 
 def texture_asset(model: NeuSModel, scene, verts: np.ndarray, faces: np.ndarray, normals: np.ndarray,
-                  opts: ExportOptions, holdout_every: int = 0, views_cache: dict | None = None
+                  opts: ExportOptions, holdout_every: int = 0, views_cache: dict | None = None,
+                  stats: dict | None = None,
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """UV atlas, colour texture and (game-ready, ``opts.faces > 0``) a normal map baked from the full mesh.
 
     The textured mesh is decimated to ``opts.faces`` (else ``opts.texture_faces``) faces, so the atlas has few,
     large charts; its colours are sampled on the full mesh (points snapped onto it, its SDF normals), and photo
-    visibility comes from the same depth maps as the vertex colours.
+    visibility comes from the same depth maps as the vertex colours. With photo colours and
+    ``opts.texture_refine`` the baked blend is then fitted to the training photos (:func:`refine_asset_texture`);
+    ``stats`` receives its figures.
 
     Returns vertices (V', 3), faces (F', 3), uvs (V', 2), texture (S, S, 3) uint8, normal map (S, S, 3) uint8
     or None, in the normalized frame.
@@ -151,6 +154,8 @@ def texture_asset(model: NeuSModel, scene, verts: np.ndarray, faces: np.ndarray,
     size = int(opts.texture_size)
     tv, tf, uvs, tex = texture_mesh(low_v, low_f, source, normals=None if decimated else normals, texture_size=size,
                                     detail=(verts, normals) if decimated else None, device=_device_of(model))
+    if opts.texture_refine and opts.color == "photos" and scene is not None:
+        tex = refine_asset_texture(scene, tv, tf, uvs, tex, opts, holdout_every, _device_of(model), stats)
     nmap = None
     if opts.faces:
         from .mesh.extract import mesh_vertex_normals
@@ -160,6 +165,19 @@ def texture_asset(model: NeuSModel, scene, verts: np.ndarray, faces: np.ndarray,
         nmap = bake_normal_map(tv, tf, uvs, nearest_normals(verts, normals), size, normals=welded[vmap],
                                device=_device_of(model))
     return tv, tf, uvs, tex, nmap
+
+
+def refine_asset_texture(scene, vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, texture: np.ndarray,
+                         opts: ExportOptions, holdout_every: int, device: torch.device, stats: dict | None = None
+                         ) -> np.ndarray:
+    """The texture (S, S, 3) uint8 fitted to the training views' photos (held-out views stay unseen)."""
+    from .mesh.texture_refine import RefineOptions, refine_texture
+
+    idx = texturing_views(scene, holdout_every)
+    masks = None if scene.masks is None else [scene.masks[i] for i in idx]
+    options = RefineOptions(steps=int(opts.texture_refine_steps), time_budget_s=float(opts.texture_refine_s))
+    return refine_texture(vertices, faces, uvs, texture, scene.K[idx], scene.c2w[idx], [scene.images[i] for i in idx],
+                          masks, options, device=device, stats=stats)
 
 
 def _vertex_mapping(original: np.ndarray, split: np.ndarray) -> np.ndarray:
@@ -231,8 +249,11 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
     if opts.texture:
         emitter.emit("stage", stage="texturing")
         try:
+            refine_stats: dict = {}
             tv, tf, uvs, tex, nmap = texture_asset(model, scene, verts, faces, normals, opts, holdout,
-                                                   views_cache=views_cache)
+                                                   views_cache=views_cache, stats=refine_stats)
+            if refine_stats.get("mse_before") is not None:
+                timings["texture_refine"] = refine_stats
         except Cancelled as exc:  # the mesh and normalization.json are whole; no textured file was started
             exc.files = dict(files)
             raise

@@ -29,13 +29,14 @@ class ExportRequest:
     color: str | None = None
     texture_size: int | None = None
     faces: int | None = None
+    texture_fit: bool | None = None
     device: str = "auto"
 
 
 def request_from_args(args) -> ExportRequest:
     return ExportRequest(run_dir=args.run_dir, resolution=args.resolution, texture=args.texture,
                          formats=args.formats, frame=args.frame, color=args.color, texture_size=args.texture_size,
-                         faces=args.faces, device=args.device)
+                         faces=args.faces, texture_fit=getattr(args, "texture_fit", None), device=args.device)
 
 
 @contextlib.contextmanager
@@ -61,11 +62,21 @@ def run(req: ExportRequest, run_dir: RunDir, emitter: Emitter, cancel: CancelTok
                                      texture_size=req.texture_size, faces=req.faces)
     if req.texture or req.texture_size is not None or req.faces is not None:
         opts.texture = True
+    if req.texture_fit is not None:
+        opts.texture_refine = bool(req.texture_fit)
     t0 = time.monotonic()
     timings: dict = {}
     files = export_mesh(model, cfg, scene, run_dir.path, emitter, opts, timings)
+    extra: dict = {}
+    if "texture_refine" in timings:  # the texel fit's figures (PROTOCOL.md, `done` of export)
+        fit = timings.pop("texture_refine")
+        extra["texture_fit"] = {"steps": fit["steps"], "pixels": fit["pixels"],
+                                "mse_before": round(fit["mse_before"], 6), "mse_after": round(fit["mse_after"], 6),
+                                "seconds": round(fit["gather_s"] + fit["optimise_s"], 2)}
+    if "silhouette" in timings:
+        extra["silhouette_offset"] = round(float(timings.pop("silhouette")["offset"]), 6)
     return {"mesh": str(files["ply"].resolve()), "files": {k: str(v.resolve()) for k, v in files.items()},
-            "steps": int(cfg.train.steps), "timings": done_timings(timings, total_s=time.monotonic() - t0)}
+            "steps": int(cfg.train.steps), "timings": done_timings(timings, total_s=time.monotonic() - t0), **extra}
 
 
 def cancelled_fields(exc: Cancelled, req: ExportRequest, run_dir: RunDir, cancel: CancelToken) -> dict:
