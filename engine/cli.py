@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--texture-size", type=int, default=None, help="texture side in texels (implies --texture)")
     e.add_argument("--faces", type=int, default=None,
                    help="game-ready: decimate the textured mesh to N faces and bake a normal map (implies --texture)")
-    e.add_argument("--no-texture-fit", action="store_true",
-                   help="texture: keep the photo blend, skip fitting the texels to the photos (faster, softer)")
+    e.add_argument("--texture-fit", action=argparse.BooleanOptionalAction, default=None,
+                   help="texture: fit the texels to the training photos after the photo blend "
+                        "(export.texture_refine; --no-texture-fit keeps the blend alone)")
     e.add_argument("--device", default="auto")
     e.add_argument("--progress", default="bar", choices=PROGRESS_MODES)
 

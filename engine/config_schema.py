@@ -392,6 +392,10 @@ class ExportConfig:
     """Fit the baked texture to the training photos: the textured mesh rasterised from each training camera, its
     texels optimised (Adam, from the photo blend) so the asset reproduces the photos (engine/mesh/texture_refine.py;
     measured sharper on held-out views, BENCHMARKS.md). Off: the blend alone, seconds faster."""
+    silhouette_fit: bool = False
+    """Textured mesh: move it along its normals by the offset (a fraction of a pixel to 3 pixels, in half-pixel
+    steps) whose silhouettes best match the training masks (mean IoU; decimation's flat triangles cut inside
+    curved parts). Needs masks."""
     texture_refine_steps: int = at_least(0, 60)
     """Optimisation steps of the texel fit at most."""
     texture_refine_s: float = at_least(0, 20.0)

@@ -154,6 +154,17 @@ def texture_asset(model: NeuSModel, scene, verts: np.ndarray, faces: np.ndarray,
     size = int(opts.texture_size)
     tv, tf, uvs, tex = texture_mesh(low_v, low_f, source, normals=None if decimated else normals, texture_size=size,
                                     detail=(verts, normals) if decimated else None, device=_device_of(model))
+    if opts.silhouette_fit and scene is not None and scene.masks is not None:
+        from .mesh.extract import mesh_vertex_normals
+        from .mesh.texture_refine import silhouette_offset
+
+        idx = texturing_views(scene, holdout_every)
+        welded = mesh_vertex_normals(low_v, low_f)[_vertex_mapping(low_v, tv)]  # seam copies move together
+        offset, ious = silhouette_offset(tv, tf, welded, scene.K[idx], scene.c2w[idx], [scene.masks[i] for i in idx],
+                                         device=_device_of(model))
+        tv = (tv + offset * welded).astype(np.float32)
+        if stats is not None:
+            stats["silhouette"] = {"offset": offset, "iou": ious}
     if opts.texture_refine and opts.color == "photos" and scene is not None:
         tex = refine_asset_texture(scene, tv, tf, uvs, tex, opts, holdout_every, _device_of(model), stats)
     nmap = None
@@ -254,6 +265,8 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
                                                    views_cache=views_cache, stats=refine_stats)
             if refine_stats.get("mse_before") is not None:
                 timings["texture_refine"] = refine_stats
+            if "silhouette" in refine_stats:
+                timings["silhouette"] = refine_stats["silhouette"]
         except Cancelled as exc:  # the mesh and normalization.json are whole; no textured file was started
             exc.files = dict(files)
             raise
