@@ -40,7 +40,7 @@ class RefineOptions:
     supersample: int = 2
     """Lookups per pixel side: each pixel compares the mean of ``supersample**2`` texture lookups over its
     footprint with the photo."""
-    smoothness: float = 0.02
+    smoothness: float = 0.2
     """Weight of the squared difference of neighbouring texels of a chart, relative to the mean photo error."""
     erode_px: int = 1
     """Mask erosion in pixels before choosing the fitted pixels."""
