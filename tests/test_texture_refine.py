@@ -16,8 +16,8 @@ def test_texel_fit_and_silhouette_fit_on_a_real_run(masked_preview_run):
     import trimesh
 
     import datasets
-    from engine.commands import fidelity_views
     from engine.export import texturing_views
+    from engine.jobs.fidelity import fidelity_views
     from engine.mesh.extract import decimate, mesh_vertex_normals
     from engine.mesh.fidelity import asset_fidelity
     from engine.mesh.photo import photo_source
