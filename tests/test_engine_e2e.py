@@ -44,7 +44,11 @@ def test_preview_without_masks_keeps_the_object_in_the_foreground(no_mask_previe
     IoU 0.1-0.4 and Chamfer 17 % of the radius, engine/BENCHMARKS.md). The masks only judge the result."""
     run = no_mask_preview_run.check().folder
     validation = no_mask_preview_run.last("validation")
-    assert validation and validation["mask_iou"] > 0.6, validation
+    # Measured with the shipped no-mask defaults: IoU 0.90 and 0.91 alone, 0.83-0.87 on a shared CPU (CPU training
+    # is not bit-reproducible), 0.89 in a test run (2026-12-03, 5626d9a); Chamfer 1.06 % and 1.18 % of the radius
+    # (BENCHMARKS.md), 1.27 % at export resolution 128 in that test run. The failure this guards against (the
+    # background swallowing the object) gave IoU 0.1-0.4 and 17 %.
+    assert validation and validation["mask_iou"] > 0.8, validation
     from engine.run_dir import RunDir
 
     cfg, model = RunDir(run).load_model("cpu")  # as export and render see it: the last step's sharpness floor holds
@@ -52,4 +56,4 @@ def test_preview_without_masks_keeps_the_object_in_the_foreground(no_mask_previe
     gt_radius = json.loads((SAMPLE / "scene.json").read_text())["object"]["bounding_radius_normalized"]
     metrics = evaluate_mesh(run / "mesh.ply", SAMPLE / "gt_mesh_normalized.ply", threshold=0.02,
                             n_samples=50_000)["normalized"]
-    assert metrics["chamfer_l1"] < 0.06 * gt_radius, metrics
+    assert metrics["chamfer_l1"] < 0.02 * gt_radius, metrics
