@@ -142,7 +142,7 @@ def _schedule_ends(name: str, value: Any) -> list[float]:
 
 
 def check_values(cfg: DictConfig, cls: type = RunConfig, prefix: str = "") -> None:
-    """Checks the rules of ``cls``'s field metadata (``at_least``, ``positive``, ``schedule``, ``checked``)
+    """Checks the rules of ``cls``'s field metadata (``at_least``, ``between``, ``positive``, ``schedule``, ``checked``)
     on the section ``cfg``, recursively."""
     for f in dataclasses.fields(cls):
         name, value = prefix + f.name, cfg[f.name]
@@ -151,8 +151,10 @@ def check_values(cfg: DictConfig, cls: type = RunConfig, prefix: str = "") -> No
             continue
         meta = f.metadata
         values = _schedule_ends(name, value) if meta.get("schedule") else [value]
-        low = meta.get("min")
+        low, high = meta.get("min"), meta.get("max")
         for v in values:
+            if high is not None and _is_number(v) and not v <= high:
+                raise ConfigError(f"bad config: {name} must be <= {high}, got {_shown(value)!r}")
             if low is None or not _is_number(v):
                 continue
             if meta.get("strict") and not v > low:

@@ -49,6 +49,11 @@ def at_least(low: float, default: Any) -> Any:
     return field(default=default, metadata={"min": low})
 
 
+def between(low: float, high: float, default: Any) -> Any:
+    """A field whose value must lie in [``low``, ``high``]."""
+    return field(default=default, metadata={"min": low, "max": high})
+
+
 def positive(default: Any) -> Any:
     """A field whose value must be > 0."""
     return field(default=default, metadata={"min": 0, "strict": True})
@@ -379,8 +384,8 @@ class ExportConfig:
     sharper on held-out views, BENCHMARKS.md) | field (albedo: radiance seen head-on)."""
     texture: bool = False
     """Also write a UV-unwrapped, baked texture (OBJ + GLB)."""
-    texture_size: int = at_least(16, 2048)
-    """Texture width and height in pixels."""
+    texture_size: int = between(16, 16384, 2048)
+    """Texture width and height in pixels (16384: the largest texture GPUs and glTF viewers commonly load)."""
     decimate: int = checked(0, lambda v: v == 0 or v >= 4, "0 (keep every face) or >= 4")
     """Target face count before unwrapping (0: keep)."""
     faces: int = checked(0, lambda v: v == 0 or v >= 4, "0 (off) or >= 4")

@@ -12,6 +12,8 @@ from engine.config_schema import ProgressiveConfig, TrainConfig
     ("train.steps=-5", "train.steps must be >= 1"),
     ("train.steps=0", "train.steps must be >= 1"),
     ("export.resolution=0", "export.resolution must be >= 2"),
+    ("export.texture_size=8", "export.texture_size must be >= 16"),
+    ("export.texture_size=16385", "export.texture_size must be <= 16384"),
     ("train.preview_resolution=1", "train.preview_resolution must be >= 2"),
     ("data.downscale=0", "data.downscale must be >= 1"),
     ("data.holdout_every=-1", "data.holdout_every must be >= 0"),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..cancel import REQUEST, CancelToken
+from ..config_schema import ExportConfig
 from ..errors import Cancelled, InputError
 from ..protocol import Emitter, done_timings
 from ..run_dir import RunDir
@@ -47,12 +49,9 @@ def run_folder(req: ExportRequest, emitter: Emitter) -> Iterator[RunDir]:
 def run(req: ExportRequest, run_dir: RunDir, emitter: Emitter, cancel: CancelToken) -> dict:
     from ..export import ExportOptions, export_mesh
 
-    if req.resolution is not None and req.resolution < 2:
-        raise InputError(f"--resolution must be at least 2, got {req.resolution}")
-    if req.texture_size is not None and not 16 <= req.texture_size <= 16384:
-        raise InputError(f"--texture-size must be between 16 and 16384, got {req.texture_size}")
-    if req.faces is not None and req.faces < 4:
-        raise InputError(f"--faces must be at least 4, got {req.faces}")
+    _check_range("--resolution", req.resolution, "resolution")
+    _check_range("--texture-size", req.texture_size, "texture_size")
+    _check_range("--faces", req.faces, "texture_faces")  # a face count as ``texture_faces``: 0 (off) is not one
     cfg, model = run_dir.load_model(req.device)
     run_dir.require_writable()
     emitter.emit("stage", stage="loading")
@@ -77,6 +76,18 @@ def run(req: ExportRequest, run_dir: RunDir, emitter: Emitter, cancel: CancelTok
         extra["silhouette_offset"] = round(float(timings.pop("silhouette")["offset"]), 6)
     return {"mesh": str(files["ply"].resolve()), "files": {k: str(v.resolve()) for k, v in files.items()},
             "steps": int(cfg.train.steps), "timings": done_timings(timings, total_s=time.monotonic() - t0), **extra}
+
+
+def _check_range(flag: str, value: int | None, key: str) -> None:
+    """A command-line value against the limits ``ExportConfig.<key>`` states (engine/config_schema.py)."""
+    if value is None:
+        return
+    meta = next(f.metadata for f in dataclasses.fields(ExportConfig) if f.name == key)
+    low, high = meta["min"], meta.get("max")
+    if high is not None and not low <= value <= high:
+        raise InputError(f"{flag} must be between {low} and {high}, got {value}")
+    if value < low:
+        raise InputError(f"{flag} must be at least {low}, got {value}")
 
 
 def cancelled_fields(exc: Cancelled, req: ExportRequest, run_dir: RunDir, cancel: CancelToken) -> dict:
