@@ -47,6 +47,9 @@ POINTS = {
     "sleep": lambda w: w in STAGES,  # as that stage begins, SLEEP_S seconds in native code holding the GIL
 }
 SLEEP_S = 7.0  # sleep@<stage>: long enough for two heartbeats (engine.liveness, every 3 s of silence)
+# Solve's pycolmap stages run in its child process (engine.solve.sfm): ``sleep@`` one of them sleeps there, as a long
+# pycolmap call holds the child's interpreter lock, while the engine relaying the child's events stays awake.
+SOLVE_CHILD_STAGES: frozenset[str] = frozenset({"features", "matching", "mapping", "undistorting"})
 
 
 class FailpointSyntaxError(ValueError):
@@ -123,10 +126,11 @@ def maybe_kill(moment: str | int) -> None:
         kill_self()
 
 
-def maybe_sleep(stage: str) -> None:
+def maybe_sleep(stage: str, in_solve_child: bool = False) -> None:
     """``sleep@<stage>``: the calling thread sleeps ``SLEEP_S`` seconds in a native call that keeps Python's
-    interpreter lock, as xatlas and PyMCubes do, so no thread of this process runs meanwhile (once per stage)."""
-    if _ACTIVE and hit("sleep", stage, once=True):
+    interpreter lock, as xatlas and PyMCubes do, so no thread of this process runs meanwhile (once per stage).
+    A stage of ``SOLVE_CHILD_STAGES`` sleeps in solve's child process only (``in_solve_child``)."""
+    if _ACTIVE and (stage in SOLVE_CHILD_STAGES) == in_solve_child and hit("sleep", stage, once=True):
         import ctypes  # PyDLL: a foreign call that does not release the interpreter lock (CDLL would)
 
         if os.name == "nt":
@@ -168,5 +172,6 @@ def maybe_oom(step: int | str) -> None:
         raise torch.OutOfMemoryError(f"out of memory (failpoint oom@{step})")
 
 
-__all__ = ["ENV", "FailpointSyntaxError", "KILL_MOMENTS", "POINTS", "SLEEP_S", "STAGES", "WRITE_KINDS", "hit",
-           "kill_self", "load", "maybe_fail_write", "maybe_kill", "maybe_oom", "maybe_sleep", "nan_loss", "parse"]
+__all__ = ["ENV", "FailpointSyntaxError", "KILL_MOMENTS", "POINTS", "SLEEP_S", "SOLVE_CHILD_STAGES", "STAGES",
+           "WRITE_KINDS", "hit", "kill_self", "load", "maybe_fail_write", "maybe_kill", "maybe_oom", "maybe_sleep",
+           "nan_loss", "parse"]

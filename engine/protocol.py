@@ -65,7 +65,8 @@ class Emitter:
                 self.finished = True
         if event == "stage":
             failpoints.maybe_kill(str(fields.get("stage")))  # kill@<stage>: the moment a stage begins
-            failpoints.maybe_sleep(str(fields.get("stage")))  # sleep@<stage>: a silent phase
+            failpoints.maybe_sleep(str(fields.get("stage")))  # sleep@<stage>: a silent phase (solve's pycolmap
+            # stages sleep in the child that runs them instead: engine.solve.sfm)
 
     def heartbeat(self, after_s: float) -> bool:
         """A ``heartbeat`` event when nothing was sent for ``after_s`` seconds and the run has not ended; whether

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +80,14 @@ class ProgressCallback(L.Callback):
         self.last_ckpt_time = time.monotonic()
         self.cancelled = False
         self.samples_total = 0
+        self.sigterm_handler = signal.getsignal(signal.SIGTERM)  # the stop request's (engine.liveness.watch)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Lightning's fit puts its own SIGTERM handler first, which ends fit with SystemExit (exit 0, no checkpoint
+        # of the step, no `cancelled`). SIGTERM is a stop request like SIGINT: this process's handler again (Lightning
+        # puts it back itself when fit ends).
+        if callable(self.sigterm_handler) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.sigterm_handler)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = int(trainer.global_step)

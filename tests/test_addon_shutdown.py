@@ -148,10 +148,11 @@ def test_silent_engine_is_shown_as_not_responding_and_kill_ends_it(bpy, standin,
     assert timer_ui.reports[-1] == ("WARNING", f"Reconstruction cancelled ({s.last_error})")
 
 
-def test_export_on_cancel_that_keeps_reporting_is_never_killed(bpy, standin, tmp_path):
+def cancel_after_two_steps(bpy, tmp_path):
+    """Starts a run of the stand-in (silence limit 1 s), presses Cancel once it reports step 2 and drives the timer
+    until the run ends; returns the run and the seconds from Cancel to its end."""
     from neus_blender_addon import reconstruct
 
-    standin("export", export_s=3.0)  # three times the silence limit
     configure(bpy.context.scene, tmp_path / "runs")
     assert bpy.ops.neus.reconstruct(mode="ASYNC", silence_limit=1.0) == {"FINISHED"}
     run = reconstruct.active_run()
@@ -159,25 +160,25 @@ def test_export_on_cancel_that_keeps_reporting_is_never_killed(bpy, standin, tmp
     t0 = time.time()
     assert bpy.ops.neus.cancel() == {"FINISHED"}
     pump(lambda st: False)
+    return run, time.time() - t0
+
+
+def test_export_on_cancel_that_keeps_reporting_is_never_killed(bpy, standin, tmp_path):
+    standin("export", export_s=3.0)  # three times the silence limit
+    run, elapsed = cancel_after_two_steps(bpy, tmp_path)
     s = bpy.context.scene.neus
-    assert time.time() - t0 >= 3.0 and run.process.killed_for == "" and run.status.returncode == 130
+    assert elapsed >= 3.0 and run.process.killed_for == "" and run.status.returncode == 130
     assert s.state == "cancelled" and run.imported_on_cancel and s.last_error == ""
     assert len(bpy.data.objects[s.result_object].data.vertices) == 3  # the stand-in's mesh.ply, in the scene
 
 
 def test_export_on_cancel_that_goes_silent_ends_with_the_reason(bpy, standin, tmp_path):
-    from neus_blender_addon import reconstruct, timer_ui
+    from neus_blender_addon import timer_ui
 
     standin("export-silent")
-    configure(bpy.context.scene, tmp_path / "runs")
-    assert bpy.ops.neus.reconstruct(mode="ASYNC", silence_limit=1.0) == {"FINISHED"}
-    run = reconstruct.active_run()
-    pump(lambda st: st.step >= 2)
-    t0 = time.time()
-    assert bpy.ops.neus.cancel() == {"FINISHED"}
-    pump(lambda st: False)
+    run, elapsed = cancel_after_two_steps(bpy, tmp_path)
     s = bpy.context.scene.neus
-    assert 1.0 <= time.time() - t0 < 3.0 and run.status.returncode == -9  # killed after 1 s of silence
+    assert 1.0 <= elapsed < 3.0 and run.status.returncode == -9  # killed after 1 s of silence
     assert s.state == "cancelled" and not run.imported_on_cancel and not s.result_object
     assert s.last_error == "no mesh on cancel: the engine sent nothing for 1 s after Cancel", s.last_error
     assert timer_ui.reports[-1] == ("WARNING", f"Reconstruction cancelled ({s.last_error})")

@@ -12,12 +12,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 import trimesh
-from engine_helpers import REPO, TINY, engine_env, lines_until_step, parse_events, run_engine, start_engine
+from engine_helpers import REPO, TINY, engine_env, group_gone, lines_until_step, parse_events, run_engine, start_engine
 from omegaconf import OmegaConf
 from paths import SAMPLE, needs_sample
 
@@ -219,17 +218,6 @@ def test_disk_full_during_checkpoint_and_export_damages_nothing(tmp_path, smoke_
     assert_folder_sound(run)
 
 
-def _group_gone(pgid: int, within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @pytest.mark.skipif(os.name != "posix", reason="process groups and SIGKILL are POSIX")
 def test_kill_9_during_each_solve_stage_leaves_nothing_and_the_next_solve_cleans_up(tmp_path):
     """Eight photos of the bundled orbit (a ~10 s solve). Killed as each stage begins, the solve leaves no DATA_DIR
@@ -248,7 +236,7 @@ def test_kill_9_during_each_solve_stage_leaves_nothing_and_the_next_solve_cleans
         stdout, _ = proc.communicate(timeout=120)
         assert proc.returncode == KILLED, stdout
         assert parse_events(stdout)[-1] == {**parse_events(stdout)[-1], "event": "stage", "stage": moment}
-        assert _group_gone(proc.pid, 10.0), f"the solve's child outlived the engine killed at {moment}"
+        assert group_gone(proc.pid, 10.0), f"the solve's child outlived the engine killed at {moment}"
         assert not out.exists(), moment
         assert len(list(tmp_path.glob(".neus_solve.*"))) == 1  # its own; each start removed the one before
 

@@ -31,7 +31,7 @@ from datasets.scale_file import check_distance, find_name
 from ..config_schema import SOLVE_CAMERAS, SOLVE_MATCHERS
 from ..errors import Cancelled, EngineError, InputError
 from ..protocol import PROTOCOL_VERSION, Emitter
-from .sfm import SfmJob, choose_cameras, choose_matcher, peak_rss_mb
+from .sfm import SfmJob, choose_cameras, choose_matcher, import_pycolmap, peak_rss_mb
 from .sources import VIDEO_SUFFIXES, PreparedSource, list_photos, prepare_photos, prepare_video, source_kind
 
 SOLVE_FILE = "solve.json"
@@ -281,7 +281,7 @@ def run_solve(req: SolveRequest, emitter: Emitter, token, announce: bool = True)
 
     ``announce``: emit the ``start`` event (off when ``fit`` solves first and announces itself).
     """
-    import pycolmap
+    pycolmap = import_pycolmap()  # keeping the engine's SIGTERM handler (a stop request)
 
     check_request(req)
     kind = source_kind(req.source)

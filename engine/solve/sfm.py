@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import failpoints
 from ..rss import peak_rss_bytes
 
 FEATURE_CHUNK = 2  # images per extract_features call: a progress event every second or two on a laptop
@@ -115,6 +116,7 @@ class _Clock:
         self.report, self.stage, self.unit, self.total = report, stage, unit, total
         self.start = time.monotonic()
         report({"type": "stage", "stage": stage, "total": total, "unit": unit})
+        failpoints.maybe_sleep(stage, in_solve_child=True)  # sleep@<stage>: a pycolmap call holding the GIL
 
     def tick(self, done: int) -> None:
         elapsed = time.monotonic() - self.start
@@ -169,9 +171,28 @@ def _set_focal_priors(pycolmap, db_path: Path, priors: dict[str, float]) -> None
         db.close()
 
 
+def import_pycolmap():
+    """pycolmap, imported without letting it take SIGTERM over.
+
+    Importing it installs glog's failure handler for SIGTERM (a stack trace on stderr, then death by the signal),
+    which would replace this process's own: the engine's stop request (engine.liveness.watch: ``cancelled``, exit
+    130, the pycolmap child ended) or, in the child, a quiet end when the engine stops it. The handler Python had
+    before is put back (SIG_DFL in the child). Called in the main thread (signal handlers can only be set there).
+    """
+    import signal
+    import threading
+
+    kept = signal.getsignal(signal.SIGTERM)
+    import pycolmap
+
+    if kept is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, kept)
+    return pycolmap
+
+
 def run_sfm(job: SfmJob, report: Callable[[dict], None]) -> dict:
     """Features, matching, mapping and undistortion; returns counts and timings for solve.json."""
-    import pycolmap
+    pycolmap = import_pycolmap()
 
     # Seeds RANSAC and mapping. With several threads, matching's verified matches (and so the cameras, slightly)
     # still vary between runs; measured: with one matching thread they are identical, mapping being repeatable
@@ -578,7 +599,8 @@ def main(argv: list[str]) -> int:
     import traceback
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop (it ends this process)
-    import pycolmap
+    pycolmap = import_pycolmap()  # SIGTERM (the parent's stop) ends this process at once, without glog's trace
+    failpoints.load()  # NEUS_FAILPOINTS, checked by the parent: sleep@<stage> of the pycolmap stages
 
     pycolmap.logging.minloglevel = 1  # warnings and errors only: INFO floods the log for every image
 
