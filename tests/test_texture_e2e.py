@@ -21,30 +21,37 @@ def held_out_run(masked_preview_run, tmp_path_factory):
     return masked_preview_run.check().copy_to(tmp_path_factory.mktemp("texture") / "run")
 
 
-def test_photo_texture_beats_the_field_texture_on_held_out_views(held_out_run):
+def test_photo_texture_beats_the_field_texture_and_is_within_2_db_of_the_neural_render(held_out_run):
+    """On the held-out views, at a quarter of the photos' size (the neural render of 5 views costs ~12 s of CPU
+    there, ~40 s at half size): the photo texture beats the field's colours, and it is at most 2 dB below the neural
+    render on the same masked pixels (issue 20)."""
     import subprocess
     import sys
 
     from engine_helpers import REPO, engine_env
 
-    def judge(color: str) -> dict:
+    def judge(color: str, neural: bool) -> dict:
         code, _, err = run_engine("export", str(held_out_run), "--color", color, "--texture-size", "512",
                                   "--resolution", "128", "--progress", "none", timeout=900)
         assert code == 0, err[-3000:]
         out = subprocess.run([sys.executable, "-m", "engine", "fidelity", str(held_out_run), "--json",
-                              "--downscale", "2", "--no-neural"], cwd=REPO, env=engine_env(), capture_output=True,
-                             text=True, timeout=600)
+                              "--downscale", "4", *(() if neural else ("--no-neural",))], cwd=REPO, env=engine_env(),
+                             capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
-        return json.loads(out.stdout)
+        result = json.loads(out.stdout)
+        print(color, {k: result.get(k) for k in ("psnr", "psnr_covered", "coverage", "neural_psnr")})
+        return result
 
-    field = judge("field")
-    photos = judge("photos")
+    field = judge("field", neural=False)
+    photos = judge("photos", neural=True)
     assert field["held_out"] and photos["held_out"]
     assert field["views"] == photos["views"] and len(photos["views"]) >= 3
     assert photos["psnr"] > field["psnr"], (photos, field)
     assert photos["psnr_covered"] > field["psnr_covered"] + 1.0, (photos, field)
     # Same geometry either way; a 500-step run meshed at 128 covers ~85 % of the masks (2048 texels: BENCHMARKS).
     assert photos["coverage"] == pytest.approx(field["coverage"], abs=0.01) and photos["coverage"] > 0.75
+    # The exported asset against the neural render, same pixels: measured 13.14 dB against 14.13 dB.
+    assert photos["psnr"] > photos["neural_psnr"] - 2.0, photos
 
 
 def test_depth_map_visibility_agrees_with_sdf_marching(held_out_run):
