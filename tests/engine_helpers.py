@@ -113,10 +113,18 @@ class Ending:
     stderr: str
     exit_s: float  # seconds to the process's exit
     event_s: float | None  # seconds to the final event's ``time`` stamp (when the engine wrote it); None: no event
+    requested_at: float  # time.time() at the request
+    load: tuple[float, float, float]  # the machine's load averages at the end (os.getloadavg), to read a slow end by
 
     @property
     def final(self) -> dict:
         return self.events[-1]
+
+    def timeline(self, last: int = 8) -> str:
+        """The last events, timed from the request (for an assertion's message)."""
+        rows = [f"{e['time'] - self.requested_at:+.2f} s {e['event']} {e.get('stage', '')} {e.get('step', '')}"
+                for e in self.events[-last:]]
+        return f"load {self.load}; exit {self.exit_s:+.2f} s; " + " | ".join(rows)
 
 
 def wait_for_end(proc: subprocess.Popen, lines: list[str], since: tuple[float, float], timeout: float = 60) -> Ending:
@@ -141,7 +149,8 @@ def wait_for_end(proc: subprocess.Popen, lines: list[str], since: tuple[float, f
     events = parse_events("".join(lines) + "".join(out))
     finals = [e for e in events if e["event"] in ("done", "cancelled", "error")]
     event_s = finals[-1]["time"] - since[1] if finals else None
-    return Ending(code, events, "".join(err), exit_s, event_s)
+    load = tuple(round(x, 1) for x in os.getloadavg()) if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return Ending(code, events, "".join(err), exit_s, event_s, since[1], load)
 
 
 def stop_and_wait(proc: subprocess.Popen, lines: list[str], how: str = "sigint", stop_file: Path | None = None,

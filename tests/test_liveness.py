@@ -50,8 +50,8 @@ def assert_cancelled_in_time(end: Ending, **fields) -> dict:
     """`cancelled` within CANCEL_WITHIN_S of the request, with ``fields``, as the last event; exit 130 soon after.
     Returns the event."""
     assert end.code == 130, end.stderr[-3000:]
-    assert end.event_s < CANCEL_WITHIN_S, end.event_s
-    assert end.exit_s < end.event_s + EXIT_AFTER_EVENT_S, (end.event_s, end.exit_s)
+    assert end.event_s < CANCEL_WITHIN_S, end.timeline()
+    assert end.exit_s < end.event_s + EXIT_AFTER_EVENT_S, end.timeline()
     cancelled = end.final
     assert cancelled["event"] == "cancelled" and {k: cancelled[k] for k in fields} == fields, cancelled
     return cancelled
