@@ -60,7 +60,7 @@ def assert_cancelled_in_time(end: Ending, **fields) -> dict:
 def test_each_way_to_cancel_fit_ends_it_within_2_5_s_and_resume_goes_on(tmp_path):
     """One run folder, stopped mid-training by SIGINT, then (resumed each time) SIGTERM, a `stop` line and the STOP
     file: each ends with `cancelled` and exit 130 within 2.5 s, `last.ckpt` at the cancelled step, no mesh; the
-    next ``--resume`` starts there. A last resume (the stale STOP file removed) finishes with a mesh."""
+    next ``--resume`` starts there. A last resume (the stale STOP file removed) exports on cancel once."""
     run = tmp_path / "run"
     step = 0
     for how in STOP_WAYS:
@@ -78,14 +78,24 @@ def test_each_way_to_cancel_fit_ends_it_within_2_5_s_and_resume_goes_on(tmp_path
         assert not (run / "mesh.ply").exists() and temporaries(run) == []
         step = cancelled["step"]
 
-    code, events, err = run_engine("fit", str(SAMPLE), "--out", str(run), "--steps", str(step + 4), "--resume",
-                                   "--set", "train.lr=0.5", "--progress", "jsonl")
-    assert code == 0, err
-    assert "--set and --config are ignored" in err  # the saved config.yaml wins, and the user is told so
-    assert next(e for e in events if e["event"] == "start")["start_step"] == step
-    assert next(e for e in events if e["event"] == "progress")["step"] == step + 1
-    assert events[-1]["event"] == "done" and events[-1]["steps"] == step + 4
-    assert (run / "mesh.ply").is_file() and not (run / "STOP").exists()
+    # Resumed once more with Export on Cancel, and asked to stop three ways at once, as the add-on does (STOP file,
+    # `stop` line, SIGINT): that is one request, so the export runs to the end instead of being stopped by the copies.
+    proc = start_engine(*FIT, "--out", str(run), "--steps", "400", "--resume", "--export-on-cancel",
+                        "--set", "train.lr=0.5", stdin=subprocess.PIPE)
+    lines = lines_until_step(proc, step + 2)
+    assert not (run / "STOP").exists()  # the stale one, removed as the run started
+    (run / "STOP").touch()
+    proc.stdin.write("stop\n")
+    proc.stdin.flush()
+    end = stop_and_wait(proc, lines, "sigint")
+    assert end.code == 130, end.stderr[-3000:]
+    assert "--set and --config are ignored" in end.stderr  # the saved config.yaml wins, and the user is told so
+    assert next(e for e in end.events if e["event"] == "start")["start_step"] == step
+    assert next(e for e in end.events if e["event"] == "progress")["step"] == step + 1
+    cancelled = end.final
+    assert cancelled["event"] == "cancelled" and (cancelled["reason"], cancelled["export"]) == ("request", "done")
+    assert cancelled["mesh"] == str((run / "mesh.ply").resolve()) and (run / "mesh.ply").is_file()
+    assert not (run / "STOP").exists() and temporaries(run) == []
 
 
 @pytest.fixture(scope="module")
@@ -172,23 +182,6 @@ def test_cancel_during_the_uv_unwrap_keeps_the_new_mesh_and_starts_no_textured_f
     # The new 128^3 mesh, not the run's 48^3 one (measured 56188 faces against 7648).
     assert len(trimesh.load(run / "mesh.ply", process=False).faces) > 5 * faces_before
     assert not list(run.glob("mesh_textured*")) and temporaries(run) == []
-
-
-def test_one_request_sent_three_ways_exports_on_cancel_once(tmp_path):
-    """The add-on asks for a stop three ways at once (STOP file, a `stop` line, SIGINT): that is one request, so Export
-    on Cancel runs to the end (`export: "done"`) instead of being stopped by the copies."""
-    run = tmp_path / "run"
-    proc = start_engine(*FIT, "--out", str(run), "--steps", "400", "--export-on-cancel", stdin=subprocess.PIPE)
-    lines = lines_until_step(proc, 3)
-    (run / "STOP").touch()
-    proc.stdin.write("stop\n")
-    proc.stdin.flush()
-    end = stop_and_wait(proc, lines, "sigint")
-    assert end.code == 130, end.stderr[-3000:]
-    cancelled = end.final
-    assert cancelled["event"] == "cancelled" and (cancelled["reason"], cancelled["export"]) == ("request", "done")
-    assert cancelled["mesh"] == str((run / "mesh.ply").resolve()) and (run / "mesh.ply").is_file()
-    assert not (run / "STOP").exists() and temporaries(run) == []
 
 
 def test_second_cancel_stops_export_on_cancel(tmp_path):
