@@ -401,6 +401,9 @@ class ExportConfig:
     """Textured mesh: move it along its normals by the offset (a fraction of a pixel to 3 pixels, in half-pixel
     steps) whose silhouettes best match the training masks (mean IoU; decimation's flat triangles cut inside
     curved parts). Needs masks."""
+    fidelity: bool = True
+    """After texturing, render the asset unlit from the run's held-out views (else every 8th view) and compare it
+    with the photos (masked PSNR): ``done``'s ``fidelity`` and ``fidelity.json``. A few rasterised views: seconds."""
     texture_refine_steps: int = at_least(0, 60)
     """Optimisation steps of the texel fit at most."""
     texture_refine_s: float = at_least(0, 20.0)

@@ -19,6 +19,7 @@ from .guard import with_memory_backoff
 from .mesh import transform_vertices, write_glb, write_normalization_json, write_obj, write_ply
 from .mesh.color import field_color_source, vertex_colors_from_field
 from .mesh.extract import MeshExtractionError, clean_mesh, decimate, extract_mesh
+from .mesh.fidelity import FIDELITY_FILE, export_fidelity, write_fidelity_json
 from .mesh.normal_map import bake_normal_map, nearest_normals
 from .mesh.photo import photo_source
 from .mesh.texture import texture_mesh
@@ -267,6 +268,11 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
                 timings["texture_refine"] = refine_stats
             if "silhouette" in refine_stats:
                 timings["silhouette"] = refine_stats["silhouette"]
+            fidelity = None
+            if opts.fidelity and scene is not None:  # before any textured file: a cancel here writes none
+                fidelity = export_fidelity(tv, tf, uvs, tex, scene, holdout, _device_of(model),
+                                           progress=lambda done, total: liveness.tick("validating", done, total,
+                                                                                      "views"))
         except Cancelled as exc:  # the mesh and normalization.json are whole; no textured file was started
             exc.files = dict(files)
             raise
@@ -277,6 +283,10 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
             files[f"obj_{key}" if key != "obj" else "obj"] = path
         files["glb"] = write_glb(run_dir / f"mesh_textured{suffix}.glb", tv_out, tf, uvs=uvs, texture=tex, yup=True,
                                  normal_map=nmap)
+        if fidelity is not None:
+            fidelity["mesh"] = files["glb"].name
+            files["fidelity"] = write_fidelity_json(run_dir / FIDELITY_FILE, fidelity)
+            timings["fidelity"] = fidelity
     else:
         if "obj" in extra:
             files["obj"] = write_obj(run_dir / f"mesh{suffix}.obj", out_verts, faces, colors=colors, yup=True)["obj"]

@@ -362,6 +362,8 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
               "timings": done_timings(timings, time.monotonic() - t_start, load_s=t_load, train_s=t_train)}
     if metrics:
         result["validation"] = {k: v for k, v in metrics.items() if k != "step"}
+    if "fidelity" in timings:
+        result["fidelity"] = timings["fidelity"]
     if req.profile:
         result["profile_ms_per_step"] = system.model.timer.summary_ms()
         result["device"] = str(device)

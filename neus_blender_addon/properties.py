@@ -12,7 +12,7 @@ from .choices import (
     PRESET_ITEMS,
     TEXTURE_SIZE_ITEMS,
 )
-from .protocol import RunStatus, format_eta
+from .protocol import RunStatus, fidelity_text, format_eta
 
 
 class NEUS_PG_settings(bpy.types.PropertyGroup):
@@ -66,6 +66,9 @@ class NEUS_PG_settings(bpy.types.PropertyGroup):
     last_error: StringProperty(name="Last Error", default="")
     run_dir: StringProperty(name="Run Folder", description="Folder of the last run", subtype="DIR_PATH", default="")
     result_object: StringProperty(name="Result", default="")
+    fidelity: StringProperty(name="Asset Fidelity", description="The textured asset rendered unlit from the run's "
+                             "held-out views (else every 8th view) against the photos: PSNR inside the masks "
+                             "(higher is closer; see the README)", default="")
     log_tail: StringProperty(name="Engine Log", description="The last lines of the engine's log", default="")
     silent_s: IntProperty(name="Not Responding", description="Seconds the engine has been silent, once past the "
                           "preferences' limit (0: it answers)", default=0, min=0)
@@ -87,6 +90,7 @@ def apply_status(settings: NEUS_PG_settings, status: RunStatus) -> None:
     settings.progress = status.fraction
     settings.status_text = status.status_text()
     settings.last_error = status.last_error
+    settings.fidelity = fidelity_text(status.fidelity)
 
 
 classes = (NEUS_PG_settings,)

@@ -130,6 +130,7 @@ class RunStatus:
     checkpoint: str | None = None
     returncode: int | None = None
     log_tail: list[str] = field(default_factory=list)
+    fidelity: dict[str, Any] | None = None  # ``done``'s ``fidelity``: the textured asset against the photos
 
     def counts(self) -> tuple[int, int, str]:
         """What the UI shows as done / total: the current long phase's count while one reports, else training's."""
@@ -179,6 +180,9 @@ class RunStatus:
             self.mesh_path = event.get("mesh")
             files = event.get("files")
             self.files = {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else {}
+            fidelity = event.get("fidelity")
+            if isinstance(fidelity, dict):
+                self.fidelity = fidelity
             self.stage = "done"
             self._reset_phase()
             self.eta_s = 0.0
@@ -221,3 +225,27 @@ class RunStatus:
         if self.eta_s is not None and self.stage == "training":
             parts.append(f"ETA {format_eta(self.eta_s)}")
         return " | ".join(parts)
+
+
+def fidelity_text(fidelity: dict[str, Any] | None) -> str:
+    """One line for the panel from ``done``'s ``fidelity`` (PROTOCOL.md), "" when there is none or it is unusable.
+
+    Masked runs: the asset's masked PSNR and how much of the masks it covers; without masks, the PSNR over the
+    pixels the asset covers (the rest of a photo is background it does not model). "held-out": views the run
+    neither trained nor textured on; else views it also learned from, which flatter the asset.
+    """
+    if not isinstance(fidelity, dict):
+        return ""
+    masked = bool(fidelity.get("masked", True))
+    value = _num(fidelity.get("psnr" if masked else "psnr_covered"))
+    views = fidelity.get("views")
+    if value is None or not isinstance(views, list) or not views:
+        return ""
+    which = "held-out" if fidelity.get("held_out") else "training"
+    text = f"Asset vs photos: {value:.1f} dB on {len(views)} {which} view{'s' if len(views) != 1 else ''}"
+    coverage = _num(fidelity.get("coverage"))
+    if masked and coverage is not None:
+        text += f", {100.0 * coverage:.1f}% of the masks covered"
+    elif not masked:
+        text += " (no masks: where the asset covers them)"
+    return text

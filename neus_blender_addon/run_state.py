@@ -22,7 +22,7 @@ import numpy as np
 from . import engine_process, run_files
 from .engine_process import EngineLocation, EngineProcess
 from .errors import AddonError
-from .protocol import RunStatus
+from .protocol import RunStatus, fidelity_text
 
 PRINT_EVERY_S = 2.0  # console progress lines at most this often
 LOG_LINES = 6  # engine log lines kept for the panel
@@ -168,6 +168,8 @@ class Run:
         if state == "done":
             self.status.stage = "done"
             host.say(self, f"[neus] done: {self.result_object} from {self.status.mesh_path}")
+            if self.status.fidelity:
+                host.say(self, f"[neus] {fidelity_text(self.status.fidelity)}")
             if self.status.last_error:
                 host.say(self, f"[neus] warning: {self.status.last_error}")
         elif state == "cancelled":
@@ -318,6 +320,7 @@ class Run:
             self.end(host, "failed")
             return
         if event.get("returncode") == 0:
+            self.status.fidelity = es.fidelity or self.status.fidelity
             path = run_files.textured_mesh_from(es.files) or (es.mesh_path if es.mesh_path and not
                                                               es.mesh_path.endswith(".ply") else None)
             path = path or run_files.newest_mesh(self.request.run_dir, since=self.export_started - 1.0)

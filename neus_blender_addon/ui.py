@@ -59,6 +59,8 @@ class NEUS_PT_reconstruct(_SidebarPanel, bpy.types.Panel):
             grid.label(text=f"ETA: {s.eta or '--'}")
         if s.result_object and not running:
             box.label(text=f"Result: {s.result_object}", icon="MESH_DATA")
+        if s.fidelity and not running:
+            wrapped_labels(box.column(), s.fidelity, icon="IMAGE_DATA", width=48)
         if s.last_error:
             err = box.column()
             err.alert = True

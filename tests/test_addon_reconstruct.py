@@ -57,6 +57,13 @@ def test_headless_demo_end_to_end_textured_world_frame(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "[neus] stage: training" in res.stdout and f"Training {STEPS}/{STEPS}" in res.stdout
     assert (out / "scene.blend").is_file() and (out / "mesh.ply").is_file()
+    # The export judged its asset (no view held out: every 8th training view) and the add-on said so.
+    import json
+
+    fidelity = json.loads((out / "fidelity.json").read_text())
+    assert fidelity["views"] == [4, 12, 20, 28, 36] and not fidelity["held_out"] and fidelity["masked"]
+    assert fidelity["mesh"] == "mesh_textured.glb" and 0.0 < fidelity["coverage"] <= 1.0
+    assert f"[neus] Asset vs photos: {fidelity['psnr']:.1f} dB on 5 training views" in res.stdout
 
     import bpy
 
@@ -87,6 +94,7 @@ def test_headless_demo_end_to_end_textured_world_frame(tmp_path):
 
     addon.register()
     try:
+        assert bpy.context.scene.neus.fidelity.startswith(f"Asset vs photos: {fidelity['psnr']:.1f} dB")  # the panel
         bpy.context.scene.neus.frame = "normalized"
         glb = out / "mesh_textured.glb"
         assert bpy.ops.neus.import_mesh(filepath=str(glb)) == {"FINISHED"}

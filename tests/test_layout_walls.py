@@ -13,7 +13,7 @@ ADDON_BPY_MODULES = {"__init__", "properties", "preferences", "operators", "ui",
                      "reconstruct", "headless", "import_dataset", "scene_tools", "solve_cameras", "timer_ui",
                      "true_scale"}
 # The script that renders the bundled scene runs inside Blender; the datasets package never imports it.
-DATASETS_BLENDER_SCRIPTS = {"datasets/sample_scene/render_sample.py"}
+DATASETS_BLENDER_SCRIPTS = {"datasets/sample_scene/render_sample.py", "datasets/sample_scene/render_patterns.py"}
 
 
 def imported_roots(path: Path) -> set[str]:

@@ -30,16 +30,27 @@ def test_photo_texture_beats_the_field_texture_and_is_within_2_db_of_the_neural_
 
     from engine_helpers import REPO, engine_env
 
-    def judge(color: str, neural: bool) -> dict:
-        code, _, err = run_engine("export", str(held_out_run), "--color", color, "--texture-size", "512",
-                                  "--resolution", "128", "--progress", "none", timeout=900)
-        assert code == 0, err[-3000:]
-        out = subprocess.run([sys.executable, "-m", "engine", "fidelity", str(held_out_run), "--json",
-                              "--downscale", "4", *(() if neural else ("--no-neural",))], cwd=REPO, env=engine_env(),
-                             capture_output=True, text=True, timeout=600)
+    def fidelity(*args: str) -> dict:
+        out = subprocess.run([sys.executable, "-m", "engine", "fidelity", str(held_out_run), "--json", *args],
+                             cwd=REPO, env=engine_env(), capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
-        result = json.loads(out.stdout)
+        return json.loads(out.stdout)
+
+    def judge(color: str, neural: bool) -> dict:
+        code, events, err = run_engine("export", str(held_out_run), "--color", color, "--texture-size", "512",
+                                       "--resolution", "128", "--progress", "jsonl", timeout=900)
+        assert code == 0, err[-3000:]
+        result = fidelity("--downscale", "4", *(() if neural else ("--no-neural",)))
         print(color, {k: result.get(k) for k in ("psnr", "psnr_covered", "coverage", "neural_psnr")})
+        # The export's own figure (fidelity.json, `done`'s `fidelity`: full size, no neural render) is the
+        # command's on the files it wrote.
+        own = json.loads((held_out_run / "fidelity.json").read_text())
+        assert events[-1]["event"] == "done" and events[-1]["fidelity"] == own
+        assert own["views"] == result["views"] and own["held_out"] and own["masked"]
+        if not neural:
+            full = fidelity("--no-neural")
+            assert own["psnr"] == pytest.approx(full["psnr"], abs=0.01), (own, full)
+            assert own["coverage"] == pytest.approx(full["coverage"], abs=1e-3), (own, full)
         return result
 
     field = judge("field", neural=False)

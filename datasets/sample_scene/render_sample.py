@@ -30,6 +30,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 # isort: off
@@ -428,14 +429,22 @@ def self_check_intrinsics(scene: bpy.types.Scene) -> float:
 # Main
 
 
-def build_and_render(out_dir: Path, samples: int, limit: int | None) -> dict:
+SUZANNE_DESCRIPTION = ("Textured Suzanne (subdivision level 2, smooth) inside an emissive textured dome; rendered by "
+                       "datasets/sample_scene/render_sample.py")
+
+
+def build_and_render(out_dir: Path, samples: int, limit: int | None,
+                     make_object: Callable[[bpy.types.Scene, np.ndarray], bpy.types.Object] = add_object,
+                     description: str = SUZANNE_DESCRIPTION, object_meta: dict | None = None) -> dict:
+    """Builds the scene (``make_object`` places the object, as :func:`add_object`), renders every view and masks
+    and writes the data set. ``object_meta``: the ``scene.json`` "object" entry's descriptive fields."""
     t0 = time.time()
     S = scale_matrix()
     scene = reset_scene(samples)
     k_err = self_check_intrinsics(scene)
     if k_err > PROJECTION_TOL_PX:
         raise RuntimeError(f"intrinsics derivation disagrees with Blender's view frame by {k_err:.4g} px")
-    obj = add_object(scene, S)
+    obj = make_object(scene, S)
     dome = add_dome(scene, S)
     lights = add_lights(scene)
     cam_obj = add_camera(scene)
@@ -516,15 +525,15 @@ def build_and_render(out_dir: Path, samples: int, limit: int | None) -> dict:
         write_ply(tmp_dir / "gt_mesh_world.ply", verts_world, faces)
         write_ply(tmp_dir / "gt_mesh_normalized.ply", verts_norm, faces)
         meta = {
-            "description": "Textured Suzanne (subdivision level 2, smooth) inside an emissive textured dome; "
-                           "rendered by datasets/sample_scene/render_sample.py",
+            "description": description,
             "blender_version": bpy.app.version_string,
             "seed": SEED,
             "n_views": n_views,
             "image_size": [WIDTH, HEIGHT],
             "scale_mat": S.tolist(),
             "object": {
-                "name": "Suzanne", "subdivision_levels": 2, "bounding_radius_normalized": bound_radius,
+                **(object_meta or {"name": "Suzanne", "subdivision_levels": 2}),
+                "bounding_radius_normalized": bound_radius,
                 "n_vertices": len(verts_world), "n_triangles": len(faces),
                 "matrix_world": M.tolist(),
             },

@@ -74,6 +74,8 @@ def run(req: ExportRequest, run_dir: RunDir, emitter: Emitter, cancel: CancelTok
                                 "seconds": round(fit["gather_s"] + fit["optimise_s"], 2)}
     if "silhouette" in timings:
         extra["silhouette_offset"] = round(float(timings.pop("silhouette")["offset"]), 6)
+    if "fidelity" in timings:
+        extra["fidelity"] = timings.pop("fidelity")
     return {"mesh": str(files["ply"].resolve()), "files": {k: str(v.resolve()) for k, v in files.items()},
             "steps": int(cfg.train.steps), "timings": done_timings(timings, total_s=time.monotonic() - t0), **extra}
 

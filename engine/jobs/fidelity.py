@@ -11,8 +11,9 @@ from pathlib import Path
 
 from ..cancel import CancelToken
 from ..errors import InputError
+from ..mesh.fidelity import fidelity_views
 from ..protocol import Emitter
-from ..run_dir import RunDir, split_views
+from ..run_dir import RunDir
 
 WATCHES_STOP = False
 
@@ -35,14 +36,6 @@ def request_from_args(args) -> FidelityRequest:
 @contextlib.contextmanager
 def run_folder(req: FidelityRequest, emitter: Emitter) -> Iterator[RunDir]:
     yield RunDir(req.run_dir)
-
-
-def fidelity_views(n_views: int, holdout_every: int) -> tuple[list[int], bool]:
-    """The views to judge an asset on: the run's held-out views, else every 8th view (then not held out)."""
-    held = split_views(n_views, int(holdout_every))[1]
-    if len(held):
-        return [int(i) for i in held], True
-    return [int(i) for i in split_views(n_views, 8)[1]], False
 
 
 def neural_masked_psnr(model, scene, views: list[int], downscale: int) -> float | None:
