@@ -397,10 +397,11 @@ class ExportConfig:
     """Fit the baked texture to the training photos: the textured mesh rasterised from each training camera, its
     texels optimised (Adam, from the photo blend) so the asset reproduces the photos (engine/mesh/texture_refine.py;
     measured sharper on held-out views, BENCHMARKS.md). Off: the blend alone, seconds faster."""
-    silhouette_fit: bool = False
-    """Textured mesh: move it along its normals by the offset (a fraction of a pixel to 3 pixels, in half-pixel
-    steps) whose silhouettes best match the training masks (mean IoU; decimation's flat triangles cut inside
-    curved parts). Needs masks."""
+    silhouette_fit: bool = True
+    """Textured mesh: move it along its normals by the offset (quarter-pixel steps, up to 3 pixels) at which it
+    best reproduces the training photos inside their masks (masked PSNR on 8 training views; the marching-cubes
+    surface sits a fraction of a pixel inside the masks' edges). Needs masks; measured better on held-out views of
+    three scenes (BENCHMARKS.md, 2026-12-03 fidelity)."""
     fidelity: bool = True
     """After texturing, render the asset unlit from the run's held-out views (else every 8th view) and compare it
     with the photos (masked PSNR): ``done``'s ``fidelity`` and ``fidelity.json``. A few rasterised views: seconds."""

@@ -161,11 +161,12 @@ def texture_asset(model: NeuSModel, scene, verts: np.ndarray, faces: np.ndarray,
 
         idx = texturing_views(scene, holdout_every)
         welded = mesh_vertex_normals(low_v, low_f)[_vertex_mapping(low_v, tv)]  # seam copies move together
-        offset, ious = silhouette_offset(tv, tf, welded, scene.K[idx], scene.c2w[idx], [scene.masks[i] for i in idx],
-                                         device=_device_of(model))
+        offset, scores = silhouette_offset(tv, tf, welded, uvs, tex, scene.K[idx], scene.c2w[idx],
+                                           [scene.images[i] for i in idx], [scene.masks[i] for i in idx],
+                                           device=_device_of(model))
         tv = (tv + offset * welded).astype(np.float32)
         if stats is not None:
-            stats["silhouette"] = {"offset": offset, "iou": ious}
+            stats["silhouette"] = {"offset": offset, "psnr": scores}
     if opts.texture_refine and opts.color == "photos" and scene is not None:
         tex = refine_asset_texture(scene, tv, tf, uvs, tex, opts, holdout_every, _device_of(model), stats)
     nmap = None

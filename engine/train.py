@@ -362,6 +362,8 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
               "timings": done_timings(timings, time.monotonic() - t_start, load_s=t_load, train_s=t_train)}
     if metrics:
         result["validation"] = {k: v for k, v in metrics.items() if k != "step"}
+    if "silhouette" in timings:
+        result["silhouette_offset"] = round(float(timings["silhouette"]["offset"]), 6)
     if "fidelity" in timings:
         result["fidelity"] = timings["fidelity"]
     if req.profile:
