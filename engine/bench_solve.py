@@ -1,9 +1,10 @@
 """``python -m engine.bench_solve PHOTOS [--known DATA_DIR] [--out DIR]``: one ``engine solve`` timed and measured.
 
 Prints one JSON line: photos given and placed, wall seconds and the solve's own stage timings, CPU seconds of the
-whole solve (both processes: on a shared machine the wall clock is not the solve's), peak memory (engine
-process, pycolmap child), pairs matched, the longest silence between two events, and with ``--known`` (a dataset
-with calibrated cameras of the same photos, matched by file stem) the camera errors after the similarity fit.
+whole solve (both processes: on a shared machine the wall clock is not the solve's) and of each stage, peak
+memory (engine process, pycolmap child), pairs matched, the longest silence between two events, and with
+``--known`` (a dataset with calibrated cameras of the same photos, matched by file stem) the camera errors after
+the similarity fit.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def bench(photos: Path, out: Path, known: Path | None, extra: list[str]) -> dict
     summary = json.loads((out / "solve.json").read_text())
     result.update({key: summary[key] for key in ("given", "registered", "matcher", "pairs", "camera", "timings",
                                                   "peak_rss_mb", "mean_reprojection_error_px")})
+    result["stage_cpu_s"] = summary["cpu_s"]  # per stage: the wall timings of a shared machine mislead
     result["turned"] = len(summary["turned"])
     if known is not None:
         result["accuracy"] = camera_accuracy(out, known)

@@ -471,8 +471,8 @@ def test_the_pair_budget_grows_linearly_with_the_photo_count(tmp_path):
 
     from engine.solve import sfm
 
-    assert sfm.choose_matcher("auto", "photos", 51) == "exhaustive"  # 1275 pairs: within 25 per photo
-    assert sfm.choose_matcher("auto", "photos", 52) == "retrieval"
+    assert sfm.choose_matcher("auto", "photos", 41) == "exhaustive"  # 820 pairs: within 20 per photo
+    assert sfm.choose_matcher("auto", "photos", 42) == "retrieval"
     per_photo = {}
     for n in (20, 40):
         folder = tmp_path / f"views_{n}"
@@ -486,7 +486,7 @@ def test_the_pair_budget_grows_linearly_with_the_photo_count(tmp_path):
         pycolmap.extract_features(str(db), str(folder), names, pycolmap.CameraMode.PER_IMAGE, reader,
                                   sfm.extraction_options(pycolmap, job, 300), device=pycolmap.Device.cpu)
         events = []
-        pairs = sfm.retrieval_pairs(pycolmap, db, names, tmp_path, events.append)
+        pairs, _, _ = sfm.retrieval_pairs(pycolmap, db, names, tmp_path, events.append)
         assert [e["step"] for e in events if e["type"] == "progress"][-1] == n
         assert len(pairs) == len(set(pairs)) and all(i < j for i, j in pairs)
         assert len(pairs) <= min(sfm.pair_budget(n), (sfm.RETRIEVAL_NEIGHBOURS + sfm.RETRIEVAL_SEQUENTIAL) * n)

@@ -31,7 +31,7 @@ from datasets.scale_file import check_distance, find_name
 from ..config_schema import SOLVE_CAMERAS, SOLVE_MATCHERS
 from ..errors import Cancelled, EngineError, InputError
 from ..protocol import PROTOCOL_VERSION, Emitter
-from .sfm import SfmJob, choose_cameras, choose_matcher, import_pycolmap, peak_rss_mb
+from .sfm import SfmJob, choose_cameras, choose_matcher, cpu_seconds, import_pycolmap, peak_rss_mb
 from .sources import VIDEO_SUFFIXES, PreparedSource, list_photos, prepare_photos, prepare_video, source_kind
 
 SOLVE_FILE = "solve.json"
@@ -296,7 +296,7 @@ def run_solve(req: SolveRequest, emitter: Emitter, token, announce: bool = True)
         staging = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
     except OSError as exc:
         raise InputError(f"{out.parent}: cannot write here ({exc.strerror or exc})") from exc
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), cpu_seconds()
     try:
         work, result = staging / "work", staging / "result"
         (work / "images").mkdir(parents=True)
@@ -308,7 +308,7 @@ def run_solve(req: SolveRequest, emitter: Emitter, token, announce: bool = True)
         prepared = _prepare(req, kind, work / "images", emitter, token)
         known = parse_known_distance(req.known_distance)
         known_names = _known_names(known, prepared, req.source)
-        read_s = round(time.monotonic() - t0, 2)
+        read_s, read_cpu_s = round(time.monotonic() - t0, 2), round(cpu_seconds() - cpu0, 2)
         if prepared.left_out:
             emitter.emit("warning", message=f"{len(prepared.left_out)} of {prepared.given} "
                          f"{'frames' if kind == 'video' else 'photos'} left out before solving: "
@@ -363,6 +363,9 @@ def run_solve(req: SolveRequest, emitter: Emitter, token, announce: bool = True)
             "camera": job.camera,
             "max_image_size": req.max_image_size,
             "timings": {"read_s": read_s, **sfm["timings"], "total_s": round(time.monotonic() - t0, 2)},
+            # CPU seconds (user + system, all threads) per stage: reading in this process, the rest in the child
+            # (its total_s: the child's whole life); on a shared machine these, not the wall clock, are the cost
+            "cpu_s": {"read_s": read_cpu_s, **sfm["cpu_s"]},
             # peak resident memory, MiB, of this process (reading the photos) and of the pycolmap child
             "peak_rss_mb": {"reading": peak_rss_mb(), "solving": sfm["peak_rss_mb"]},
             "pycolmap": pycolmap.__version__,
