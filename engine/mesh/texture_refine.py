@@ -274,8 +274,10 @@ def silhouette_offset(
                 rgb, _ = render_textured(moved, f, uv, tex, k, c, m.shape[0], m.shape[1])
                 mse = float(((rgb[m] - photo[m].float() / 255.0) ** 2).mean())
                 values.append(-10.0 * np.log10(max(mse, 1e-12)))
+                # Views rendered so far, of those of the offsets tried including this one (how many follow is
+                # not known); a stop request waits one view, not one offset.
+                tick("texturing", len(scores) * len(Ks) + len(values), (len(scores) + 1) * len(Ks), "views")
             scores[offset] = float(np.mean(values))
-            tick("texturing", len(scores), len(scores) + 1, "offsets")
         return scores[offset]
 
     limit = int(round(max_px / step_px))
