@@ -105,13 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("solve", help="solve the cameras of a folder of photos or a video (pycolmap)")
     s.add_argument("source", type=Path, help="folder of photos (JPEG/PNG/TIFF) or a video file")
     s.add_argument("--out", type=Path, required=True, help="DATA_DIR: COLMAP layout + solve.json")
-    s.add_argument("--matcher", default="auto", choices=SOLVE_MATCHERS,
+    # Defaults, limits and meanings: engine.config_schema.SolveConfig (None: its default).
+    s.add_argument("--matcher", default=None, choices=SOLVE_MATCHERS,
                    help="auto: sequential for a video, exhaustive for a few photos, retrieval for many")
-    s.add_argument("--max-image-size", type=int, default=1200, help="long side for feature extraction, pixels")
-    s.add_argument("--camera", default="auto", choices=SOLVE_CAMERAS)
-    s.add_argument("--fps", type=float, default=2.0, help="video: frames kept per second")
-    s.add_argument("--max-frames", type=int, default=120, help="video: at most this many frames")
-    s.add_argument("--min-placed", type=float, default=0.5, help="fail when fewer than this fraction is placed")
+    s.add_argument("--max-image-size", type=int, default=None, help="long side for feature extraction, pixels")
+    s.add_argument("--camera", default=None, choices=SOLVE_CAMERAS)
+    s.add_argument("--fps", type=float, default=None, help="video: frames kept per second")
+    s.add_argument("--max-frames", type=int, default=None, help="video: at most this many frames")
+    s.add_argument("--min-placed", type=float, default=None, help="fail when fewer than this fraction is placed")
     s.add_argument("--known-distance", default=None, metavar="IMG_A,IMG_B,METRES",
                    help="true scale: the distance in metres between the cameras of two photos (scale.json)")
     s.add_argument("--progress", default="bar", choices=PROGRESS_MODES)

@@ -18,19 +18,20 @@ import yaml
 from omegaconf import Container, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from .config_schema import PRESETS, RENAMED, RETIRED, RunConfig
+from .config_schema import PRESETS, RENAMED, RETIRED, ExportConfig, RunConfig
+from .errors import InputError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 FORMAT_DEFAULTS = {"dtu": "dtu", "dtu_mask": "dtu_mask", "blender": "blender", "colmap": "colmap"}
 RUN_SECTIONS = ("data", "model", "train", "export")
-__all__ = ["PRESETS", "ConfigError", "build_config", "load_run_config", "check_values", "resolve_auto",
-           "resolve_accelerators", "to_yaml"]
+__all__ = ["PRESETS", "ConfigError", "build_config", "load_run_config", "check_values", "check_flags", "merge_flags",
+           "export_settings", "settings_from_flags", "resolve_auto", "resolve_accelerators", "to_yaml"]
 
 Layer = tuple[str | None, DictConfig]  # (where it came from, for error messages; its values)
 
 
-class ConfigError(ValueError):
-    """A bad preset, config file or override (reported as bad input, exit code 2)."""
+class ConfigError(InputError, ValueError):
+    """A bad preset, config file, override or command-line setting: bad input (kind ``input``, exit code 2)."""
 
 
 def _load_yaml(path: Path) -> DictConfig:
@@ -45,9 +46,9 @@ def _load_yaml(path: Path) -> DictConfig:
 
 
 # ---------------------------------------------------------------------------------------------- schema look-ups
-def _schema_field(key: str) -> dataclasses.Field | None:
-    """The schema field at a dotted key (``train.loss.eikonal``), or None when there is none."""
-    cls, found = RunConfig, None
+def _schema_field(key: str, cls: type = RunConfig) -> dataclasses.Field | None:
+    """The schema field at a dotted key (``train.loss.eikonal``) of ``cls``, or None when there is none."""
+    found = None
     for part in key.split("."):
         if not dataclasses.is_dataclass(cls):
             return None
@@ -141,6 +142,33 @@ def _schedule_ends(name: str, value: Any) -> list[float]:
                       f"got {_shown(value)!r}")
 
 
+def _problem(meta, value: Any, name: str, as_flag: bool = False) -> str | None:
+    """What is wrong with ``value`` by a field's rules (``meta``: its metadata), as 'NAME must be ...', or None.
+
+    ``as_flag``: the wording of a command-line flag (``--resolution must be at least 2, got 1``); else that of a
+    config key (``bad config: export.resolution must be >= 2, got 1``)."""
+    values = _schedule_ends(name, value) if meta.get("schedule") else [value]
+    low, high = meta.get("min"), meta.get("max")
+    prefix, got = (f"{name} must be", f"got {value}") if as_flag else (f"bad config: {name} must be",
+                                                                        f"got {_shown(value)!r}")
+    for v in values:
+        if not _is_number(v):
+            continue
+        if as_flag and low is not None and high is not None and not low <= v <= high:
+            return f"{prefix} between {low} and {high}, {got}"
+        if high is not None and not v <= high:
+            return f"{prefix} <= {high}, {got}"
+        if low is None:
+            continue
+        if meta.get("strict") and not v > low:
+            return f"{prefix} positive, {got}"
+        if not v >= low:
+            return f"{prefix} {'at least' if as_flag else '>='} {low}, {got}"
+    if "rule" in meta and not meta["rule"](value):
+        return f"{prefix} {meta['problem']}, {got}"
+    return None
+
+
 def check_values(cfg: DictConfig, cls: type = RunConfig, prefix: str = "") -> None:
     """Checks the rules of ``cls``'s field metadata (``at_least``, ``between``, ``positive``, ``schedule``, ``checked``)
     on the section ``cfg``, recursively."""
@@ -149,20 +177,56 @@ def check_values(cfg: DictConfig, cls: type = RunConfig, prefix: str = "") -> No
         if dataclasses.is_dataclass(f.type):
             check_values(value, f.type, name + ".")
             continue
-        meta = f.metadata
-        values = _schedule_ends(name, value) if meta.get("schedule") else [value]
-        low, high = meta.get("min"), meta.get("max")
-        for v in values:
-            if high is not None and _is_number(v) and not v <= high:
-                raise ConfigError(f"bad config: {name} must be <= {high}, got {_shown(value)!r}")
-            if low is None or not _is_number(v):
-                continue
-            if meta.get("strict") and not v > low:
-                raise ConfigError(f"bad config: {name} must be positive, got {_shown(value)!r}")
-            if not v >= low:
-                raise ConfigError(f"bad config: {name} must be >= {low}, got {_shown(value)!r}")
-        if "rule" in meta and not meta["rule"](value):
-            raise ConfigError(f"bad config: {name} must be {meta['problem']}, got {_shown(value)!r}")
+        problem = _problem(f.metadata, value, name)
+        if problem:
+            raise ConfigError(problem)
+
+
+# ---------------------------------------------------------------------------------------------- command-line flags
+Flags = dict[str, tuple[str, Any]]  # dotted key -> (the flag that sets it, its value; None: not given)
+
+
+def check_flags(flags: Flags, cls: type = RunConfig, rules: dict[str, str] | None = None) -> None:
+    """The values of command-line flags against the rules of the schema fields they set (``cls``), before any file
+    is read: ConfigError naming the flag (``--resolution must be at least 2, got 1``).
+
+    ``rules``: {key: other key} where a flag follows another field's rules (``--faces`` gives a face count, as
+    ``export.texture_faces``, where the config's ``export.faces`` also takes 0 for off)."""
+    for key, (flag, value) in flags.items():
+        if value is None:
+            continue
+        found = _schema_field((rules or {}).get(key, key), cls)
+        if found is None:
+            raise KeyError(f"{key}: no such setting in {cls.__name__}")
+        problem = _problem(found.metadata, value, flag, as_flag=True)
+        if problem:
+            raise ConfigError(problem)
+
+
+def merge_flags(cfg: DictConfig, flags: Flags) -> DictConfig:
+    """``cfg`` with the flags that were given (value not None) merged over it through OmegaConf (type-checked by
+    the schema); :func:`check_flags` checked their values first."""
+    layer = OmegaConf.create()
+    for key, (_, value) in flags.items():
+        if value is not None:
+            OmegaConf.update(layer, key, value, force_add=True)
+    try:
+        return OmegaConf.merge(cfg, layer)
+    except OmegaConfBaseException as exc:
+        key = str(getattr(exc, "full_key", "") or "")
+        flag, value = flags.get(key, (key, None))
+        raise ConfigError(f"{flag}: {str(exc).splitlines()[0]}, got {value!r}") from exc
+
+
+def export_settings(cfg: DictConfig) -> ExportConfig:
+    """The ``export`` section of a checked run config as the schema's dataclass (typed attributes, no casts)."""
+    return OmegaConf.to_object(cfg.export)
+
+
+def settings_from_flags(cls: type, flags: Flags) -> Any:
+    """An instance of the schema dataclass ``cls`` (e.g. ``SolveConfig``): its defaults, the given flags over them."""
+    check_flags(flags, cls)
+    return OmegaConf.to_object(merge_flags(OmegaConf.structured(cls), flags))
 
 
 def _checked(cfg: DictConfig) -> DictConfig:

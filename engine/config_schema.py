@@ -419,6 +419,28 @@ class ExportConfig:
 
 
 @dataclass
+class SolveConfig:
+    """``solve``'s settings (its command-line flags; ``fit`` on photos solves with the defaults). Not part of a run's
+    config.yaml: a solve writes its own record, solve.json."""
+
+    matcher: SolveMatcher = "auto"
+    """Which photo pairs are matched: auto (sequential for a video, exhaustive for a few photos, retrieval for many),
+    exhaustive, sequential or retrieval."""
+    max_image_size: int = at_least(200, 1200)
+    """Long side SIFT sees, pixels (smaller finds too few features): a laptop solves 50 photos in about a minute."""
+    camera: SolveCamera = "auto"
+    """Which photos share intrinsics: auto (one camera per image size and EXIF focal), single or per-image."""
+    fps: float = positive(2.0)
+    """Video: frames kept per second of video (the sharpest of each window)."""
+    max_frames: int = at_least(3, 120)
+    """Video: at most this many frames (the window widens for long videos)."""
+    min_placed: float = between(0, 1, 0.5)
+    """Fewer photos placed than this fraction of those solved from is an error."""
+    known_distance: str | None = None
+    """"IMG_A,IMG_B,METRES": the distance in metres between the cameras of two photos (true scale, scale.json)."""
+
+
+@dataclass
 class RunConfig:
     seed: int = 42
     """Random seed."""

@@ -1,51 +1,45 @@
-"""From a trained model to files: marching cubes, colours, optional texture, PLY/OBJ/GLB, normalization.json."""
+"""From a trained model to files, in explicit stages (:func:`export_mesh`):
+
+extract (the SDF's zero level set) -> clean -> decimate (every smaller mesh the export needs, in one place) ->
+colour source (the photos' depth maps built once, for the vertex colours and the texture) -> vertex colours ->
+write mesh.ply / normalization.json / frames -> [texture: UV atlas and bake, texel fit, normal map, fidelity] ->
+write the textured OBJ/GLB.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from . import liveness, region
-from .config_schema import EXPORT_FORMATS, EXPORT_FRAMES, ExportConfig
+from .config_schema import ExportConfig
 from .errors import Cancelled, InputError
 from .guard import with_memory_backoff
 from .mesh import transform_vertices, write_glb, write_normalization_json, write_obj, write_ply
-from .mesh.color import field_color_source, vertex_colors_from_field
-from .mesh.extract import MeshExtractionError, clean_mesh, decimate, extract_mesh
+from .mesh.color import ColorSource, field_color_source
+from .mesh.extract import MeshExtractionError, clean_mesh, decimate, mesh_vertex_normals
+from .mesh.extract import extract_mesh as march
 from .mesh.fidelity import FIDELITY_FILE, export_fidelity, write_fidelity_json
 from .mesh.normal_map import bake_normal_map, nearest_normals
 from .mesh.photo import photo_source
-from .mesh.texture import texture_mesh
+from .mesh.texture import TexturedMesh, texture_mesh
 from .model import NeuSModel
 from .protocol import Emitter
 from .run_dir import split_views
 
-
-@dataclass
-class ExportOptions(ExportConfig):
-    """The ``export`` settings of one export: ``ExportConfig``'s fields and defaults (``engine/config_schema.py``)."""
-
-    @classmethod
-    def from_config(cls, cfg, **overrides) -> ExportOptions:
-        """From the config's ``export`` section; ``overrides`` that are not None (command-line options) win."""
-        values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        values["formats"] = list(values["formats"])
-        return cls(**values)
-
-
 CPU_SDF_CHUNK = 2**15  # points per SDF call off CUDA: about 0.5 s on a busy 2-core CPU (export.chunk caps it)
+# Photo visibility comes from depth maps of a mesh of at most this many faces: visibility tolerates the small shift,
+# and rasterising a million faces per view would cost more than the colours.
+VISIBILITY_FACES = 200_000
 
-
-def _sdf_fn(model: NeuSModel):
-    return model.surface_sdf
+Mesh = tuple[np.ndarray, np.ndarray]  # vertices (V, 3) float32, faces (F, 3) int64
 
 
 @torch.no_grad()
@@ -68,23 +62,20 @@ def _device_of(model: NeuSModel) -> torch.device:
     return next(model.parameters()).device
 
 
-def extract_colored_mesh(model: NeuSModel, opts: ExportOptions, scene=None, progress=None, holdout_every: int = 0,
-                         views_cache: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Marching cubes on the SDF plus per-vertex colours, in the normalized frame.
-
-    With ``opts.color == "photos"`` the colours come from the training photos (``holdout_every``: the views held
-    out of training are left out here too); ``views_cache`` keeps the per-camera depth maps for a later texture
-    bake of the same mesh.
-
-    Returns vertices (V,3) float32, faces (F,3) int64, colours (V,3) float32 in [0,1], normals (V,3).
-    """
+# ---------------------------------------------------------------------------------------------- stages
+def extract_surface(model: NeuSModel, opts: ExportConfig, chunk: int | None = None, scene=None,
+                    progress=None) -> Mesh:
+    """Stages 1-2: marching cubes (or surface nets) on the SDF, then the clean-up (small pieces, and with masks
+    pieces outside the visual hull), in the normalized frame. ``chunk``: points per SDF call (default
+    ``opts.chunk``, at most :data:`CPU_SDF_CHUNK` off CUDA: a cancel or progress event waits for the call under
+    way, and a CPU gains nothing from larger calls)."""
     device = _device_of(model)
+    chunk = opts.chunk if chunk is None else chunk
+    chunk = chunk if device.type == "cuda" else min(chunk, CPU_SDF_CHUNK)
     r = model.radius
-    # A CPU gains nothing from larger calls, and a cancel or progress event waits for the call under way.
-    chunk = int(opts.chunk) if device.type == "cuda" else min(int(opts.chunk), CPU_SDF_CHUNK)
-    verts, faces = extract_mesh(_sdf_fn(model), (-r, -r, -r), (r, r, r), resolution=int(opts.resolution),
-                                chunk=chunk, device=device, coarse_resolution=int(opts.coarse_resolution),
-                                progress=progress, method=str(opts.method))
+    verts, faces = march(model.surface_sdf, (-r, -r, -r), (r, r, r), resolution=opts.resolution, chunk=chunk,
+                         device=device, coarse_resolution=opts.coarse_resolution, progress=progress,
+                         method=opts.method)
     if opts.clean:
         masks = None if scene is None else scene.masks
         try:
@@ -92,112 +83,123 @@ def extract_colored_mesh(model: NeuSModel, opts: ExportOptions, scene=None, prog
                                       c2w=None if masks is None else scene.c2w, masks=masks)
         except MeshExtractionError as exc:  # e.g. a barely trained surface lies outside the visual hull
             print(f"warning: mesh clean-up skipped: {exc}", file=sys.stderr, flush=True)
-    if opts.decimate and len(faces) > int(opts.decimate):
-        verts, faces = decimate(verts, faces, int(opts.decimate))
-    normals = model_normals(model, verts, device)
-    if opts.color == "photos" and scene is not None:
-        colors = _photo_source(model, scene, verts, faces, holdout_every, views_cache)(verts, normals)
-    else:
-        colors = vertex_colors_from_field(verts, normals, model.albedo, device=device)
-    return verts, faces, colors, normals
+    return verts, faces
+
+
+@dataclass
+class Decimated:
+    """Stage 3: every mesh the export derives from the extracted one, each decimated from the previous (largest
+    first), so the dense mesh is simplified once and each smaller level costs less.
+
+    Attributes:
+        mesh: the exported mesh (``export.decimate`` faces; else the extracted mesh itself).
+        visibility: at most :data:`VISIBILITY_FACES` faces: the mesh whose depth maps decide photo visibility
+            (None when neither photo colours nor a texture need it).
+        textured: the textured mesh's geometry (``export.faces``, else ``export.texture_faces``; None without a
+            texture): few faces, so xatlas cuts few, large UV charts; its colours come from ``mesh``.
+    """
+
+    mesh: Mesh
+    visibility: Mesh | None
+    textured: Mesh | None
+
+
+def decimate_stage(verts: np.ndarray, faces: np.ndarray, opts: ExportConfig, photos: bool) -> Decimated:
+    """Stage 3 (:class:`Decimated`); ``photos``: the colours come from the photos. A level already within its face
+    count is the previous one, unchanged."""
+    def down(mesh: Mesh, target: int) -> Mesh:
+        return decimate(*mesh, target) if target and len(mesh[1]) > target else mesh
+
+    mesh = down((verts, faces), opts.decimate)
+    visibility = down(mesh, VISIBILITY_FACES) if photos or opts.texture else None
+    textured = down(visibility, opts.faces or opts.texture_faces) if opts.texture else None
+    return Decimated(mesh, visibility, textured)
+
+
+def _photo_colours(opts: ExportConfig, scene) -> bool:
+    return opts.color == "photos" and scene is not None
 
 
 def texturing_views(scene, holdout_every: int) -> np.ndarray:
     """Views whose photos colour the asset: the training views (held-out ones stay unseen, for honest figures)."""
-    return split_views(scene.n_views, int(holdout_every))[0]
+    return split_views(scene.n_views, holdout_every)[0]
 
 
-def _photo_source(model: NeuSModel, scene, verts: np.ndarray, faces: np.ndarray, holdout_every: int = 0,
-                  views_cache: dict | None = None, max_faces: int = 200_000):
-    """Photo colours with visibility from depth maps of (verts, faces); the field colours what no photo sees.
+def colour_source(model: NeuSModel, opts: ExportConfig, scene, visibility: Mesh | None,
+                  holdout_every: int) -> ColorSource:
+    """Stage 4: the colour source of the vertex colours and the texture, built once.
 
-    A larger mesh is decimated for the depth maps only: visibility tolerates the small shift, and rasterising
-    a million faces per view would cost more than the colours.
-    """
-    if len(faces) > max_faces:
-        verts, faces = decimate(verts, faces, max_faces)
-    # Vertex colours and the texture of one export see the same (decimated) mesh: its depth maps are made once.
-    key = (verts.shape, faces.shape, float(np.asarray(verts, np.float64).sum()), int(faces.sum()), holdout_every)
-    if views_cache is not None and key in views_cache:
-        return views_cache[key]
+    Photos (``opts.color == "photos"`` with a scene): the training views' photos blended with visibility from
+    depth maps of ``visibility`` (one per view, made here), the field where no photo sees the surface; else the
+    field's albedo."""
+    device = _device_of(model)
+    if not _photo_colours(opts, scene):
+        return field_color_source(model.albedo, device=device)
     idx = texturing_views(scene, holdout_every)
     # Lists of views into the scene's uint8 arrays: no copy of the photos.
     masks = None if scene.masks is None else [scene.masks[i] for i in idx]
-    source = photo_source(verts, faces, scene.K[idx], scene.c2w[idx], [scene.images[i] for i in idx], masks,
-                          fallback=model.albedo, device=_device_of(model))
-    if views_cache is not None:
-        views_cache[key] = source
-    return source
+    return photo_source(*visibility, scene.K[idx], scene.c2w[idx], [scene.images[i] for i in idx], masks,
+                        fallback=model.albedo, device=device)
 
 
-def texture_asset(model: NeuSModel, scene, verts: np.ndarray, faces: np.ndarray, normals: np.ndarray,
-                  opts: ExportOptions, holdout_every: int = 0, views_cache: dict | None = None,
-                  stats: dict | None = None,
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """UV atlas, colour texture and (game-ready, ``opts.faces > 0``) a normal map baked from the full mesh.
+def extract_colored_mesh(model: NeuSModel, opts: ExportConfig, scene=None, holdout_every: int = 0,
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Stages 1-5 in one call, for a mesh alone (previews, tests): vertices (V, 3) float32, faces (F, 3) int64,
+    colours (V, 3) float32 in [0, 1], normals (V, 3), in the normalized frame."""
+    verts, faces = extract_surface(model, opts, scene=scene)
+    levels = decimate_stage(verts, faces, opts, _photo_colours(opts, scene))
+    verts, faces = levels.mesh
+    normals = model_normals(model, verts, _device_of(model))
+    colors = colour_source(model, opts, scene, levels.visibility, holdout_every)(verts, normals)
+    return verts, faces, colors, normals
 
-    The textured mesh is decimated to ``opts.faces`` (else ``opts.texture_faces``) faces, so the atlas has few,
-    large charts; its colours are sampled on the full mesh (points snapped onto it, its SDF normals), and photo
-    visibility comes from the same depth maps as the vertex colours. With photo colours and
-    ``opts.texture_refine`` the baked blend is then fitted to the training photos (:func:`refine_asset_texture`);
-    ``stats`` receives its figures.
 
-    Returns vertices (V', 3), faces (F', 3), uvs (V', 2), texture (S, S, 3) uint8, normal map (S, S, 3) uint8
-    or None, in the normalized frame.
+def texture_asset(model: NeuSModel, scene, surface: Mesh, normals: np.ndarray, textured: Mesh,
+                  source: ColorSource, opts: ExportConfig, holdout_every: int = 0, stats: dict | None = None,
+                  ) -> tuple[TexturedMesh, np.ndarray | None]:
+    """Stage 6: UV atlas and colour texture of ``textured`` (from :func:`decimate_stage`), then the optional
+    silhouette fit, texel fit and (game-ready, ``opts.faces > 0``) normal map baked from the full surface.
+
+    Its colours are sampled on ``surface`` (texel points snapped onto it, ``normals`` its SDF normals) through
+    ``source``. ``stats`` receives the texel fit's and the silhouette fit's figures.
+
+    Returns the textured mesh (seam-split, normalized frame) and the normal map (S, S, 3) uint8 or None.
     """
-    target = int(opts.faces) if opts.faces else int(opts.texture_faces)
-    low_v, low_f = decimate(verts, faces, target) if len(faces) > target else (verts, faces)
-    decimated = low_v is not verts
-    if opts.color == "photos" and scene is not None:
-        source = _photo_source(model, scene, verts, faces, holdout_every, views_cache)
-    else:
-        source = field_color_source(model.albedo, device=_device_of(model))
-    size = int(opts.texture_size)
-    tv, tf, uvs, tex = texture_mesh(low_v, low_f, source, normals=None if decimated else normals, texture_size=size,
-                                    detail=(verts, normals) if decimated else None, device=_device_of(model))
+    device = _device_of(model)
+    decimated = len(textured[1]) != len(surface[1])
+    asset = texture_mesh(*textured, source, normals=None if decimated else normals, texture_size=opts.texture_size,
+                         detail=(surface[0], normals) if decimated else None, device=device)
+    # Normals of the welded mesh, per seam-split vertex: seam copies move (and shade) together.
+    welded = mesh_vertex_normals(*textured)[asset.source_index]
     if opts.silhouette_fit and scene is not None and scene.masks is not None:
-        from .mesh.extract import mesh_vertex_normals
         from .mesh.texture_refine import silhouette_offset
 
         idx = texturing_views(scene, holdout_every)
-        welded = mesh_vertex_normals(low_v, low_f)[_vertex_mapping(low_v, tv)]  # seam copies move together
-        offset, scores = silhouette_offset(tv, tf, welded, uvs, tex, scene.K[idx], scene.c2w[idx],
-                                           [scene.images[i] for i in idx], [scene.masks[i] for i in idx],
-                                           device=_device_of(model))
-        tv = (tv + offset * welded).astype(np.float32)
+        offset, scores = silhouette_offset(asset.vertices, asset.faces, welded, asset.uvs, asset.texture,
+                                           scene.K[idx], scene.c2w[idx], [scene.images[i] for i in idx],
+                                           [scene.masks[i] for i in idx], device=device)
+        asset = asset._replace(vertices=(asset.vertices + offset * welded).astype(np.float32))
         if stats is not None:
             stats["silhouette"] = {"offset": offset, "psnr": scores}
     if opts.texture_refine and opts.color == "photos" and scene is not None:
-        tex = refine_asset_texture(scene, tv, tf, uvs, tex, opts, holdout_every, _device_of(model), stats)
+        asset = asset._replace(texture=refine_asset_texture(scene, asset, opts, holdout_every, device, stats))
     nmap = None
     if opts.faces:
-        from .mesh.extract import mesh_vertex_normals
-
-        welded = mesh_vertex_normals(low_v, low_f)
-        vmap = _vertex_mapping(low_v, tv)
-        nmap = bake_normal_map(tv, tf, uvs, nearest_normals(verts, normals), size, normals=welded[vmap],
-                               device=_device_of(model))
-    return tv, tf, uvs, tex, nmap
+        nmap = bake_normal_map(asset.vertices, asset.faces, asset.uvs, nearest_normals(surface[0], normals),
+                               opts.texture_size, normals=welded, device=device)
+    return asset, nmap
 
 
-def refine_asset_texture(scene, vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, texture: np.ndarray,
-                         opts: ExportOptions, holdout_every: int, device: torch.device, stats: dict | None = None
-                         ) -> np.ndarray:
-    """The texture (S, S, 3) uint8 fitted to the training views' photos (held-out views stay unseen)."""
+def refine_asset_texture(scene, asset: TexturedMesh, opts: ExportConfig, holdout_every: int, device: torch.device,
+                         stats: dict | None = None) -> np.ndarray:
+    """The asset's texture (S, S, 3) uint8 fitted to the training views' photos (held-out views stay unseen)."""
     from .mesh.texture_refine import RefineOptions, refine_texture
 
     idx = texturing_views(scene, holdout_every)
     masks = None if scene.masks is None else [scene.masks[i] for i in idx]
-    options = RefineOptions(steps=int(opts.texture_refine_steps), time_budget_s=float(opts.texture_refine_s))
-    return refine_texture(vertices, faces, uvs, texture, scene.K[idx], scene.c2w[idx], [scene.images[i] for i in idx],
-                          masks, options, device=device, stats=stats)
-
-
-def _vertex_mapping(original: np.ndarray, split: np.ndarray) -> np.ndarray:
-    """Index into ``original`` of each seam-split vertex (xatlas copies positions exactly)."""
-    from scipy.spatial import cKDTree
-
-    return cKDTree(original).query(split)[1]
+    options = RefineOptions(steps=opts.texture_refine_steps, time_budget_s=opts.texture_refine_s)
+    return refine_texture(asset.vertices, asset.faces, asset.uvs, asset.texture, scene.K[idx], scene.c2w[idx],
+                          [scene.images[i] for i in idx], masks, options, device=device, stats=stats)
 
 
 def frame_matrix(frame: str, scene) -> np.ndarray | None:
@@ -218,9 +220,11 @@ def frame_matrix(frame: str, scene) -> np.ndarray | None:
     return np.diag([metres, metres, metres, 1.0]) @ scale_mat
 
 
-def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, opts: ExportOptions,
+def export_mesh(model: NeuSModel, cfg: DictConfig, scene, run_dir: Path, emitter: Emitter, opts: ExportConfig,
                 timings: dict | None = None) -> dict[str, Path]:
-    """Writes ``mesh.ply`` (always, normalized frame), ``normalization.json`` and the requested extras.
+    """Writes ``mesh.ply`` (always, normalized frame), ``normalization.json`` and the requested extras, stage by
+    stage (module docstring). ``cfg``: the run's config (its region and held-out views); ``opts``: the export
+    settings (``engine.config.export_settings``, with the command line's overrides).
 
     OBJ and GLB files are written Y-up, as those formats expect (``(x, y, z)`` stored as ``(x, z, -y)``), so
     Blender's and other tools' importers place them like ``mesh.ply``.
@@ -228,17 +232,19 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
     Returns a mapping of output names to paths.
     """
     timings = {} if timings is None else timings
-    if opts.frame not in EXPORT_FRAMES:
-        raise ValueError(f"frame must be one of {EXPORT_FRAMES}")
     to_frame = frame_matrix(opts.frame, scene)  # before the work: a metric frame without a scale is bad input
     emitter.emit("stage", stage="extracting")
     t0 = time.monotonic()
-    holdout = int(cfg.data.holdout_every)
-    views_cache: dict = {}
-    verts, faces, colors, normals = with_memory_backoff(
-        lambda chunk: extract_colored_mesh(model, replace(opts, chunk=chunk), scene, progress=_grid_progress,
-                                           holdout_every=holdout, views_cache=views_cache),
-        int(opts.chunk), "export.chunk", "extract", emitter.emit)
+    holdout = cfg.data.holdout_every
+    device = _device_of(model)
+    verts, faces = with_memory_backoff(
+        lambda chunk: extract_surface(model, opts, chunk, scene, progress=_grid_progress),
+        opts.chunk, "export.chunk", "extract", emitter.emit)
+    levels = decimate_stage(verts, faces, opts, _photo_colours(opts, scene))
+    verts, faces = levels.mesh
+    normals = model_normals(model, verts, device)
+    source = colour_source(model, opts, scene, levels.visibility, holdout)
+    colors = source(verts, normals)
     timings["extract_s"] = time.monotonic() - t0
     liveness.check_cancel()  # the last moment a cancel leaves every file as it was
     emitter.emit("stage", stage="exporting")
@@ -256,34 +262,34 @@ def export_mesh(model: NeuSModel, cfg, scene, run_dir: Path, emitter: Emitter, o
     if to_frame is not None:
         files[f"ply{suffix}"] = write_ply(run_dir / f"mesh{suffix}.ply", out_verts, faces, colors=colors)
     extra = [f for f in opts.formats if f != "ply"]
-    for fmt in extra:
-        if fmt not in EXPORT_FORMATS:
-            raise ValueError(f"unknown mesh format {fmt!r}; use {', '.join(EXPORT_FORMATS)}")
     if opts.texture:
         emitter.emit("stage", stage="texturing")
         try:
+            # A box region crops the textured mesh too (the photos' depth maps keep what lies outside it: it
+            # hides the object from some views all the same).
+            textured = region.crop_to_box(cfg, scale_mat, *levels.textured)
             refine_stats: dict = {}
-            tv, tf, uvs, tex, nmap = texture_asset(model, scene, verts, faces, normals, opts, holdout,
-                                                   views_cache=views_cache, stats=refine_stats)
+            asset, nmap = texture_asset(model, scene, (verts, faces), normals, textured, source, opts, holdout,
+                                        stats=refine_stats)
             if refine_stats.get("mse_before") is not None:
                 timings["texture_refine"] = refine_stats
             if "silhouette" in refine_stats:
                 timings["silhouette"] = refine_stats["silhouette"]
             fidelity = None
             if opts.fidelity and scene is not None:  # before any textured file: a cancel here writes none
-                fidelity = export_fidelity(tv, tf, uvs, tex, scene, holdout, _device_of(model),
-                                           progress=lambda done, total: liveness.tick("validating", done, total,
-                                                                                      "views"))
+                fidelity = export_fidelity(asset.vertices, asset.faces, asset.uvs, asset.texture, scene, holdout,
+                                           device, progress=lambda done, total: liveness.tick("validating", done,
+                                                                                              total, "views"))
         except Cancelled as exc:  # the mesh and normalization.json are whole; no textured file was started
             exc.files = dict(files)
             raise
-        tv_out = transform_vertices(tv, to_frame) if to_frame is not None else tv
-        obj_files = write_obj(run_dir / f"mesh_textured{suffix}.obj", tv_out, tf, uvs=uvs, texture=tex, yup=True,
-                              normal_map=nmap)
+        tv_out = transform_vertices(asset.vertices, to_frame) if to_frame is not None else asset.vertices
+        obj_files = write_obj(run_dir / f"mesh_textured{suffix}.obj", tv_out, asset.faces, uvs=asset.uvs,
+                              texture=asset.texture, yup=True, normal_map=nmap)
         for key, path in obj_files.items():
             files[f"obj_{key}" if key != "obj" else "obj"] = path
-        files["glb"] = write_glb(run_dir / f"mesh_textured{suffix}.glb", tv_out, tf, uvs=uvs, texture=tex, yup=True,
-                                 normal_map=nmap)
+        files["glb"] = write_glb(run_dir / f"mesh_textured{suffix}.glb", tv_out, asset.faces, uvs=asset.uvs,
+                                 texture=asset.texture, yup=True, normal_map=nmap)
         if fidelity is not None:
             fidelity["mesh"] = files["glb"].name
             files["fidelity"] = write_fidelity_json(run_dir / FIDELITY_FILE, fidelity)
@@ -302,12 +308,12 @@ def _grid_progress(fraction: float) -> None:
     liveness.tick("extracting", int(100 * fraction), 100, "percent")
 
 
-def write_preview_mesh(model: NeuSModel, cfg, run_dir: Path, step: int) -> Path | None:
+def write_preview_mesh(model: NeuSModel, cfg: DictConfig, run_dir: Path, step: int) -> Path | None:
     """A quick low-resolution coloured mesh for live preview; None while the surface is still empty."""
     was_training = model.training
     model.eval()
     try:
-        opts = ExportOptions(resolution=int(cfg.train.preview_resolution), coarse_resolution=0, clean=False)
+        opts = ExportConfig(resolution=cfg.train.preview_resolution, coarse_resolution=0, clean=False)
         with liveness.paused():  # inside a training step: the training loop itself reports and stops
             verts, faces, colors, _ = extract_colored_mesh(model, opts)
     except MeshExtractionError:

@@ -17,10 +17,10 @@ import datasets
 from . import failpoints
 from .atomic_files import atomic_path, keep_previous, remove_temporaries
 from .cancel import REQUEST, CancelToken
-from .config import build_config, resolve_accelerators, resolve_auto
+from .config import build_config, export_settings, resolve_accelerators, resolve_auto
 from .device import device_name, select_device
 from .errors import Cancelled, DeviceError, Diverged, InputError
-from .export import ExportOptions, export_mesh, frame_matrix, write_preview_mesh
+from .export import export_mesh, frame_matrix, write_preview_mesh
 from .guard import weights_finite
 from .jobs import OTHER_RANK_DONE
 from .memory import MemoryPlan, plan_fit_memory
@@ -342,7 +342,7 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
             return cancelled(reason, None)
         cancel.rearm()  # a second request stops the export (engine.liveness.tick)
         try:
-            files = export_mesh(model, cfg, scene, req.run_dir, emitter, ExportOptions.from_config(cfg.export))
+            files = export_mesh(model, cfg, scene, req.run_dir, emitter, export_settings(cfg))
         except Cancelled as exc:
             emitter.emit("warning", message=f"export on cancel stopped by a second cancel ({cancel.reason}): "
                          "no new mesh", left_out=[])
@@ -352,7 +352,7 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
     try:
         if len(held_idx):
             validate(step)
-        files = export_mesh(model, cfg, scene, req.run_dir, emitter, ExportOptions.from_config(cfg.export),
+        files = export_mesh(model, cfg, scene, req.run_dir, emitter, export_settings(cfg),
                             timings := {})
     except Cancelled as exc:  # a stop during the final validation or export: the checkpoint is saved
         return cancelled(cancel.reason, "cancelled", getattr(exc, "files", {}).get("ply"))

@@ -151,13 +151,36 @@ def test_every_schema_field_has_a_docstring():
                 assert documented, f"{cls.name}.{node.target.id} has no docstring"
 
 
-def test_export_options_take_their_defaults_from_the_schema():
-    from omegaconf import OmegaConf
+def test_export_settings_are_the_schema_dataclass_with_the_flags_merged_over_them():
+    from engine.config import check_flags, export_settings, merge_flags
+    from engine.config_schema import ExportConfig
 
-    from engine.config_schema import RunConfig
-    from engine.export import ExportOptions
-
-    assert ExportOptions.from_config(OmegaConf.structured(RunConfig).export) == ExportOptions()
     cfg = build_config("preview", "dtu", overrides=["export.formats=[obj]"])
-    opts = ExportOptions.from_config(cfg.export, resolution=40, frame=None)
-    assert opts.resolution == 40 and opts.frame == cfg.export.frame and opts.formats == ["obj"]
+    flags = {"export.resolution": ("--resolution", 40), "export.frame": ("--frame", None),
+             "export.texture": ("--texture", True)}
+    check_flags(flags)
+    opts = export_settings(merge_flags(cfg, flags))
+    assert isinstance(opts, ExportConfig) and opts.resolution == 40 and opts.frame == cfg.export.frame
+    assert opts.formats == ["obj"] and opts.texture is True
+    # A flag is checked by the rules of the field it sets, and named in the one line.
+    for flags, problem in [({"export.resolution": ("--resolution", 1)}, "--resolution must be at least 2, got 1"),
+                           ({"export.texture_size": ("--texture-size", 16385)},
+                            "--texture-size must be between 16 and 16384, got 16385")]:
+        with pytest.raises(ConfigError, match=problem):
+            check_flags(flags)
+
+
+def test_solve_settings_come_from_the_schema_with_the_flags_over_them():
+    from engine.config import settings_from_flags
+    from engine.config_schema import SolveConfig
+
+    assert settings_from_flags(SolveConfig, {"fps": ("--fps", None)}) == SolveConfig()
+    got = settings_from_flags(SolveConfig, {"matcher": ("--matcher", "sequential"), "max_frames": ("--max-frames", 9)})
+    assert got == SolveConfig(matcher="sequential", max_frames=9)
+    for key, flag, value, problem in [("max_image_size", "--max-image-size", 100, "must be at least 200, got 100"),
+                                      ("fps", "--fps", 0.0, "must be positive, got 0.0"),
+                                      ("max_frames", "--max-frames", 2, "must be at least 3, got 2"),
+                                      ("min_placed", "--min-placed", 1.5, "must be between 0 and 1, got 1.5"),
+                                      ("camera", "--camera", "two", "--camera: ")]:
+        with pytest.raises(ConfigError, match=problem if problem.startswith("--") else f"{flag} {problem}"):
+            settings_from_flags(SolveConfig, {key: (flag, value)})

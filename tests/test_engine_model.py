@@ -214,14 +214,15 @@ def test_background_contraction_scales_with_the_foreground_radius():
 def test_meshes_stay_inside_the_sphere_that_rendering_marches():
     """A field whose zero level set crosses the cube's corners outside the foreground sphere (a sphere of radius
     1.4 in a unit-radius scene): the mesh stops at the unit sphere, where the renders stop too."""
-    from engine.export import ExportOptions, extract_colored_mesh
+    from engine.config_schema import ExportConfig
+    from engine.export import extract_colored_mesh
 
     torch.manual_seed(0)
     cfg, model = _small_model(**{"model.geometry.mlp.sphere_init_radius": 1.4})
     # The raw field changes sign between |x| = 1.18 and the corner (|x| = 1.65): surface outside the unit sphere.
     raw = model.geometry.sdf(torch.tensor([[0.68, 0.68, 0.68], [0.95, 0.95, 0.95]]))
     assert raw[0] < 0 < raw[1]
-    verts, faces, _, _ = extract_colored_mesh(model, ExportOptions(resolution=24, coarse_resolution=0, clean=False))
+    verts, faces, _, _ = extract_colored_mesh(model, ExportConfig(resolution=24, coarse_resolution=0, clean=False))
     cell = 2 * model.radius / 24
     radii = torch.from_numpy(verts).norm(dim=-1)
     assert len(faces) > 0 and float(radii.max()) <= model.radius + cell

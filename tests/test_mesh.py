@@ -240,9 +240,11 @@ def test_decimate():
     mesh = trimesh.Trimesh(dv, df, process=False)
     assert mesh.is_watertight and mesh.volume > 0
     assert len(decimate(v, f, len(f) + 10)[1]) == len(f)
-    # Texturing decimates meshes above max_faces first.
-    tv, tf, uvs, tex = texture_mesh(v, f, lambda p, n: rgb_of_position(p), texture_size=128, max_faces=600)
-    assert 480 <= len(tf) <= 660 and uvs.shape == (len(tv), 2)
+    # Texturing as the export does it: the decimated mesh unwrapped, its colours sampled on the full one.
+    tv, tf, uvs, tex, index = texture_mesh(dv, df, lambda p, n: rgb_of_position(p), texture_size=128,
+                                           detail=(v, mesh_vertex_normals(v, f)))
+    assert len(tf) == len(df) and uvs.shape == (len(tv), 2)
+    assert np.array_equal(tv, dv[index])  # seam-split copies, each named by the vertex it copies
     assert np.abs(np.linalg.norm(tv, axis=1) - 0.5).max() < 0.03
 
 
@@ -364,7 +366,7 @@ def test_texture_mesh_bakes_the_colour_function(tmp_path):
     sdf = sphere_sdf((0, 0, 0), 0.5)
     v, f = extract_mesh(sdf, resolution=24, coarse_resolution=12)
     source = field_color_source(lambda p, n: rgb_of_position(p))
-    nv, nf, uvs, tex = texture_mesh(v, f, source, normals=sdf_normals(sdf, v), texture_size=256)
+    nv, nf, uvs, tex, _ = texture_mesh(v, f, source, normals=sdf_normals(sdf, v), texture_size=256)
     assert tex.shape == (256, 256, 3) and tex.dtype == np.uint8 and tex.std() > 10
     assert uvs.shape == (len(nv), 2) and uvs.min() >= 0 and uvs.max() <= 1
     assert len(nf) == len(f) and nf.max() < len(nv)

@@ -34,7 +34,7 @@ def test_texel_fit_and_silhouette_fit_on_a_real_run(masked_preview_run):
     masks = [scene.masks[i] for i in train]
     images = [scene.images[i] for i in train]
     blend_source = photo_source(verts, faces, scene.K[train], scene.c2w[train], images, masks)
-    tv, tf, uvs, blend = texture_mesh(verts, faces, blend_source, texture_size=512)
+    tv, tf, uvs, blend, _ = texture_mesh(verts, faces, blend_source, texture_size=512)
 
     stats: dict = {}
     fitted = refine_texture(tv, tf, uvs, blend, scene.K[train], scene.c2w[train], images, masks,

@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 import trimesh
 
+from engine.config_schema import ExportConfig
+from engine.export import decimate_stage
+from engine.mesh.extract import mesh_vertex_normals
 from engine.mesh.texture import detail_color_source, texture_mesh
 
 
@@ -31,8 +34,10 @@ def test_the_decimated_trained_mesh_unwraps_into_few_large_charts(masked_preview
     v, f = np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.int64)
     size = 512
     stats: dict = {}
-    tv, tf, uvs, tex = texture_mesh(v, f, lambda p, n: 0.25 + 0.5 * (p * 0.5 + 0.5), texture_size=size,
-                                    max_faces=len(f) // 4, stats=stats)
+    # The export's path: its decimation stage, then the low mesh unwrapped with the full surface as the detail.
+    low = decimate_stage(v, f, ExportConfig(texture=True, texture_faces=len(f) // 4), photos=False).textured
+    tv, tf, uvs, tex, _ = texture_mesh(*low, lambda p, n: 0.25 + 0.5 * (p * 0.5 + 0.5), texture_size=size,
+                                       detail=(v, mesh_vertex_normals(v, f)), stats=stats)
     assert len(tf) <= len(f) // 4 + 8
     # Unwrapped as extracted, marching-cubes meshes fall apart into few-face charts (~32 faces a chart on the
     # bundled scene at resolution 128); decimated to a quarter, 165-320 (two runs; BENCHMARKS.md).

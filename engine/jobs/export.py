@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..cancel import REQUEST, CancelToken
-from ..config_schema import ExportConfig
-from ..errors import Cancelled, InputError
+from ..config import Flags, check_flags, export_settings, merge_flags
+from ..errors import Cancelled
 from ..protocol import Emitter, done_timings
 from ..run_dir import RunDir
 
@@ -46,26 +45,30 @@ def run_folder(req: ExportRequest, emitter: Emitter) -> Iterator[RunDir]:
     yield RunDir(req.run_dir)
 
 
-def run(req: ExportRequest, run_dir: RunDir, emitter: Emitter, cancel: CancelToken) -> dict:
-    from ..export import ExportOptions, export_mesh
+def export_flags(req: ExportRequest) -> Flags:
+    """The command line's export settings as overrides of the run's ``export`` config (None: not given).
+    ``--texture-size`` and ``--faces`` imply ``--texture``."""
+    texture = req.texture or req.texture_size is not None or req.faces is not None
+    return {"export.resolution": ("--resolution", req.resolution), "export.texture": ("--texture", texture or None),
+            "export.formats": ("--format", req.formats), "export.frame": ("--frame", req.frame),
+            "export.color": ("--color", req.color), "export.texture_size": ("--texture-size", req.texture_size),
+            "export.faces": ("--faces", req.faces), "export.texture_refine": ("--texture-fit", req.texture_fit)}
 
-    _check_range("--resolution", req.resolution, "resolution")
-    _check_range("--texture-size", req.texture_size, "texture_size")
-    _check_range("--faces", req.faces, "texture_faces")  # a face count as ``texture_faces``: 0 (off) is not one
+
+def run(req: ExportRequest, run_dir: RunDir, emitter: Emitter, cancel: CancelToken) -> dict:
+    from ..export import export_mesh
+
+    flags = export_flags(req)
+    # Before the run is read; --faces gives a face count (0, the config's "off", is not one).
+    check_flags(flags, rules={"export.faces": "export.texture_faces"})
     cfg, model = run_dir.load_model(req.device)
     run_dir.require_writable()
     emitter.emit("stage", stage="loading")
     scene = run_dir.load_scene(cfg)
-    opts = ExportOptions.from_config(cfg.export, resolution=req.resolution, frame=req.frame, color=req.color,
-                                     formats=tuple(req.formats) if req.formats else None,
-                                     texture_size=req.texture_size, faces=req.faces)
-    if req.texture or req.texture_size is not None or req.faces is not None:
-        opts.texture = True
-    if req.texture_fit is not None:
-        opts.texture_refine = bool(req.texture_fit)
+    cfg = merge_flags(cfg, flags)
     t0 = time.monotonic()
     timings: dict = {}
-    files = export_mesh(model, cfg, scene, run_dir.path, emitter, opts, timings)
+    files = export_mesh(model, cfg, scene, run_dir.path, emitter, export_settings(cfg), timings)
     extra: dict = {}
     if "texture_refine" in timings:  # the texel fit's figures (PROTOCOL.md, `done` of export)
         fit = timings.pop("texture_refine")
@@ -77,19 +80,7 @@ def run(req: ExportRequest, run_dir: RunDir, emitter: Emitter, cancel: CancelTok
     if "fidelity" in timings:
         extra["fidelity"] = timings.pop("fidelity")
     return {"mesh": str(files["ply"].resolve()), "files": {k: str(v.resolve()) for k, v in files.items()},
-            "steps": int(cfg.train.steps), "timings": done_timings(timings, total_s=time.monotonic() - t0), **extra}
-
-
-def _check_range(flag: str, value: int | None, key: str) -> None:
-    """A command-line value against the limits ``ExportConfig.<key>`` states (engine/config_schema.py)."""
-    if value is None:
-        return
-    meta = next(f.metadata for f in dataclasses.fields(ExportConfig) if f.name == key)
-    low, high = meta["min"], meta.get("max")
-    if high is not None and not low <= value <= high:
-        raise InputError(f"{flag} must be between {low} and {high}, got {value}")
-    if value < low:
-        raise InputError(f"{flag} must be at least {low}, got {value}")
+            "steps": cfg.train.steps, "timings": done_timings(timings, total_s=time.monotonic() - t0), **extra}
 
 
 def cancelled_fields(exc: Cancelled, req: ExportRequest, run_dir: RunDir, cancel: CancelToken) -> dict:

@@ -7,14 +7,14 @@ an ``S x S`` texture is centred at ``u = (c + 0.5) / S``, ``v = 1 - (r + 0.5) / 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from ..liveness import interruptible, tick
 from .color import ColorSource
-from .extract import decimate, mesh_vertex_normals
+from .extract import mesh_vertex_normals
 from .raster import rasterize_uv_layout
 
 
@@ -32,7 +32,7 @@ def unwrap_uv(
     xatlas splits vertices along chart seams, so the result indexes a new vertex list. Its chart growing is
     super-linear in the chart size (an unbounded 200k-face mesh took ~10 min on 2 cores), so charts are capped
     at about ``max_chart_faces`` faces' worth of area and boundary; ``max_cost`` (xatlas' default 2) is how much
-    curvature a chart may grow over. Feed it a decimated mesh (:func:`texture_mesh`'s ``max_faces``): a dense
+    curvature a chart may grow over. Feed it a decimated mesh (as the export does): a dense
     marching-cubes mesh falls apart into thousands of few-face charts whatever the options (6059 charts for the
     bundled scene's 200k faces, 353 once decimated to 50k, with the 20000-face cap that packed best; higher
     ``max_cost``, more iterations or other weights gave more charts; BENCHMARKS.md). xatlas scales every chart by
@@ -236,6 +236,22 @@ def detail_color_source(color_source: ColorSource, vertices: np.ndarray, normals
     return source
 
 
+class TexturedMesh(NamedTuple):
+    """A UV-unwrapped mesh and its baked texture (:func:`texture_mesh`).
+
+    Attributes:
+        vertices: (V', 3) float32, split along the UV seams; faces: (F, 3) int64 into them;
+        uvs: (V', 2) float32 in [0, 1]; texture: (T, T, 3) uint8;
+        source_index: (V',) int64, the input vertex each vertex copies (xatlas' vertex mapping).
+    """
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    uvs: np.ndarray
+    texture: np.ndarray
+    source_index: np.ndarray
+
+
 def texture_mesh(
     vertices: np.ndarray,
     faces: np.ndarray,
@@ -245,17 +261,17 @@ def texture_mesh(
     padding: int | None = None,
     atlas_padding: int = 2,
     max_chart_faces: int | None = 20000,
-    max_faces: int | None = None,
     detail: tuple[np.ndarray, np.ndarray] | None = None,
     stats: dict | None = None,
     device: str | torch.device = "cpu",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """UV-unwraps a mesh and bakes its diffuse texture (decimating it first if it has over ``max_faces`` faces).
+) -> TexturedMesh:
+    """UV-unwraps a mesh and bakes its diffuse texture.
 
-    The returned geometry is the textured mesh (split along UV seams, possibly decimated): export it, not the
-    input. A decimated mesh unwraps into far fewer, larger charts, and faster (xatlas splits the dense
-    marching-cubes mesh into thousands of few-face pieces: BENCHMARKS.md), while its colours still come from the
-    input surface (:func:`detail_color_source`).
+    The returned geometry is the textured mesh (split along UV seams): export it, not the input. Give it a
+    decimated mesh and the full surface as ``detail``: a decimated mesh unwraps into far fewer, larger charts, and
+    faster (xatlas splits the dense marching-cubes mesh into thousands of few-face pieces: BENCHMARKS.md), while
+    its colours still come from the full surface (:func:`detail_color_source`); the export does so
+    (``engine.export.decimate_stage``).
 
     Args:
         vertices: (V, 3); faces: (F, 3).
@@ -265,23 +281,13 @@ def texture_mesh(
         padding: texture dilation (see :func:`dilate_texture`).
         atlas_padding: texels between charts in the atlas.
         max_chart_faces: chart size bound for xatlas (see :func:`unwrap_uv`).
-        max_faces: decimate larger meshes to this many faces first (None: never). Needs ``fast-simplification``
-            when it applies.
         detail: (vertices (D, 3), unit normals (D, 3)) of the surface the colours are sampled from (texel
-            points snapped onto it); None: the input mesh when it was decimated, else the mesh itself.
+            points snapped onto it); None: the mesh itself.
         stats: filled by :func:`unwrap_uv` (charts, utilization) and with ``unwrap_s`` / ``bake_s`` seconds.
         device: where the UV triangles are rasterised.
-    Returns:
-        new_vertices (V', 3) float32, new_faces (F, 3) int64, uvs (V', 2) float32 in [0, 1],
-        texture (T, T, 3) uint8.
     """
     v = np.asarray(vertices, dtype=np.float32)
     f = np.asarray(faces, dtype=np.int64)
-    if max_faces is not None and len(f) > max_faces:
-        if detail is None:
-            detail = (v, mesh_vertex_normals(v, f) if normals is None else np.asarray(normals, np.float32))
-        v, f = decimate(v, f, int(max_faces))
-        normals = None
     if detail is not None:
         color_source = detail_color_source(color_source, *detail)
     stats = {} if stats is None else stats
@@ -294,8 +300,8 @@ def texture_mesh(
     new_v = v[vmapping]
     texture = bake_texture(new_v, new_faces, uvs, color_source, nrm[vmapping], texture_size, padding, device)
     stats.update(unwrap_s=t1 - t0, bake_s=time.monotonic() - t1)
-    return new_v, new_faces, uvs, texture
+    return TexturedMesh(new_v, new_faces, uvs, texture, vmapping)
 
 
-__all__ = ["bake_texture", "detail_color_source", "dilate_texture", "rasterize_uv", "texel_density_spread",
-           "texture_mesh", "unwrap_uv"]
+__all__ = ["TexturedMesh", "bake_texture", "detail_color_source", "dilate_texture", "rasterize_uv",
+           "texel_density_spread", "texture_mesh", "unwrap_uv"]

@@ -23,12 +23,12 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets.scale_file import check_distance, find_name
 
-from ..config_schema import SOLVE_CAMERAS, SOLVE_MATCHERS
+from ..config_schema import SolveConfig
 from ..errors import Cancelled, EngineError, InputError
 from ..protocol import PROTOCOL_VERSION, Emitter
 from .sfm import SfmJob, choose_cameras, choose_matcher, cpu_seconds, import_pycolmap, peak_rss_mb
@@ -44,29 +44,7 @@ KEEPALIVE_S = 2.0  # a stage that has reported nothing for this long repeats its
 class SolveRequest:
     source: Path  # folder of photos or a video file
     out: Path  # DATA_DIR
-    matcher: str = "auto"  # one of config_schema.SOLVE_MATCHERS
-    max_image_size: int = 1200  # long side SIFT sees, pixels: a laptop solves 50 photos in about a minute
-    camera: str = "auto"  # auto (photos of one size and EXIF focal share a camera) | single | per-image
-    fps: float = 2.0  # video: frames kept per second of video (the sharpest of each window)
-    max_frames: int = 120  # video: at most this many frames (the window widens for long videos)
-    min_placed: float = 0.5  # fewer photos placed than this fraction is an error
-    known_distance: str | None = None  # "IMG_A,IMG_B,METRES": true scale, kept in DATA_DIR/scale.json
-
-
-def check_request(req: SolveRequest) -> None:
-    if req.matcher not in SOLVE_MATCHERS:
-        raise InputError(f"--matcher must be one of {', '.join(SOLVE_MATCHERS)}, not {req.matcher!r}")
-    if req.camera not in SOLVE_CAMERAS:
-        raise InputError(f"--camera must be one of {', '.join(SOLVE_CAMERAS)}, not {req.camera!r}")
-    if req.max_image_size < 200:
-        raise InputError(f"--max-image-size {req.max_image_size}: too small to find features (at least 200)")
-    if not req.fps > 0:
-        raise InputError(f"--fps {req.fps}: must be positive")
-    if req.max_frames < 3:
-        raise InputError(f"--max-frames {req.max_frames}: at least 3")
-    if not 0.0 <= req.min_placed <= 1.0:
-        raise InputError(f"--min-placed {req.min_placed}: a fraction between 0 and 1")
-    parse_known_distance(req.known_distance)
+    settings: SolveConfig = field(default_factory=SolveConfig)  # checked by engine.config.settings_from_flags
 
 
 def parse_known_distance(text: str | None) -> tuple[str, str, float] | None:
@@ -257,7 +235,7 @@ def _prepare(req: SolveRequest, kind: str, image_dir: Path, emitter: Emitter, to
                          elapsed_s=round(elapsed, 2), eta_s=round(elapsed / done * (total - done), 1) if done else None)
 
     if kind == "video":
-        return prepare_video(req.source, image_dir, req.fps, req.max_frames, progress)
+        return prepare_video(req.source, image_dir, req.settings.fps, req.settings.max_frames, progress)
     return prepare_photos(req.source, image_dir, progress)
 
 
@@ -283,7 +261,6 @@ def run_solve(req: SolveRequest, emitter: Emitter, token, announce: bool = True)
     """
     pycolmap = import_pycolmap()  # keeping the engine's SIGTERM handler (a stop request)
 
-    check_request(req)
     kind = source_kind(req.source)
     _check_out(req.out)
     out = req.out.resolve()
@@ -303,10 +280,10 @@ def run_solve(req: SolveRequest, emitter: Emitter, token, announce: bool = True)
         result.mkdir()
         if announce:
             emitter.emit("start", version=PROTOCOL_VERSION, command="solve", source=str(req.source.resolve()),
-                         data_dir=str(out), kind=kind, matcher=req.matcher, camera=req.camera,
-                         max_image_size=req.max_image_size, pycolmap=pycolmap.__version__)
+                         data_dir=str(out), kind=kind, matcher=req.settings.matcher, camera=req.settings.camera,
+                         max_image_size=req.settings.max_image_size, pycolmap=pycolmap.__version__)
         prepared = _prepare(req, kind, work / "images", emitter, token)
-        known = parse_known_distance(req.known_distance)
+        known = parse_known_distance(req.settings.known_distance)
         known_names = _known_names(known, prepared, req.source)
         read_s, read_cpu_s = round(time.monotonic() - t0, 2), round(cpu_seconds() - cpu0, 2)
         if prepared.left_out:
@@ -315,15 +292,16 @@ def run_solve(req: SolveRequest, emitter: Emitter, token, announce: bool = True)
                          f"{_names([x['name'] + ' (' + x['reason'] + ')' for x in prepared.left_out])}",
                          left_out=prepared.left_out)
         names = [im.name for im in prepared.images]
-        matcher = choose_matcher(req.matcher, kind, len(names))
+        matcher = choose_matcher(req.settings.matcher, kind, len(names))
         try:
-            camera, groups = choose_cameras(req.camera, names, [(im.width, im.height) for im in prepared.images],
+            sizes = [(im.width, im.height) for im in prepared.images]
+            camera, groups = choose_cameras(req.settings.camera, names, sizes,
                                             [im.focal_prior_px for im in prepared.images])
         except ValueError as exc:
             raise InputError(f"{req.source}: {exc}") from exc
         job = SfmJob(image_dir=str(work / "images"), work_dir=str(work), out_dir=str(result), names=names,
                      focal_priors={im.name: im.focal_prior_px for im in prepared.images if im.focal_prior_px},
-                     matcher=matcher, loop=kind == "video", max_image_size=req.max_image_size,
+                     matcher=matcher, loop=kind == "video", max_image_size=req.settings.max_image_size,
                      camera=camera, groups=groups,
                      turned={im.name: 90 * im.turns for im in prepared.images if im.turns})
         unit = "frames" if kind == "video" else "photos"
@@ -361,7 +339,7 @@ def run_solve(req: SolveRequest, emitter: Emitter, token, announce: bool = True)
             # DATA_DIR are turned and their cameras rolled with them
             "turned": job.turned,
             "camera": job.camera,
-            "max_image_size": req.max_image_size,
+            "max_image_size": req.settings.max_image_size,
             "timings": {"read_s": read_s, **sfm["timings"], "total_s": round(time.monotonic() - t0, 2)},
             # CPU seconds (user + system, all threads) per stage: reading in this process, the rest in the child
             # (its total_s: the child's whole life); on a shared machine these, not the wall clock, are the cost
@@ -383,7 +361,7 @@ def run_solve(req: SolveRequest, emitter: Emitter, token, announce: bool = True)
 
 
 def _check_placed(req: SolveRequest, prepared: PreparedSource, placed: list[str], names: list[str]) -> None:
-    needed = max(3, int(-(-req.min_placed * len(names) // 1)))
+    needed = max(3, int(-(-req.settings.min_placed * len(names) // 1)))
     if len(placed) >= needed:
         return
     source_of = {im.name: im.source for im in prepared.images}
