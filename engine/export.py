@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 
 from . import liveness, region
-from .config_schema import ExportConfig
+from .config_schema import ExportConfig, RunConfig
 from .errors import Cancelled, InputError
 from .guard import with_memory_backoff
 from .mesh import transform_vertices, write_glb, write_normalization_json, write_obj, write_ply
@@ -220,7 +219,7 @@ def frame_matrix(frame: str, scene) -> np.ndarray | None:
     return np.diag([metres, metres, metres, 1.0]) @ scale_mat
 
 
-def export_mesh(model: NeuSModel, cfg: DictConfig, scene, run_dir: Path, emitter: Emitter, opts: ExportConfig,
+def export_mesh(model: NeuSModel, cfg: RunConfig, scene, run_dir: Path, emitter: Emitter, opts: ExportConfig,
                 timings: dict | None = None) -> dict[str, Path]:
     """Writes ``mesh.ply`` (always, normalized frame), ``normalization.json`` and the requested extras, stage by
     stage (module docstring). ``cfg``: the run's config (its region and held-out views); ``opts``: the export
@@ -308,7 +307,7 @@ def _grid_progress(fraction: float) -> None:
     liveness.tick("extracting", int(100 * fraction), 100, "percent")
 
 
-def write_preview_mesh(model: NeuSModel, cfg: DictConfig, run_dir: Path, step: int) -> Path | None:
+def write_preview_mesh(model: NeuSModel, cfg: RunConfig, run_dir: Path, step: int) -> Path | None:
     """A quick low-resolution coloured mesh for live preview; None while the surface is still empty."""
     was_training = model.training
     model.eval()

@@ -17,6 +17,7 @@ import torch
 from datasets.cameras import downscaled_size
 from datasets.scene import pixel_bytes
 
+from .config_schema import RunConfig
 from .rss import current_rss_bytes
 
 # Measured factors (2026-12-02, CPU, real DTU scan 65 subsets, see BENCHMARKS.md), rounded up:
@@ -93,7 +94,7 @@ def model_parameter_count(cfg_model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def fit_estimate(cfg, n_views: int, n_train: int, width: int, height: int, has_masks: bool, n_params: int,
+def fit_estimate(cfg: RunConfig, n_views: int, n_train: int, width: int, height: int, has_masks: bool, n_params: int,
                  on_device: bool, base_bytes: int) -> int:
     """Peak bytes of a fit at this image size: host RAM (``on_device`` False) or CUDA memory (True).
 
@@ -102,15 +103,15 @@ def fit_estimate(cfg, n_views: int, n_train: int, width: int, height: int, has_m
     training views, which run after training). Device: the training views' pixels instead of all, no ``base_bytes``.
     """
     photos = pixel_bytes(n_train if on_device else n_views, width, height, has_masks)
-    step = int(cfg.train.target_samples) * STEP_BYTES_PER_SAMPLE
-    export = int(cfg.export.resolution) ** 3 * EXTRACT_BYTES_PER_CELL
-    if str(cfg.export.color) == "photos":
+    step = cfg.train.target_samples * STEP_BYTES_PER_SAMPLE
+    export = cfg.export.resolution ** 3 * EXTRACT_BYTES_PER_CELL
+    if cfg.export.color == "photos":
         export = max(export, PHOTO_COLOUR_FIXED_BYTES + n_train * width * height * PHOTO_COLOUR_BYTES_PER_PIXEL)
     fixed = 0 if on_device else base_bytes + FIT_OVERHEAD_BYTES
     return fixed + photos + n_params * BYTES_PER_PARAMETER + max(step, export)
 
 
-def plan_fit_memory(cfg, n_views: int, n_train: int, width: int, height: int, has_masks: bool,
+def plan_fit_memory(cfg: RunConfig, n_views: int, n_train: int, width: int, height: int, has_masks: bool,
                     device: torch.device) -> MemoryPlan:
     """The smallest downscale (from ``cfg.data.downscale`` up) whose estimate fits the budget.
 
@@ -123,7 +124,7 @@ def plan_fit_memory(cfg, n_views: int, n_train: int, width: int, height: int, ha
     on_device = device.type == "cuda"
     base = current_rss_bytes()
     n_params = model_parameter_count(cfg.model)
-    given = float(cfg.data.memory_budget_gb)
+    given = cfg.data.memory_budget_gb
     if given > 0:
         budget = int(given * 2**30)
     elif on_device:
@@ -131,7 +132,7 @@ def plan_fit_memory(cfg, n_views: int, n_train: int, width: int, height: int, ha
     else:
         budget = int(BUDGET_SHARE * host_available_bytes()) + base
     host_budget = int(BUDGET_SHARE * host_available_bytes()) + base
-    requested = int(cfg.data.downscale)
+    requested = cfg.data.downscale
     factor = requested
     while True:
         w, h = downscaled_size(width, height, factor)

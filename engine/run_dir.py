@@ -124,9 +124,9 @@ class RunDir:
         with config_errors_as_input(self.config_file):
             model = NeuSModel(cfg.model)
             # The sharpness floor as it stood at the last step, so renders look like the end of training.
-            model.min_inv_s.fill_(model.sharpness_floor(int(cfg.train.steps)))
+            model.min_inv_s.fill_(model.sharpness_floor(cfg.train.steps))
             progressive = cfg.model.geometry.progressive.enabled
-            n_levels = int(cfg.model.geometry.encoding.n_levels)
+            n_levels = cfg.model.geometry.encoding.n_levels
         load_weights(model, {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")},
                      self.checkpoint)
         if progressive:  # every level active, as at the end of training
@@ -207,8 +207,8 @@ def load_scene(data_dir: Path, cfg_data: DictConfig) -> Scene:
     from .region import region_of
 
     try:
-        return datasets.load(data_dir, format=cfg_data.format, downscale=int(cfg_data.downscale),
-                             cameras_file=cfg_data.cameras_file, split=str(cfg_data.split),
+        return datasets.load(data_dir, format=cfg_data.format, downscale=cfg_data.downscale,
+                             cameras_file=cfg_data.cameras_file, split=cfg_data.split,
                              region=region_of(cfg_data, "region"))
     except datasets.DatasetError as exc:
         raise InputError(str(exc)) from exc

@@ -111,9 +111,9 @@ class ProgressCallback(L.Callback):
         if not trainer.is_global_zero:
             return
         t = self.cfg.train
-        if self.on_preview is not None and int(t.preview_every) > 0 and step % int(t.preview_every) == 0:
+        if self.on_preview is not None and t.preview_every > 0 and step % t.preview_every == 0:
             self.on_preview(step)
-        if self.on_validate is not None and int(t.val_every) > 0 and step % int(t.val_every) == 0:
+        if self.on_validate is not None and t.val_every > 0 and step % t.val_every == 0:
             try:
                 self.on_validate(step)
             except Cancelled:  # stopped mid-validation: the next step boundary stops training, saving a checkpoint
@@ -138,7 +138,7 @@ class ProgressCallback(L.Callback):
         did not would leave them waiting in a collective forever.
         """
         t = self.cfg.train
-        every_steps, every_s = int(t.checkpoint_every_steps), float(t.checkpoint_every_seconds)
+        every_steps, every_s = t.checkpoint_every_steps, t.checkpoint_every_seconds
         stop = trainer.is_global_zero and self.cancel.is_set()
         due = step < self.total and ((every_steps > 0 and step % every_steps == 0)
                                      or (every_s > 0 and time.monotonic() - self.last_ckpt_time > every_s))
@@ -163,16 +163,16 @@ class ProgressCallback(L.Callback):
 
 def _trainer_kwargs(device: torch.device, cfg) -> dict:
     accel = {"cpu": "cpu", "cuda": "gpu", "mps": "mps"}[device.type]
-    devices: int | list[int] = int(cfg.train.devices)
+    devices: int | list[int] = cfg.train.devices
     if device.type == "cuda" and devices == 1:
         devices = [device.index or 0]
     if device.type == "mps":  # one Apple GPU; on the CPU, devices > 1 means that many gloo processes
         devices = 1
-    strategy = str(cfg.train.strategy)
+    strategy = cfg.train.strategy
     if strategy == "auto" and isinstance(devices, int) and devices > 1:
         strategy = "ddp"
     return dict(accelerator=accel, devices=devices, strategy=strategy, precision=cfg.train.precision,
-                max_steps=int(cfg.train.steps), logger=False, enable_checkpointing=False,
+                max_steps=cfg.train.steps, logger=False, enable_checkpointing=False,
                 enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                 limit_val_batches=0, log_every_n_steps=10**9, deterministic=False)
 
@@ -219,7 +219,7 @@ def prepare(req: FitRequest):
 
 def plan_memory(req: FitRequest, cfg, cams: datasets.CameraSet, device: torch.device) -> MemoryPlan:
     """Raises ``cfg.data.downscale`` until the fit's memory estimate fits (``engine.memory``); exit 2 if none does."""
-    n_train = len(split_views(cams.n_views, int(cfg.data.holdout_every))[0])
+    n_train = len(split_views(cams.n_views, cfg.data.holdout_every)[0])
     has_masks = cams.mask_paths is not None
     try:
         plan = plan_fit_memory(cfg, cams.n_views, n_train, cams.width, cams.height, has_masks, device)
@@ -244,8 +244,8 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
             emitter.log(f"removed {tmp}, left half-written by an earlier run that was killed")
     cfg, cams = prepare(req)
     if cams is not None:  # export.frame=metres without a true scale (scale.json) is bad input, before any pixel
-        frame_matrix(str(cfg.export.frame), cams)
-    device = select_device(str(cfg.device))
+        frame_matrix(cfg.export.frame, cams)
+    device = select_device(cfg.device)
     if not req.resume:
         resolve_auto(cfg, cams.mask_paths is not None, device.type)
         resolve_accelerators(cfg, device)
@@ -261,9 +261,9 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
         emitter.emit("warning", message=f"automatic region uncertain: {note}", left_out=[], about="region")
     if cancel.is_set():
         raise Cancelled()
-    train_idx, held_idx = split_views(scene.n_views, int(cfg.data.holdout_every))
+    train_idx, held_idx = split_views(scene.n_views, cfg.data.holdout_every)
     rays = RaySource(scene.images, scene.masks, scene.K, scene.c2w, views=train_idx)
-    L.seed_everything(int(cfg.seed), verbose=False)
+    L.seed_everything(cfg.seed, verbose=False)
     # Nothing is written until the model, the checkpoint and the trainer are known to work with this config.
     with config_errors_as_input(run.config_file if req.resume else None):
         system = NeuSSystem(cfg, rays)
@@ -274,18 +274,18 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
         saved_state = read_checkpoint(ckpt, resume=True)
         load_weights(system, saved_state["state_dict"], ckpt)
         start_step = int(saved_state["global_step"])
-    total = int(cfg.train.steps)
+    total = cfg.train.steps
     t_load = time.monotonic() - t_start
     enc = cfg.model.geometry.encoding
     emitter.emit("start", version=PROTOCOL_VERSION, command="fit", data_dir=str(req.data_dir.resolve()),
-                 run_dir=str(req.run_dir.resolve()), preset=str(cfg.preset), device=str(device),
+                 run_dir=str(req.run_dir.resolve()), preset=cfg.preset, device=str(device),
                  device_name=device_name(device), cpu_threads=torch.get_num_threads(), total_steps=total,
                  start_step=start_step,
                  config={"format": scene.format, "n_images": scene.n_views, "n_train": int(len(train_idx)),
                          "resolution": [scene.width, scene.height], "masks": bool(cfg.data.use_mask),
                          "encoding": f"hashgrid {enc.n_levels}x{enc.n_features_per_level} 2^{enc.log2_hashmap_size}",
-                         "grad_mode": str(cfg.model.geometry.grad_mode),
-                         "samples_per_step": int(cfg.train.target_samples)})
+                         "grad_mode": cfg.model.geometry.grad_mode,
+                         "samples_per_step": cfg.train.target_samples})
 
     def preview(step: int) -> None:
         path = write_preview_mesh(system.model, cfg, req.run_dir, step)

@@ -9,6 +9,7 @@ import torch
 
 from datasets.geometry import scale_intrinsics
 
+from .config_schema import RunConfig
 from .guard import with_memory_backoff
 from .liveness import tick
 from .model import NeuSModel
@@ -44,18 +45,18 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else -10.0 * math.log10(mse)
 
 
-def validation_metrics(model: NeuSModel, scene, indices, cfg, emit=None) -> dict[str, float | None]:
+def validation_metrics(model: NeuSModel, scene, indices, cfg: RunConfig, emit=None) -> dict[str, float | None]:
     """Mean PSNR over held-out views (background composited like training when masks are used) and mask IoU.
     Out of memory halves the rays per render call (``emit``: reports it)."""
     return with_memory_backoff(lambda chunk: _metrics(model, scene, indices, cfg, chunk), 8192,
                                "train.val_downscale", "validate", emit, hint="raise train.val_downscale")
 
 
-def _metrics(model: NeuSModel, scene, indices, cfg, chunk: int) -> dict[str, float | None]:
-    indices = list(indices)[: int(cfg.train.val_max_views)]
+def _metrics(model: NeuSModel, scene, indices, cfg: RunConfig, chunk: int) -> dict[str, float | None]:
+    indices = list(indices)[: cfg.train.val_max_views]
     use_mask = bool(cfg.data.use_mask) and scene.masks is not None
     psnrs, ious = [], []
-    for _, rgb, opacity, target, mask in render_views(model, scene, indices, int(cfg.train.val_downscale),
+    for _, rgb, opacity, target, mask in render_views(model, scene, indices, cfg.train.val_downscale,
                                                       chunk=chunk):
         if use_mask and mask is not None:
             target = target * mask[..., None] + (1.0 - mask[..., None])  # white background, as rendered

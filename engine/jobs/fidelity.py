@@ -77,7 +77,7 @@ def run(req: FidelityRequest, run_dir: RunDir, emitter: Emitter, cancel: CancelT
     if mesh_path.stem.endswith("_world"):  # exported with --frame world: back to the cameras' frame
         scale_mat, _ = read_normalization_json(run_dir.normalization_file)
         verts = transform_vertices(verts, np.linalg.inv(scale_mat))
-    views, held_out = fidelity_views(scene.n_views, int(cfg.data.holdout_every))
+    views, held_out = fidelity_views(scene.n_views, cfg.data.holdout_every)
     if not held_out:
         emitter.log("the run holds no views out (data.holdout_every=0): judging on views it trained on")
     emitter.emit("stage", stage="rendering")

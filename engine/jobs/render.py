@@ -82,4 +82,4 @@ def run(req: RenderRequest, run_dir: RunDir, emitter: Emitter, cancel: CancelTok
         files["mp4"] = str((out_dir / "trajectory.mp4").resolve())
     except Exception as exc:  # needs imageio-ffmpeg; the GIF is always there
         print(f"no MP4 ({type(exc).__name__}); install imageio-ffmpeg for video", file=sys.stderr)
-    return {"mesh": None, "files": files, "steps": int(cfg.train.steps), "timings": {}}
+    return {"mesh": None, "files": files, "steps": cfg.train.steps, "timings": {}}
