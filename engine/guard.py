@@ -133,8 +133,8 @@ class StepGuard:
         lowers the learning rates. Raises Diverged once the rollbacks are used up."""
         g = self.cfg.train.guard
         self.rollbacks += 1
-        if self.rollbacks > int(g.max_rollbacks):
-            raise Diverged(f"training diverged: non-finite loss or gradients again after {int(g.max_rollbacks)} "
+        if self.rollbacks > g.max_rollbacks:
+            raise Diverged(f"training diverged: non-finite loss or gradients again after {g.max_rollbacks} "
                            f"rollbacks (step {step}); the last good checkpoint (step {ckpt_step}) is kept; lower "
                            "train.lr and train.lr_geometry_encoding, or check the data")
         trainer = system.trainer
@@ -146,7 +146,7 @@ class StepGuard:
         else:
             system.load_state_dict(state["state_dict"])
             optimizer.load_state_dict(state["optimizer_states"][0])
-        factor = float(g.lr_factor)
+        factor = g.lr_factor
         for group, lr in zip(optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr * factor
         for config in trainer.lr_scheduler_configs:  # LambdaLR: lr = base_lr * schedule(step)
@@ -158,12 +158,12 @@ class StepGuard:
         if hasattr(optimizer, "found_inf"):
             del optimizer.found_inf
         self.events.append({"event": "rollback", "step": step, "to_step": ckpt_step, "rollbacks": self.rollbacks,
-                            "lr_scale": self.lr_scale, "bad_steps": int(g.bad_steps)})
+                            "lr_scale": self.lr_scale, "bad_steps": g.bad_steps})
 
     def back_off_memory(self, system, step: int, where: str) -> None:
         """Halves the rays per step (and the sample budget they aim at); at ``train.min_rays`` gives up."""
         t = self.cfg.train
-        floor = int(t.min_rays)
+        floor = t.min_rays
         if system.n_rays <= floor:
             raise DeviceError(f"out of memory on {system.device} in {where} of step {step} even with "
                               f"{system.n_rays} rays per step (train.min_rays); lower train.min_rays, "
@@ -174,10 +174,10 @@ class StepGuard:
             torch.cuda.empty_cache()
         old = system.n_rays
         system.n_rays = max(floor, old // 2)
-        t.max_rays = max(floor, min(int(t.max_rays), system.n_rays))
-        t.target_samples = max(1, int(t.target_samples) // 2)
+        t.max_rays = max(floor, min(t.max_rays, system.n_rays))
+        t.target_samples = max(1, t.target_samples // 2)
         self.events.append({"event": "memory_backoff", "step": step, "rays": system.n_rays, "from_rays": old,
-                            "target_samples": int(t.target_samples), "setting": "train.target_samples"})
+                            "target_samples": t.target_samples, "setting": "train.target_samples"})
 
     def state(self) -> dict:
         return {"rollbacks": self.rollbacks, "lr_scale": self.lr_scale}

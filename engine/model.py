@@ -69,37 +69,37 @@ class NeuSModel(nn.Module):
     def __init__(self, cfg) -> None:
         super().__init__()
         self.cfg = cfg
-        self.radius = float(cfg.radius)
+        self.radius = cfg.radius
         g = cfg.geometry
         self.geometry = SDFField(
-            encoding=dict(g.encoding), mlp=dict(g.mlp), radius=self.radius, feature_dim=int(g.feature_dim),
-            include_xyz=bool(g.include_xyz), grad_mode=str(g.grad_mode), fd_points=int(g.fd_points),
+            encoding=dict(g.encoding), mlp=dict(g.mlp), radius=self.radius, feature_dim=g.feature_dim,
+            include_xyz=g.include_xyz, grad_mode=g.grad_mode, fd_points=g.fd_points,
             fd_eps=scheduled(g.fd_eps, 0),
         )
         r = cfg.radiance
-        self.radiance = RadianceField(int(g.feature_dim), dict(r.mlp), int(r.sh_degree), bool(r.use_view_dir),
-                                      bool(r.use_normal))
-        self.variance = nn.Parameter(torch.tensor(float(cfg.variance_init)))
+        self.radiance = RadianceField(g.feature_dim, dict(r.mlp), r.sh_degree, r.use_view_dir,
+                                      r.use_normal)
+        self.variance = nn.Parameter(torch.tensor(cfg.variance_init))
         self.background = None
         if cfg.background.enabled:
             b = cfg.background
             self.background = BackgroundField(dict(b.encoding), dict(b.mlp), dict(b.color_mlp),
-                                              use_view_dir=bool(b.use_view_dir), radius=self.radius)
+                                              use_view_dir=b.use_view_dir, radius=self.radius)
         # Plain numbers, read once: compiled code must not reach into the (typed OmegaConf) config.
-        self.bg_start_radius = float(cfg.background.start_radius) * self.radius
-        self.bg_far = float(cfg.background.far)
-        self.bg_n_samples = int(cfg.background.n_samples)
-        self.sparsity_scale = float(cfg.sparsity_scale)
+        self.bg_start_radius = cfg.background.start_radius * self.radius
+        self.bg_far = cfg.background.far
+        self.bg_n_samples = cfg.background.n_samples
+        self.sparsity_scale = cfg.sparsity_scale
         occ = cfg.occupancy
-        self.occupancy = OccupancyGrid(self.radius, int(occ.resolution), float(occ.threshold),
-                                       margin=float(occ.margin)) if occ.enabled else None
-        self.step_size = math.sqrt(3) * 2 * self.radius / float(cfg.num_samples_per_ray)
+        self.occupancy = OccupancyGrid(self.radius, occ.resolution, occ.threshold,
+                                       margin=occ.margin) if occ.enabled else None
+        self.step_size = math.sqrt(3) * 2 * self.radius / cfg.num_samples_per_ray
         self.max_steps = int(math.ceil(2 * self.radius / self.step_size)) + 1  # candidates per ray (any chord)
-        self.sampler = str(cfg.sampler)
+        self.sampler = cfg.sampler
         self.march = MARCHERS[self.sampler]
         # Samples per static render_rays call when none is given; training passes train.target_samples.
         self.static_budget = max(2**18, self.max_steps)
-        self.register_buffer("cos_anneal_ratio", torch.tensor(1.0 if int(cfg.cos_anneal_end) <= 0 else 0.0))
+        self.register_buffer("cos_anneal_ratio", torch.tensor(1.0 if cfg.cos_anneal_end <= 0 else 0.0))
         # Floor under the learned sharpness (a buffer, so compiled code reads it without recompiling).
         self.register_buffer("min_inv_s", torch.tensor(self.sharpness_floor(0)), persistent=False)
         self.timer = PhaseTimer()
@@ -124,18 +124,18 @@ class NeuSModel(nn.Module):
         cfg = self.cfg
         prog = cfg.geometry.progressive
         if prog.enabled:
-            n_levels = int(prog.start_level) + max(0, step - int(prog.start_step)) // max(1, int(prog.update_steps))
+            n_levels = prog.start_level + max(0, step - prog.start_step) // max(1, prog.update_steps)
             self.geometry.set_progress(n_levels)
         self.geometry.fd_eps = scheduled(cfg.geometry.fd_eps, step)  # optionally shrinking FD step
-        end = int(cfg.cos_anneal_end)
+        end = cfg.cos_anneal_end
         self.cos_anneal_ratio.fill_(1.0 if end <= 0 else min(1.0, step / end))
         self.min_inv_s.fill_(self.sharpness_floor(step))
         occ = cfg.occupancy
-        refresh = self.occupancy is not None and step >= int(occ.start_step) and step % int(occ.update_every) == 0
+        refresh = self.occupancy is not None and step >= occ.start_step and step % occ.update_every == 0
         if refresh:
             # inv_s stays on the device, so the refresh does not wait for the GPU.
             self.occupancy.update(self.geometry.sdf, self.inv_s().detach(), self.step_size,
-                                  fraction=float(occ.update_fraction))
+                                  fraction=occ.update_fraction)
         self.timer.mark("occupancy_update")
         return refresh
 

@@ -157,7 +157,7 @@ class NeuSSystem(L.LightningModule):
         self.cfg = cfg
         self.model = NeuSModel(cfg.model)
         self.rays = rays
-        self.n_rays = int(cfg.train.init_rays)
+        self.n_rays = cfg.train.init_rays
         self.last_stats: dict[str, Tensor | int] = {}
         # Plain values, read once: compiled code must not reach into the (typed OmegaConf) config.
         self.background_mode = str(cfg.data.background)
@@ -175,8 +175,8 @@ class NeuSSystem(L.LightningModule):
         self._first_step_done = False
         if self.static:
             t = cfg.train
-            self.n_rays = bucket_rays(self.n_rays, int(t.min_rays), int(t.max_rays))
-            self.model.static_budget = max(int(t.target_samples), self.model.max_steps)
+            self.n_rays = bucket_rays(self.n_rays, t.min_rays, t.max_rays)
+            self.model.static_budget = max(t.target_samples, self.model.max_steps)
             self._demand_ema: Tensor | None = None  # candidates per ray, on the device
             self._demand: float | None = None  # the last value that reached the host
             self._readback: _HostReadback | None = None
@@ -194,7 +194,7 @@ class NeuSSystem(L.LightningModule):
         t = self.cfg.train
         # The fused step drives AdamW itself (manual optimization; Lightning still counts steps and saves the
         # optimizer's state). Under DDP the gradients need DDP's hooks, so more than one process keeps the usual step.
-        self.automatic_optimization = not (self.static and bool(t.fused_step) and self.trainer.world_size == 1
+        self.automatic_optimization = not (self.static and t.fused_step and self.trainer.world_size == 1
                                            and str(t.precision) in ("32", "32-true"))
         if bool(t.compile) and not self._compiled and self.device.type == "cuda":
             self._compile()
@@ -272,8 +272,8 @@ class NeuSSystem(L.LightningModule):
         timer.mark("losses")
         self._record_step(*outputs, n_rays=origins.shape[0])
         if not self.static:  # the packed sampler knows its sample count on the host already
-            self.n_rays = next_ray_count(self.n_rays, outputs[2], int(t.target_samples), int(t.min_rays),
-                                         int(t.max_rays))
+            self.n_rays = next_ray_count(self.n_rays, outputs[2], t.target_samples, t.min_rays,
+                                         t.max_rays)
         return outputs[0]
 
     def _step_begin(self, step: int) -> None:
@@ -379,15 +379,15 @@ class NeuSSystem(L.LightningModule):
             self._readback = None
             self._demand = max(value, 1e-3)
             self._set_static_rays(self._demand)
-        if self._demand_ema is not None and step - self._readback_step >= int(t.static_adapt_every):
+        if self._demand_ema is not None and step - self._readback_step >= t.static_adapt_every:
             self._readback = _HostReadback(self._demand_ema)
             self._readback_step = step
 
     def _set_static_rays(self, demand: float) -> None:
         t = self.cfg.train
-        wanted = float(t.static_fill) * int(t.target_samples) / demand
+        wanted = t.static_fill * t.target_samples / demand
         wanted = min(max(wanted, 0.25 * self.n_rays), 4.0 * self.n_rays)  # one noisy estimate cannot swing it far
-        new = bucket_rays(wanted, int(t.min_rays), int(t.max_rays))
+        new = bucket_rays(wanted, t.min_rays, t.max_rays)
         if abs(new - self.n_rays) > 0.1 * self.n_rays:
             self.n_rays = new
 
@@ -415,16 +415,16 @@ class NeuSSystem(L.LightningModule):
         t = self.cfg.train
         m = self.model
         groups = [
-            {"params": list(m.geometry.encoding.parameters()), "lr": float(t.lr_geometry_encoding)},
-            {"params": list(m.geometry.mlp.parameters()) + list(m.radiance.parameters()), "lr": float(t.lr)},
-            {"params": [m.variance], "lr": float(t.lr_variance)},
+            {"params": list(m.geometry.encoding.parameters()), "lr": t.lr_geometry_encoding},
+            {"params": list(m.geometry.mlp.parameters()) + list(m.radiance.parameters()), "lr": t.lr},
+            {"params": [m.variance], "lr": t.lr_variance},
         ]
         if m.background is not None:
-            groups.append({"params": list(m.background.parameters()), "lr": float(t.lr_background)})
+            groups.append({"params": list(m.background.parameters()), "lr": t.lr_background})
         # The fused kernel (CPU and CUDA) updates the large hash table in one pass instead of several.
         fused = self.device.type in ("cpu", "cuda") and t.precision == 32
-        opt = torch.optim.AdamW(groups, betas=(0.9, 0.99), eps=1e-15, weight_decay=float(t.weight_decay), fused=fused)
-        total, warmup, final = int(t.steps), int(t.warmup_steps), float(t.final_lr_factor)
+        opt = torch.optim.AdamW(groups, betas=(0.9, 0.99), eps=1e-15, weight_decay=t.weight_decay, fused=fused)
+        total, warmup, final = t.steps, t.warmup_steps, t.final_lr_factor
 
         def factor(step: int) -> float:
             ramp = min(1.0, (step + 1) / max(1, warmup))
@@ -444,5 +444,5 @@ class NeuSSystem(L.LightningModule):
         self.guard.load(checkpoint.get("guard"))
         if self.static:
             t = self.cfg.train
-            self.n_rays = bucket_rays(self.n_rays, int(t.min_rays), int(t.max_rays))  # e.g. saved by a packed run
+            self.n_rays = bucket_rays(self.n_rays, t.min_rays, t.max_rays)  # e.g. saved by a packed run
             self._demand = checkpoint.get("static_demand")
