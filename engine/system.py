@@ -160,7 +160,7 @@ class NeuSSystem(L.LightningModule):
         self.n_rays = cfg.train.init_rays
         self.last_stats: dict[str, Tensor | int] = {}
         # Plain values, read once: compiled code must not reach into the (typed OmegaConf) config.
-        self.background_mode = str(cfg.data.background)
+        self.background_mode = cfg.data.background
         self.use_mask = bool(cfg.data.use_mask)
         self._compiled = False
         # Static sampler: fixed sample budget; the ray count follows the candidates per ray, read back lagged.

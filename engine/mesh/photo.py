@@ -155,8 +155,8 @@ def prepare_views(
             fg = _as_mask(masks[i], device)
             loose &= fg
             if opts.erode_px > 0:
-                k = 2 * int(opts.erode_px) + 1
-                fg = -F.max_pool2d(-fg.float()[None, None], k, 1, int(opts.erode_px))[0, 0] > 0.5
+                k = 2 * opts.erode_px + 1
+                fg = -F.max_pool2d(-fg.float()[None, None], k, 1, opts.erode_px)[0, 0] > 0.5
             usable &= fg
         views.append(_View(Ks[i], c2ws[i], img, depth, _feather(usable, opts.feather_px), loose,
                            _sharpness(img, usable), torch.ones(3, device=device)))

@@ -193,11 +193,11 @@ def refine_texture(
     n = len(pixels.target)
     t1 = time.monotonic()
     stats["mse_before"] = photometric_mse(start, pixels)
-    for step in range(int(opts.steps)):
+    for step in range(opts.steps):
         if step and time.monotonic() - t1 > opts.time_budget_s:
             break
         if n > opts.batch_pixels:
-            pick = torch.randint(0, n, (int(opts.batch_pixels),), generator=gen).to(device)
+            pick = torch.randint(0, n, (opts.batch_pixels,), generator=gen).to(device)
             grid, target = pixels.grid[pick], pixels.target[pick]
         else:
             grid, target = pixels.grid, pixels.target
@@ -213,7 +213,7 @@ def refine_texture(
         with torch.no_grad():
             param.clamp_(0.0, 1.0)
         stats["steps"] = step + 1
-        tick("texturing", step + 1, int(opts.steps), "steps")  # between steps: a cancel keeps nothing half done
+        tick("texturing", step + 1, opts.steps, "steps")  # between steps: a cancel keeps nothing half done
     fitted = param.detach()
     stats["mse_after"] = photometric_mse(fitted, pixels)
     stats["optimise_s"] = time.monotonic() - t1
