@@ -31,7 +31,7 @@ ADDON_DIR = REPO / "neus_blender_addon"
 DATASETS_DIR = REPO / "datasets"
 VENDOR_PREFIX = "_vendor/datasets"
 # The datasets modules the add-on imports (camera_source.datasets_module); what they import is vendored too.
-ENTRY_MODULES = ("cameras", "normalization_file", "scale_file")
+ENTRY_MODULES = ("cameras", "normalization_file", "photo_sources", "scale_file")
 # Only useful with the bpy module in the project's venv, not inside Blender.
 ADDON_EXCLUDE = {"headless.py"}
 ALLOWED_THIRD_PARTY = {"numpy"}

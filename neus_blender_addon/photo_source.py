@@ -9,11 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from .camera_source import datasets_module
 from .errors import AddonError
 
-# As the engine's solve reads them (engine/solve/sources.py); the add-on may not import the engine.
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
-VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mts")
+# The engine's own rule (datasets/photo_sources.py, vendored in the add-on zip): one copy of the suffixes and of
+# ``needs_solving``.
+_photo_sources = datasets_module("photo_sources")
+PHOTO_SUFFIXES: tuple[str, ...] = _photo_sources.PHOTO_SUFFIXES
+VIDEO_SUFFIXES: tuple[str, ...] = _photo_sources.VIDEO_SUFFIXES
+needs_solving = _photo_sources.needs_solving
 # (name, label, description) of ``engine solve --matcher`` (engine/solve/sfm.py choose_matcher): the one list the
 # operator's menu and the command check use.
 MATCHER_ITEMS = (
@@ -26,31 +30,6 @@ MATCHER_ITEMS = (
 MATCHERS = tuple(name for name, _label, _description in MATCHER_ITEMS)
 SOLVE_FILE = "solve.json"
 SOLVE_LOG = "engine_solve_stderr.log"
-
-
-def has_cameras(folder: Path) -> bool:
-    """A dataset format is detected in ``folder`` (the camera loader's own ``detect_format``, the rule the engine's
-    ``fit`` applies before it decides to solve)."""
-    from .camera_source import cameras_module
-
-    cameras = cameras_module()
-    try:
-        cameras.detect_format(folder)
-    except ValueError:  # DatasetError: no format
-        return False
-    return True
-
-
-def needs_solving(path: str | Path) -> bool:
-    """A video file, or a folder with photos at its top and no dataset format: what ``engine fit`` solves first
-    (engine/solve ``needs_solving``, which the add-on may not import)."""
-    path = Path(path)
-    if path.is_file():
-        return path.suffix.lower() in VIDEO_SUFFIXES
-    if not path.is_dir() or has_cameras(path):
-        return False
-    return any(p.suffix.lower() in PHOTO_SUFFIXES and not p.name.startswith(".") for p in path.iterdir()
-               if p.is_file())
 
 
 def solved_dir_for(source: str | Path, base: str | Path) -> Path:

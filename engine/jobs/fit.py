@@ -50,7 +50,7 @@ def run_folder(req: FitRequest, emitter: Emitter) -> Iterator[RunDir]:
 
 
 def run(req: FitRequest, run_dir: RunDir, emitter: Emitter, cancel: CancelToken) -> dict:
-    from ..solve import needs_solving
+    from datasets.photo_sources import needs_solving
 
     if needs_solving(req.data_dir):
         req.data_dir = _solve_for_fit(req, run_dir, emitter, cancel)

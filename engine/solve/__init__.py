@@ -32,7 +32,7 @@ from ..config_schema import SolveConfig
 from ..errors import Cancelled, EngineError, InputError
 from ..protocol import PROTOCOL_VERSION, Emitter
 from .sfm import SfmJob, choose_cameras, choose_matcher, cpu_seconds, import_pycolmap, peak_rss_mb
-from .sources import VIDEO_SUFFIXES, PreparedSource, list_photos, prepare_photos, prepare_video, source_kind
+from .sources import PreparedSource, prepare_photos, prepare_video, source_kind
 
 SOLVE_FILE = "solve.json"
 _POLL_S = 0.1
@@ -237,21 +237,6 @@ def _prepare(req: SolveRequest, kind: str, image_dir: Path, emitter: Emitter, to
     if kind == "video":
         return prepare_video(req.source, image_dir, req.settings.fps, req.settings.max_frames, progress)
     return prepare_photos(req.source, image_dir, progress)
-
-
-def needs_solving(source: Path) -> bool:
-    """Whether ``fit SOURCE`` must solve cameras first: a video, or a folder of photos with no camera file."""
-    from datasets import DatasetError, detect_format
-
-    if source.is_file():
-        return source.suffix.lower() in VIDEO_SUFFIXES
-    if not source.is_dir():
-        return False
-    try:
-        detect_format(source)
-        return False
-    except DatasetError:
-        return bool(list_photos(source))
 
 
 def run_solve(req: SolveRequest, emitter: Emitter, token, announce: bool = True) -> dict:

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from datasets.photo_sources import VIDEO_SUFFIXES, list_photos
+
 from ..errors import InputError
 
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
-VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mts")
 WORKING_SIZE = 1600  # long side of the images the dataset keeps: enough for training, light on a laptop
 MIN_PHOTOS = 3
 # A photo whose grey values vary less than this (std on a 0-255 scale, after a light blur) has nothing SIFT can
@@ -69,15 +69,6 @@ def source_kind(source: Path) -> str:
             return "video"
         raise InputError(f"{source}: not a folder of photos or a video ({', '.join(VIDEO_SUFFIXES)})")
     raise InputError(f"{source}: no such folder or video")
-
-
-def list_photos(folder: Path) -> list[Path]:
-    """Photos at the top of ``folder`` (hidden files skipped), in name order."""
-    from datasets.imageinfo import natural_key
-
-    files = [p for p in folder.iterdir()
-             if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES and not p.name.startswith(".")]
-    return sorted(files, key=lambda p: natural_key(p.name))
 
 
 def _focal_prior(img: Image.Image, width: int, height: int) -> float | None:
