@@ -1,19 +1,28 @@
 """Shared fixtures: the DTU scan (or a skip with the reason) and trained runs of the bundled sample scene.
 
 Training dominates the suite's time, so each scene/config is trained at most once per pytest session and the run
-folder is shared. A test that changes a run (exports into it, damages it, makes it read-only) works on a copy
-(``TrainedRun.copy_to``). Each run is sized to the strictest assertion made on it; say there which test needs what.
+folder is shared, also between pytest-xdist workers (the first worker to need a run trains it under a file lock; the
+others wait for it and read the same folder). A test that changes a run (exports into it, damages it, makes it
+read-only) works on a copy (``TrainedRun.copy_to``). Each run is sized to the strictest assertion made on it; say
+there which test needs what.
+
+Tests that time the engine (cancel within 2.5 s, heartbeat spacing, silence deadlines) are marked ``serial``: the
+README's test command runs every other test on two xdist workers first, then the serial ones alone, so a timing
+bound is never judged while another test loads the CPU.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
 from engine_helpers import TINY, run_engine
+from filelock import FileLock
 from paths import HAS_SAMPLE, NO_SAMPLE_REASON, SAMPLE, dtu_or_skip
 
 
@@ -41,17 +50,32 @@ class TrainedRun:
         return dest
 
 
+def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's temporary folder that every xdist worker sees (each worker has its own below it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 def _fit(tmp_path_factory: pytest.TempPathFactory, name: str, *args: str, timeout: float) -> TrainedRun:
     if not HAS_SAMPLE:
         pytest.skip(NO_SAMPLE_REASON)
-    folder = tmp_path_factory.mktemp(name) / "run"
-    try:
-        code, events, err = run_engine("fit", str(SAMPLE), "--out", str(folder), "--progress", "jsonl", *args,
-                                       timeout=timeout)
-    except subprocess.TimeoutExpired as exc:  # every test using the run fails with this, not a setup error
-        partial = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
-        return TrainedRun(folder, -1, [], f"engine fit {' '.join(args)} timed out after {timeout:.0f} s\n{partial}")
-    return TrainedRun(folder, code, events, err)
+    root = _shared_dir(tmp_path_factory) / f"fit-{name}"
+    record = root / "result.json"
+    with FileLock(f"{root}.lock"):
+        if record.is_file():  # another worker trained it
+            fields = json.loads(record.read_text())
+            return TrainedRun(Path(fields.pop("folder")), **fields)
+        root.mkdir(exist_ok=True)
+        folder = root / "run"
+        try:
+            code, events, err = run_engine("fit", str(SAMPLE), "--out", str(folder), "--progress", "jsonl", *args,
+                                           timeout=timeout)
+            run = TrainedRun(folder, code, events, err)
+        except subprocess.TimeoutExpired as exc:  # every test using the run fails with this, not a setup error
+            partial = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+            run = TrainedRun(folder, -1, [], f"engine fit {' '.join(args)} timed out after {timeout:.0f} s\n{partial}")
+        record.write_text(json.dumps({**asdict(run), "folder": str(run.folder)}))
+        return run
 
 
 @pytest.fixture
@@ -96,11 +120,3 @@ def masked_preview_run(tmp_path_factory) -> TrainedRun:
     bounds (PSNR >= 20 dB, IoU > 0.9, Chamfer < 5 % of the radius) were set for."""
     return _fit(tmp_path_factory, "masked_preview", "--preset", "preview", "--steps", "500",
                 "--set", "data.holdout_every=8", "--set", "export.resolution=128", timeout=900)
-
-
-@pytest.fixture(scope="session")
-def no_mask_preview_run(tmp_path_factory) -> TrainedRun:
-    """``preview`` ignoring the masks (learned background, no-mask sharpness floor), held-out views as above. The
-    full preview schedule: the floor rises over ``train.steps`` and the foreground needs it to separate."""
-    return _fit(tmp_path_factory, "no_mask_preview", "--preset", "preview", "--set", "data.use_mask=false",
-                "--set", "data.holdout_every=8", "--set", "export.resolution=128", timeout=1200)

@@ -19,6 +19,8 @@ from addon_helpers import REPO  # noqa: F401  (puts the repository on sys.path)
 from neus_blender_addon import engine_process as ep
 from neus_blender_addon.errors import AddonError
 
+pytestmark = pytest.mark.serial  # silence limits of half a second: run alone (conftest.py)
+
 FAKE_ENGINE = textwrap.dedent(
     r'''
     import json, os, signal, sys, time

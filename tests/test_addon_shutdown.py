@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from addon_helpers import IN_BLENDER, REPO, SAMPLE_SCENE, needs_sample, pids_alive, pump, standin_engine
 
-pytestmark = [*IN_BLENDER, needs_sample, pytest.mark.skipif(os.name == "nt", reason="POSIX process groups")]
+pytestmark = [*IN_BLENDER, needs_sample, pytest.mark.skipif(os.name == "nt", reason="POSIX process groups"),
+              pytest.mark.serial]  # silence deadlines of a second or two: run alone (conftest.py)
 
 ADDON = "neus_blender_addon"
 

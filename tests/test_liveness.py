@@ -34,7 +34,7 @@ from paths import needs_sample
 from engine.atomic_files import TMP_PREFIX
 from engine.failpoints import SLEEP_S
 
-pytestmark = needs_sample
+pytestmark = [needs_sample, pytest.mark.serial]  # times the engine: run alone (conftest.py)
 FIT = ("fit", str(SAMPLE), "--progress", "jsonl", *TINY)
 CANCEL_WITHIN_S = 2.5  # issue 20: from the request to the `cancelled` event
 # ... then to the exit (the relay's last line, the interpreter's end): measured 0.1-1.3 s on the shared 2-core CPU at
