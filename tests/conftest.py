@@ -17,7 +17,8 @@ import json
 import os
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -50,32 +51,47 @@ class TrainedRun:
         return dest
 
 
-def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session's temporary folder that every xdist worker sees (each worker has its own below it)."""
+def _once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], dict]) -> dict:
+    """``make(folder)`` run once per pytest session, xdist workers included: the first worker to ask runs it under a
+    file lock in the folder all workers share and records its (JSON) result; the others wait and read the record."""
     base = tmp_path_factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+    record = root / "record.json"
+    with FileLock(f"{root}.lock"):
+        if not record.is_file():
+            root.mkdir(exist_ok=True)
+            record.write_text(json.dumps(make(root)))
+        return json.loads(record.read_text())
+
+
+@pytest.fixture(scope="session")
+def once(tmp_path_factory) -> Callable[[str, Callable[[Path], dict]], dict]:
+    """``once(name, make)``: an expensive session-wide result (a solve, a fit) shared by all xdist workers."""
+    return lambda name, make: _once(tmp_path_factory, name, make)
 
 
 def _fit(tmp_path_factory: pytest.TempPathFactory, name: str, *args: str, timeout: float) -> TrainedRun:
     if not HAS_SAMPLE:
         pytest.skip(NO_SAMPLE_REASON)
-    root = _shared_dir(tmp_path_factory) / f"fit-{name}"
-    record = root / "result.json"
-    with FileLock(f"{root}.lock"):
-        if record.is_file():  # another worker trained it
-            fields = json.loads(record.read_text())
-            return TrainedRun(Path(fields.pop("folder")), **fields)
-        root.mkdir(exist_ok=True)
+
+    def train(root: Path) -> dict:
         folder = root / "run"
         try:
             code, events, err = run_engine("fit", str(SAMPLE), "--out", str(folder), "--progress", "jsonl", *args,
                                            timeout=timeout)
-            run = TrainedRun(folder, code, events, err)
         except subprocess.TimeoutExpired as exc:  # every test using the run fails with this, not a setup error
             partial = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
-            run = TrainedRun(folder, -1, [], f"engine fit {' '.join(args)} timed out after {timeout:.0f} s\n{partial}")
-        record.write_text(json.dumps({**asdict(run), "folder": str(run.folder)}))
-        return run
+            code, events, err = -1, [], f"engine fit {' '.join(args)} timed out after {timeout:.0f} s\n{partial}"
+        return {"folder": str(folder), "code": code, "events": events, "stderr": err}
+
+    fields = _once(tmp_path_factory, f"fit-{name}", train)
+    return TrainedRun(Path(fields.pop("folder")), **fields)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that train or solve (``slow``) first: with two xdist workers the long ones then overlap with the many
+    short ones instead of ending the session alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture

@@ -48,18 +48,23 @@ KNOWN_PAIR = ("000003.png", "000017.png")
 
 
 @pytest.fixture(scope="session")
-def solved_sample(sample_photos, tmp_path_factory):
+def solved_sample(sample_photos, once):
     """(DATA_DIR, events) of one solve of the bundled photos, with the known distance of ``KNOWN_PAIR``."""
     from datasets.scale_file import world_centres
 
     known = datasets.load_cameras(SAMPLE)
     a, b = (known.names.index(n) for n in KNOWN_PAIR)
     metres = float(np.linalg.norm(world_centres(known)[a] - world_centres(known)[b]))
-    out = tmp_path_factory.mktemp("solved") / "data"
-    code, events, err = run_engine("solve", str(sample_photos), "--out", str(out), "--progress", "jsonl",
-                                   "--known-distance", f"{KNOWN_PAIR[0]},{KNOWN_PAIR[1]},{metres!r}")
-    assert code == 0, err[-3000:]
-    return out, events
+
+    def solve(root: Path) -> dict:
+        out = root / "data"
+        code, events, err = run_engine("solve", str(sample_photos), "--out", str(out), "--progress", "jsonl",
+                                       "--known-distance", f"{KNOWN_PAIR[0]},{KNOWN_PAIR[1]},{metres!r}")
+        return {"out": str(out), "code": code, "events": events, "stderr": err}
+
+    solved = once("solved-sample", solve)
+    assert solved["code"] == 0, solved["stderr"][-3000:]
+    return Path(solved["out"]), solved["events"]
 
 
 def test_bundled_photos_all_register_and_match_the_known_cameras(solved_sample):
