@@ -21,8 +21,9 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
-from . import blender_mesh, camera_math, camera_source, region
-from .errors import AddonError
+from . import blender_mesh
+from .core import camera_math, camera_source, region
+from .core.errors import AddonError
 
 FRAME_EMPTY_PROP = "neus_frame_empty"  # marks the dataset's parent empty
 SCALE_MAT_PROP = "neus_scale_mat"  # on the parent: 16 floats, row-major, the cameras' normalized -> world

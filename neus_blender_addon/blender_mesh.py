@@ -10,9 +10,9 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
-from .errors import AddonError
-from .ply_io import PlyMesh, read_ply
-from .run_files import mesh_format
+from .core.errors import AddonError
+from .core.ply_io import PlyMesh, read_ply
+from .core.run_files import mesh_format
 
 COLOR_ATTRIBUTE = "Col"
 MATERIAL_NAME = "NeuS Vertex Colour"

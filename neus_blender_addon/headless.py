@@ -20,8 +20,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from neus_blender_addon.choices import DEVICES, FORMATS, FRAMES, PRESETS
-from neus_blender_addon.engine_process import DEFAULT_SILENCE_S
+from neus_blender_addon.core.choices import DEVICES, FORMATS, FRAMES, PRESETS
+from neus_blender_addon.core.engine_process import DEFAULT_SILENCE_S
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
               ".venv/bin/python", file=sys.stderr)
         return 2
     import neus_blender_addon as addon
-    from neus_blender_addon import camera_source, engine_process, reconstruct
+    from neus_blender_addon import reconstruct
+    from neus_blender_addon.core import camera_source, engine_process
 
     data_dir = args.data_dir.absolute()
     try:

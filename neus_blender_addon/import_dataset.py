@@ -12,8 +12,9 @@ import bpy
 from bpy.props import BoolProperty, CollectionProperty, FloatProperty, IntProperty, StringProperty
 from bpy_extras.io_utils import ImportHelper, poll_file_object_drop
 
-from . import blender_cameras, camera_source
-from .errors import AddonError
+from . import blender_cameras
+from .core import camera_source
+from .core.errors import AddonError
 
 # Reconstructions whose Blender camera moves some pixel by more than this get a warning.
 WARN_REPROJECTION_PX = 0.5

@@ -10,21 +10,9 @@ import numpy as np
 from bpy.props import EnumProperty, FloatProperty, StringProperty
 from bpy_extras.io_utils import ImportHelper
 
-from . import (
-    blender_cameras,
-    blender_mesh,
-    camera_source,
-    engine_process,
-    import_dataset,
-    photo_source,
-    preferences,
-    reconstruct,
-    run_files,
-    run_state,
-    solve_cameras,
-    timer_ui,
-)
-from .errors import AddonError
+from . import blender_cameras, blender_mesh, import_dataset, preferences, reconstruct, solve_cameras, timer_ui
+from .core import camera_source, engine_process, photo_source, run_files, run_state
+from .core.errors import AddonError
 
 
 def engine_busy() -> bool:

@@ -6,7 +6,7 @@ import textwrap
 import bpy
 from bpy.props import IntProperty, StringProperty
 
-from . import engine_process
+from .core import engine_process
 
 ADDON_ID = __package__  # "neus_blender_addon", or "bl_ext.<repo>.neus_reconstruct" as an extension
 

@@ -4,7 +4,7 @@
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
-from .choices import (
+from .core.choices import (
     COLOR_SOURCE_ITEMS,
     DEVICE_ITEMS,
     FORMAT_ITEMS,
@@ -12,7 +12,7 @@ from .choices import (
     PRESET_ITEMS,
     TEXTURE_SIZE_ITEMS,
 )
-from .protocol import RunStatus, fidelity_text, format_eta
+from .core.protocol import RunStatus, fidelity_text, format_eta
 
 
 class NEUS_PG_settings(bpy.types.PropertyGroup):

@@ -24,10 +24,11 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from . import blender_cameras, blender_mesh, camera_source, engine_process, run_files, run_state, timer_ui
-from .errors import AddonError
+from . import blender_cameras, blender_mesh, timer_ui
+from .core import camera_source, engine_process, run_files, run_state
+from .core.errors import AddonError
+from .core.run_state import Run, RunRequest
 from .properties import apply_status
-from .run_state import Run, RunRequest
 
 TIMER_INTERVAL = 0.2
 PREVIEW_EVERY = 250  # steps between live-preview meshes, when the scene asks for them

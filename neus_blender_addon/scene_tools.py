@@ -2,7 +2,8 @@
 
 import bpy
 
-from . import blender_cameras, blender_mesh, camera_source
+from . import blender_cameras, blender_mesh
+from .core import camera_source
 from .ui import SubPanel
 
 

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import bpy
 
-from . import blender_cameras, photo_source, timer_ui
-from .engine_process import DEFAULT_SILENCE_S, EngineLocation, EngineProcess
-from .errors import AddonError
+from . import blender_cameras, timer_ui
+from .core import photo_source
+from .core.engine_process import DEFAULT_SILENCE_S, EngineLocation, EngineProcess
+from .core.errors import AddonError
+from .core.protocol import RunStatus
 from .properties import apply_status
-from .protocol import RunStatus
 
 TIMER_INTERVAL = 0.2
 PRINT_EVERY_S = 2.0

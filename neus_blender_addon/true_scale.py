@@ -11,7 +11,8 @@ from pathlib import Path
 import bpy
 from bpy.props import FloatProperty, PointerProperty
 
-from . import blender_cameras, camera_source
+from . import blender_cameras
+from .core import camera_source
 from .scene_tools import current_dataset
 from .ui import SubPanel
 

@@ -3,7 +3,7 @@ Engine Log sub-panels (property-split layout, as Blender's own panels)."""
 
 import bpy
 
-from . import photo_source
+from .core import photo_source
 from .operators import engine_busy
 from .preferences import wrapped_labels
 

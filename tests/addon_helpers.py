@@ -1,6 +1,6 @@
 """Shared pieces of the add-on tests: paths, numpy PLY writers, synthetic cameras, a bpy fixture helper.
 
-The PLY writers here are written independently of ``neus_blender_addon.ply_io`` (straight from the PLY spec), so a
+The PLY writers here are written independently of ``neus_blender_addon.core.ply_io`` (straight from the PLY spec), so a
 reader bug cannot hide behind a matching writer bug.
 """
 

@@ -115,7 +115,8 @@ def test_dtu_world_frame_uses_scale_mat(bpy):
     ],
 )
 def test_synthetic_cameras_pixel_aspect_and_shift(bpy, W, H, fx, fy, cx, cy):
-    from neus_blender_addon import blender_cameras, camera_math
+    from neus_blender_addon import blender_cameras
+    from neus_blender_addon.core import camera_math
 
     n = 4
     K = np.tile(np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]]), (n, 1, 1))
@@ -297,8 +298,9 @@ def test_status_is_copied_and_redrawn_only_when_it_changed(bpy, tmp_path):
     import sys
     from pathlib import Path
 
-    from neus_blender_addon import reconstruct, run_state
-    from neus_blender_addon.engine_process import EngineLocation
+    from neus_blender_addon import reconstruct
+    from neus_blender_addon.core import run_state
+    from neus_blender_addon.core.engine_process import EngineLocation
 
     scene = bpy.context.scene
     request = run_state.RunRequest(scene.name, tmp_path, tmp_path / "run_001", "scan",

@@ -36,10 +36,11 @@ def test_zip_layout(built_zip):
         names = zf.namelist()
         sources = {n: zf.read(n).decode("utf-8") for n in names if n.endswith(".py")}
     assert "blender_manifest.toml" in names and "__init__.py" in names  # at the zip root, side by side
-    for module in ("camera_math.py", "engine_process.py", "protocol.py", "ply_io.py", "operators.py", "ui.py"):
+    for module in ("core/__init__.py", "core/camera_math.py", "core/camera_source.py", "core/engine_process.py",
+                   "core/protocol.py", "core/ply_io.py", "operators.py", "ui.py"):
         assert module in names
     for module in ("__init__.py", "cameras.py", "geometry.py", "formats/dtu.py", "formats/colmap.py",
-                   "normalization_file.py"):
+                   "normalization_file.py", "photo_sources.py"):
         assert f"_vendor/datasets/{module}" in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or n.startswith("tests/")]
     assert "headless.py" not in names
@@ -124,7 +125,7 @@ def test_vendored_camera_loader_works_without_repo_pil_or_bpy(built_zip, tmp_pat
         f"""
         import json
         sys.path[:] = [p for p in sys.path if p not in ("", {str(REPO)!r})] + [{str(root)!r}]
-        from neus_reconstruct import camera_source, camera_math
+        from neus_reconstruct.core import camera_source, camera_math
         mod = camera_source.cameras_module()
         cams = camera_source.load_camera_set({str(DTU)!r})
         conv = camera_math.convert_camera_set(cams)
@@ -165,7 +166,7 @@ def test_zip_installs_as_extension(built_zip, tmp_path):
         name = "bl_ext.user_default.neus_reconstruct"
         assert name in bpy.context.preferences.addons.keys()
         assert bpy.context.preferences.addons[name].preferences.engine_python == ""
-        mod = sys.modules[name + ".camera_source"].cameras_module()
+        mod = sys.modules[name + ".core.camera_source"].cameras_module()
         assert mod.__name__ == name + "._vendor.datasets.cameras", mod.__name__
         assert bpy.ops.neus.import_cameras(directory={str(DTU)!r}) == {{"FINISHED"}}
         assert len([o for o in bpy.data.objects if o.type == "CAMERA"]) == 49
@@ -200,7 +201,7 @@ def test_every_datasets_module_the_addon_imports_is_vendored():
     """The add-on reaches ``datasets`` only through camera_source (``cameras_module`` / ``datasets_module("x")``);
     each module named there must be in the zip, or the installed add-on fails where the checkout works."""
     named = {"cameras"}
-    for path in (REPO / "neus_blender_addon").glob("*.py"):
+    for path in (REPO / "neus_blender_addon").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None))
                     == "datasets_module" and node.args and isinstance(node.args[0], ast.Constant)):

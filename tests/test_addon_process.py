@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from addon_helpers import REPO  # noqa: F401  (puts the repository on sys.path)
 
-from neus_blender_addon import engine_process as ep
-from neus_blender_addon.errors import AddonError
+from neus_blender_addon.core import engine_process as ep
+from neus_blender_addon.core.errors import AddonError
 
 pytestmark = pytest.mark.serial  # silence limits of half a second: run alone (conftest.py)
 

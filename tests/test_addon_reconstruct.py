@@ -67,8 +67,8 @@ def test_headless_demo_end_to_end_textured_world_frame(tmp_path):
 
     import bpy
 
-    from neus_blender_addon.ply_io import read_ply
-    from neus_blender_addon.run_files import read_normalization
+    from neus_blender_addon.core.ply_io import read_ply
+    from neus_blender_addon.core.run_files import read_normalization
 
     bpy.ops.wm.open_mainfile(filepath=str(out / "scene.blend"))
     cams = [o for o in bpy.data.objects if o.type == "CAMERA"]
@@ -271,8 +271,8 @@ def test_region_moved_in_blender_changes_normalization(bpy, tmp_path):
 
     from datasets.cameras import load_cameras
     from neus_blender_addon import reconstruct
-    from neus_blender_addon.ply_io import read_ply
-    from neus_blender_addon.run_files import read_normalization
+    from neus_blender_addon.core.ply_io import read_ply
+    from neus_blender_addon.core.run_files import read_normalization
 
     scene = bpy.context.scene
     s = scene.neus

@@ -1,4 +1,4 @@
-"""The bpy-free run state machine (``neus_blender_addon.run_state``) and run folders, with plain pytest: engine
+"""The bpy-free run state machine (``neus_blender_addon.core.run_state``) and run folders, with plain pytest: engine
 events as the engine prints them (``engine/PROTOCOL.md``), real mesh files read by the add-on's PLY reader."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from addon_helpers import grid_mesh, write_ply_binary
 
-from neus_blender_addon import run_files, run_state
-from neus_blender_addon.engine_process import EngineLocation
-from neus_blender_addon.errors import AddonError
-from neus_blender_addon.ply_io import PlyError, read_ply
+from neus_blender_addon.core import run_files, run_state
+from neus_blender_addon.core.engine_process import EngineLocation
+from neus_blender_addon.core.errors import AddonError
+from neus_blender_addon.core.ply_io import PlyError, read_ply
 
 
 class PlyHost:

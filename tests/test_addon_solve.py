@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from addon_helpers import HAS_BPY, NO_BPY_REASON, SAMPLE_SCENE
 
-from neus_blender_addon import photo_source
-from neus_blender_addon.errors import AddonError
+from neus_blender_addon.core import photo_source
+from neus_blender_addon.core.errors import AddonError
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.config import ConfigError, build_config
-from neus_blender_addon.engine_process import texture_settings
+from neus_blender_addon.core.engine_process import texture_settings
 
 
 def test_panel_texture_options_are_valid_engine_settings():
@@ -20,7 +20,7 @@ def test_colour_sources_agree_with_the_engine():
     from typing import get_args
 
     from engine.config_schema import ColorSource
-    from neus_blender_addon.choices import COLOR_SOURCES
+    from neus_blender_addon.core.choices import COLOR_SOURCES
 
     assert set(COLOR_SOURCES) == set(get_args(ColorSource))
 

@@ -9,10 +9,10 @@ import pytest
 from addon_helpers import DTU, NO_DTU_REASON, grid_mesh, ring_cameras, write_ply_ascii, write_ply_binary
 
 from datasets.geometry import project_points
-from neus_blender_addon import camera_math as cm
-from neus_blender_addon import camera_source, protocol, run_files
-from neus_blender_addon.errors import AddonError
-from neus_blender_addon.ply_io import PlyError, read_ply
+from neus_blender_addon.core import camera_math as cm
+from neus_blender_addon.core import camera_source, protocol, run_files
+from neus_blender_addon.core.errors import AddonError
+from neus_blender_addon.core.ply_io import PlyError, read_ply
 
 # -- camera math -------------------------------------------------------------------------------------------
 CASES = [  # (W, H, fx, fy, cx, cy): square pixels, fx != fy both ways, strongly off-centre, portrait/landscape
@@ -326,7 +326,7 @@ def test_image_plane_corners_project_to_the_image_corners():
 
 
 def test_region_in_world_frame():
-    from neus_blender_addon import region
+    from neus_blender_addon.core import region
 
     S = np.diag([2.0, 2.0, 2.0, 1.0])
     S[:3, 3] = [10, 0, -5]
@@ -370,7 +370,7 @@ def test_addon_choice_lists_match_the_engine():
     from engine.config_schema import DATA_FORMATS, EXPORT_FRAMES, PRESETS
     from engine.device import select_device
     from engine.errors import DeviceError
-    from neus_blender_addon import choices
+    from neus_blender_addon.core import choices
 
     assert choices.PRESETS == ("auto", *PRESETS)
     assert choices.FORMATS == DATA_FORMATS == ("auto", *LOADER_FORMATS)

@@ -423,7 +423,7 @@ def test_ply_round_trip(tmp_path, colored_mesh):
 def test_engine_ply_reads_in_the_addon(tmp_path, colored_mesh):
     """The engine writes mesh.ply and the add-on reads it with its own bpy-free reader (Blender has no trimesh):
     the pair must agree on positions, faces and colours, with and without faces."""
-    from neus_blender_addon.ply_io import read_ply
+    from neus_blender_addon.core.ply_io import read_ply
 
     v, f, c = colored_mesh
     ply = read_ply(write_ply(tmp_path / "m.ply", v, f, colors=c))

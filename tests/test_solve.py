@@ -216,7 +216,7 @@ def test_mixed_sizes_formats_and_orientations_keep_square_pixels(tmp_path):
     turned back by a quarter (pixels permuted, not resampled), every camera keeps square pixels, the dataset has
     one size, and Blender shows every camera within 0.05 px of the solve. (Every other photo alone, 36 degrees
     apart, sometimes solved 5 degrees off: too sparse a set to judge accuracy on.)"""
-    from neus_blender_addon.camera_math import convert_camera_set
+    from neus_blender_addon.core.camera_math import convert_camera_set
 
     folder = tmp_path / "mixed"
     folder.mkdir()

@@ -159,7 +159,8 @@ def test_set_scale_operator_writes_scale_json_and_rescales_the_scene(bpy, tmp_pa
 def test_a_run_with_a_true_scale_comes_in_metres_without_imported_cameras(bpy, tmp_path):
     """A result attached from a run folder whose normalization.json has metres_per_unit (and no cameras imported
     first): the mesh, in the run's normalized frame, comes in metres (one normalized unit = radius x factor)."""
-    from neus_blender_addon import blender_cameras, run_files
+    from neus_blender_addon import blender_cameras
+    from neus_blender_addon.core import run_files
 
     run = tmp_path / "run"
     run.mkdir()

@@ -60,7 +60,7 @@ class EngineLocation:
 
 def addon_repo_root() -> Path | None:
     """The repository this add-on lives in (``<root>/neus_blender_addon``), if it holds the engine."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # <root>/neus_blender_addon/core/engine_process.py
     return root if (root / "engine" / "__init__.py").is_file() else None
 
 

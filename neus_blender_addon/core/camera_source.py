@@ -20,6 +20,8 @@ from typing import Any
 
 from .errors import AddonError
 
+ADDON_PACKAGE = __package__.rsplit(".", 1)[0]  # this module lives in <add-on>.core; the vendored copy in <add-on>
+
 GENERIC_FOLDER_NAMES = {"data", "dataset", "images", "image", "input", "scene"}
 
 
@@ -30,16 +32,16 @@ def cameras_module() -> ModuleType:
         ImportError: with a message saying what is missing.
     """
     try:
-        return importlib.import_module(f"{__package__}._vendor.datasets.cameras")
+        return importlib.import_module(f"{ADDON_PACKAGE}._vendor.datasets.cameras")
     except ModuleNotFoundError as e:
-        if not (e.name or "").startswith(f"{__package__}._vendor"):
+        if not (e.name or "").startswith(f"{ADDON_PACKAGE}._vendor"):
             raise  # the vendored copy exists but is broken: say so rather than silently use another
     try:
         return importlib.import_module("datasets.cameras")
     except ModuleNotFoundError as e:
         if e.name not in ("datasets", "datasets.cameras"):
             raise
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # <root>/neus_blender_addon/core/camera_source.py
     if (root / "datasets" / "cameras.py").is_file():
         if str(root) not in sys.path:
             sys.path.append(str(root))
