@@ -101,12 +101,7 @@ class NEUS_PT_true_scale(SubPanel, bpy.types.Panel):
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
-        layout = self.split_layout(context)
-        t = context.scene.neus_scale
-        col = layout.column()
-        col.prop(t, "camera_a")
-        col.prop(t, "camera_b")
-        col.prop(t, "distance")
+        layout, _col = self.prop_column(context, context.scene.neus_scale, ("camera_a", "camera_b", "distance"))
         layout.operator("neus.set_scale", icon="DRIVER_DISTANCE")
         metres = blender_cameras.metres_per_unit(_dataset_parent(context))
         if metres is not None:

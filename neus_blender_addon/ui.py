@@ -81,6 +81,15 @@ class SubPanel(_SidebarPanel):
         layout.enabled = self.usable_while_running or not engine_busy()
         return layout
 
+    def prop_column(self, context, data, names: tuple[str, ...]):
+        """The split layout and a column holding one row per property of ``data`` in ``names`` (more rows may
+        follow in the column); returns (layout, column)."""
+        layout = self.split_layout(context)
+        col = layout.column()
+        for name in names:
+            col.prop(data, name)
+        return layout, col
+
 
 class NEUS_PT_data(SubPanel, bpy.types.Panel):
     bl_idname = "NEUS_PT_data"
@@ -110,13 +119,7 @@ class NEUS_PT_training(SubPanel, bpy.types.Panel):
     bl_label = "Training"
 
     def draw(self, context):
-        layout = self.split_layout(context)
-        s = context.scene.neus
-        col = layout.column()
-        col.prop(s, "preset")
-        col.prop(s, "device")
-        col.prop(s, "steps")
-        col.prop(s, "show_preview")
+        self.prop_column(context, context.scene.neus, ("preset", "device", "steps", "show_preview"))
 
 
 class NEUS_PT_output(SubPanel, bpy.types.Panel):
@@ -124,11 +127,8 @@ class NEUS_PT_output(SubPanel, bpy.types.Panel):
     bl_label = "Output"
 
     def draw(self, context):
-        layout = self.split_layout(context)
         s = context.scene.neus
-        col = layout.column()
-        col.prop(s, "output_dir")
-        col.prop(s, "texture")
+        _layout, col = self.prop_column(context, s, ("output_dir", "texture"))
         sub = col.column()
         sub.enabled = s.texture
         sub.prop(s, "texture_size")

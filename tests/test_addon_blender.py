@@ -277,6 +277,11 @@ def test_panel_and_preferences_draw_what_exists(bpy):
     assert {"neus.import_cameras", "neus.reconstruct", "neus.import_mesh", "neus.open_run_folder"} <= set(rec.ops)
     assert "Step: 5/10" in rec.labels and any("something went wrong" in t for t in rec.labels)
     assert "error: engine line two" in rec.labels  # the engine log's last lines
+    from neus_blender_addon.true_scale import NEUS_PT_true_scale
+
+    scale_panel = PanelStandIn(NEUS_PT_true_scale, bpy).draw(bpy.context)  # rows through SubPanel.prop_column
+    assert scale_panel.props[:3] == ["camera_a", "camera_b", "distance"] and scale_panel.ops == ["neus.set_scale"]
+    assert scale_panel.use_property_split is True
     rec = LayoutRecorder(bpy)
     prefs = SimpleNamespace(layout=rec, engine_python="", engine_status="python: 3.11",
                             bl_rna=NEUS_AP_preferences.bl_rna)
