@@ -24,10 +24,11 @@ import torch
 
 from .cancel import CancelToken
 from .cpu_threads import configure_torch_threads
+from .fit_setup import FitRequest
 from .profiling import OpCounter
 from .protocol import Emitter
 from .rss import peak_rss_bytes
-from .train import FitRequest, run_fit
+from .train import run_fit
 
 
 def git_commit() -> str:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -17,10 +14,11 @@ import datasets
 from . import failpoints
 from .atomic_files import atomic_path, keep_previous, remove_temporaries
 from .cancel import REQUEST, CancelToken
-from .config import build_config, export_settings, resolve_accelerators, resolve_auto
+from .config import export_settings, resolve_accelerators, resolve_auto
 from .device import device_name, select_device
 from .errors import Cancelled, DeviceError, Diverged, InputError
 from .export import export_mesh, frame_matrix, write_preview_mesh
+from .fit_setup import FitRequest, Prepared, load_request
 from .guard import weights_finite
 from .jobs import OTHER_RANK_DONE
 from .memory import MemoryPlan, plan_fit_memory
@@ -29,22 +27,6 @@ from .ranks import is_first_rank
 from .run_dir import RunDir, config_errors_as_input, load_scene, load_weights, read_checkpoint, split_views
 from .system import NeuSSystem, RaySource
 from .validate import validation_metrics
-
-
-@dataclass
-class FitRequest:
-    data_dir: Path
-    run_dir: Path
-    format: str = "auto"
-    preset: str = "auto"
-    steps: int | None = None
-    device: str = "auto"
-    config_file: str | None = None
-    overrides: list[str] = field(default_factory=list)
-    resume: bool = False
-    export_on_cancel: bool = False
-    profile: bool = False  # benchmark figures in the result, with per-phase timings unless phase_timer is off
-    phase_timer: bool = True  # the per-phase timer synchronises the device at every phase: off to time sync-free runs
 
 
 def save_checkpoint(trainer: L.Trainer, run: RunDir) -> Path | None:
@@ -68,6 +50,18 @@ def save_checkpoint(trainer: L.Trainer, run: RunDir) -> Path | None:
     return path
 
 
+def keep_own_sigterm(trainer: L.Trainer) -> None:
+    """SIGTERM stays a stop request like SIGINT (engine.liveness.watch) for the whole of ``trainer.fit``.
+
+    Lightning's fit otherwise puts its own SIGTERM handler first, which ends fit with SystemExit (exit 0, no
+    checkpoint of the step, no ``cancelled``); putting ours back at ``on_train_start`` would still leave Lightning's
+    flag set by a SIGTERM that came between the two. Its signal connector is only needed for SLURM requeueing.
+    """
+    connector = getattr(trainer, "_signal_connector", None)
+    if connector is not None and hasattr(connector, "register_signal_handlers"):
+        connector.register_signal_handlers = lambda: None
+
+
 class ProgressCallback(L.Callback):
     """Reports progress, honours cancel requests within one step, writes periodic checkpoints and previews."""
 
@@ -80,14 +74,6 @@ class ProgressCallback(L.Callback):
         self.last_ckpt_time = time.monotonic()
         self.cancelled = False
         self.samples_total = 0
-        self.sigterm_handler = signal.getsignal(signal.SIGTERM)  # the stop request's (engine.liveness.watch)
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        # Lightning's fit puts its own SIGTERM handler first, which ends fit with SystemExit (exit 0, no checkpoint
-        # of the step, no `cancelled`). SIGTERM is a stop request like SIGINT: this process's handler again (Lightning
-        # puts it back itself when fit ends).
-        if callable(self.sigterm_handler) and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self.sigterm_handler)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = int(trainer.global_step)
@@ -177,46 +163,6 @@ def _trainer_kwargs(device: torch.device, cfg) -> dict:
                 limit_val_batches=0, log_every_n_steps=10**9, deterministic=False)
 
 
-def prepare(req: FitRequest):
-    """Builds the resolved config (or the saved one on ``--resume``); also returns the cameras at full size (None on
-    ``--resume``), which size the memory plan before any pixel is loaded."""
-    if not req.data_dir.is_dir():
-        raise InputError(f"{req.data_dir}: " + ("not a folder" if req.data_dir.exists() else "data folder not found"))
-    if req.steps is not None and req.steps <= 0:
-        raise InputError(f"--steps must be positive, got {req.steps}")
-    run = RunDir(req.run_dir)
-    if req.resume:
-        if not run.has_checkpoint() or not run.config_file.is_file():
-            raise InputError(f"{req.run_dir}: nothing to resume (no checkpoints/last.ckpt and config.yaml)")
-        cfg = run.load_config()
-        if req.steps is not None:
-            cfg.train.steps = int(req.steps)
-        return cfg, None
-    overrides = list(req.overrides)
-    if req.preset == "auto":  # sized for the device: laptops get preview, CUDA gets fast
-        req.preset = "fast" if select_device(req.device).type == "cuda" else "preview"
-    if req.format != "auto":
-        overrides.append(f"data.format={req.format}")
-    with config_errors_as_input():
-        # Format defaults depend on the scene; read its cameras first (cheap), then the images.
-        probe = build_config(req.preset, None, False, req.config_file, overrides)
-        try:
-            cams = datasets.load_cameras(req.data_dir, format=probe.data.format, cameras_file=probe.data.cameras_file)
-        except datasets.DatasetError as exc:
-            raise InputError(str(exc)) from exc
-        cfg = build_config(req.preset, cams.format, cams.mask_paths is not None, req.config_file, overrides)
-    if req.steps is not None:
-        cfg.train.steps = int(req.steps)
-    cfg.device = req.device if req.device != "auto" else cfg.device
-    cfg.data.path = str(req.data_dir.resolve())
-    try:
-        cfg.data.path.encode("utf-8")
-    except UnicodeEncodeError:  # Linux names are bytes; config.yaml, which records the path, is UTF-8
-        shown = cfg.data.path.encode("utf-8", "backslashreplace").decode()
-        raise InputError(f"{shown}: the folder's path is not valid UTF-8 (rename it)") from None
-    return cfg, cams
-
-
 def plan_memory(req: FitRequest, cfg, cams: datasets.CameraSet, device: torch.device) -> MemoryPlan:
     """Raises ``cfg.data.downscale`` until the fit's memory estimate fits (``engine.memory``); exit 2 if none does."""
     n_train = len(split_views(cams.n_views, cfg.data.holdout_every)[0])
@@ -229,20 +175,20 @@ def plan_memory(req: FitRequest, cfg, cams: datasets.CameraSet, device: torch.de
     return plan
 
 
-def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
+def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken, prepared: Prepared | None = None) -> dict:
     """Runs the whole job. Returns the ``done`` (or ``cancelled``) event's fields; raises EngineError/Cancelled.
+    ``prepared``: what :func:`engine.fit_setup.load_request` returned for ``req``, when the caller already ran it.
 
     In a DDP rank other than 0 (a copy of the command started by Lightning) it trains, joins the checkpoint saves and
     returns ``{"event": OTHER_RANK_DONE}``; the caller reports nothing for it.
     """
     t_start = time.monotonic()
     run = RunDir(req.run_dir)
-    emitter.emit("stage", stage="loading")
+    cfg, cams = prepared if prepared is not None else load_request(req, emitter)
     req.run_dir.mkdir(parents=True, exist_ok=True)
     if is_first_rank():  # what a killed run left half-written (the DDP copies start while rank 0 writes)
         for tmp in remove_temporaries(req.run_dir):
             emitter.log(f"removed {tmp}, left half-written by an earlier run that was killed")
-    cfg, cams = prepare(req)
     if cams is not None:  # export.frame=metres without a true scale (scale.json) is bad input, before any pixel
         frame_matrix(cfg.export.frame, cams)
     device = select_device(cfg.device)
@@ -311,6 +257,7 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken) -> dict:
         trainer = L.Trainer(callbacks=[callback], **_trainer_kwargs(device, cfg))
     except (ValueError, MisconfigurationException) as exc:  # e.g. train.strategy, which Lightning checks
         raise InputError(f"bad config: {str(exc).splitlines()[0]}") from exc
+    keep_own_sigterm(trainer)
     if is_first_rank():  # not in the copies of this command that Lightning's DDP launcher starts
         run.save_config(cfg)
     emitter.emit("stage", stage="training")

@@ -110,7 +110,10 @@ def test_fused_step_is_the_lightning_step_with_adamw(views):
         opt.zero_grad()
         loss_r.backward()
         opt.step()
-        assert torch.equal(loss_f, loss_r.detach())  # same weights going in
+        if step == 0:
+            assert torch.equal(loss_f, loss_r.detach())  # same weights going in
+        else:  # the weights after one update differ by the rounding the check below bounds
+            torch.testing.assert_close(loss_f, loss_r.detach(), rtol=1e-6, atol=0)
     for (name, a), b in zip(fused_sys.named_parameters(), ref_sys.parameters(), strict=True):
         # Rounding only: the fused kernel orders the same arithmetic differently (lr 0.01: steps of ~1e-2).
         torch.testing.assert_close(a, b, rtol=0, atol=2e-7, msg=name)

@@ -8,19 +8,16 @@ from collections.abc import Iterator
 
 from ..cancel import CancelToken
 from ..errors import InputError
+from ..fit_setup import FitRequest, load_request
 from ..protocol import Emitter
 from ..ranks import is_first_rank
 from ..run_dir import RunDir, config_errors_as_input
-from ..train import FitRequest, run_fit
 
 WATCHES_STOP = True
 STRICT_STOP = True  # fit writes into the run folder: a STOP file it cannot remove is bad input, not a stop
 
 
 def request_from_args(args) -> FitRequest:
-    from ..cpu_threads import configure_torch_threads
-
-    configure_torch_threads()  # reported in the start event (cpu_threads)
     return FitRequest(data_dir=args.data_dir, run_dir=args.out, format=args.format, preset=args.preset,
                       steps=args.steps, device=args.device, config_file=args.config, overrides=args.overrides,
                       resume=args.resume, export_on_cancel=args.export_on_cancel)
@@ -54,7 +51,13 @@ def run(req: FitRequest, run_dir: RunDir, emitter: Emitter, cancel: CancelToken)
 
     if needs_solving(req.data_dir):
         req.data_dir = _solve_for_fit(req, run_dir, emitter, cancel)
-    return run_fit(req, emitter, cancel)
+    prepared = load_request(req, emitter)  # bad input is answered before torch and Lightning load (seconds)
+    from ..cpu_threads import configure_torch_threads
+    from ..train import run_fit
+
+    configure_torch_threads()  # reported in the start event (cpu_threads)
+
+    return run_fit(req, emitter, cancel, prepared)
 
 
 def _solve_for_fit(req: FitRequest, run_dir: RunDir, emitter: Emitter, cancel: CancelToken):
