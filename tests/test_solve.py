@@ -255,6 +255,7 @@ def test_mixed_sizes_formats_and_orientations_keep_square_pixels(tmp_path):
     errors = camera_errors(*known_and_solved(datasets.load(SAMPLE), solved,
                                              lambda n: n.rsplit(".", 1)[0] + ".png")).summary()
     # Two cameras (27 photos at 400x300, 13 at 600x450), each with enough photos to refine its principal point.
+    print("mixed sizes solve:", errors)
     assert errors["median_rotation_deg"] <= 1.0 and errors["median_centre_error_pct"] <= 1.0, errors
 
 
@@ -271,7 +272,9 @@ def test_dtu_scan65_at_800x600_matches_the_calibrated_cameras(tmp_path):
     summary = json.loads((out / "solve.json").read_text())
     assert summary["registered"] == summary["given"] == 49, summary
     errors = camera_errors(*known_and_solved(datasets.load(DTU), datasets.load(out))).summary()
-    assert errors["median_rotation_deg"] <= 1.0 and errors["median_centre_error_pct"] <= 1.0, errors
+    print("DTU 800x600 solve:", errors)
+    # Measured 2026-12-03 (8255954): median rotation 0.275 deg, median centre 0.266 % (max 0.433 deg, 0.652 %).
+    assert errors["median_rotation_deg"] <= 0.4 and errors["median_centre_error_pct"] <= 0.4, errors
 
 
 # --- failures: exit 2, one line naming the problem, nothing written ------------------------------------------
