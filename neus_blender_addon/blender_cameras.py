@@ -101,7 +101,7 @@ def dataset_collection(scene: bpy.types.Scene, name: str, create: bool = True) -
 def sub_collection(scene: bpy.types.Scene, dataset: str, kind: str) -> bpy.types.Collection:
     """``"<dataset> <kind>"`` under the dataset's collection (``kind``: cameras, previews or results)."""
     if kind not in KINDS:
-        raise ValueError(f"unknown sub-collection '{kind}' (expected one of {', '.join(KINDS)})")
+        raise AddonError(f"unknown sub-collection '{kind}' (expected one of {', '.join(KINDS)})")
     parent = dataset_collection(scene, dataset)
     name = f"{dataset} {kind}"
     coll = bpy.data.collections.get(name) or bpy.data.collections.new(name)
@@ -192,7 +192,7 @@ def set_true_scale(scene: bpy.types.Scene, dataset: str, metres: float | None) -
     coll = dataset_collection(scene, dataset, create=False)
     parent = find_frame_empty(coll) if coll is not None else None
     if parent is None:
-        raise ValueError(f"no cameras of {dataset!r} in this scene: import them first")
+        raise AddonError(f"no cameras of {dataset!r} in this scene: import them first")
     before = shown_scale(parent)
     if metres is None:
         parent.pop(METRES_PROP, None)
@@ -401,7 +401,7 @@ def user_region(scene: bpy.types.Scene, dataset: str) -> region.Region | None:
     """The region the artist set for ``dataset`` in the world frame; None when untouched (automatic) or absent.
 
     Raises:
-        ValueError: a region object the engine cannot use (another empty shape, scaled flat).
+        AddonError: a region object the engine cannot use (another empty shape, scaled flat).
     """
     coll = dataset_collection(scene, dataset, create=False)
     if coll is None:
@@ -415,8 +415,8 @@ def user_region(scene: bpy.types.Scene, dataset: str) -> region.Region | None:
     try:
         return region.region_in_world(obj.empty_display_type, local, stored_matrix(parent),
                                       obj.empty_display_size)
-    except ValueError as e:
-        raise ValueError(f"{obj.name}: {e}") from None
+    except AddonError as e:
+        raise AddonError(f"{obj.name}: {e}") from None
 
 
 def user_region_or_none(scene: bpy.types.Scene, dataset: str | None) -> region.Region | None:
@@ -425,7 +425,7 @@ def user_region_or_none(scene: bpy.types.Scene, dataset: str | None) -> region.R
         return None
     try:
         return user_region(scene, dataset)
-    except ValueError:
+    except AddonError:
         return region.Region("sphere", (0.0, 0.0, 0.0), radius=1.0)
 
 
@@ -453,7 +453,7 @@ def import_cameras(scene: bpy.types.Scene, directory: str | Path, frame: str = "
     """
     try:
         return _import_cameras(scene, directory, frame, data_format, options, cameras_file)
-    except (ValueError, ImportError) as e:
+    except ValueError as e:  # datasets' geometry checks (through camera_math) on cameras Blender cannot hold
         raise AddonError(str(e)) from e
 
 
@@ -464,7 +464,7 @@ def _import_cameras(scene: bpy.types.Scene, directory: str | Path, frame: str, d
     cams = camera_source.load_camera_set(directory, data_format, cameras_file)
     views = camera_math.select_views(len(cams.names), options.every, options.subset)
     if not views:
-        raise ValueError(f"{directory}: no view selected")
+        raise AddonError(f"{directory}: no view selected")
     chosen = cams.subset(views)
     converted = camera_math.convert_camera_set(chosen)
     names = camera_source.view_names([c.name for c in converted.cameras])

@@ -208,7 +208,7 @@ def import_mesh(path: str | Path, name: str, collection: bpy.types.Collection,
 def _import_mesh(path: Path, name: str, collection: bpy.types.Collection, parent: bpy.types.Object | None,
                  gltf_z_up: bool) -> bpy.types.Object:
     if not path.is_file():
-        raise ValueError(f"{path}: mesh file not found")
+        raise AddonError(f"{path}: mesh file not found")
     fmt = mesh_format(path)
     if fmt == "ply":
         ply = read_ply(path)
@@ -224,7 +224,7 @@ def _import_mesh(path: Path, name: str, collection: bpy.types.Collection, parent
         if not meshes:
             for o in new:
                 bpy.data.objects.remove(o, do_unlink=True)
-            raise ValueError(f"{path}: the file holds no mesh")
+            raise AddonError(f"{path}: the file holds no mesh")
         remove_named_object(name)
         obj = meshes[0]
         obj.name = name

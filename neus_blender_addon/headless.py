@@ -96,11 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     import neus_blender_addon as addon
     from neus_blender_addon import reconstruct
     from neus_blender_addon.core import camera_source, engine_process
+    from neus_blender_addon.core.errors import AddonError
 
     data_dir = args.data_dir.absolute()
     try:
         camera_source.load_camera_set(data_dir, args.data_format)  # fail fast, before Blender work
-    except ValueError as e:
+    except AddonError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out.absolute()

@@ -318,7 +318,7 @@ class NEUS_OT_import_mesh(bpy.types.Operator):
         name = f"{dataset} {path.stem}" if data_dir else path.stem
         try:
             run_scale_mat = run_files.read_normalization(path.parent)
-        except ValueError:
+        except AddonError:  # no (readable) normalization.json beside the mesh
             coll = blender_cameras.dataset_collection(context.scene, dataset, create=False)
             run_scale_mat = blender_cameras.stored_matrix(coll and blender_cameras.find_frame_empty(coll))
             if run_scale_mat is None and s.frame == "world":
@@ -335,7 +335,7 @@ class NEUS_OT_import_mesh(bpy.types.Operator):
         if data_dir:
             try:  # the cameras' up, for a dataset whose cameras are not imported yet
                 up = camera_source.load_camera_set(data_dir, s.data_format).up
-            except (ValueError, ImportError):
+            except AddonError:
                 pass
         blender_cameras.attach_result(obj, context.scene, dataset, s.frame,
                                       np.eye(4) if run_scale_mat is None else run_scale_mat, up)

@@ -70,10 +70,7 @@ def request_from_scene(scene: bpy.types.Scene, engine_python: str = "", run_dir:
     if not s.data_dir.strip():
         raise AddonError("no dataset folder set (Photos)")
     data_dir = Path(bpy.path.abspath(s.data_dir)).absolute()
-    try:
-        cams = camera_source.load_camera_set(data_dir, s.data_format)  # DatasetError (a ValueError) on bad input
-    except (ValueError, ImportError) as e:
-        raise AddonError(str(e)) from e
+    cams = camera_source.load_camera_set(data_dir, s.data_format)
     dataset = camera_source.dataset_name(data_dir)
     result_name = ""
     if run_dir is None:
@@ -180,7 +177,7 @@ def _run_scale_mat(run: Run) -> np.ndarray:
     """The run's normalized -> world matrix: its normalization.json, else the dataset cameras'."""
     try:
         return run_files.read_normalization(run.request.run_dir)
-    except ValueError:
+    except AddonError:
         return run.request.scale_mat if run.request.scale_mat is not None else np.eye(4)
 
 
@@ -191,7 +188,7 @@ def _import_result(run: Run, path: str | Path, name: str, kind: str = "results")
     obj = blender_mesh.import_mesh(path, name, blender_cameras.sub_collection(scene, req.dataset, kind))
     try:
         metres = run_files.read_metres_per_unit(req.run_dir)
-    except ValueError:
+    except AddonError:
         metres = None  # no normalization.json yet (a live preview) or an older run
     blender_cameras.attach_result(obj, scene, req.dataset, req.frame, _run_scale_mat(run), req.up, metres)
     return obj

@@ -13,6 +13,7 @@ from bpy.props import FloatProperty, PointerProperty
 
 from . import blender_cameras
 from .core import camera_source
+from .core.errors import AddonError
 from .scene_tools import current_dataset
 from .ui import SubPanel
 
@@ -42,27 +43,30 @@ def dataset_name_of(cams, camera: bpy.types.Object) -> str:
     """The dataset's image name of an imported camera object (its view index)."""
     view = int(camera[blender_cameras.VIEW_PROP])
     if not 0 <= view < len(cams.names):
-        raise ValueError(f"{camera.name} is not one of the {len(cams.names)} cameras of {cams.root}")
+        raise AddonError(f"{camera.name} is not one of the {len(cams.names)} cameras of {cams.root}")
     return cams.names[view]
 
 
 def set_known_distance(scene, directory: str, data_format: str, camera_a, camera_b, metres: float) -> float:
     """Writes ``scale.json`` for the two camera objects into the dataset ``directory`` and shows the dataset in
-    metres. Returns metres per world unit. Raises ValueError (bad names, distance, cameras of another dataset) or
-    OSError (the folder is read-only)."""
+    metres. Returns metres per world unit. Raises AddonError (bad names, distance, cameras of another dataset, a
+    read-only folder), with the first line of the problem."""
     dataset = camera_source.dataset_name(directory)
     coll = blender_cameras.dataset_collection(scene, dataset, create=False)
     parent = blender_cameras.find_frame_empty(coll) if coll is not None else None
     for camera in (camera_a, camera_b):
         if camera is None or parent is None or camera.parent != parent:
-            raise ValueError(f"{getattr(camera, 'name', 'a camera')} is not an imported camera of {dataset!r}: "
+            raise AddonError(f"{getattr(camera, 'name', 'a camera')} is not an imported camera of {dataset!r}: "
                              "import the cameras and pick two of them")
-    cams = camera_source.load_camera_set(directory, data_format)
-    scale_file = camera_source.datasets_module("scale_file")
-    known = scale_file.write_known_distance(cams.root, cams.names, dataset_name_of(cams, camera_a),
-                                            dataset_name_of(cams, camera_b), metres)
-    metres_per_unit = scale_file.metres_per_unit(cams, known)
-    blender_cameras.set_true_scale(scene, dataset, metres_per_unit)
+    try:
+        cams = camera_source.load_camera_set(directory, data_format)
+        scale_file = camera_source.datasets_module("scale_file")
+        known = scale_file.write_known_distance(cams.root, cams.names, dataset_name_of(cams, camera_a),
+                                                dataset_name_of(cams, camera_b), metres)
+        metres_per_unit = scale_file.metres_per_unit(cams, known)
+        blender_cameras.set_true_scale(scene, dataset, metres_per_unit)
+    except (AddonError, ValueError, OSError) as e:  # also DatasetError (bad names or distance), a read-only folder
+        raise AddonError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
     return metres_per_unit
 
 
@@ -85,8 +89,8 @@ class NEUS_OT_set_scale(bpy.types.Operator):
         try:
             metres_per_unit = set_known_distance(context.scene, directory, s.data_format, t.camera_a, t.camera_b,
                                                  t.distance)
-        except (ValueError, OSError) as e:
-            self.report({"ERROR"}, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        except AddonError as e:
+            self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
         self.report({"INFO"}, f"True scale saved in {Path(directory) / 'scale.json'}: 1 dataset unit = "
                               f"{metres_per_unit:.6g} m")

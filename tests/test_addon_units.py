@@ -75,7 +75,7 @@ def test_c2w_opengl_is_used_as_is_and_opencv_is_flipped():
     cv = c2w.copy()
     cv[:, 1:3] *= -1
     np.testing.assert_allclose(cm.opencv_c2w_to_blender(cv)[:3], c2w, atol=1e-12)
-    with pytest.raises(ValueError, match="reflection"):
+    with pytest.raises(AddonError, match="reflection"):
         cm.c2w_to_matrix_world(np.concatenate([np.diag([1.0, 1.0, -1.0]), np.zeros((3, 1))], axis=1))
 
 
@@ -86,11 +86,11 @@ def test_scale_mat_checks():
     cm.check_scale_mat(S)
     shear = S.copy()
     shear[0, 1] = 0.5
-    with pytest.raises(ValueError, match="shear"):
+    with pytest.raises(AddonError, match="shear"):
         cm.check_scale_mat(shear)
     bad = S.copy()
     bad[3, 0] = 1
-    with pytest.raises(ValueError, match="bottom row"):
+    with pytest.raises(AddonError, match="bottom row"):
         cm.check_scale_mat(bad)
 
 
@@ -251,15 +251,15 @@ def test_read_normalization(tmp_path):
     (tmp_path / "normalization.json").write_text(json.dumps({"scale_mat": S.tolist(), "frame": "normalized"}))
     np.testing.assert_array_equal(run_files.read_normalization(tmp_path), S)
     (tmp_path / "bad.json").write_text(json.dumps({"scale_mat": [[1, 2], [3, 4]]}))
-    with pytest.raises(ValueError, match="4x4"):
+    with pytest.raises(AddonError, match="4x4"):
         run_files.read_normalization(tmp_path / "bad.json")
-    with pytest.raises(ValueError, match="nope.json: file not found"):
+    with pytest.raises(AddonError, match="nope.json: file not found"):
         run_files.read_normalization(tmp_path / "nope.json")
 
 
 def test_mesh_format_and_textured_lookup():
     assert run_files.mesh_format("a/B.PLY") == "ply" and run_files.mesh_format("x.glb") == "gltf"
-    with pytest.raises(ValueError, match="unsupported"):
+    with pytest.raises(AddonError, match="unsupported"):
         run_files.mesh_format("x.stl")
     assert run_files.textured_mesh_from({"mesh.ply": "/r/mesh.ply", "mesh.obj": "/r/mesh.obj",
                                          "mesh.glb": "/r/mesh.glb"}) == "/r/mesh.obj"
@@ -310,9 +310,9 @@ def test_select_views():
     assert cm.select_views(10, subset="2-4, 8-, 3") == [2, 3, 4, 8, 9]
     assert cm.select_views(10, every=2, subset="1-6") == [1, 3, 5]
     for bad, msg in (("x", "not an index"), ("5-20", "outside the views 0-9"), ("4-2", "outside")):
-        with pytest.raises(ValueError, match=msg):
+        with pytest.raises(AddonError, match=msg):
             cm.select_views(10, subset=bad)
-    with pytest.raises(ValueError, match="k >= 1"):
+    with pytest.raises(AddonError, match="k >= 1"):
         cm.select_views(10, every=0)
 
 
@@ -345,9 +345,9 @@ def test_region_in_world_frame():
     assert sphere.settings() == ["data.region.type=sphere", "data.region.center=[10.2,0.4,-4.4]",
                                  "data.region.radius=1"]
     assert box.settings()[2] == "data.region.half_size=[2,1,2]"
-    with pytest.raises(ValueError, match="Sphere or Cube"):
+    with pytest.raises(AddonError, match="Sphere or Cube"):
         region.region_in_world("ARROWS", local, S)
-    with pytest.raises(ValueError, match="scaled to nothing"):
+    with pytest.raises(AddonError, match="scaled to nothing"):
         region.region_in_world("SPHERE", np.diag([1.0, 0.0, 1.0, 1.0]), S)
 
 

@@ -14,6 +14,7 @@ from engine_helpers import SAMPLE, run_engine
 
 import datasets
 from datasets.scale_file import SCALE_JSON, read_known_distance, world_centres, write_known_distance
+from neus_blender_addon.core.errors import AddonError
 
 
 def linked_sample(root):
@@ -179,7 +180,7 @@ def test_a_run_with_a_true_scale_comes_in_metres_without_imported_cameras(bpy, t
     v = [obj.matrix_world @ p.co for p in mesh.vertices]
     assert (v[1] - v[0]).length == pytest.approx(2.5 * 0.04, rel=1e-5)
     (run / "normalization.json").write_text(json.dumps({"scale_mat": S.tolist(), "metres_per_unit": -1}))
-    with pytest.raises(ValueError, match="metres_per_unit"):
+    with pytest.raises(AddonError, match="metres_per_unit"):
         run_files.read_metres_per_unit(run)
 
 

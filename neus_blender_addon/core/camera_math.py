@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import AddonError
+
 # Full-frame width in millimetres: the fitted sensor side. Only lens/sensor matters for the projection.
 DEFAULT_SENSOR_MM = 36.0
 
@@ -102,7 +104,7 @@ def render_settings(K: np.ndarray, width: int, height: int) -> RenderSettings:
     K = np.asarray(K, dtype=np.float64).reshape(-1, 3, 3)
     ratio = float(np.median(K[:, 1, 1] / K[:, 0, 0]))  # fy / fx = ax / ay in Blender
     if not np.isfinite(ratio) or ratio <= 0:
-        raise ValueError(f"invalid focal lengths in K (fy/fx = {ratio})")
+        raise AddonError(f"invalid focal lengths in K (fy/fx = {ratio})")
     if abs(ratio - 1.0) < 1e-9:
         ratio = 1.0
     # Blender clamps each pixel aspect to >= 1, so the larger side carries the ratio.
@@ -123,7 +125,7 @@ def intrinsics_to_blender(
     K = np.asarray(K, dtype=np.float64)
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     if not (fx > 0 and fy > 0):
-        raise ValueError(f"focal lengths must be positive, got fx={fx}, fy={fy}")
+        raise AddonError(f"focal lengths must be positive, got fx={fx}, fy={fy}")
     W, H = render.resolution_x, render.resolution_y
     ycor = render.ycor
     # Blender realizes fx_b = F and fy_b = F / ycor. Choose F minimizing the squared pixel error at the image
@@ -184,11 +186,11 @@ def c2w_to_matrix_world(c2w: np.ndarray) -> np.ndarray:
     """
     c2w = np.asarray(c2w, dtype=np.float64)
     if c2w.shape not in ((3, 4), (4, 4)) or not np.all(np.isfinite(c2w)):
-        raise ValueError(f"c2w must be a finite (3, 4) matrix, got shape {c2w.shape}")
+        raise AddonError(f"c2w must be a finite (3, 4) matrix, got shape {c2w.shape}")
     U, _, Vt = np.linalg.svd(c2w[:3, :3])
     R = U @ Vt
     if np.linalg.det(R) < 0:
-        raise ValueError("c2w rotation is a reflection (determinant < 0)")
+        raise AddonError("c2w rotation is a reflection (determinant < 0)")
     M = np.eye(4)
     M[:3, :3] = R
     M[:3, 3] = c2w[:3, 3]
@@ -207,17 +209,17 @@ def check_scale_mat(scale_mat: np.ndarray) -> np.ndarray:
     """Validates a normalized->world (4, 4) matrix usable as a Blender object matrix (no shear/projection)."""
     M = np.asarray(scale_mat, dtype=np.float64)
     if M.shape != (4, 4) or not np.all(np.isfinite(M)):
-        raise ValueError(f"scale_mat must be a finite 4x4 matrix, got shape {M.shape}")
+        raise AddonError(f"scale_mat must be a finite 4x4 matrix, got shape {M.shape}")
     if not np.allclose(M[3], [0.0, 0.0, 0.0, 1.0], atol=1e-9):
-        raise ValueError(f"scale_mat bottom row must be [0, 0, 0, 1], got {M[3].tolist()}")
+        raise AddonError(f"scale_mat bottom row must be [0, 0, 0, 1], got {M[3].tolist()}")
     A = M[:3, :3]
     gram = A.T @ A
     if abs(np.linalg.det(A)) < 1e-12:
-        raise ValueError("scale_mat is singular")
+        raise AddonError("scale_mat is singular")
     # Blender object matrices hold rotation * (axis-aligned) scale; A^T A must then be diagonal.
     off = gram - np.diag(np.diag(gram))
     if np.max(np.abs(off)) > 1e-6 * np.max(np.abs(gram)):
-        raise ValueError("scale_mat has shear, which a Blender object matrix cannot hold")
+        raise AddonError("scale_mat has shear, which a Blender object matrix cannot hold")
     return M
 
 
@@ -229,7 +231,7 @@ def frame_scale(scale_mat: np.ndarray) -> float:
 def _single_size(value: Any, what: str) -> int:
     arr = np.unique(np.asarray(value).reshape(-1))
     if arr.size != 1:
-        raise ValueError(f"cameras have different image {what}s {arr.tolist()}; Blender has one render size")
+        raise AddonError(f"cameras have different image {what}s {arr.tolist()}; Blender has one render size")
     return int(arr[0])
 
 
@@ -257,7 +259,7 @@ def convert_cameras(
     c2w = np.asarray(c2w, dtype=np.float64).reshape(-1, 3, 4)
     n = K.shape[0]
     if c2w.shape[0] != n or len(names) != n:
-        raise ValueError(f"camera count mismatch: {n} K, {c2w.shape[0]} c2w, {len(names)} names")
+        raise AddonError(f"camera count mismatch: {n} K, {c2w.shape[0]} c2w, {len(names)} names")
     paths = list(image_paths) if image_paths is not None else [None] * n
     render = render_settings(K, width, height)
     cams: list[BlenderCamera] = []
@@ -308,7 +310,7 @@ def upright_rotation(up: np.ndarray) -> np.ndarray:
 def frame_matrix(scale_mat: np.ndarray, frame: str) -> np.ndarray:
     """(4, 4) the normalized -> shown frame: identity for ``"normalized"``, ``scale_mat`` for ``"world"``."""
     if frame not in ("normalized", "world"):
-        raise ValueError(f"unknown frame '{frame}' (expected normalized or world)")
+        raise AddonError(f"unknown frame '{frame}' (expected normalized or world)")
     return check_scale_mat(scale_mat) if frame == "world" else np.eye(4)
 
 
@@ -319,7 +321,7 @@ def metric_factor(scale_mat: np.ndarray, frame: str, metres_per_unit: float | No
     if metres_per_unit is None:
         return 1.0
     if not (np.isfinite(metres_per_unit) and metres_per_unit > 0):
-        raise ValueError(f"metres per unit must be a positive number, got {metres_per_unit!r}")
+        raise AddonError(f"metres per unit must be a positive number, got {metres_per_unit!r}")
     return float(metres_per_unit) * (1.0 if frame == "world" else frame_scale(check_scale_mat(scale_mat)))
 
 
@@ -351,10 +353,10 @@ def select_views(n: int, every: int = 1, subset: str = "") -> list[int]:
     """Indices of the views to import: every ``every``-th view of ``subset`` (all views when empty).
 
     ``subset`` lists 0-based indices and ranges, e.g. ``"0-9, 12, 20-"`` (a range's end is included; an open
-    end runs to the last view). Raises ValueError for text it cannot read or an index outside ``0..n-1``.
+    end runs to the last view). Raises AddonError for text it cannot read or an index outside ``0..n-1``.
     """
     if every < 1:
-        raise ValueError(f"every k-th view needs k >= 1, got {every}")
+        raise AddonError(f"every k-th view needs k >= 1, got {every}")
     picked: list[int] = []
     text = subset.strip()
     if not text:
@@ -367,9 +369,9 @@ def select_views(n: int, every: int = 1, subset: str = "") -> list[int]:
             lo = int(first) if first.strip() else 0
             hi = (int(last) if last.strip() else n - 1) if dash else lo
         except ValueError:
-            raise ValueError(f"view subset: '{item}' is not an index or a range like 3-7") from None
+            raise AddonError(f"view subset: '{item}' is not an index or a range like 3-7") from None
         if not (0 <= lo <= hi < n):
-            raise ValueError(f"view subset: '{item}' is outside the views 0-{n - 1}")
+            raise AddonError(f"view subset: '{item}' is outside the views 0-{n - 1}")
         picked.extend(i for i in range(lo, hi + 1) if i not in picked)
     return picked[::every]
 

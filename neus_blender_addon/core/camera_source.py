@@ -64,9 +64,14 @@ def load_camera_set(directory: str | Path, data_format: str = "auto", cameras_fi
     """``datasets.cameras.load_cameras(directory, format=data_format, cameras_file=...)`` at full resolution.
 
     Raises:
-        ValueError: (``DatasetError``) bad dataset, message ``"<path>: <problem>"``.
+        AddonError: bad dataset (``datasets``' ``DatasetError``, message ``"<path>: <problem>"``), or the camera
+            loader missing.
     """
-    return cameras_module().load_cameras(Path(directory), format=data_format, downscale=1, cameras_file=cameras_file)
+    try:
+        return cameras_module().load_cameras(Path(directory), format=data_format, downscale=1,
+                                             cameras_file=cameras_file)
+    except (ValueError, ImportError) as e:  # DatasetError is a ValueError
+        raise AddonError(str(e)) from e
 
 
 def load_sparse_points(directory: str | Path) -> tuple[Any, Any] | None:
@@ -74,9 +79,12 @@ def load_sparse_points(directory: str | Path) -> tuple[Any, Any] | None:
     None without a points3D file (``datasets.formats.colmap.read_sparse_points``).
 
     Raises:
-        ValueError: (``DatasetError``) a bad points3D file.
+        AddonError: a bad points3D file (``datasets``' ``DatasetError``).
     """
-    return datasets_module("formats.colmap").read_sparse_points(Path(directory))
+    try:
+        return datasets_module("formats.colmap").read_sparse_points(Path(directory))
+    except ValueError as e:
+        raise AddonError(str(e)) from e
 
 
 @dataclass(frozen=True)
@@ -97,7 +105,7 @@ def dataset_from_path(path: str | Path) -> DatasetFile:
     ``sparse``).
 
     Raises:
-        ValueError: a file that is none of these, message ``"<path>: <problem>"``.
+        AddonError: a file that is none of these, message ``"<path>: <problem>"``.
     """
     p = Path(path)
     if p.is_dir():

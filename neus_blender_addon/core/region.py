@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import AddonError
+
 SHAPES = {"SPHERE": "sphere", "CUBE": "box"}  # Blender empty display type -> engine region type
 # A local matrix this close to the identity is the untouched automatic region (float32 object matrices).
 UNTOUCHED_TOL = 1e-5
@@ -41,9 +43,9 @@ def _vec(v) -> str:
 
 
 def shape_of(display_type: str) -> str:
-    """Engine region type of a Blender empty display type; ValueError for shapes the engine has no region for."""
+    """Engine region type of a Blender empty display type; AddonError for shapes the engine has no region for."""
     if display_type not in SHAPES:
-        raise ValueError(f"the region object must be a Sphere or Cube empty, not {display_type.title()}")
+        raise AddonError(f"the region object must be a Sphere or Cube empty, not {display_type.title()}")
     return SHAPES[display_type]
 
 
@@ -71,7 +73,7 @@ def region_in_world(display_type: str, local: np.ndarray, scale_mat: np.ndarray,
     M = np.asarray(scale_mat, dtype=np.float64) @ np.asarray(local, dtype=np.float64)
     A = M[:3, :3] * float(display_size)
     if abs(np.linalg.det(A)) < 1e-12:
-        raise ValueError("the region object is scaled to nothing along some axis")
+        raise AddonError("the region object is scaled to nothing along some axis")
     center = tuple(float(x) for x in M[:3, 3])
     if kind == "sphere":
         return Region("sphere", center, radius=float(np.linalg.svd(A, compute_uv=False)[0]))

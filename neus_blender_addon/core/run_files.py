@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .camera_source import datasets_module
+from .errors import AddonError
 
 MESH_PLY = "mesh.ply"
 MESH_SUFFIXES = (".ply", ".obj", ".glb", ".gltf")
@@ -19,23 +20,29 @@ def read_normalization(path: str | Path) -> np.ndarray:
     the project's one reader (``datasets.normalization_file``).
 
     Raises:
-        ValueError: missing file, bad JSON, or a ``scale_mat`` that is not a finite invertible 4x4 matrix; the
-            message is ``"<file>: <problem>"``.
+        AddonError: missing file, bad JSON, or a ``scale_mat`` that is not a finite invertible 4x4 matrix; the
+            message is ``"<file>: <problem>"`` (``datasets``' ``DatasetError``).
     """
-    return datasets_module("normalization_file").read_normalization_json(path)[0]
+    try:
+        return datasets_module("normalization_file").read_normalization_json(path)[0]
+    except ValueError as e:
+        raise AddonError(str(e)) from e
 
 
 def read_metres_per_unit(path: str | Path) -> float | None:
     """The run's true scale (metres per world unit) from ``normalization.json``, or None without one.
 
     Raises:
-        ValueError: as :func:`read_normalization`, or a ``metres_per_unit`` that is not a positive number.
+        AddonError: as :func:`read_normalization`, or a ``metres_per_unit`` that is not a positive number.
     """
-    return datasets_module("normalization_file").read_metres_per_unit(path)
+    try:
+        return datasets_module("normalization_file").read_metres_per_unit(path)
+    except ValueError as e:
+        raise AddonError(str(e)) from e
 
 
 def mesh_format(path: str | Path) -> str:
-    """``"ply" | "obj" | "gltf"`` from a mesh file's suffix; ValueError for anything else."""
+    """``"ply" | "obj" | "gltf"`` from a mesh file's suffix; AddonError for anything else."""
     suffix = Path(path).suffix.lower()
     if suffix == ".ply":
         return "ply"
@@ -43,7 +50,7 @@ def mesh_format(path: str | Path) -> str:
         return "obj"
     if suffix in (".glb", ".gltf"):
         return "gltf"
-    raise ValueError(f"{path}: unsupported mesh format '{suffix}' (expected .ply, .obj, .glb or .gltf)")
+    raise AddonError(f"{path}: unsupported mesh format '{suffix}' (expected .ply, .obj, .glb or .gltf)")
 
 
 def textured_mesh_from(files: dict[str, str]) -> str | None:
