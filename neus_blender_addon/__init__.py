@@ -3,8 +3,10 @@
 The heavy lifting runs in a separate Python with PyTorch (``python -m engine fit``, see ``engine/PROTOCOL.md``);
 this add-on imports the dataset's cameras, starts and watches the engine, and imports the mesh it produces.
 
-Modules without bpy (usable and tested outside Blender): ``camera_math``, ``camera_source``, ``engine_process``,
-``errors``, ``protocol``, ``ply_io``, ``region``, ``run_files``, ``run_state``. The rest is the thin bpy layer.
+Modules without bpy (in ``core/``, usable and tested outside Blender): ``camera_math``, ``camera_source``,
+``choices``, ``engine_process``, ``errors``, ``job_state``, ``photo_source``, ``protocol``, ``ply_io``, ``region``,
+``run_files``, ``run_state``, ``solve_state``. The rest is the thin bpy layer; ``job_driver`` runs the one engine
+job (a reconstruction or a camera solve).
 """
 
 import atexit
@@ -29,12 +31,11 @@ if bpy is not None:
 
     from . import (
         import_dataset,
+        job_driver,
         operators,
         preferences,
         properties,
-        reconstruct,
         scene_tools,
-        solve_cameras,
         true_scale,
         ui,
     )
@@ -44,10 +45,11 @@ if bpy is not None:
 
     @persistent
     def _reset_stale_status(_dummy=None) -> None:
-        """After File > Open / New: a running engine follows the new file's scene (its timer is persistent);
-        otherwise a .blend saved mid-run says "running" although no engine belongs to it, so reset that."""
-        if reconstruct.is_running():
-            reconstruct.follow_loaded_file(bpy.context.scene)
+        """After File > Open / New: a running job (reconstruction or camera solve) follows the new file's scene
+        (its timer is persistent); otherwise a .blend saved mid-run says "running" although no engine belongs to
+        it, so reset that."""
+        if job_driver.is_running():
+            job_driver.follow_loaded_file(bpy.context.scene)
             return
         for scene in bpy.data.scenes:
             s = getattr(scene, "neus", None)
@@ -96,8 +98,7 @@ def unregister() -> None:
     if bpy is None:
         return
     _registered = False
-    reconstruct.shutdown()  # never leave an engine running without its add-on
-    solve_cameras.shutdown()
+    job_driver.shutdown()  # never leave an engine running without its add-on
     operators.stop_engine_check()
     if _reset_stale_status in bpy.app.handlers.load_post:
         bpy.app.handlers.load_post.remove(_reset_stale_status)

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
               ".venv/bin/python", file=sys.stderr)
         return 2
     import neus_blender_addon as addon
-    from neus_blender_addon import reconstruct
+    from neus_blender_addon import job_driver
     from neus_blender_addon.core import camera_source, engine_process
     from neus_blender_addon.core.errors import AddonError
 
@@ -132,10 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         light_scene(scene)
         if args.engine_python:
             os.environ[engine_process.ENV_VAR] = args.engine_python
-        reconstruct.last_run = None
+        job_driver.last_job = None
         # background mode: runs to completion, printing progress; --out is the run folder itself
         result = _call(bpy.ops.neus.reconstruct, run_dir=str(out), silence_limit=args.silence_limit)
-        run = reconstruct.last_run
+        run = job_driver.last_job
         if "FINISHED" not in result:
             if run is None:  # refused before the engine started (engine not found, say)
                 print(f"error: {s.last_error}", file=sys.stderr)

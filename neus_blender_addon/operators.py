@@ -10,14 +10,24 @@ import numpy as np
 from bpy.props import EnumProperty, FloatProperty, StringProperty
 from bpy_extras.io_utils import ImportHelper
 
-from . import blender_cameras, blender_mesh, import_dataset, preferences, reconstruct, solve_cameras, timer_ui
+from . import (
+    blender_cameras,
+    blender_mesh,
+    import_dataset,
+    job_driver,
+    preferences,
+    reconstruct,
+    solve_cameras,
+    timer_ui,
+)
 from .core import camera_source, engine_process, photo_source, run_files, run_state
 from .core.errors import AddonError
+from .core.solve_state import SolveJob
 
 
 def engine_busy() -> bool:
     """A reconstruction or a camera solve is running (one engine job at a time)."""
-    return reconstruct.is_running() or solve_cameras.is_running()
+    return job_driver.is_running()
 
 
 class NEUS_OT_import_cameras(bpy.types.Operator, import_dataset.CameraImportSettings):
@@ -113,11 +123,11 @@ class NEUS_OT_solve_cameras(bpy.types.Operator):
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
         if not (self.mode == "BLOCKING" or (self.mode == "AUTO" and bpy.app.background)):
-            solve_cameras.start_timer()
+            job_driver.start_timer()
             self.report({"INFO"}, f"Solving cameras into {out}")
             return {"FINISHED"}
-        state = solve_cameras.run_blocking(run)
-        level, message = solve_cameras.outcome(run)
+        state = job_driver.run_blocking(run)
+        level, message = run.outcome()
         self.report({level}, message)
         return {"FINISHED"} if state == "done" else {"CANCELLED"}
 
@@ -143,10 +153,10 @@ def _start_run(op: bpy.types.Operator, context: bpy.types.Context, resume: bool,
         op.report({"ERROR"}, str(e))
         return {"CANCELLED"}
     if not blocking:
-        reconstruct.start_timer()
+        job_driver.start_timer()
         op.report({"INFO"}, f"Reconstruction {'resumed' if resume else 'started'} in {request.run_dir}")
         return {"FINISHED"}
-    state = reconstruct.run_blocking(run)
+    state = job_driver.run_blocking(run)
     if state == "done":
         if run.status.last_error:
             op.report({"WARNING"}, run.status.last_error)
@@ -229,13 +239,12 @@ class NEUS_OT_cancel(bpy.types.Operator):
         return True
 
     def execute(self, context):
-        if solve_cameras.cancel():
-            self.report({"INFO"}, "Cancelling the camera solve")
-            return {"FINISHED"}
-        if not reconstruct.cancel():
+        job = job_driver.active()
+        if not job_driver.cancel():
             self.report({"WARNING"}, "No reconstruction is running")
             return {"CANCELLED"}
-        self.report({"INFO"}, "Cancelling the reconstruction")
+        self.report({"INFO"}, "Cancelling the camera solve" if isinstance(job, SolveJob)
+                    else "Cancelling the reconstruction")
         return {"FINISHED"}
 
 
@@ -255,7 +264,7 @@ class NEUS_OT_kill(bpy.types.Operator):
         return True
 
     def execute(self, context):
-        if solve_cameras.kill() or reconstruct.kill():
+        if job_driver.kill():
             self.report({"WARNING"}, "Killing the engine")
             return {"FINISHED"}
         self.report({"WARNING"}, "No engine is running")

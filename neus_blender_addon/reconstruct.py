@@ -1,50 +1,29 @@
-"""Reconstruction runs in Blender: start the engine, apply its events on Blender's main thread, import the result.
+"""Reconstruction runs in Blender: the scene's settings become a run, the run's meshes come into the scene.
 
-The run's logic is the bpy-free state machine :class:`run_state.Run`; this module gives it a :class:`BlenderHost`
-(mesh import, preview removal, console) and drives it:
-
-- interactive: a persistent ``bpy.app.timers`` function, :func:`timer_step`, drains the event queue every 0.2 s
-  and keeps running across File > Open / New (tests call it directly, since timers do not fire in background
-  mode);
-- background (``bpy.app.background``): :func:`run_blocking` waits on the queue until the run ends, printing
-  progress to stdout.
-
-One run at a time (module state ``_active``). When a run ends its result import is one undo step, and from the
-timer its outcome is reported with ``neus.report`` (status bar and Info log, seen with the sidebar closed).
+The run's logic is the bpy-free state machine :class:`core.run_state.Run`; the one job driver (``job_driver.py``)
+runs it (timer, background mode, Cancel / Kill, the panel's status, the end report). This module builds the
+:class:`RunRequest` from the scene (:func:`request_from_scene`, :func:`resume_request`), starts it (:func:`start`)
+and gives the run its :class:`ReconstructHost`: mesh import under the dataset's parent, preview removal, and once
+the run ended its engine log in a Text data-block and its result import as one undo step.
 """
 
 from __future__ import annotations
 
 import shlex
 import tempfile
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 import bpy
 import numpy as np
 
-from . import blender_cameras, blender_mesh, timer_ui
+from . import blender_cameras, blender_mesh, job_driver, timer_ui
 from .core import camera_source, engine_process, run_files, run_state
 from .core.errors import AddonError
 from .core.run_state import Run, RunRequest
-from .properties import apply_status
 
-TIMER_INTERVAL = 0.2
 PREVIEW_EVERY = 250  # steps between live-preview meshes, when the scene asks for them
 LOG_TEXT = "NeuS engine log"  # Text data-block holding the last run's engine log
-
-_active: Run | None = None
-last_run: Run | None = None  # the most recent run, finished or not (for the UI and tests)
-_shown: dict[str, tuple] = {}  # scene name -> the status last copied into it (redraw only on change)
-
-
-def active_run() -> Run | None:
-    return _active
-
-
-def is_running() -> bool:
-    return _active is not None and not _active.finished
 
 
 def default_run_dir(dataset: str) -> Path:
@@ -133,22 +112,16 @@ def parse_settings(text: str) -> list[str]:
 
 
 def start(request: RunRequest, echo: Callable[[str], None] | None = None) -> Run:
-    """Starts the engine for ``request`` and makes it the active run.
+    """Starts the engine for ``request`` as the driver's active job (then ``job_driver.start_timer`` or
+    ``job_driver.run_blocking``).
 
     Raises:
-        AddonError: a run is already active, bad options, or the engine cannot start.
+        AddonError: a job is already running, bad options, or the engine cannot start.
     """
-    global _active, last_run
-    if is_running():
-        raise AddonError("a reconstruction is already running; cancel it first")
-    run = run_state.new_run(request, echo)
-    run.start(HOST)
-    _active = last_run = run
-    _update_ui(run)
-    return run
+    return job_driver.start(run_state.new_run(request, echo), HOST)
 
 
-class BlenderHost:
+class ReconstructHost(job_driver.BlenderHost):
     """What :class:`run_state.Run` asks of Blender."""
 
     def import_mesh(self, run: Run, path: str, role: str) -> str:
@@ -161,12 +134,14 @@ class BlenderHost:
     def clear_preview(self, run: Run) -> None:
         blender_mesh.remove_named_object(run.preview_name)
 
-    def say(self, run: Run, text: str) -> None:
-        if run.echo is not None:
-            run.echo(text)
+    def ended(self, run: Run) -> None:
+        """Keeps the run's engine log and makes its result import one undo step."""
+        _store_log(run)
+        if run.result_object:
+            _undo_push(f"NeuS: import {run.result_object}")
 
 
-HOST = BlenderHost()
+HOST = ReconstructHost()
 
 
 def _scene(run: Run) -> bpy.types.Scene | None:
@@ -194,31 +169,6 @@ def _import_result(run: Run, path: str | Path, name: str, kind: str = "results")
     return obj
 
 
-def _finish(run: Run, report: bool) -> None:
-    """The run ended: forget it, show its end state, keep its log, make its import one undo step and (from the
-    timer, where no operator is waiting for the outcome) report it."""
-    global _active
-    if _active is run:
-        _active = None
-    _update_ui(run)
-    timer_ui.set_status_bar(None)
-    _store_log(run)
-    if run.result_object:
-        _undo_push(f"NeuS: import {run.result_object}")
-    if not report:
-        return
-    st = run.status
-    if st.state == "failed":
-        timer_ui.report("ERROR", f"Reconstruction failed: {st.last_error}")
-    elif st.state == "cancelled":
-        imported = f"; imported the current mesh as '{run.result_object}'" if run.imported_on_cancel else ""
-        why = f" ({st.last_error})" if st.last_error else ""
-        timer_ui.report("WARNING", f"Reconstruction cancelled{imported}{why}")
-    else:
-        timer_ui.report("WARNING" if st.last_error else "INFO", f"Reconstruction finished: '{run.result_object}'"
-                        + (f" ({st.last_error})" if st.last_error else ""))
-
-
 def _undo_push(message: str) -> None:
     try:
         with timer_ui.window_context():
@@ -236,141 +186,3 @@ def _store_log(run: Run) -> None:
     block = bpy.data.texts.get(LOG_TEXT) or bpy.data.texts.new(LOG_TEXT)
     block.clear()
     block.write(f"# {run.process.log_path}\n{text}")
-
-
-def silent_seconds(process: engine_process.EngineProcess) -> int:
-    """Whole seconds the engine has been silent once past its limit, else 0 (what the panel's warning shows)."""
-    return int(process.silent_for()) if process.not_responding else 0
-
-
-def _shown_state(run: Run) -> tuple:
-    st = run.status
-    return (st.state, st.stage, run.phase, st.counts(), st.loss, st.psnr, round(st.eta_s or 0.0),
-            st.last_error, run.result_object, tuple(run.log_tail), str(run.request.run_dir), run.finished,
-            silent_seconds(run.process))
-
-
-def _update_ui(run: Run, force: bool = False) -> None:
-    """Copies the run's status into its scene and redraws the sidebars, only when what they show changed."""
-    scene = _scene(run)
-    if scene is None:
-        return
-    shown = _shown_state(run)
-    if not force and _shown.get(scene.name) == shown:
-        return
-    _shown[scene.name] = shown
-    settings = scene.neus
-    apply_status(settings, run.status)
-    if run.phase == "export" and not run.finished:
-        settings.stage = "texturing"
-    settings.run_dir = str(run.request.run_dir)
-    settings.log_tail = "\n".join(run.log_tail)
-    settings.silent_s = 0 if run.finished else silent_seconds(run.process)
-    if run.result_object:
-        settings.result_object = run.result_object
-    if not run.finished:
-        timer_ui.set_status_bar(f"NeuS: {run.status.status_text()}")
-    timer_ui.redraw_sidebars()
-
-
-def _fail_internal(run: Run, exc: BaseException) -> None:
-    traceback.print_exception(exc)
-    run.fail_internal(HOST, exc)
-
-
-def timer_step() -> float | None:
-    """One tick of the interactive driver: apply every queued event. Returns the delay until the next tick,
-    or None when no run is active (which also unregisters it as a ``bpy.app.timers`` function)."""
-    run = _active
-    if run is None:
-        return None
-    if _scene(run) is None:  # a file load took the run's scene: follow the new file even without the load_post handler
-        follow_loaded_file(bpy.context.scene)
-    try:
-        for event in run.process.poll_events():
-            run.handle_event(HOST, event)
-            if run.finished:
-                break
-        if not run.finished:
-            run.refresh_log_tail()
-            _update_ui(run)
-    except Exception as e:  # a timer that raises is dropped silently by Blender: end the run visibly instead
-        _fail_internal(run, e)
-    if run.finished:
-        _finish(run, report=True)
-        return None
-    return TIMER_INTERVAL
-
-
-def start_timer() -> None:
-    """Registers :func:`timer_step`; persistent, so it survives File > Open / New (a non-persistent timer is
-    dropped on a file load while the engine keeps running, and the run could never end nor be cancelled)."""
-    if not bpy.app.timers.is_registered(timer_step):
-        bpy.app.timers.register(timer_step, first_interval=TIMER_INTERVAL, persistent=True)
-
-
-def follow_loaded_file(scene: bpy.types.Scene) -> None:
-    """Another .blend was opened (or File > New) during a run: the run continues and reports into ``scene``,
-    the new file's active scene, where its result will be imported. Called from the ``load_post`` handler."""
-    run = _active
-    if run is None or run.finished:
-        return
-    run.request.scene_name = scene.name
-    HOST.say(run, f"[neus] a new file was loaded: the reconstruction continues into scene '{scene.name}'")
-    _update_ui(run, force=True)
-    start_timer()
-
-
-def run_blocking(run: Run, poll_s: float = 0.25) -> str:
-    """Drives ``run`` to its end on the calling (main) thread; Ctrl+C cancels the engine. Returns the state."""
-    interrupts = 0
-    while not run.finished:
-        try:
-            event = run.process.next_event(timeout=poll_s)
-            if event is not None:
-                run.handle_event(HOST, event)
-            else:
-                run.give_up_if_silent(HOST)  # nobody is there to press Kill
-        except KeyboardInterrupt:
-            interrupts += 1
-            HOST.say(run, "[neus] interrupted: cancelling the engine" if interrupts == 1
-                     else "[neus] killing the engine")
-            if interrupts == 1:
-                run.process.cancel()
-            else:
-                run.process.kill()
-        except Exception as e:
-            _fail_internal(run, e)
-    _finish(run, report=False)  # the operator that waited reports the outcome
-    return run.status.state
-
-
-def cancel() -> bool:
-    """Asks the active run's engine to stop; the run ends when the engine exits. False if nothing runs."""
-    run = _active
-    if run is None or not run.cancel():
-        return False
-    _update_ui(run)
-    return True
-
-
-def kill() -> bool:
-    """The panel's Kill: ends the active run's engine (its whole process group) at once. False if nothing runs."""
-    run = _active
-    if run is None or not run.kill():
-        return False
-    _update_ui(run)
-    return True
-
-
-def shutdown() -> None:
-    """Stops any engine at once (add-on unregistered, Blender or the script exiting)."""
-    global _active
-    run = _active
-    if run is not None:
-        run.process.kill()
-        run.finished = True
-        _active = None
-    _shown.clear()
-    if bpy.app.timers.is_registered(timer_step):
-        bpy.app.timers.unregister(timer_step)

@@ -4,7 +4,7 @@ Engine Log sub-panels (property-split layout, as Blender's own panels)."""
 import bpy
 
 from .core import photo_source
-from .operators import engine_busy
+from .job_driver import is_running as engine_busy
 from .preferences import wrapped_labels
 
 HAS_PROGRESS_WIDGET = bpy.types.UILayout.bl_rna.functions.get("progress") is not None  # Blender 4.0+

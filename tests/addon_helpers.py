@@ -33,14 +33,15 @@ def pump(until: Callable | None = None, timeout: float = 300.0, every: float = 0
     it unregisters itself (returns None: the job ended) or ``until(scene.neus)`` holds.
 
     Args:
-        tick: the timer function; default ``reconstruct.timer_step`` (``solve_cameras.timer_step`` for a solve).
+        tick: the timer function; default ``job_driver.timer_step``, the one timer of both jobs (a reconstruction
+            and a camera solve).
         snapshot: called with ``scene.neus`` after each tick; the values are returned.
     """
     import bpy
 
-    from neus_blender_addon import reconstruct
+    from neus_blender_addon import job_driver
 
-    tick = tick or reconstruct.timer_step
+    tick = tick or job_driver.timer_step
     seen: list = []
     t0 = time.time()
     while time.time() - t0 < timeout:

@@ -108,7 +108,7 @@ def bpy(request):
     import bpy as _bpy
 
     import neus_blender_addon as addon
-    from neus_blender_addon import reconstruct, solve_cameras
+    from neus_blender_addon import job_driver
 
     _bpy.ops.wm.read_factory_settings(use_empty=True)
     addon.register()
@@ -117,7 +117,7 @@ def bpy(request):
         setup_scene(_bpy.context.scene, request)
     yield _bpy
     addon.unregister()
-    assert not reconstruct.is_running() and not solve_cameras.is_running()
+    assert not job_driver.is_running()
 
 
 @pytest.fixture(scope="session")

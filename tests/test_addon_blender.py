@@ -303,7 +303,7 @@ def test_status_is_copied_and_redrawn_only_when_it_changed(bpy, tmp_path):
     import sys
     from pathlib import Path
 
-    from neus_blender_addon import reconstruct
+    from neus_blender_addon import job_driver
     from neus_blender_addon.core import run_state
     from neus_blender_addon.core.engine_process import EngineLocation
 
@@ -312,13 +312,13 @@ def test_status_is_copied_and_redrawn_only_when_it_changed(bpy, tmp_path):
                                    EngineLocation(Path(sys.executable), "test", None))
     run = run_state.new_run(request)  # not started: only its status is shown
     run.status.state, run.status.stage, run.status.step, run.status.total = "running", "training", 5, 10
-    reconstruct._update_ui(run)
+    job_driver.update_ui(run)
     s = scene.neus
     assert (s.step, s.stage, s.running, s.run_dir) == (5, "training", True, str(tmp_path / "run_001"))
     s.step = 99  # stands in for "drawn already": an unchanged status is not copied (nor redrawn) again
-    reconstruct._update_ui(run)
+    job_driver.update_ui(run)
     assert s.step == 99
     run.status.step = 6
-    reconstruct._update_ui(run)
+    job_driver.update_ui(run)
     assert s.step == 6
-    reconstruct.shutdown()  # forget the cached state
+    job_driver.shutdown()  # forget the cached state

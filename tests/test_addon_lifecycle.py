@@ -42,20 +42,20 @@ def training(st) -> bool:
 
 
 def test_file_load_during_a_run_keeps_it_attached(bpy, tmp_path):
-    from neus_blender_addon import reconstruct
+    from neus_blender_addon import job_driver
 
     s = bpy.context.scene.neus
     s.steps = 100000  # would run for hours
     assert bpy.ops.neus.reconstruct(mode="ASYNC") == {"FINISHED"}
-    run = reconstruct.active_run()
+    run = job_driver.active()
     pump(training)
     bpy.ops.wm.read_homefile()  # File > New: a new file, new scene, the add-on stays registered
-    assert bpy.app.timers.is_registered(reconstruct.timer_step)  # the persistent timer survived the load
-    assert reconstruct.active_run() is run and run.process.running
+    assert bpy.app.timers.is_registered(job_driver.timer_step)  # the persistent timer survived the load
+    assert job_driver.active() is run and run.process.running
     pump(lambda st: st.running and st.step > 0, timeout=60)  # the new file's scene shows the run
     assert bpy.ops.neus.cancel() == {"FINISHED"}  # Cancel still reaches the engine
     pump(lambda st: False, timeout=60)
-    assert run.status.state == "cancelled" and not reconstruct.is_running()
+    assert run.status.state == "cancelled" and not job_driver.is_running()
     new = bpy.context.scene
     assert new.neus.state == "cancelled" and not new.neus.running
     # A second run starts (no "already running") and lands in the new file.
@@ -71,7 +71,7 @@ def test_file_open_during_a_run_lands_in_the_opened_files_scene(bpy, tmp_path, h
     """File > Open of a .blend whose scene has another name: the run's status and result land in that scene, also
     with the load_post handler off (the persistent timer notices on its own that the run's scene is gone)."""
     import neus_blender_addon as addon
-    from neus_blender_addon import reconstruct
+    from neus_blender_addon import job_driver
 
     other = tmp_path / "other.blend"
     scene = bpy.context.scene
@@ -79,7 +79,7 @@ def test_file_open_during_a_run_lands_in_the_opened_files_scene(bpy, tmp_path, h
     bpy.ops.wm.save_as_mainfile(filepath=str(other), copy=True)  # the file to open; this one stays unsaved
     scene.name = "Scene"
     assert bpy.ops.neus.reconstruct(mode="ASYNC") == {"FINISHED"}
-    run = reconstruct.active_run()
+    run = job_driver.active()
     pump(training)
     if handler == "timer only":
         bpy.app.handlers.load_post.remove(addon._reset_stale_status)
@@ -91,7 +91,7 @@ def test_file_open_during_a_run_lands_in_the_opened_files_scene(bpy, tmp_path, h
     follows_at_once = handler == "load_post"  # else at the timer's next tick
     assert [sc.name for sc in bpy.data.scenes] == ["Elsewhere"]
     assert bpy.context.scene.neus.state == ("running" if follows_at_once else "idle")
-    assert bpy.app.timers.is_registered(reconstruct.timer_step) and reconstruct.active_run() is run
+    assert bpy.app.timers.is_registered(job_driver.timer_step) and job_driver.active() is run
     pump(lambda st: False)
     opened = bpy.data.scenes["Elsewhere"]
     assert run.request.scene_name == "Elsewhere" and run.status.state == "done", run.status.last_error
@@ -106,13 +106,13 @@ CLEAN_EXIT_SCRIPT = textwrap.dedent(
     import sys, time
     import bpy
     import neus_blender_addon as addon
-    from neus_blender_addon import reconstruct
+    from neus_blender_addon import job_driver
     bpy.ops.wm.read_factory_settings(use_empty=True)
     addon.register()
     s = bpy.context.scene.neus
     s.data_dir, s.output_dir, s.preset, s.device, s.steps = sys.argv[1], sys.argv[2], "preview", "cpu", 100000
     assert bpy.ops.neus.reconstruct(mode="ASYNC") == {"FINISHED"}
-    print("ENGINE_PID", reconstruct.active_run().process.pid, flush=True)
+    print("ENGINE_PID", job_driver.active().process.pid, flush=True)
     time.sleep(1.0)
     # ends here: no unregister(), an engine still running
     """
@@ -179,7 +179,7 @@ def test_two_runs_two_results_undo_and_the_artists_changes_kept(bpy, tmp_path):
 
 
 def test_cancel_imports_the_current_mesh_then_resume_finishes_the_run(bpy, tmp_path, monkeypatch):
-    from neus_blender_addon import reconstruct, timer_ui
+    from neus_blender_addon import job_driver, timer_ui
 
     s = bpy.context.scene.neus
     s.steps = 20
@@ -196,7 +196,7 @@ def test_cancel_imports_the_current_mesh_then_resume_finishes_the_run(bpy, tmp_p
     assert bpy.ops.neus.cancel() == {"FINISHED"}
     pump(lambda st: False, timeout=120)
     s = bpy.context.scene.neus
-    run = reconstruct.last_run
+    run = job_driver.last_job
     assert time.time() - t0 > 7.0 and run.process.killed_for == "" and run.status.returncode == 130, (
         s.state, s.last_error, run.process.killed_for, run.status.returncode, time.time() - t0)
     assert s.state == "cancelled" and run.imported_on_cancel, s.last_error
@@ -207,7 +207,7 @@ def test_cancel_imports_the_current_mesh_then_resume_finishes_the_run(bpy, tmp_p
     assert 2 <= cancelled_at < 20
     assert bpy.ops.neus.resume.poll()
     assert bpy.ops.neus.resume(mode="ASYNC") == {"FINISHED"}
-    resumed = reconstruct.active_run()
+    resumed = job_driver.active()
     assert "--resume" in resumed.process.argv and resumed.request.run_dir == tmp_path / "runs" / "run_001"
     first_steps = []
     pump(lambda st: first_steps.append(st.step) and False)

@@ -163,13 +163,13 @@ def test_headless_bad_arguments_and_scene_give_one_line(tmp_path, case):
 
 
 def test_timer_driven_run_with_live_preview(bpy, tmp_path):
-    from neus_blender_addon import reconstruct
+    from neus_blender_addon import job_driver
 
     s = bpy.context.scene.neus
     s.show_preview = True
     s.engine_settings = f"{FAST_EXPORT} train.preview_every=6 train.preview_resolution=32"
     assert bpy.ops.neus.reconstruct(mode="ASYNC") == {"FINISHED"}
-    assert reconstruct.is_running() and s.running
+    assert job_driver.is_running() and s.running
     # During the run the settings sub-panels are greyed out; the Scene panel's helpers stay usable.
     from test_addon_blender import PanelStandIn
 
@@ -181,7 +181,7 @@ def test_timer_driven_run_with_live_preview(bpy, tmp_path):
     with pytest.raises(RuntimeError, match="already running"):  # one reconstruction at a time
         bpy.ops.neus.reconstruct(mode="ASYNC")
     seen = pump(lambda st: False)
-    assert s.state == "done" and not s.running and not reconstruct.is_running()
+    assert s.state == "done" and not s.running and not job_driver.is_running()
     steps = [x["step"] for x in seen if x["stage"] == "training"]
     # live progress; later phases (validating, extracting, ...) show their own counts in the same field
     assert any(0 < step < STEPS for step in steps) and max(steps) == STEPS
@@ -202,14 +202,14 @@ def test_cancel_during_training_brings_the_default_export_on_cancel_into_the_sce
     and its mesh comes into the scene (issue 20)."""
     from omegaconf import OmegaConf
 
-    from neus_blender_addon import reconstruct, timer_ui
+    from neus_blender_addon import job_driver, timer_ui
 
     s = bpy.context.scene.neus
     s.steps = 100000  # would run for hours
     s.show_preview = False
     assert s.export_on_cancel and s.engine_settings == ""  # the defaults
     assert bpy.ops.neus.reconstruct(mode="ASYNC") == {"FINISHED"}
-    run = reconstruct.active_run()
+    run = job_driver.active()
     pump(lambda st: st.stage == "training" and st.step >= 2)
     t0 = time.time()
     assert bpy.ops.neus.cancel() == {"FINISHED"}
@@ -227,14 +227,14 @@ def test_cancel_during_training_brings_the_default_export_on_cancel_into_the_sce
 
 
 def test_engine_error_is_shown(bpy, tmp_path):
-    from neus_blender_addon import reconstruct
+    from neus_blender_addon import job_driver
 
     s = bpy.context.scene.neus
     s.engine_settings = "train.lr=[0.1"  # an override the engine's config parser cannot read
     s.show_preview = False
     with pytest.raises(RuntimeError, match="Reconstruction failed"):
         bpy.ops.neus.reconstruct(mode="BLOCKING")
-    run = reconstruct.last_run
+    run = job_driver.last_job
     assert s.state == "failed" and run.status.returncode == 2 and not s.running  # bad input: exit 2 ...
     assert s.last_error.startswith("input error: bad config: "), s.last_error  # ... with kind "input"
     # The engine's own one-line message (it also prints it as "error: ..." on stderr) reaches the UI.
@@ -307,16 +307,16 @@ def test_region_moved_in_blender_changes_normalization(bpy, tmp_path):
 
 def test_unregister_stops_a_running_engine(bpy):
     import neus_blender_addon as addon
-    from neus_blender_addon import reconstruct
+    from neus_blender_addon import job_driver
 
     s = bpy.context.scene.neus
     s.steps = 100000
     s.show_preview = False
     assert bpy.ops.neus.reconstruct(mode="ASYNC") == {"FINISHED"}
-    run = reconstruct.active_run()
+    run = job_driver.active()
     addon.unregister()
     try:
         assert run.process.wait(15) is not None  # the engine process is gone ...
-        assert not reconstruct.is_running()  # ... and the add-on forgot it
+        assert not job_driver.is_running()  # ... and the add-on forgot it
     finally:
         addon.register()  # the fixture unregisters

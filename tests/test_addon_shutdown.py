@@ -66,7 +66,7 @@ def test_unregister_and_disable_end_the_whole_process_group(bpy, standin, tmp_pa
     import addon_utils
 
     import neus_blender_addon as addon
-    from neus_blender_addon import reconstruct
+    from neus_blender_addon import job_driver
 
     standin("family")
     if how == "disable":  # as Edit > Preferences > Add-ons does it: enabled as an add-on, then disabled
@@ -74,7 +74,7 @@ def test_unregister_and_disable_end_the_whole_process_group(bpy, standin, tmp_pa
         addon_utils.enable(ADDON, default_set=True, handle_error=None)
     configure(bpy.context.scene, tmp_path / "runs")
     assert bpy.ops.neus.reconstruct(mode="ASYNC") == {"FINISHED"}
-    run = reconstruct.active_run()
+    run = job_driver.active()
     pids = family(run.request.run_dir)
     assert run.process.pid == pids[0] and pids_alive(pids) == pids  # the engine (pid) and its child run
     env = Path(f"/proc/{pids[0]}/environ").read_bytes().split(b"\0")
@@ -88,7 +88,7 @@ def test_unregister_and_disable_end_the_whole_process_group(bpy, standin, tmp_pa
     try:
         assert_gone(pids)
         assert time.time() - t0 < 6.0  # 3 s for the engine to save its checkpoint, then SIGKILL to the group
-        assert not reconstruct.is_running()
+        assert not job_driver.is_running()
     finally:
         addon.register()  # the fixture unregisters
 
@@ -98,15 +98,15 @@ QUIT_SCRIPT = textwrap.dedent(
     import sys
     import bpy
     import neus_blender_addon as addon
-    from neus_blender_addon import reconstruct
+    from neus_blender_addon import job_driver
     bpy.ops.wm.read_factory_settings(use_empty=True)
     addon.register()
     s = bpy.context.scene.neus
     s.data_dir, s.output_dir, s.device, s.show_preview = sys.argv[1], sys.argv[2], "cpu", False
     assert bpy.ops.neus.reconstruct(mode="ASYNC") == {"FINISHED"}
-    print("RUN_DIR", reconstruct.active_run().request.run_dir, flush=True)
+    print("RUN_DIR", job_driver.active().request.run_dir, flush=True)
     import json, os, time
-    path = os.path.join(str(reconstruct.active_run().request.run_dir), "family.json")
+    path = os.path.join(str(job_driver.active().request.run_dir), "family.json")
     while not os.path.exists(path):
         time.sleep(0.05)
     print("FAMILY", open(path).read(), flush=True)
@@ -129,12 +129,12 @@ def test_quitting_ends_the_whole_process_group(standin, tmp_path):
 
 
 def test_silent_engine_is_shown_as_not_responding_and_kill_ends_it(bpy, standin, tmp_path):
-    from neus_blender_addon import reconstruct, timer_ui
+    from neus_blender_addon import job_driver, timer_ui
 
     standin("silent")
     configure(bpy.context.scene, tmp_path / "runs")
     assert bpy.ops.neus.reconstruct(mode="ASYNC", silence_limit=1.0) == {"FINISHED"}
-    run = reconstruct.active_run()
+    run = job_driver.active()
     pids = family(run.request.run_dir)
     s = bpy.context.scene.neus
     assert s.silent_s == 0  # it just spoke
@@ -152,11 +152,11 @@ def test_silent_engine_is_shown_as_not_responding_and_kill_ends_it(bpy, standin,
 def cancel_after_two_steps(bpy, tmp_path):
     """Starts a run of the stand-in (silence limit 1 s), presses Cancel once it reports step 2 and drives the timer
     until the run ends; returns the run and the seconds from Cancel to its end."""
-    from neus_blender_addon import reconstruct
+    from neus_blender_addon import job_driver
 
     configure(bpy.context.scene, tmp_path / "runs")
     assert bpy.ops.neus.reconstruct(mode="ASYNC", silence_limit=1.0) == {"FINISHED"}
-    run = reconstruct.active_run()
+    run = job_driver.active()
     pump(lambda st: st.step >= 2)
     t0 = time.time()
     assert bpy.ops.neus.cancel() == {"FINISHED"}
@@ -207,7 +207,7 @@ def test_a_solve_follows_a_loaded_file_and_still_cancels(bpy, standin, tmp_path)
     persistent timer notices the run's scene is gone) and Cancel still reaches the engine."""
     import shutil
 
-    from neus_blender_addon import solve_cameras
+    from neus_blender_addon import job_driver
 
     standin("export", export_s=0.0)
     photos = tmp_path / "photos"
@@ -221,12 +221,12 @@ def test_a_solve_follows_a_loaded_file_and_still_cancels(bpy, standin, tmp_path)
     s = bpy.context.scene.neus
     s.data_dir, s.output_dir = str(photos), str(tmp_path / "runs")
     assert bpy.ops.neus.solve_cameras(mode="ASYNC") == {"FINISHED"}
-    run = solve_cameras.last_solve
-    pump(lambda st: st.step >= 2, tick=solve_cameras.timer_step)
+    run = job_driver.last_job
+    pump(lambda st: st.step >= 2)
     bpy.ops.wm.open_mainfile(filepath=str(other))
-    assert [sc.name for sc in bpy.data.scenes] == ["Elsewhere"] and solve_cameras.is_running()
-    pump(lambda st: st.running and st.step >= 3, timeout=20, tick=solve_cameras.timer_step)
+    assert [sc.name for sc in bpy.data.scenes] == ["Elsewhere"] and job_driver.is_running()
+    pump(lambda st: st.running and st.step >= 3, timeout=20)
     assert run.scene_name == "Elsewhere"
     assert bpy.ops.neus.cancel() == {"FINISHED"}
-    pump(tick=solve_cameras.timer_step)
+    pump()
     assert bpy.data.scenes["Elsewhere"].neus.state == "cancelled" and run.process.returncode == 130

@@ -3,8 +3,8 @@ backgrounds and the sparse point cloud in the scene; Reconstruct then points at 
 
 from __future__ import annotations
 
+import functools
 import shutil
-import time
 
 import addon_helpers
 import numpy as np
@@ -44,22 +44,18 @@ def setup_scene(scene, request) -> None:
     scene.neus.output_dir = str(request.getfixturevalue("tmp_path") / "runs")
 
 
-def pump(timeout: float = 600.0) -> list[tuple[str, int, int]]:
-    """Ticks the solve's timer until the solve ends; returns the (stage, step, total) the panel showed."""
-    from neus_blender_addon import solve_cameras
-
-    return addon_helpers.pump(timeout=timeout, tick=solve_cameras.timer_step,
-                              snapshot=lambda s: (s.stage, s.step, s.total))
+# Ticks the job driver's timer until the solve ends; returns the (stage, step, total) the panel showed.
+pump = functools.partial(addon_helpers.pump, timeout=600.0, snapshot=lambda s: (s.stage, s.step, s.total))
 
 
 @pytest.mark.blender
 @pytest.mark.skipif(not HAS_BPY, reason=NO_BPY_REASON)
 def test_solve_cameras_imports_cameras_and_sparse_points(bpy, tmp_path, photos):
-    from neus_blender_addon import solve_cameras, timer_ui
+    from neus_blender_addon import job_driver, timer_ui
 
     s = bpy.context.scene.neus
     assert bpy.ops.neus.solve_cameras(mode="ASYNC") == {"FINISHED"}
-    assert solve_cameras.is_running()
+    assert job_driver.is_running()
     seen = pump()
     assert s.state == "done", s.last_error
     stages = [stage for stage, _, _ in seen]
@@ -80,17 +76,14 @@ def test_solve_cameras_imports_cameras_and_sparse_points(bpy, tmp_path, photos):
 @pytest.mark.blender
 @pytest.mark.skipif(not HAS_BPY, reason=NO_BPY_REASON)
 def test_solve_cameras_cancel_and_refusals(bpy, tmp_path, photos):
-    from neus_blender_addon import solve_cameras, timer_ui
+    from neus_blender_addon import timer_ui
 
     s = bpy.context.scene.neus
     assert bpy.ops.neus.solve_cameras(mode="ASYNC") == {"FINISHED"}
     with pytest.raises(RuntimeError, match="busy"):
         bpy.ops.neus.reconstruct(mode="ASYNC")
     assert not bpy.ops.neus.pick_video.poll()  # the source cannot change under a running solve
-    t0 = time.time()
-    while s.stage not in ("features", "matching") and time.time() - t0 < 120:
-        solve_cameras.timer_step()
-        time.sleep(0.1)
+    pump(lambda st: st.stage in ("features", "matching"), timeout=120)
     assert bpy.ops.neus.cancel() == {"FINISHED"}
     pump(timeout=60)
     assert s.state == "cancelled" and not (tmp_path / "runs" / "my photos solved" / "solve.json").exists()

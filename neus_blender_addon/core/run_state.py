@@ -1,9 +1,10 @@
 """A reconstruction run as a state machine: engine events in, scene actions out. No bpy.
 
-The bpy layer (:mod:`reconstruct`) feeds :meth:`Run.handle_event` the events of the engine process and gives it
-a :class:`Host` that does what needs Blender (import a mesh, remove the preview, print). Everything else, which
-command to start, when to chain a texture export, what state a run ends in and what it says, lives here and is
-covered by plain pytest.
+A :class:`Run` is a :class:`job_state.Job`: the bpy driver (``job_driver.py``) feeds it the events of the engine
+process and gives it a :class:`Host` that does what needs Blender (import a mesh, remove the preview, print).
+Everything else, which command to start, when to chain a texture export, what state a run ends in and what it
+says, lives here and is covered by plain pytest. The scene settings become a :class:`RunRequest` in
+``reconstruct.py``.
 
 States: ``running`` (phase ``fit``, then possibly ``export``) until the engine's exit, then ``done``,
 ``cancelled`` or ``failed``; :attr:`Run.finished` is set exactly once, by :meth:`Run.end`.
@@ -15,16 +16,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 import numpy as np
 
 from . import engine_process, run_files
 from .engine_process import EngineLocation, EngineProcess
 from .errors import AddonError
+from .job_state import PRINT_EVERY_S, Host, Job
 from .protocol import RunStatus, fidelity_text
 
-PRINT_EVERY_S = 2.0  # console progress lines at most this often
+__all__ = ["PRINT_EVERY_S", "Host", "Run", "RunRequest", "new_run", "resume_problem"]
+
 LOG_LINES = 6  # engine log lines kept for the panel
 
 
@@ -78,39 +81,29 @@ class RunRequest:
                              log_path=self.run_dir / log_name, silence_s=self.silence_s)
 
 
-class Host(Protocol):
-    """What a run asks of Blender (main thread only)."""
-
-    def import_mesh(self, run: Run, path: str, role: str) -> str:
-        """Imports ``path`` as the run's ``role`` ("preview" | "result") object; returns its name.
-        Raises AddonError when the file cannot be imported."""
-
-    def clear_preview(self, run: Run) -> None:
-        """Removes the run's preview object (unless the artist changed it)."""
-
-    def say(self, run: Run, text: str) -> None:
-        """One console line."""
-
-
 @dataclass
-class Run:
+class Run(Job):
     """One engine run (a fit, possibly followed by a texture export) and what the UI shows of it."""
 
+    WHAT = "reconstruction"
+
     request: RunRequest
-    process: EngineProcess
-    status: RunStatus = field(default_factory=RunStatus)
     phase: str = "fit"  # fit | export
     export_status: RunStatus = field(default_factory=RunStatus)
     export_started: float = 0.0
-    finished: bool = False
     result_object: str = ""
     imported_on_cancel: bool = False  # the result came from --export-on-cancel
     log_tail: list[str] = field(default_factory=list)  # the engine log's last lines
-    echo: Callable[[str], None] | None = None
-    gave_up: str = ""  # why the add-on gave up on a silent engine (the run then ends "failed")
     _cancelled_event: dict = field(default_factory=dict)  # the engine's ``cancelled`` event, if it sent one
-    _last_print: float = 0.0
     _log_size: int = -1
+
+    @property
+    def scene_name(self) -> str:
+        return self.request.scene_name
+
+    @scene_name.setter
+    def scene_name(self, name: str) -> None:
+        self.request.scene_name = name
 
     @property
     def result_name(self) -> str:
@@ -123,48 +116,17 @@ class Run:
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self, host: Host) -> None:
         """Starts the engine process. Raises AddonError when it cannot start."""
-        self.process.start()
-        self.status.state = "running"
+        super().start(host)
         self.status.stage = "resuming" if self.request.resume else "starting"
         host.say(self, f"[neus] engine started: {' '.join(self.process.argv)}")
 
-    def cancel(self) -> bool:
-        """Asks the engine to stop; the run ends when it exits. False when the run already ended."""
-        if self.finished:
-            return False
-        self.process.cancel()
-        self.status.stage = "cancelling"
-        return True
+    def give_up_reason(self) -> str:
+        """A silent engine given up on (blocking runs): the run then ends ``failed`` with this reason."""
+        return f"{super().give_up_reason()}; its last checkpoint in {self.request.run_dir} can be resumed"
 
-    def kill(self) -> bool:
-        """The panel's Kill: ends the engine's process group at once. The run ends ``cancelled`` (its last
-        checkpoint stays resumable). False when the run already ended."""
-        if self.finished:
-            return False
-        silent = self.process.silent_for()
-        self.process.kill_now(f"killed from the panel after {silent:.0f} s without a word from the engine")
-        self.status.stage = "killing"
-        return True
-
-    def give_up_if_silent(self, host: Host) -> bool:
-        """Headless / blocking runs, where nobody can press Kill: kills an engine silent for ``silence_s`` and
-        makes the run end ``failed`` with that reason. True when it gave up."""
-        if self.finished or self.gave_up or not self.process.not_responding:
-            return False
-        self.gave_up = (f"the engine sent nothing for {self.process.silent_for():.0f} s (limit "
-                        f"{self.process.silence_s:.0f} s): killed it; its last checkpoint in {self.request.run_dir} "
-                        "can be resumed")
-        host.say(self, f"[neus] {self.gave_up}")
-        self.process.kill_now(self.gave_up)
-        return True
-
-    def end(self, host: Host, state: str, error: str | None = None) -> None:
-        """Final state; called once, when the last process of the run has exited (or the add-on gave up)."""
-        self.status.state = state
-        if error:
-            self.status.last_error = error
-        self.finished = True
+    def on_end(self, host: Host) -> None:
         self.refresh_log_tail()
+        state = self.status.state
         if state == "done":
             self.status.stage = "done"
             host.say(self, f"[neus] done: {self.result_object} from {self.status.mesh_path}")
@@ -179,10 +141,8 @@ class Run:
         else:
             host.say(self, f"[neus] failed: {self.status.last_error}")
 
-    def fail_internal(self, host: Host, exc: BaseException) -> None:
-        """The add-on itself failed while handling the run: stop the engine and end visibly."""
-        self.process.kill()
-        self.end(host, "failed", f"add-on error while handling the engine: {exc}")
+    def refresh(self) -> None:
+        self.refresh_log_tail()
 
     def refresh_log_tail(self) -> bool:
         """Re-reads the engine log's last lines when the file grew. True when they changed."""
@@ -197,6 +157,26 @@ class Run:
         changed = tail != self.log_tail
         self.log_tail = tail
         return changed
+
+    # -- what the UI shows ---------------------------------------------------------------------------------------
+    def panel_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {"run_dir": str(self.request.run_dir), "log_tail": "\n".join(self.log_tail)}
+        if self.phase == "export" and not self.finished:
+            fields["stage"] = "texturing"
+        if self.result_object:
+            fields["result_object"] = self.result_object
+        return fields
+
+    def outcome(self) -> tuple[str, str]:
+        st = self.status
+        if st.state == "failed":
+            return "ERROR", f"Reconstruction failed: {st.last_error}"
+        if st.state == "cancelled":
+            imported = f"; imported the current mesh as '{self.result_object}'" if self.imported_on_cancel else ""
+            why = f" ({st.last_error})" if st.last_error else ""
+            return "WARNING", f"Reconstruction cancelled{imported}{why}"
+        return ("WARNING" if st.last_error else "INFO"), (f"Reconstruction finished: '{self.result_object}'"
+                                                          + (f" ({st.last_error})" if st.last_error else ""))
 
     # -- events ------------------------------------------------------------------------------------------------
     def handle_event(self, host: Host, event: dict) -> None:
@@ -336,7 +316,7 @@ class Run:
 
 def new_run(request: RunRequest, echo: Callable[[str], None] | None = None) -> Run:
     """A run for ``request`` whose engine is not started yet (AddonError for bad options)."""
-    return Run(request, request.process(request.fit_command()), echo=echo)
+    return Run(request, process=request.process(request.fit_command()), echo=echo)
 
 
 def resume_problem(run_dir: Path | str) -> str | None:
