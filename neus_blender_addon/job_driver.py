@@ -15,6 +15,7 @@ is in ``reconstruct.py`` and ``solve_cameras.py``: each gives :func:`start` a :c
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 
 import bpy
 
@@ -174,22 +175,22 @@ def run_blocking(job: Job, poll_s: float = 0.25) -> str:
     return job.status.state
 
 
-def cancel() -> bool:
-    """Asks the active job's engine to stop; the job ends when the engine exits. False if nothing runs."""
+def _act_on_active(action: Callable[[Job], bool]) -> bool:
     job = _active
-    if job is None or not job.cancel():
+    if job is None or not action(job):
         return False
     update_ui(job)
     return True
+
+
+def cancel() -> bool:
+    """Asks the active job's engine to stop; the job ends when the engine exits. False if nothing runs."""
+    return _act_on_active(Job.cancel)
 
 
 def kill() -> bool:
     """The panel's Kill: ends the active job's engine (its whole process group) at once. False if nothing runs."""
-    job = _active
-    if job is None or not job.kill():
-        return False
-    update_ui(job)
-    return True
+    return _act_on_active(Job.kill)
 
 
 def shutdown() -> None:
