@@ -23,7 +23,7 @@ from mathutils import Matrix
 
 from . import blender_mesh
 from .core import camera_math, camera_source, region
-from .core.errors import AddonError
+from .core.errors import AddonError, as_addon_error
 
 FRAME_EMPTY_PROP = "neus_frame_empty"  # marks the dataset's parent empty
 SCALE_MAT_PROP = "neus_scale_mat"  # on the parent: 16 floats, row-major, the cameras' normalized -> world
@@ -451,10 +451,8 @@ def import_cameras(scene: bpy.types.Scene, directory: str | Path, frame: str = "
         AddonError: bad dataset (``"<path>: <problem>"``), a bad view subset, cameras Blender cannot hold, or the
             camera loader missing.
     """
-    try:
+    with as_addon_error(ValueError):  # datasets' geometry checks (through camera_math) on cameras Blender cannot hold
         return _import_cameras(scene, directory, frame, data_format, options, cameras_file)
-    except ValueError as e:  # datasets' geometry checks (through camera_math) on cameras Blender cannot hold
-        raise AddonError(str(e)) from e
 
 
 def _import_cameras(scene: bpy.types.Scene, directory: str | Path, frame: str, data_format: str,

@@ -23,11 +23,7 @@ from . import (
 from .core import camera_source, engine_process, photo_source, run_files, run_state
 from .core.errors import AddonError
 from .core.solve_state import SolveJob
-
-
-def engine_busy() -> bool:
-    """A reconstruction or a camera solve is running (one engine job at a time)."""
-    return job_driver.is_running()
+from .job_driver import is_running as engine_busy
 
 
 class NEUS_OT_import_cameras(bpy.types.Operator, import_dataset.CameraImportSettings):

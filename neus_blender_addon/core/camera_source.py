@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .errors import AddonError
+from .errors import AddonError, as_addon_error
 
 ADDON_PACKAGE = __package__.rsplit(".", 1)[0]  # this module lives in <add-on>.core; the vendored copy in <add-on>
 
@@ -67,11 +67,9 @@ def load_camera_set(directory: str | Path, data_format: str = "auto", cameras_fi
         AddonError: bad dataset (``datasets``' ``DatasetError``, message ``"<path>: <problem>"``), or the camera
             loader missing.
     """
-    try:
+    with as_addon_error(ValueError, ImportError):  # DatasetError is a ValueError
         return cameras_module().load_cameras(Path(directory), format=data_format, downscale=1,
                                              cameras_file=cameras_file)
-    except (ValueError, ImportError) as e:  # DatasetError is a ValueError
-        raise AddonError(str(e)) from e
 
 
 def load_sparse_points(directory: str | Path) -> tuple[Any, Any] | None:
@@ -81,10 +79,8 @@ def load_sparse_points(directory: str | Path) -> tuple[Any, Any] | None:
     Raises:
         AddonError: a bad points3D file (``datasets``' ``DatasetError``).
     """
-    try:
+    with as_addon_error(ValueError):
         return datasets_module("formats.colmap").read_sparse_points(Path(directory))
-    except ValueError as e:
-        raise AddonError(str(e)) from e
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .camera_source import datasets_module
-from .errors import AddonError
+from .errors import AddonError, as_addon_error
 
 MESH_PLY = "mesh.ply"
 MESH_SUFFIXES = (".ply", ".obj", ".glb", ".gltf")
@@ -23,10 +23,8 @@ def read_normalization(path: str | Path) -> np.ndarray:
         AddonError: missing file, bad JSON, or a ``scale_mat`` that is not a finite invertible 4x4 matrix; the
             message is ``"<file>: <problem>"`` (``datasets``' ``DatasetError``).
     """
-    try:
+    with as_addon_error(ValueError):
         return datasets_module("normalization_file").read_normalization_json(path)[0]
-    except ValueError as e:
-        raise AddonError(str(e)) from e
 
 
 def read_metres_per_unit(path: str | Path) -> float | None:
@@ -35,10 +33,8 @@ def read_metres_per_unit(path: str | Path) -> float | None:
     Raises:
         AddonError: as :func:`read_normalization`, or a ``metres_per_unit`` that is not a positive number.
     """
-    try:
+    with as_addon_error(ValueError):
         return datasets_module("normalization_file").read_metres_per_unit(path)
-    except ValueError as e:
-        raise AddonError(str(e)) from e
 
 
 def mesh_format(path: str | Path) -> str:

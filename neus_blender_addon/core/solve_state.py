@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from . import photo_source
 from .engine_process import DEFAULT_SILENCE_S, EngineLocation, EngineProcess
@@ -95,9 +94,6 @@ class SolveJob(Job):
     # -- what the UI shows -------------------------------------------------------------------------------------
     def status_bar_text(self) -> str:
         return f"NeuS camera solve: {self.status.status_text()}"
-
-    def panel_fields(self) -> dict[str, Any]:
-        return {}
 
     def outcome(self) -> tuple[str, str]:
         st = self.status
