@@ -54,21 +54,24 @@ def fit_peak_rss(data, run, *args: str) -> tuple[int, list[dict], str, int]:
 
 
 def test_fit_peak_memory_grows_by_the_photos_uint8_size(tmp_path):
-    """Two real short fits (3 and 9 full-size views): the peak grows by no more than the 6 extra views' uint8 pixels
-    and masks (4 bytes per pixel, 46 MB) plus 24 MB of run-to-run noise (the float32 loader grew by ~48 bytes per
-    pixel, 550 MB here). Each memory estimate bounds its own measured peak from above, within 25 %."""
+    """Real short fits on 3 and 21 full-size views, two of each: the lower peak grows by no more than the 18 extra
+    views' uint8 pixels and masks (4 bytes per pixel, 132 MiB) plus 24 MiB (the photos are decoded by a thread pool,
+    so the transient at the peak varies: measured growth 137-153 MiB for single runs; the float32 loader grew by ~48
+    bytes per pixel, 1.6 GB here). Each memory estimate bounds its own measured peak from above, within 25 %."""
     short = ["--preset", "preview", "--steps", "2", "--set", "export.color=field", *TINY]
-    peaks, estimates = {}, {}
-    for n in (3, 9):
-        code, events, err, peaks[n] = fit_peak_rss(dtu_subset(tmp_path / f"d{n}", n), tmp_path / f"r{n}", *short)
-        assert code == 0, err[-2000:]
-        memory = [e for e in events if e["event"] == "memory"]
-        assert len(memory) == 1 and memory[0]["downscale"] == 1 and memory[0]["where"] == "host", memory
-        estimates[n] = memory[0]["estimate_bytes"]
-    growth = peaks[9] - peaks[3]
-    assert growth <= 6 * VIEW_PIXELS * 4 + 24 * 2**20, (peaks, growth / 2**20)
-    for n in (3, 9):
-        assert peaks[n] <= estimates[n] <= 1.25 * peaks[n], (n, peaks[n] / 2**20, estimates[n] / 2**20)
+    peaks: dict[int, int] = {}
+    for n in (3, 21):
+        data = dtu_subset(tmp_path / f"d{n}", n)
+        for attempt in range(2):
+            code, events, err, peak = fit_peak_rss(data, tmp_path / f"r{n}_{attempt}", *short)
+            assert code == 0, err[-2000:]
+            memory = [e for e in events if e["event"] == "memory"]
+            assert len(memory) == 1 and memory[0]["downscale"] == 1 and memory[0]["where"] == "host", memory
+            estimate = memory[0]["estimate_bytes"]
+            assert peak <= estimate <= 1.25 * peak, (n, peak / 2**20, estimate / 2**20)
+            peaks[n] = min(peaks.get(n, peak), peak)
+    growth = peaks[21] - peaks[3]
+    assert growth <= 18 * VIEW_PIXELS * 4 + 24 * 2**20, (peaks, growth / 2**20)
 
 
 def test_memory_plan_downscales_until_the_fit_fits():
