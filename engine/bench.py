@@ -98,15 +98,21 @@ def run_benchmark(scene: Path, preset: str, device: str, steps: int | None, gt: 
         "overrides": overrides,
     }
     if gt is not None:
-        from .mesh.evaluate import evaluate_mesh
-        from .mesh.read import read_mesh
-
-        metrics = evaluate_mesh(result["mesh"], gt, threshold=0.01, n_samples=200_000)["normalized"]
-        gt_vertices = read_mesh(gt).vertices
-        radius = float(np.linalg.norm(gt_vertices - gt_vertices.mean(0), axis=1).max())
-        summary.update(chamfer_l1=round(metrics["chamfer_l1"], 5), fscore_at_0_01=round(metrics["fscore"], 4),
-                       gt_radius=round(radius, 4), chamfer_pct_of_radius=round(100 * metrics["chamfer_l1"] / radius, 3))
+        summary.update(geometry_against(result["mesh"], gt))
     return summary
+
+
+def geometry_against(mesh, gt: Path) -> dict:
+    """Chamfer-L1, F-score at 0.01 and Chamfer as a percentage of the ground truth's radius (largest distance of its
+    vertices from their mean) of ``mesh`` (a path or (vertices, faces) in the ground truth's frame)."""
+    from .mesh.evaluate import evaluate_mesh
+    from .mesh.read import read_mesh
+
+    metrics = evaluate_mesh(mesh, gt, threshold=0.01, n_samples=200_000)["normalized"]
+    gt_vertices = read_mesh(gt).vertices
+    radius = float(np.linalg.norm(gt_vertices - gt_vertices.mean(0), axis=1).max())
+    return {"chamfer_l1": round(metrics["chamfer_l1"], 5), "fscore_at_0_01": round(metrics["fscore"], 4),
+            "gt_radius": round(radius, 4), "chamfer_pct_of_radius": round(100 * metrics["chamfer_l1"] / radius, 3)}
 
 
 def _spin_forever() -> None:  # the busy neighbour (another process, so it competes like Blender would)

@@ -6,7 +6,10 @@ held-out and last training PSNR, the mesh files and their vertex/face counts, wa
 of the engine's processes, and the longest silence on standard output, both between any two lines (heartbeats
 included: what a reader sees) and between two real events (heartbeats excluded: how long a phase ran without a
 count). Every line is timed when it is read; ``--events`` keeps them (``{"recv": t, "event": {...}}`` per line).
-With ``--summarise FILE`` it only summarises an events file written before, without running anything.
+With ``--summarise FILE`` it only summarises an events file written before, without running anything. With
+``--known DATA_DIR --gt MESH`` (a calibrated dataset of the same photos, matched by file stem, and its ground-truth
+mesh in its normalized frame) the run's ``mesh.ply`` is brought into that frame through the similarity fitted on
+the camera centres and judged as ``engine.bench`` judges a calibrated run (Chamfer as a percentage of the radius).
 Unknown options go to ``fit`` (``--preset preview``, ``--set data.downscale=2``, ``--steps N``).
 """
 
@@ -72,6 +75,23 @@ def summarise(records: list[dict], run_dir: Path) -> dict:
     return summary
 
 
+def geometry_in_known_frame(run_dir: Path, known: Path, gt: Path) -> dict:
+    """The run's mesh against the ground truth of a calibrated dataset of the same photos (see the docstring)."""
+    import datasets
+    from datasets.normalization_file import read_normalization_json
+
+    from .bench import geometry_against
+    from .mesh.frames import transform_vertices
+    from .mesh.read import read_mesh
+    from .solve.compare import solved_world_to_known
+
+    scale_mat, _ = read_normalization_json(run_dir)
+    mesh = read_mesh(run_dir / "mesh.ply")
+    to_known = solved_world_to_known(datasets.load(run_dir / "solved"), datasets.load(known))
+    vertices = to_known.apply(transform_vertices(mesh.vertices, scale_mat))
+    return {"solved_to_known_scale": round(to_known.scale, 5), **geometry_against((vertices, mesh.faces), gt)}
+
+
 def run_fit(photos: Path, run_dir: Path, extra: list[str], events_file: Path | None) -> tuple[list[dict], dict]:
     """Run ``engine fit`` and time every stdout line as it arrives; returns the records and process figures."""
     command = [sys.executable, "-m", "engine", "fit", str(photos), "--out", str(run_dir), "--progress", "jsonl",
@@ -103,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="run folder")
     parser.add_argument("--events", type=Path, help="keep the timed events here (JSON lines)")
     parser.add_argument("--summarise", type=Path, help="summarise this events file instead of running a fit")
+    parser.add_argument("--known", type=Path, help="calibrated dataset of the same photos (with --gt)")
+    parser.add_argument("--gt", type=Path, help="ground-truth mesh in the known dataset's normalized frame")
     args, extra = parser.parse_known_args(argv)
+    if (args.known is None) != (args.gt is None):
+        parser.error("--known and --gt go together")
     if args.summarise:
         records = [json.loads(line) for line in args.summarise.read_text().splitlines() if line.strip()]
         process: dict = {}
@@ -111,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("PHOTOS is required unless --summarise is given")
     else:
         records, process = run_fit(args.photos, args.out, extra, args.events)
-    print(json.dumps({"photos": str(args.photos), **process, **summarise(records, args.out)}))
+    summary = {"photos": str(args.photos), **process, **summarise(records, args.out)}
+    if args.known is not None and (args.out / "mesh.ply").is_file():
+        summary["geometry"] = geometry_in_known_frame(args.out, args.known, args.gt)
+    print(json.dumps(summary))
     return 0
 
 

@@ -25,13 +25,9 @@ def camera_accuracy(solved_dir: Path, known_dir: Path) -> dict:
     """Median/max rotation and centre errors of the solved cameras against the known ones (paired by stem)."""
     import datasets
 
-    from .solve.compare import camera_errors
+    from .solve.compare import camera_errors, paired_cameras
 
-    solved, known = datasets.load(solved_dir), datasets.load(known_dir)
-    index = {Path(n).stem: k for k, n in enumerate(known.names)}
-    pairs = [(k, index[Path(n).stem]) for k, n in enumerate(solved.names) if Path(n).stem in index]
-    s_idx, k_idx = (np.array(x) for x in zip(*pairs, strict=True))
-    summary = camera_errors(solved.c2w[s_idx, :3], known.c2w[k_idx, :3]).summary()
+    summary = camera_errors(*paired_cameras(datasets.load(solved_dir), datasets.load(known_dir))).summary()
     return {key: round(value, 3) for key, value in summary.items()}
 
 

@@ -20,18 +20,9 @@ from engine_helpers import DTU, REPO, SAMPLE, engine_env, run_engine, write_vide
 from PIL import Image
 
 import datasets
-from engine.solve.compare import camera_errors
+from engine.solve.compare import camera_errors, paired_cameras
 
 SAMPLE_IMAGES = SAMPLE / "image"
-
-
-def known_and_solved(known: datasets.Scene, solved: datasets.Scene, name_map=None):
-    """(solved c2w, known c2w) of the views both have, paired by name (``name_map``: solved -> known name)."""
-    name_map = name_map or (lambda n: n)
-    index = {n: k for k, n in enumerate(known.names)}
-    pairs = [(k, index[name_map(n)]) for k, n in enumerate(solved.names) if name_map(n) in index]
-    s_idx, k_idx = (np.array(x) for x in zip(*pairs, strict=True))
-    return solved.c2w[s_idx, :3], known.c2w[k_idx, :3]
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +68,7 @@ def test_bundled_photos_all_register_and_match_the_known_cameras(solved_sample):
     solved = datasets.load(out)  # the existing COLMAP loader reads it unchanged
     known = datasets.load(SAMPLE)
     assert solved.format == "colmap" and solved.n_views == 40
-    errors = camera_errors(*known_and_solved(known, solved))
+    errors = camera_errors(*paired_cameras(solved, known))
     summary = errors.summary()
     assert summary["median_rotation_deg"] <= 1.0, summary
     assert summary["median_centre_error_pct"] <= 1.0, summary
@@ -202,8 +193,8 @@ def test_video_of_the_bundled_frames_solves_with_the_sequential_matcher(tmp_path
     assert not re.search(r"^I\d{8} ", err, re.MULTILINE), err[-2000:]
     solved = datasets.load(out)
     # frame_000007.png is the 8th frame of the video, i.e. bundled view order[7]
-    pairs = known_and_solved(datasets.load(SAMPLE), solved,
-                             lambda n: known.names[order[int(n.split("_")[1].split(".")[0])]])
+    pairs = paired_cameras(solved, datasets.load(SAMPLE),
+                           lambda n: known.names[order[int(n.split("_")[1].split(".")[0])]])
     errors = camera_errors(*pairs).summary()
     assert errors["median_rotation_deg"] <= 1.0 and errors["median_centre_error_pct"] <= 1.0, (errors, summary)
 
@@ -252,8 +243,7 @@ def test_mixed_sizes_formats_and_orientations_keep_square_pixels(tmp_path):
     assert np.allclose(solved.K[:, 0, 0], solved.K[:, 1, 1], rtol=1e-9, atol=0)  # square pixels, every camera
     worst_px = max(cam.max_error_px for cam in convert_camera_set(datasets.load_cameras(out)).cameras)
     assert worst_px < 0.05, worst_px  # what the add-on's import reports (it warns over 0.5 px)
-    errors = camera_errors(*known_and_solved(datasets.load(SAMPLE), solved,
-                                             lambda n: n.rsplit(".", 1)[0] + ".png")).summary()
+    errors = camera_errors(*paired_cameras(solved, datasets.load(SAMPLE))).summary()  # paired by stem
     # Two cameras (27 photos at 400x300, 13 at 600x450), each with enough photos to refine its principal point.
     print("mixed sizes solve:", errors)
     assert errors["median_rotation_deg"] <= 1.0 and errors["median_centre_error_pct"] <= 1.0, errors
@@ -271,7 +261,7 @@ def test_dtu_scan65_at_800x600_matches_the_calibrated_cameras(tmp_path):
     assert code == 0, err[-3000:]
     summary = json.loads((out / "solve.json").read_text())
     assert summary["registered"] == summary["given"] == 49, summary
-    errors = camera_errors(*known_and_solved(datasets.load(DTU), datasets.load(out))).summary()
+    errors = camera_errors(*paired_cameras(datasets.load(out), datasets.load(DTU))).summary()
     print("DTU 800x600 solve:", errors)
     # Measured 2026-12-03 (8255954): median rotation 0.275 deg, median centre 0.266 % (max 0.433 deg, 0.652 %).
     assert errors["median_rotation_deg"] <= 0.4 and errors["median_centre_error_pct"] <= 0.4, errors
@@ -355,12 +345,9 @@ def test_too_few_photos_placed_is_an_error_naming_them(tmp_path, sample_photos):
 def solved_to_known_normalized(run: Path):
     """Similarity taking the run's world frame (the solve's) to the bundled scene's normalized frame, fitted on the
     camera centres of the photos both have."""
-    from engine.solve.compare import fit_similarity
+    from engine.solve.compare import solved_world_to_known
 
-    solved, known = datasets.load(run / "solved"), datasets.load(SAMPLE)
-    s_c2w, k_c2w = known_and_solved(known, solved)
-    world = s_c2w[:, :, 3] @ solved.scale_mat[:3, :3].T + solved.scale_mat[:3, 3]
-    return fit_similarity(world, k_c2w[:, :, 3])
+    return solved_world_to_known(datasets.load(run / "solved"), datasets.load(SAMPLE))
 
 
 @pytest.mark.slow

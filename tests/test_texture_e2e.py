@@ -41,7 +41,7 @@ def test_photo_texture_beats_the_field_texture_and_is_within_2_db_of_the_neural_
                                        "--resolution", "128", "--progress", "jsonl", timeout=900)
         assert code == 0, err[-3000:]
         result = fidelity("--downscale", "4", *(() if neural else ("--no-neural",)))
-        print(color, {k: result.get(k) for k in ("psnr", "psnr_covered", "coverage", "neural_psnr")})
+        print(color, {k: result.get(k) for k in ("psnr", "psnr_covered", "psnr_interior", "coverage", "neural_psnr")})
         # The export's own figure (fidelity.json, `done`'s `fidelity`: full size, no neural render) is the
         # command's on the files it wrote.
         own = json.loads((held_out_run / "fidelity.json").read_text())
@@ -51,6 +51,7 @@ def test_photo_texture_beats_the_field_texture_and_is_within_2_db_of_the_neural_
             full = fidelity("--no-neural")
             assert own["psnr"] == pytest.approx(full["psnr"], abs=0.01), (own, full)
             assert own["coverage"] == pytest.approx(full["coverage"], abs=1e-3), (own, full)
+            assert own["psnr_interior"] == pytest.approx(full["psnr_interior"], abs=0.01), (own, full)
         return result
 
     field = judge("field", neural=False)
@@ -59,6 +60,8 @@ def test_photo_texture_beats_the_field_texture_and_is_within_2_db_of_the_neural_
     assert field["views"] == photos["views"] and len(photos["views"]) >= 3
     assert photos["psnr"] > field["psnr"], (photos, field)
     assert photos["psnr_covered"] > field["psnr_covered"] + 1.0, (photos, field)
+    # A photo's pixels on the mask's edge blend in what lies behind the object, which no asset shows.
+    assert photos["psnr_interior"] > photos["psnr"] + 1.0, photos
     # Same geometry either way; a 500-step run meshed at 128 covers ~85 % of the masks (2048 texels: BENCHMARKS).
     assert photos["coverage"] == pytest.approx(field["coverage"], abs=0.01) and photos["coverage"] > 0.75
     # The exported asset against the neural render, same pixels: measured 13.14 dB against 14.13 dB.

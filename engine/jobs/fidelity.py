@@ -94,6 +94,8 @@ def report(req: FidelityRequest, result: dict) -> int:
         print(json.dumps(result, indent=2))
     else:
         neural = f", neural render {result['neural_psnr']:.2f} dB" if req.neural else ""
+        interior = "" if result["psnr_interior"] is None else f"interior {result['psnr_interior']:.2f} dB, "
         print(f"asset masked PSNR {result['psnr']:.2f} dB{neural} on {len(result['views'])} "
-              f"{'held-out' if result['held_out'] else 'training'} views (mask coverage {result['coverage']:.3f})")
+              f"{'held-out' if result['held_out'] else 'training'} views ({interior}mask coverage "
+              f"{result['coverage']:.3f})")
     return 0

@@ -6,7 +6,10 @@ first fits that similarity on the camera centres (Umeyama's least squares), then
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any
 
 import numpy as np
 
@@ -67,3 +70,33 @@ def camera_errors(solved_c2w: np.ndarray, known_c2w: np.ndarray) -> CameraErrors
     rel = np.einsum("nji,njk->nik", known_c2w[:, :, :3], aligned)  # known^T aligned: identity when they agree
     cos = np.clip((np.trace(rel, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)
     return CameraErrors(sim, np.degrees(np.arccos(cos)), centre_rel)
+
+
+def _stem(name: str) -> str:
+    return PurePath(name).stem
+
+
+def paired_cameras(solved: Any, known: Any, solved_to_known_name: Callable[[str], str] | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(solved c2w, known c2w), each (N, 3, 4), of the views both scenes have (``datasets`` scenes, each in its own
+    normalized frame). Views pair by file stem (a solve writes JPEG photos as they came, a dataset may hold PNGs),
+    or by ``solved_to_known_name`` (solved name -> known name) when given."""
+    if solved_to_known_name is None:
+        index = {_stem(n): k for k, n in enumerate(known.names)}
+        pairs = [(k, index[_stem(n)]) for k, n in enumerate(solved.names) if _stem(n) in index]
+    else:
+        index = {n: k for k, n in enumerate(known.names)}
+        pairs = [(k, index[solved_to_known_name(n)]) for k, n in enumerate(solved.names)
+                 if solved_to_known_name(n) in index]
+    if len(pairs) < 3:
+        raise ValueError(f"only {len(pairs)} views of the solve are in the known scene: at least 3 are needed")
+    s_idx, k_idx = (np.array(x) for x in zip(*pairs, strict=True))
+    return solved.c2w[s_idx, :3], known.c2w[k_idx, :3]
+
+
+def solved_world_to_known(solved: Any, known: Any) -> Similarity:
+    """The similarity taking the solve's world frame to the known scene's normalized frame, fitted on the centres of
+    the cameras both have (``solved.scale_mat`` maps the solve's normalized frame to its world frame)."""
+    s_c2w, k_c2w = paired_cameras(solved, known)
+    world = s_c2w[:, :, 3] @ solved.scale_mat[:3, :3].T + solved.scale_mat[:3, 3]
+    return fit_similarity(world, k_c2w[:, :, 3])
