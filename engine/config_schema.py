@@ -293,6 +293,9 @@ class LossWeights:
     """|Laplacian of the sdf| at the samples."""
     distortion: Schedulable = schedule(0.0, low=0)
     """Mip-NeRF 360 distortion of the rendering weights."""
+    points: Schedulable = schedule(0.0, low=0)
+    """BCE pushing the foreground opacity to 1 on rays through the capture's sparse points (COLMAP-layout data
+    without masks; engine/point_prior.py); needs the packed sampler."""
 
 
 @dataclass
@@ -338,6 +341,8 @@ class TrainConfig:
     """Exponential decay to lr * this at the last step."""
     loss: LossWeights = section(LossWeights)
     """Loss weights, each a number or a schedule {start, end, start_step, end_step}."""
+    point_rays: int = at_least(1, 64)
+    """Rays per step through the sparse points, for ``loss.points``."""
     compile: Switch = "auto"
     """torch.compile the fields; auto: on CUDA."""
     cuda_graphs: bool = False

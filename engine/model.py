@@ -293,6 +293,14 @@ def _binary_cross_entropy(opacity: Tensor, target: Tensor) -> Tensor:
     return F.binary_cross_entropy(opacity.clamp(1e-3, 1 - 1e-3), target, reduction="none")
 
 
+def point_prior_loss(out: RenderOutput, floor: float = 0.5) -> Tensor:
+    """How far the foreground opacity of the complete rays of ``out`` falls short of ``floor`` (rays through
+    sparse points: engine/point_prior.py) -> (). A hinge, not a push to 1: a ray with a surface on it is left alone,
+    so points a little off the surface (their noise) do not inflate it; a part missing altogether is pulled in."""
+    opacity = out.opacity
+    return _masked_mean(torch.relu(floor - opacity), out.complete.to(opacity.dtype))
+
+
 def eikonal_loss(gradients: Tensor, sample_w: Tensor) -> Tensor:
     """(|grad sdf| - 1)^2 over the valid samples: gradients (S, 3), sample_w (S,) 0/1 -> scalar."""
     return _masked_mean((gradients.norm(dim=-1) - 1.0) ** 2, sample_w)
@@ -336,9 +344,10 @@ def compute_losses(model: NeuSModel, out: RenderOutput, target_rgb: Tensor, targ
     """Weighted sum of the losses and each term as a detached 0-d tensor (for logging).
 
     ``weights_cfg`` maps loss names (``train.loss``) to weights, schedules or 0-d tensors; unnamed and zero-weight
-    losses are skipped, and so is ``mask`` without ``target_mask``. Only complete rays and valid samples count (the
-    static sampler's truncated rays and padding; the packed sampler has neither), and nothing here reads a value back to
-    the host, so the static sampler's step stays sync-free.
+    losses are skipped, and so are ``mask`` without ``target_mask`` and ``points`` (the system's, on rays of its
+    own). Only complete rays and valid samples count (the static sampler's truncated rays and padding; the packed
+    sampler has neither), and nothing here reads a value back to the host, so the static sampler's step stays
+    sync-free.
     """
     ray_w = out.complete.to(out.rgb.dtype)  # (R,)
     sample_w = out.valid.to(out.sdf.dtype)  # (S,)
@@ -346,7 +355,7 @@ def compute_losses(model: NeuSModel, out: RenderOutput, target_rgb: Tensor, targ
     # A 0-d tensor weight (the fused step's, set on the host each step) always counts: comparing it would sync.
     weights = {k: v if isinstance(v, Tensor) else scheduled(v, step) for k, v in weights_cfg.items()}
     wanted = [name for name, w in weights.items()
-              if (isinstance(w, Tensor) or w > 0) and (name != "mask" or target_mask is not None)]
+              if name in losses and (isinstance(w, Tensor) or w > 0) and (name != "mask" or target_mask is not None)]
     terms = {name: losses[name]() for name in wanted}
     total = sum(weights[k] * v for k, v in terms.items())
     if not isinstance(total, Tensor):

@@ -17,7 +17,8 @@ from . import failpoints
 from .compile_cache import enable_compile_cache
 from .fullstep import TRACES_AUTOGRAD, FusedStep, configure_dynamo
 from .guard import StepGuard
-from .model import NeuSModel, compute_losses, scheduled
+from .model import NeuSModel, compute_losses, point_prior_loss, scheduled
+from .point_prior import PointRays, foreground_points
 from .profiling import STEP_LISTENERS
 from .rays import directions_from_pixels
 
@@ -157,6 +158,7 @@ class NeuSSystem(L.LightningModule):
         self.cfg = cfg
         self.model = NeuSModel(cfg.model)
         self.rays = rays
+        self.point_rays: PointRays | None = None  # attach_point_prior
         self.n_rays = cfg.train.init_rays
         self.last_stats: dict[str, Tensor | int] = {}
         # Plain values, read once: compiled code must not reach into the (typed OmegaConf) config.
@@ -186,6 +188,8 @@ class NeuSSystem(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.rays is not None:
             self.rays.to(self.device)
+        if self.point_rays is not None:
+            self.point_rays.to(self.device)
         if self.trainer.world_size > 1:
             # DDP: every process was seeded alike and would draw the same rays, so each rank would compute the same
             # batch. Each rank draws its own rays; the grids, refreshed from each rank's own random cells, are
@@ -270,11 +274,41 @@ class NeuSSystem(L.LightningModule):
         weights = {k: scheduled(v, step) for k, v in t.loss.items()}
         outputs = self._keep(self._step(origins, dirs, rgb, mask, bg, weights))
         timer.mark("losses")
+        if self.point_rays is not None and weights.get("points", 0) > 0:
+            outputs = self._with_point_prior(outputs, weights["points"])
+            timer.mark("point_prior")
         self._record_step(*outputs, n_rays=origins.shape[0])
         if not self.static:  # the packed sampler knows its sample count on the host already
             self.n_rays = next_ray_count(self.n_rays, outputs[2], t.target_samples, t.min_rays,
                                          t.max_rays)
         return outputs[0]
+
+    def _with_point_prior(self, outputs: tuple, weight: float) -> tuple:
+        """``outputs`` of ``forward_step`` with the ``points`` loss added (engine/point_prior.py): rays through the
+        sparse points, their foreground opacity pushed to 1."""
+        origins, dirs = self.point_rays.sample(int(self.cfg.train.point_rays))
+        if origins.shape[0] == 0:
+            return outputs
+        out = self.model.render_rays(origins, dirs, self.background_color(origins.shape[0]), stratified=True)
+        term = point_prior_loss(out)
+        loss, terms, *rest = outputs
+        return (loss + weight * term, {**terms, "points": term.detach()}, *rest)
+
+    def attach_point_prior(self, data_dir, scene, train_idx: np.ndarray) -> str | None:
+        """Turns the ``points`` loss on when it is wanted and the capture has sparse points (engine/point_prior.py),
+        and keeps their occupancy cells. Returns a line for the log, or None when the loss is not wanted."""
+        if not _may_be_positive(self.cfg.train.loss.points) or self.use_mask:
+            return None
+        if self.static:
+            return "the sparse-point prior (train.loss.points) needs the packed sampler: off with model.sampler=static"
+        points = foreground_points(data_dir, scene.scale_mat, float(self.cfg.model.radius))
+        if points is None:
+            return "no sparse points inside the region: the sparse-point prior is off"
+        point_rays = PointRays(points, scene.K[train_idx], scene.c2w[train_idx], scene.width, scene.height)
+        self.point_rays = point_rays
+        if self.model.occupancy is not None:
+            self.model.occupancy.pin(point_rays.points)
+        return f"sparse-point prior: {len(points)} points inside the region hold the foreground"
 
     def _step_begin(self, step: int) -> None:
         """The host's part before a step: ray count (static sampler), schedules, occupancy refresh."""

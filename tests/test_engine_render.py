@@ -127,6 +127,24 @@ def test_occupancy_grid_keeps_every_cell_that_touches_the_sphere():
     assert grid.query(pts).all()
 
 
+def test_occupancy_grid_keeps_pinned_cells_whatever_the_sdf_says():
+    """Cells holding a pinned point (the no-mask sparse-point prior) stay occupied where the SDF says empty space;
+    every other cell is pruned exactly as on a grid without pins."""
+    points = torch.tensor([[0.7, 0.0, 0.0], [-0.3, 0.5, 0.2]])
+    grids = [OccupancyGrid(radius=1.0, resolution=16) for _ in range(2)]
+    grids[0].pin(points)
+    for grid in grids:
+        for _ in range(3):
+            grid.update(lambda x: x.norm(dim=-1) - 0.2, inv_s=2000.0, step_size=0.01, jitter=False)
+    pinned, plain = grids
+    assert pinned.query(points).all() and not plain.query(points).any()
+    idx, _ = pinned.cell_index(points)
+    others = torch.ones_like(pinned.occupied)
+    others[idx] = False
+    assert torch.equal(pinned.occupied[others], plain.occupied[others])
+    assert plain.occupied_fraction() < 0.1  # pruning is real
+
+
 def test_neus_alpha_while_the_cosine_is_annealed():
     """At cos_anneal_ratio r < 1 the cosine blends the relaxed -(1 - cos)/2 and the exact -relu(-cos):
     checked element by element against NeuS eq. 13 written out with math."""

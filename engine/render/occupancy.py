@@ -31,6 +31,14 @@ class OccupancyGrid(nn.Module):
         axis = (torch.arange(resolution) + 0.5) / resolution * 2 - 1
         centres = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3) * radius
         self.register_buffer("centres", centres, persistent=False)
+        # Cells that stay occupied whatever the SDF says there (pin); not saved: the fit sets them again.
+        self.register_buffer("pinned", torch.zeros(resolution**3, dtype=torch.bool), persistent=False)
+
+    def pin(self, points: Tensor) -> None:
+        """Keeps the cells holding ``points`` (M, 3) occupied from now on (a surface known to be there)."""
+        idx, inside = self.cell_index(points.to(self.centres))
+        self.pinned[idx[inside]] = True
+        self.occupied |= self.pinned
 
     @property
     def cell_size(self) -> float:
@@ -74,7 +82,7 @@ class OccupancyGrid(nn.Module):
             # Opacity of one marching step centred here, for a ray hitting the surface head-on.
             alpha = neus_alpha_from_cos(sdf, -1.0, step_size, inv_s)
             self.density[idx] = torch.maximum(self.density[idx] * self.ema_decay, alpha)
-            self.occupied[idx] = (self.density[idx] > self.threshold) | (sdf.abs() <= near_limit)
+            self.occupied[idx] = (self.density[idx] > self.threshold) | (sdf.abs() <= near_limit) | self.pinned[idx]
 
     def occupied_fraction(self) -> float:
         return self.occupied.float().mean().item()
