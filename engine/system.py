@@ -285,7 +285,7 @@ class NeuSSystem(L.LightningModule):
 
     def _with_point_prior(self, outputs: tuple, weight: float) -> tuple:
         """``outputs`` of ``forward_step`` with the ``points`` loss added (engine/point_prior.py): rays through the
-        sparse points, their foreground opacity pushed to 1."""
+        sparse points, the shortfall of their foreground opacity below 0.5."""
         origins, dirs = self.point_rays.sample(int(self.cfg.train.point_rays))
         if origins.shape[0] == 0:
             return outputs
@@ -301,7 +301,10 @@ class NeuSSystem(L.LightningModule):
             return None
         if self.static:
             return "the sparse-point prior (train.loss.points) needs the packed sampler: off with model.sampler=static"
-        points = foreground_points(data_dir, scene.scale_mat, float(self.cfg.model.radius))
+        try:
+            points = foreground_points(data_dir, scene.scale_mat, float(self.cfg.model.radius))
+        except ValueError as exc:  # a damaged points file (the cameras were read): train without the prior
+            return f"the sparse-point prior is off: {exc}"
         if points is None:
             return "no sparse points inside the region: the sparse-point prior is off"
         point_rays = PointRays(points, scene.K[train_idx], scene.c2w[train_idx], scene.width, scene.height)
