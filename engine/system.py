@@ -301,10 +301,8 @@ class NeuSSystem(L.LightningModule):
             return None
         if self.static:
             return "the sparse-point prior (train.loss.points) needs the packed sampler: off with model.sampler=static"
-        try:
-            points = foreground_points(data_dir, scene.scale_mat, float(self.cfg.model.radius))
-        except ValueError as exc:  # a damaged points file (the cameras were read): train without the prior
-            return f"the sparse-point prior is off: {exc}"
+        # A damaged points file never gets here: loading the capture reads it and refuses it (exit 2).
+        points = foreground_points(data_dir, scene.scale_mat, float(self.cfg.model.radius))
         if points is None:
             return "no sparse points inside the region: the sparse-point prior is off"
         point_rays = PointRays(points, scene.K[train_idx], scene.c2w[train_idx], scene.width, scene.height)
