@@ -101,7 +101,9 @@ def test_bad_matcher_is_refused_before_anything_starts(tmp_path):
 # -- real processes ------------------------------------------------------------------------------------------
 # Started exactly as the engine (``<python> -m engine solve SOURCE --out OUT ...``), they speak the protocol.
 TALKER = """
-import json, sys, time
+import json, signal, sys, time
+# The real engine installs its own SIGINT handler; a child inherits an ignored SIGINT from its parent otherwise.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 def emit(event, **kw):
     print(json.dumps({"event": event, "time": time.time(), **kw}), flush=True)
 emit("start", version=1, command="solve", device="cpu")
@@ -179,5 +181,5 @@ def test_an_add_on_failure_stops_the_engine_and_ends_the_solve(tmp_path):
     job.start(host)
     job.fail_internal(host, RuntimeError("boom"))
     assert job.finished and job.status.state == "failed" and job.status.last_error == "add-on error while solving: boom"
-    assert job.process.returncode is not None
+    assert job.process.wait(10) is not None  # the engine is gone (its reader records the exit code)
     assert host.lines[-1] == "[neus] solve failed: add-on error while solving: boom"

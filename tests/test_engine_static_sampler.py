@@ -8,7 +8,7 @@ import torch
 from engine_helpers import SAMPLE, TINY, run_engine
 
 from engine.config import build_config, resolve_auto
-from engine.model import NeuSModel, compute_losses
+from engine.model import NeuSModel, compute_losses, scheduled
 from engine.render.occupancy import OccupancyGrid
 from engine.render.primitives import ray_sphere_intersect, sample_static, sample_uniform_along_rays
 from engine.system import NeuSSystem, bucket_rays
@@ -184,7 +184,7 @@ def test_whole_static_training_forward_compiles_as_one_graph():
     system.model.update_step(100)
     o, d = _rays(256)
     rgb, bg = torch.rand(256, 3), torch.ones(256, 3)
-    weights = {k: float(v) for k, v in cfg.train.loss.items()}
+    weights = {k: scheduled(v, 100) for k, v in cfg.train.loss.items()}  # as the step computes them
     torch._dynamo.reset()
     compiled = torch.compile(system.forward_step, fullgraph=True, backend="aot_eager")
     torch.manual_seed(5)
