@@ -294,8 +294,8 @@ class LossWeights:
     distortion: Schedulable = schedule(0.0, low=0)
     """Mip-NeRF 360 distortion of the rendering weights."""
     points: Schedulable = schedule(0.0, low=0)
-    """BCE pushing the foreground opacity to 1 on rays through the capture's sparse points (COLMAP-layout data
-    without masks; engine/point_prior.py); needs the packed sampler."""
+    """Hinge lifting the foreground opacity to at least 0.5 on rays through the capture's sparse points
+    (COLMAP-layout data without masks; engine/point_prior.py); needs the packed sampler."""
 
 
 @dataclass

@@ -5,8 +5,10 @@ not grown yet: a thin part outside the initial SDF sphere (an ear, a handle) get
 never forms (engine/BENCHMARKS.md, 2026-12-04). The structure-from-motion points of a solved capture say where the
 surface is: every ray from a camera through a point that lies on the object hits the object, at that point or in
 front of it (an occluder is foreground too), so its foreground opacity is 1. That holds in every view, seen or not,
-which needs no visibility test. :class:`PointRays` draws such rays; the ``points`` loss (``train.loss.points``)
-pushes their opacity to 1, and the occupancy grid keeps the cells holding a point.
+which needs no visibility test. :class:`PointRays` draws such rays; the ``points`` loss (``train.loss.points``,
+``model.point_prior_loss``) lifts their opacity to at least 0.5, and the occupancy grid keeps the cells holding a
+point. Only that much, and only early in the run (configs/no_mask.yaml): pushing to 1 all run long let the points'
+noise hold the surface outward (BENCHMARKS.md).
 """
 
 from __future__ import annotations
