@@ -72,22 +72,16 @@ def camera_errors(solved_c2w: np.ndarray, known_c2w: np.ndarray) -> CameraErrors
     return CameraErrors(sim, np.degrees(np.arccos(cos)), centre_rel)
 
 
-def _stem(name: str) -> str:
-    return PurePath(name).stem
-
-
 def paired_cameras(solved: Any, known: Any, solved_to_known_name: Callable[[str], str] | None = None,
                    ) -> tuple[np.ndarray, np.ndarray]:
     """(solved c2w, known c2w), each (N, 3, 4), of the views both scenes have (``datasets`` scenes, each in its own
     normalized frame). Views pair by file stem (a solve writes JPEG photos as they came, a dataset may hold PNGs),
     or by ``solved_to_known_name`` (solved name -> known name) when given."""
-    if solved_to_known_name is None:
-        index = {_stem(n): k for k, n in enumerate(known.names)}
-        pairs = [(k, index[_stem(n)]) for k, n in enumerate(solved.names) if _stem(n) in index]
-    else:
-        index = {n: k for k, n in enumerate(known.names)}
-        pairs = [(k, index[solved_to_known_name(n)]) for k, n in enumerate(solved.names)
-                 if solved_to_known_name(n) in index]
+    solved_key, known_key = ((solved_to_known_name, str) if solved_to_known_name is not None
+                             else (lambda n: PurePath(n).stem, lambda n: PurePath(n).stem))
+    index = {known_key(n): k for k, n in enumerate(known.names)}
+    keys = [solved_key(n) for n in solved.names]
+    pairs = [(k, index[key]) for k, key in enumerate(keys) if key in index]
     if len(pairs) < 3:
         raise ValueError(f"only {len(pairs)} views of the solve are in the known scene: at least 3 are needed")
     s_idx, k_idx = (np.array(x) for x in zip(*pairs, strict=True))
