@@ -387,6 +387,10 @@ class ExportConfig:
     color: ColorSource = "photos"
     """photos (the training images, blended per point; the field where none sees it; default since it measured
     sharper on held-out views, BENCHMARKS.md) | field (albedo: radiance seen head-on)."""
+    color_views: int = at_least(1, 64)
+    """Photo colours: at most this many training views colour the mesh and its texture, spread evenly over the
+    directions they look from (``engine.mesh.photo.spread_views``), so a capture of hundreds of photos colours in
+    bounded time and memory (each view holds a depth and a feather map while colouring)."""
     texture: bool = False
     """Also write a UV-unwrapped, baked texture (OBJ + GLB)."""
     texture_size: int = between(16, 16384, 2048)

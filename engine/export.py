@@ -27,7 +27,7 @@ from .mesh.extract import MeshExtractionError, clean_mesh, decimate, mesh_vertex
 from .mesh.extract import extract_mesh as march
 from .mesh.fidelity import FIDELITY_FILE, export_fidelity, write_fidelity_json
 from .mesh.normal_map import bake_normal_map, nearest_normals
-from .mesh.photo import photo_source
+from .mesh.photo import photo_source, spread_views
 from .mesh.texture import TexturedMesh, texture_mesh
 from .model import NeuSModel
 from .protocol import Emitter
@@ -119,9 +119,13 @@ def _photo_colours(opts: ExportConfig, scene) -> bool:
     return opts.color == "photos" and scene is not None
 
 
-def texturing_views(scene, holdout_every: int) -> np.ndarray:
-    """Views whose photos colour the asset: the training views (held-out ones stay unseen, for honest figures)."""
-    return split_views(scene.n_views, holdout_every)[0]
+def texturing_views(scene, holdout_every: int, limit: int = 0) -> np.ndarray:
+    """Views whose photos colour the asset: the training views (held-out ones stay unseen, for honest figures), at
+    most ``limit`` of them (0: all) spread over the directions they look from (:func:`spread_views`)."""
+    train = split_views(scene.n_views, holdout_every)[0]
+    if 0 < limit < len(train):
+        train = train[spread_views(np.asarray(scene.c2w)[train, :3, 3], limit)]
+    return train
 
 
 def colour_source(model: NeuSModel, opts: ExportConfig, scene, visibility: Mesh | None,
@@ -134,7 +138,7 @@ def colour_source(model: NeuSModel, opts: ExportConfig, scene, visibility: Mesh 
     device = _device_of(model)
     if not _photo_colours(opts, scene):
         return field_color_source(model.albedo, device=device)
-    idx = texturing_views(scene, holdout_every)
+    idx = texturing_views(scene, holdout_every, opts.color_views)
     # Lists of views into the scene's uint8 arrays: no copy of the photos.
     masks = None if scene.masks is None else [scene.masks[i] for i in idx]
     return photo_source(*visibility, scene.K[idx], scene.c2w[idx], [scene.images[i] for i in idx], masks,
@@ -173,7 +177,7 @@ def texture_asset(model: NeuSModel, scene, surface: Mesh, normals: np.ndarray, t
     if opts.silhouette_fit and scene is not None and scene.masks is not None:
         from .mesh.texture_refine import silhouette_offset
 
-        idx = texturing_views(scene, holdout_every)
+        idx = texturing_views(scene, holdout_every, opts.color_views)
         offset, scores = silhouette_offset(asset.vertices, asset.faces, welded, asset.uvs, asset.texture,
                                            scene.K[idx], scene.c2w[idx], [scene.images[i] for i in idx],
                                            [scene.masks[i] for i in idx], device=device)
@@ -194,7 +198,7 @@ def refine_asset_texture(scene, asset: TexturedMesh, opts: ExportConfig, holdout
     """The asset's texture (S, S, 3) uint8 fitted to the training views' photos (held-out views stay unseen)."""
     from .mesh.texture_refine import RefineOptions, refine_texture
 
-    idx = texturing_views(scene, holdout_every)
+    idx = texturing_views(scene, holdout_every, opts.color_views)
     masks = None if scene.masks is None else [scene.masks[i] for i in idx]
     options = RefineOptions(steps=opts.texture_refine_steps, time_budget_s=opts.texture_refine_s)
     return refine_texture(asset.vertices, asset.faces, asset.uvs, asset.texture, scene.K[idx], scene.c2w[idx],

@@ -22,10 +22,11 @@ from .rss import current_rss_bytes
 
 # Measured factors (2026-12-02, CPU, real DTU scan 65 subsets, see BENCHMARKS.md), rounded up:
 PHOTO_COLOUR_BYTES_PER_PIXEL = 20
-"""Photo colouring (``engine.mesh.photo.prepare_views``): depth, feather and coverage maps of every training view;
-measured 16 bytes per training-view pixel beyond the photos themselves."""
-PHOTO_COLOUR_FIXED_BYTES = 256 * 2**20
-"""Photo colouring's part that does not grow with the photos (rasteriser and texture buffers); measured ~220 MiB."""
+"""Photo colouring (``engine.mesh.photo.prepare_views``): depth, feather and coverage maps of each colouring view
+(``export.color_views`` at most); measured 16, then 14 (2026-12-04) bytes per view pixel beyond the photos."""
+PHOTO_COLOUR_FIXED_BYTES = 320 * 2**20
+"""Photo colouring's part that does not grow with the colouring views (rasteriser and texture buffers, one view's
+transients); 256 MiB fell 21 MiB short of a fit colouring one 1600x1200 view (2026-12-04)."""
 FIT_OVERHEAD_BYTES = 160 * 2**20
 """What a fit holds beyond the process at planning time, the photos, the model and its larger phase (the trainer,
 validation); measured ~110 MiB."""
@@ -106,7 +107,8 @@ def fit_estimate(cfg: RunConfig, n_views: int, n_train: int, width: int, height:
     step = cfg.train.target_samples * STEP_BYTES_PER_SAMPLE
     export = cfg.export.resolution ** 3 * EXTRACT_BYTES_PER_CELL
     if cfg.export.color == "photos":
-        export = max(export, PHOTO_COLOUR_FIXED_BYTES + n_train * width * height * PHOTO_COLOUR_BYTES_PER_PIXEL)
+        colouring = min(n_train, cfg.export.color_views)
+        export = max(export, PHOTO_COLOUR_FIXED_BYTES + colouring * width * height * PHOTO_COLOUR_BYTES_PER_PIXEL)
     fixed = 0 if on_device else base_bytes + FIT_OVERHEAD_BYTES
     return fixed + photos + n_params * BYTES_PER_PARAMETER + max(step, export)
 

@@ -40,7 +40,7 @@ from engine.mesh import (
     write_ply,
 )
 from engine.mesh.mesh_data import as_texture, colors_to_uint8
-from engine.mesh.photo import PhotoOptions, photo_colors, prepare_views
+from engine.mesh.photo import PhotoOptions, photo_colors, prepare_views, spread_views
 
 # ----------------------------------------------------------------------------------------------------
 # Analytic scenes
@@ -292,6 +292,34 @@ def test_photo_colors_recover_the_colour_function():
     views8 = prepare_views(v, f, K, c2w, (images * 255).round().astype(np.uint8), masks, opts)
     colors8, seen8 = photo_colors(views8, v, normals, options=opts)
     assert np.array_equal(seen8, seen) and np.abs(colors8[seen] - colors[seen]).mean() < 0.01
+
+
+def _angle_to_chosen_deg(directions: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """(N,) angle in degrees from each unit direction to the nearest chosen one."""
+    return np.degrees(np.arccos(np.clip((directions @ directions[chosen].T).max(1), -1, 1)))
+
+
+def test_spread_views_cover_every_direction_once():
+    """Colouring views of a big capture (``export.color_views``): 24 cameras on a ring plus 100 repeats of one
+    direction (a pause in a video) give back the 24 ring directions, one view each; 500 cameras over a dome kept
+    to 64 leave no camera further than 15 degrees from a kept one (measured 13.1-13.7 on five domes; 64 random
+    picks of the same domes: 22.9-32.1)."""
+    ring = np.radians(np.arange(24) * 15.0)
+    ring_dirs = np.stack([np.cos(ring), np.sin(ring), np.full(24, 0.4)], 1)
+    rng = np.random.default_rng(0)
+    pause = ring_dirs[0] + rng.normal(scale=0.003, size=(100, 3))
+    centres = np.concatenate([ring_dirs * 3.0, pause * 2.5])
+    chosen = spread_views(centres, 24)
+    unit = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+    assert len(set(chosen.tolist())) == 24 and (np.diff(chosen) > 0).all()
+    assert _angle_to_chosen_deg(unit, chosen).max() < 1.0
+    assert np.sum((unit[chosen] @ unit[0]) > np.cos(np.radians(1.0))) == 1  # one view of the paused direction
+    assert (spread_views(centres[:10], 24) == np.arange(10)).all()  # fewer cameras than asked: all of them
+
+    dome = rng.normal(size=(500, 3))
+    dome[:, 2] = np.abs(dome[:, 2])
+    dome /= np.linalg.norm(dome, axis=1, keepdims=True)
+    assert _angle_to_chosen_deg(dome, spread_views(dome * rng.uniform(2, 4, (500, 1)), 64)).max() < 15.0
 
 
 def test_photo_colors_respect_occlusion_and_masks():

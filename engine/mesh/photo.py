@@ -127,6 +127,33 @@ def _depth_edges(depth: torch.Tensor, K: torch.Tensor, tol_px: float) -> torch.T
     return finite & (hi - lo > 4.0 * tol_px * footprint + 1e-3)
 
 
+def spread_views(centres: Any, count: int) -> np.ndarray:
+    """Indices (sorted) of ``count`` cameras spread evenly over the directions they see the object from.
+
+    Farthest-point sampling of the unit vectors from the origin (the object's centre in the normalized frame) to
+    the camera centres: first the camera nearest the mean direction, then each time the camera at the largest
+    angle from every camera chosen so far. A cluster of near-identical views (a pause in a video, repeated
+    photos) yields one view, and every direction the capture covers keeps one.
+
+    Args:
+        centres: (N, 3) camera centres; count: how many to keep (all when ``count >= N``).
+    """
+    d = np.asarray(centres, np.float64).reshape(-1, 3)
+    n = len(d)
+    if count >= n:
+        return np.arange(n)
+    d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+    chosen = [int(np.argmax(d @ d.mean(0)))]
+    nearest = d @ d[chosen[0]]  # per camera: cosine to the nearest chosen direction (inf once chosen)
+    nearest[chosen[0]] = np.inf
+    while len(chosen) < count:
+        k = int(np.argmin(nearest))
+        chosen.append(k)
+        nearest = np.maximum(nearest, d @ d[k])
+        nearest[k] = np.inf
+    return np.sort(np.asarray(chosen))
+
+
 def prepare_views(
     vertices: torch.Tensor, faces: torch.Tensor, K: Any, c2w: Any, images: Any, masks: Any = None,
     options: PhotoOptions | None = None, device: str | torch.device = "cpu",
@@ -376,5 +403,5 @@ def photo_source(
 
 __all__ = [
     "PhotoOptions", "blend_views", "depth_visible", "fit_fallback_levels", "level_views", "photo_colors",
-    "photo_source", "prepare_views",
+    "photo_source", "prepare_views", "spread_views",
 ]
