@@ -7,7 +7,8 @@ only.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
@@ -40,6 +41,7 @@ def load(
     split: str = "train",
     workers: int | None = None,
     region: dict | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Scene:
     """Loads cameras, images and masks of a dataset folder.
 
@@ -47,6 +49,8 @@ def load(
         path, format, downscale, cameras_file, split, region: as ``datasets.load_cameras`` (downscale: floor sizes,
             box filter over the top-left ``(W' * s) x (H' * s)`` pixels, consistent with ``K``).
         workers: decoding threads (Pillow releases the GIL while decoding); default min(8, CPU count).
+        progress: called in this thread with (files read, files) as each image or mask is read; an exception it
+            raises (a cancel) stops the loading once the files under way are read.
     Raises:
         DatasetError: bad input, including images that fail to decode; nothing is returned half-loaded.
     """
@@ -64,8 +68,17 @@ def load(
                  for i, p in enumerate(cams.mask_paths)]
     n_workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        # list() re-raises the first failure (a DatasetError naming the file) after the pool has finished.
-        list(pool.map(lambda job: job[0](job[1], cams.downscale, w, h, out=job[2]), jobs))
+        futures = [pool.submit(read, path, cams.downscale, w, h, out=out) for read, path, out in jobs]
+        try:
+            for done, _ in enumerate(as_completed(futures), 1):
+                if progress is not None:
+                    progress(done, len(futures))
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        for future in futures:  # the first failure in file order (a DatasetError naming the file)
+            future.result()
     values = {f.name: getattr(cams, f.name) for f in fields(CameraSet)}
     return Scene(**values, images=images, masks=masks)
 

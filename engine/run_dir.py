@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import InputError
+from .liveness import tick
 
 if TYPE_CHECKING:
     import numpy as np
@@ -200,8 +201,8 @@ def config_errors_as_input(source: Path | None = None) -> Iterator[None]:
 
 
 def load_scene(data_dir: Path, cfg_data: DictConfig) -> Scene:
-    """The scene as a run's ``data`` section describes it (fit, and export/render with photo colours); a bad
-    dataset is bad input."""
+    """The scene as a run's ``data`` section describes it (fit, and export/render with photo colours), reading its
+    files with ``loading`` progress; a bad dataset is bad input."""
     import datasets
 
     from .region import region_of
@@ -209,7 +210,8 @@ def load_scene(data_dir: Path, cfg_data: DictConfig) -> Scene:
     try:
         return datasets.load(data_dir, format=cfg_data.format, downscale=cfg_data.downscale,
                              cameras_file=cfg_data.cameras_file, split=cfg_data.split,
-                             region=region_of(cfg_data, "region"))
+                             region=region_of(cfg_data, "region"),
+                             progress=lambda done, total: tick("loading", done, total, "files"))
     except datasets.DatasetError as exc:
         raise InputError(str(exc)) from exc
 

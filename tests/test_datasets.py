@@ -7,11 +7,13 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from dataset_helpers import DTU, REPO, centre_aware, dtu_or_skip, project_with
+from paths import SAMPLE, needs_sample
 
 import datasets
 from datasets import DatasetError
@@ -377,6 +379,35 @@ def test_corrupt_image_data_fails_when_pixels_are_read(tmp_path):
     with pytest.raises(DatasetError, match="000001.png") as info:
         datasets.load(root, downscale=4)
     assert "cannot decode image" in str(info.value)
+
+
+@needs_sample
+def test_loading_reports_every_file_in_the_calling_thread_and_stops_when_told(monkeypatch):
+    """``load(progress=...)`` (fit's ``loading`` progress, a cancel between files): one call per image and mask
+    read, counting up to their number, all in the caller's thread; an exception from it (a cancel) ends the loading
+    without reading the files not yet started (one decoding thread: the file under way and at most one more)."""
+    calls = []
+    scene = datasets.load(SAMPLE, progress=lambda done, total: calls.append((done, total, threading.get_ident())))
+    files = 2 * scene.n_views  # images and masks
+    assert [c[:2] for c in calls] == [(k, files) for k in range(1, files + 1)]
+    assert {c[2] for c in calls} == {threading.get_ident()}
+
+    from datasets import images as io
+
+    read = []
+    real_read_image = io.read_image
+    monkeypatch.setattr(io, "read_image", lambda *a, **k: read.append(a[0]) or real_read_image(*a, **k))
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_third(done: int, total: int) -> None:
+        if done == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        datasets.load(SAMPLE, progress=stop_at_third, workers=1)
+    assert 3 <= len(read) <= 5, len(read)
 
 
 def test_folder_level_errors(tmp_path):
