@@ -14,7 +14,7 @@ import trimesh
 from engine_helpers import SAMPLE
 
 from engine.mesh.normal_map import bake_normal_map, decode_normal_map, nearest_normals, vertex_tangents
-from engine.mesh.raster import rasterize_view
+from engine.mesh.raster import outward_faces, rasterize_view
 from engine.mesh.texture import rasterize_uv, unwrap_uv
 
 needs_sample = pytest.mark.skipif(not (SAMPLE / "cameras_sphere.npz").is_file(), reason="bundled scene missing")
@@ -54,6 +54,33 @@ def test_rasteriser_matches_trimesh_ray_casting_on_the_sample_mesh():
         face = frags.face.numpy()[ys, xs]
         same_face = face[ray_idx] == tri_idx
         assert same_face.mean() > 0.98
+
+
+@needs_sample
+def test_back_face_culling_keeps_the_nearest_surface_whatever_the_winding():
+    """The photo colouring's depth maps cull the faces turned away from the camera (half the rasteriser's work):
+    on the sample's ground-truth mesh, wound either way, the culled depth map equals the full one on all but a
+    few edge pixels (measured: none); culling the wrong side (winding reversed, not corrected) shows the far
+    surface (measured on 99.95 % of the pixels both cover)."""
+    import datasets
+
+    scene = datasets.load_cameras(SAMPLE)
+    mesh = trimesh.load(SAMPLE / "gt_mesh_normalized.ply", process=False)
+    v = torch.from_numpy(np.asarray(mesh.vertices, np.float32))
+    f = torch.from_numpy(np.asarray(mesh.faces, np.int64))
+    for i in (0, scene.n_views // 2):
+        K, c2w = torch.from_numpy(scene.K[i]).float(), torch.from_numpy(scene.c2w[i]).float()
+        full = rasterize_view(v, f, K, c2w, scene.height, scene.width).depth
+        assert torch.isfinite(full).sum() > 5000
+        for faces in (f, f[:, [0, 2, 1]]):
+            culled = rasterize_view(v, outward_faces(v, faces), K, c2w, scene.height, scene.width,
+                                    cull_back=True).depth
+            differ = (torch.isfinite(culled) != torch.isfinite(full)) | ((culled - full).abs() > 1e-5)
+            assert differ.sum() <= 5, differ.sum()
+        wrong = rasterize_view(v, outward_faces(v, f)[:, [0, 2, 1]], K, c2w, scene.height, scene.width,
+                               cull_back=True).depth
+        both = torch.isfinite(wrong) & torch.isfinite(full)
+        assert (wrong[both] > full[both] + 1e-3).float().mean() > 0.99
 
 
 def test_uv_padding_leaves_no_background_at_chart_borders():

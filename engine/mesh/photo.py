@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..liveness import tick
-from .raster import project, rasterize_view
+from .raster import outward_faces, project, rasterize_view
 
 ColorFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -171,11 +171,12 @@ def prepare_views(
     f = torch.as_tensor(np.asarray(faces, np.int64), device=device)
     Ks = torch.as_tensor(np.asarray(K, np.float32).reshape(-1, 3, 3), device=device)
     c2ws = torch.as_tensor(np.asarray(c2w, np.float32).reshape(-1, 3, 4), device=device)
+    f = outward_faces(v, f)  # only the faces turned to a camera can be its nearest surface: cull the others
     views = []
     for i in range(len(Ks)):
         img = _as_image(images[i], device)
         h, w = img.shape[:2]
-        depth = rasterize_view(v, f, Ks[i], c2ws[i], h, w).depth
+        depth = rasterize_view(v, f, Ks[i], c2ws[i], h, w, cull_back=True).depth
         usable = torch.isfinite(depth) & ~_depth_edges(depth, Ks[i], opts.depth_tol_px)
         loose = torch.isfinite(depth)
         if masks is not None:
