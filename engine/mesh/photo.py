@@ -172,6 +172,7 @@ def prepare_views(
     Ks = torch.as_tensor(np.asarray(K, np.float32).reshape(-1, 3, 3), device=device)
     c2ws = torch.as_tensor(np.asarray(c2w, np.float32).reshape(-1, 3, 4), device=device)
     f = outward_faces(v, f)  # only the faces turned to a camera can be its nearest surface: cull the others
+    tick("colouring", 0, len(Ks), "views")  # the phase starts now: its first count is due one view later
     views = []
     for i in range(len(Ks)):
         img = _as_image(images[i], device)
