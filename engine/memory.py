@@ -23,7 +23,8 @@ from .rss import current_rss_bytes
 # Measured factors (2026-12-02, CPU, real DTU scan 65 subsets, see BENCHMARKS.md), rounded up:
 PHOTO_COLOUR_BYTES_PER_PIXEL = 20
 """Photo colouring (``engine.mesh.photo.prepare_views``): depth, feather and coverage maps of each colouring view
-(``export.color_views`` at most); measured 16, then 14 (2026-12-04) bytes per view pixel beyond the photos."""
+(``export.color_views`` at most); measured 16, then 14 (2026-12-04) bytes per view pixel beyond the photos; an upper
+bound for photos over ``VISIBILITY_MAX_PIXELS``, whose maps are made smaller."""
 PHOTO_COLOUR_FIXED_BYTES = 320 * 2**20
 """Photo colouring's part that does not grow with the colouring views (rasteriser and texture buffers, one view's
 transients); 256 MiB fell 21 MiB short of a fit colouring one 1600x1200 view (2026-12-04)."""

@@ -267,9 +267,16 @@ def test_vertex_colors_from_field_chunked():
     np.testing.assert_allclose(torch.cat(seen_normals).numpy(), n)
 
 
-def test_photo_colors_recover_the_colour_function():
+@pytest.mark.parametrize("map_pixels", [None, 96 * 80 // 4, 1000])
+def test_photo_colors_recover_the_colour_function(monkeypatch, map_pixels):
     """Depth-map photo colours on a sphere seen by a ring of cameras: the colour function comes back, points no
-    camera sees get the fallback, and uint8 photos agree with float ones."""
+    camera sees get the fallback, and uint8 photos agree with float ones; also with the visibility maps at 1/2 and
+    1/3 of the photos' size (``VISIBILITY_MAX_PIXELS``, which big photos meet; 1/3 leaves a remainder row and
+    column), colours still sampled from the full photos."""
+    from engine.mesh import photo
+
+    if map_pixels is not None:
+        monkeypatch.setattr(photo, "VISIBILITY_MAX_PIXELS", map_pixels)
     sdf = sphere_sdf((0, 0, 0), 0.5)
     v, f = extract_mesh(sdf, resolution=40, coarse_resolution=20)
     normals = sdf_normals(sdf, v)
@@ -280,6 +287,7 @@ def test_photo_colors_recover_the_colour_function():
     masks = np.stack([s[1] for s in shots])
     opts = PhotoOptions(level_colors=False)
     views = prepare_views(v, f, K, c2w, images, masks, opts)
+    assert {vw.scale for vw in views} == {photo.map_scale(80, 96)} == {{None: 1, 1920: 2, 1000: 3}[map_pixels]}
     colors, seen = photo_colors(views, v, normals, options=opts)
     truth = rgb_of_position(v)
     assert seen.mean() > 0.9
@@ -322,10 +330,15 @@ def test_spread_views_cover_every_direction_once():
     assert _angle_to_chosen_deg(dome, spread_views(dome * rng.uniform(2, 4, (500, 1)), 64)).max() < 15.0
 
 
-def test_photo_colors_respect_occlusion_and_masks():
+@pytest.mark.parametrize("map_pixels", [None, 16 * 16])
+def test_photo_colors_respect_occlusion_and_masks(monkeypatch, map_pixels):
     """A small sphere hangs between a big sphere's top and the overhead camera: the top takes the colour of the
     side camera that sees it, not the overhead photo of the occluder; a mask that drops the side view leaves it
-    unseen."""
+    unseen. The same with visibility maps at half the photos' size."""
+    from engine.mesh import photo
+
+    if map_pixels is not None:
+        monkeypatch.setattr(photo, "VISIBILITY_MAX_PIXELS", map_pixels)
     big = trimesh.creation.icosphere(subdivisions=4, radius=0.5)
     small = trimesh.creation.icosphere(subdivisions=3, radius=0.3)
     small.apply_translation((0, 0, 1.2))
@@ -339,6 +352,7 @@ def test_photo_colors_respect_occlusion_and_masks():
     images = np.stack([np.broadcast_to(np.float32(green), (32, 32, 3)), np.broadcast_to(np.float32(red), (32, 32, 3))])
     opts = PhotoOptions(level_colors=False, feather_px=0.0)
     views = prepare_views(scene.vertices, scene.faces, K, c2w, images, None, opts)
+    assert {vw.scale for vw in views} == {1 if map_pixels is None else 2}
     col, seen = photo_colors(views, top, up, options=opts)
     assert seen[0]
     np.testing.assert_allclose(col[0], green, atol=1e-5)

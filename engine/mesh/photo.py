@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from datasets.geometry import scale_intrinsics
+
 from ..liveness import tick
 from .raster import outward_faces, project, rasterize_view
 
@@ -68,16 +70,42 @@ class PhotoOptions:
     surfaces no photo sees match their surroundings' exposure and white balance."""
 
 
+VISIBILITY_MAX_PIXELS = 2_000_000
+"""Depth, feather and coverage maps of a larger photo are made at an integer fraction of its size (a 12 MP photo's
+at 1/3): the rasteriser's time grows with the pixels (5 s a view at 1551x2096 on 2 cores, shared), visibility needs
+no finer map, and colours are still sampled from the full photo. DTU's 1600x1200 keeps full-size maps."""
+
+
 @dataclass
 class _View:
-    K: torch.Tensor  # (3, 3)
+    K: torch.Tensor  # (3, 3) of the photo
     c2w: torch.Tensor  # (3, 4)
     image: torch.Tensor  # (H, W, 3) uint8 (the scene's own pixels on the CPU) or float in [0, 1]
-    depth: torch.Tensor  # (H, W) visible depth (inf empty)
-    feather: torch.Tensor  # (H, W) in [0, 1], 0 outside usable pixels
-    loose: torch.Tensor  # (H, W) bool: every foreground pixel the mesh covers (relaxed pass)
+    depth: torch.Tensor  # (h, w) visible depth (inf empty), h = H // scale
+    feather: torch.Tensor  # (h, w) in [0, 1], 0 outside usable pixels
+    loose: torch.Tensor  # (h, w) bool: every foreground pixel the mesh covers (relaxed pass)
     sharpness: float
     gain: torch.Tensor  # (3,)
+    scale: int = 1  # photo pixels per map pixel (each way)
+    map_K: torch.Tensor | None = None  # (3, 3) of the maps (K when scale is 1)
+
+
+def map_scale(height: int, width: int) -> int:
+    """The smallest integer factor that brings a ``height x width`` photo's maps within VISIBILITY_MAX_PIXELS."""
+    s = 1
+    while (height // s) * (width // s) > VISIBILITY_MAX_PIXELS:
+        s += 1
+    return s
+
+
+def _block_pool(mask: torch.Tensor, s: int, every: bool) -> torch.Tensor:
+    """(H, W) bool -> (H // s, W // s): a block is set when every (``every``) or any of its pixels is."""
+    if s == 1:
+        return mask
+    h, w = mask.shape[0] // s, mask.shape[1] // s
+    x = mask[: h * s, : w * s].float()[None, None]
+    pooled = -F.max_pool2d(-x, s) if every else F.max_pool2d(x, s)
+    return pooled[0, 0] > 0.5
 
 
 def _as_image(x: Any, device: torch.device) -> torch.Tensor:
@@ -158,7 +186,8 @@ def prepare_views(
     vertices: torch.Tensor, faces: torch.Tensor, K: Any, c2w: Any, images: Any, masks: Any = None,
     options: PhotoOptions | None = None, device: str | torch.device = "cpu",
 ) -> list[_View]:
-    """Depth maps, feather maps and sharpness of every camera (the per-view work, done once).
+    """Depth maps, feather maps and sharpness of every camera (the per-view work, done once); the maps of a photo
+    over VISIBILITY_MAX_PIXELS at an integer fraction of its size (:func:`map_scale`).
 
     Args:
         vertices: (V, 3) mesh in the cameras' frame; faces: (F, 3).
@@ -177,18 +206,24 @@ def prepare_views(
     for i in range(len(Ks)):
         img = _as_image(images[i], device)
         h, w = img.shape[:2]
-        depth = rasterize_view(v, f, Ks[i], c2ws[i], h, w, cull_back=True).depth
-        usable = torch.isfinite(depth) & ~_depth_edges(depth, Ks[i], opts.depth_tol_px)
+        s = map_scale(h, w)
+        map_K = Ks[i] if s == 1 else torch.as_tensor(scale_intrinsics(Ks[i].cpu().numpy(), s), dtype=torch.float32,
+                                                     device=device)
+        depth = rasterize_view(v, f, map_K, c2ws[i], h // s, w // s, cull_back=True).depth
+        usable = torch.isfinite(depth) & ~_depth_edges(depth, map_K, opts.depth_tol_px)
         loose = torch.isfinite(depth)
         if masks is not None:
             fg = _as_mask(masks[i], device)
-            loose &= fg
+            loose &= _block_pool(fg, s, every=False)
+            fg = _block_pool(fg, s, every=True)
             if opts.erode_px > 0:
                 k = 2 * opts.erode_px + 1
                 fg = -F.max_pool2d(-fg.float()[None, None], k, 1, opts.erode_px)[0, 0] > 0.5
             usable &= fg
-        views.append(_View(Ks[i], c2ws[i], img, depth, _feather(usable, opts.feather_px), loose,
-                           _sharpness(img, usable), torch.ones(3, device=device)))
+        sharp_px = usable if s == 1 else F.pad(usable.repeat_interleave(s, 0).repeat_interleave(s, 1),
+                                                (0, w - usable.shape[1] * s, 0, h - usable.shape[0] * s))
+        views.append(_View(Ks[i], c2ws[i], img, depth, _feather(usable, opts.feather_px / s), loose,
+                           _sharpness(img, sharp_px), torch.ones(3, device=device), s, map_K))
         tick("colouring", i + 1, len(Ks), "views")  # progress and cancel (engine.liveness), a depth map each
     top = max((vw.sharpness for vw in views), default=0.0)
     for vw in views:
@@ -247,7 +282,8 @@ def _view_samples(view: _View, pts: torch.Tensor, nrm: torch.Tensor, opts: Photo
     dist = to_cam.norm(dim=1).clamp_min(1e-9)
     cos = (to_cam * nrm).sum(dim=1) / dist
     idx = torch.nonzero(cos > (opts.relaxed_min_cos if relaxed else opts.min_cos)).squeeze(1)
-    visible, xy, z = depth_visible(view.depth, view.K, view.c2w, pts[idx], cos[idx], opts)
+    map_K = view.K if view.map_K is None else view.map_K
+    visible, xy, z = depth_visible(view.depth, map_K, view.c2w, pts[idx], cos[idx], opts)
     idx, xy, c, footprint = idx[visible], xy[visible], cos[idx][visible], z[visible] / float(view.K[0, 0])
     if relaxed:
         feather = _nearest(view.loose[..., None], xy)[:, 0].float()
@@ -256,7 +292,8 @@ def _view_samples(view: _View, pts: torch.Tensor, nrm: torch.Tensor, opts: Photo
     keep = feather > 0
     idx, xy, c, footprint, feather = idx[keep], xy[keep], c[keep], footprint[keep], feather[keep]
     quality = c * view.sharpness / footprint  # pixels per unit length across the surface, times focus
-    rgb = _sample(view.image, xy) * view.gain
+    photo_xy = xy if view.scale == 1 else (xy + 0.5) * view.scale - 0.5  # map pixel -> photo pixel (centres)
+    rgb = _sample(view.image, photo_xy) * view.gain
     return idx, rgb, quality, feather
 
 
