@@ -15,9 +15,7 @@ for held-out views (engine/BENCHMARKS.md).
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 # isort: off
 import bpy  # must come first: importing it makes bmesh and mathutils importable
@@ -184,14 +182,7 @@ OBJECT_META = {"name": "Patterns", "parts": ["checker box", "striped cylinder", 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="output folder (outside the repository)")
-    parser.add_argument("--samples", type=int, default=base.SAMPLES, help="Cycles samples per pixel (colour pass)")
-    parser.add_argument("--limit", type=int, default=None, help="render only the first N views (previews)")
-    args = parser.parse_args(argv)
-    base.build_and_render(args.out, args.samples, args.limit, make_object=add_patterns, description=DESCRIPTION,
-                          object_meta=OBJECT_META)
-    return 0
+    return base.variant_main(argv, __doc__, add_patterns, DESCRIPTION, OBJECT_META)
 
 
 if __name__ == "__main__":

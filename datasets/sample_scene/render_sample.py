@@ -575,6 +575,19 @@ def build_and_render(out_dir: Path, samples: int, limit: int | None,
     return meta
 
 
+def variant_main(argv: list[str] | None, doc: str, make_object: Callable, description: str, object_meta: dict) -> int:
+    """The command line of a benchmark scene built on this one (same cameras, lights and dome; its own object):
+    ``--out`` (required: benchmark inputs live outside the repository), ``--samples``, ``--limit``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="output folder (outside the repository)")
+    parser.add_argument("--samples", type=int, default=SAMPLES, help="Cycles samples per pixel (colour pass)")
+    parser.add_argument("--limit", type=int, default=None, help="render only the first N views (previews)")
+    args = parser.parse_args(argv)
+    build_and_render(args.out, args.samples, args.limit, make_object=make_object, description=description,
+                     object_meta=object_meta)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DATA_DIR, help=f"output folder (default {DATA_DIR})")
