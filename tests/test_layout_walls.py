@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 ADDON_CORE = "neus_blender_addon.core"
 BLENDER_MODULES = {"bpy", "bmesh", "mathutils", "bpy_extras"}
 # The script that renders the bundled scene runs inside Blender; the datasets package never imports it.
-DATASETS_BLENDER_SCRIPTS = {"datasets/sample_scene/render_sample.py", "datasets/sample_scene/render_patterns.py"}
+DATASETS_BLENDER_SCRIPTS = {"datasets/sample_scene/render_sample.py", "datasets/sample_scene/render_patterns.py",
+                            "datasets/sample_scene/render_thin.py"}
 
 
 def imported_roots(path: Path) -> set[str]:
