@@ -11,7 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 # The add-on's bpy-free modules live in this subpackage; every one runs under plain pytest without bpy.
 ADDON_CORE = "neus_blender_addon.core"
 BLENDER_MODULES = {"bpy", "bmesh", "mathutils", "bpy_extras"}
-# The script that renders the bundled scene runs inside Blender; the datasets package never imports it.
+# The scripts that render the bundled scene and its benchmark variants run inside Blender; the datasets package never
+# imports them.
 DATASETS_BLENDER_SCRIPTS = {"datasets/sample_scene/render_sample.py", "datasets/sample_scene/render_patterns.py",
                             "datasets/sample_scene/render_thin.py"}
 
