@@ -166,12 +166,7 @@ def add_patterns(scene: bpy.types.Scene, S: np.ndarray) -> bpy.types.Object:
         mesh.materials.append(mat)
     obj = bpy.data.objects.new("Patterns", mesh)
     scene.collection.objects.link(obj)
-    v = base.mesh_vertices(mesh)
-    centre = 0.5 * (v.min(0) + v.max(0))
-    s = base.OBJECT_RADIUS * base.SCALE_RADIUS / float(np.linalg.norm(v - centre, axis=1).max())
-    obj.scale = (s, s, s)
-    obj.location = tuple(S[:3, 3] - s * centre)
-    return obj
+    return base.place_object(obj, S)
 
 
 DESCRIPTION = ("Fine texture patterns (checker box, striped cylinder, text sign, thin rod) inside the sample scene's "

@@ -284,11 +284,15 @@ def add_object(scene: bpy.types.Scene, S: np.ndarray) -> bpy.types.Object:
     bpy.data.meshes.remove(mesh)
     baked.shade_smooth()
     baked.materials.append(object_material())
-    # Centre the bounding box at the normalized origin and scale to OBJECT_RADIUS (normalized units).
-    v = mesh_vertices(baked)
+    return place_object(obj, S)
+
+
+def place_object(obj: bpy.types.Object, S: np.ndarray) -> bpy.types.Object:
+    """Centres the object's bounding box at the normalized origin and scales it to OBJECT_RADIUS (normalized
+    units), in world units through the scale matrix ``S``."""
+    v = mesh_vertices(obj.data)
     centre = 0.5 * (v.min(0) + v.max(0))
-    radius = np.linalg.norm(v - centre, axis=1).max()
-    s = OBJECT_RADIUS * SCALE_RADIUS / radius
+    s = OBJECT_RADIUS * SCALE_RADIUS / float(np.linalg.norm(v - centre, axis=1).max())
     obj.scale = (s, s, s)
     obj.location = tuple(S[:3, 3] - s * centre)
     return obj

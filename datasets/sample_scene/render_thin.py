@@ -257,12 +257,7 @@ def add_thin(scene: bpy.types.Scene, S: np.ndarray) -> bpy.types.Object:
     bm.free()
     if open_edges:
         raise RuntimeError(f"the union is not watertight: {open_edges} non-manifold edges")
-    v = base.mesh_vertices(baked)
-    centre = 0.5 * (v.min(0) + v.max(0))
-    s = base.OBJECT_RADIUS * base.SCALE_RADIUS / float(np.linalg.norm(v - centre, axis=1).max())
-    vase.scale = (s, s, s)
-    vase.location = tuple(S[:3, 3] - s * centre)
-    return vase
+    return base.place_object(vase, S)
 
 
 DESCRIPTION = ("Thin and smooth parts (smooth three-lobed vase, thin upright antenna with a ball tip, thin C-shaped "
