@@ -138,3 +138,19 @@ def test_held_out_views_colour_nothing_and_the_levelled_fallback_matches_unseen_
         raw_err = ((model.albedo(pts[~half][seen], nrm[~half][seen]) - blend[seen]) ** 2).mean()
         levelled_err = ((levelled(pts[~half][seen], nrm[~half][seen]) - blend[seen]) ** 2).mean()
     assert float(levelled_err) < float(raw_err), (float(levelled_err), float(raw_err))
+
+
+def test_colouring_views_are_training_views_spread_over_the_capture():
+    """``export.color_views`` on the bundled cameras (35 training views on three rings, every 8th held out): 10 kept
+    are training views only, and no training view is further than 31 degrees from a kept one (measured 30.4; 10
+    random training views: 45.7-61.6 over 20 draws); a cap above the count keeps them all."""
+    import datasets
+    from engine.export import texturing_views
+
+    cams = datasets.load_cameras(SAMPLE)
+    train = texturing_views(cams, 8)
+    kept = texturing_views(cams, 8, 10)
+    assert len(train) == 35 and len(kept) == 10 and set(kept.tolist()) <= set(train.tolist())
+    assert np.array_equal(texturing_views(cams, 8, 64), train)
+    d = cams.c2w[:, :3, 3] / np.linalg.norm(cams.c2w[:, :3, 3], axis=1, keepdims=True)
+    assert np.degrees(np.arccos(np.clip((d[train] @ d[kept].T).max(1), -1, 1))).max() < 31.0
