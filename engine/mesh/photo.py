@@ -81,13 +81,13 @@ class _View:
     K: torch.Tensor  # (3, 3) of the photo
     c2w: torch.Tensor  # (3, 4)
     image: torch.Tensor  # (H, W, 3) uint8 (the scene's own pixels on the CPU) or float in [0, 1]
+    scale: int  # photo pixels per map pixel (each way)
+    map_K: torch.Tensor  # (3, 3) of the maps (K when scale is 1)
     depth: torch.Tensor  # (h, w) visible depth (inf empty), h = H // scale
     feather: torch.Tensor  # (h, w) in [0, 1], 0 outside usable pixels
     loose: torch.Tensor  # (h, w) bool: every foreground pixel the mesh covers (relaxed pass)
     sharpness: float
     gain: torch.Tensor  # (3,)
-    scale: int = 1  # photo pixels per map pixel (each way)
-    map_K: torch.Tensor | None = None  # (3, 3) of the maps (K when scale is 1)
 
 
 def map_scale(height: int, width: int) -> int:
@@ -222,8 +222,8 @@ def prepare_views(
             usable &= fg
         sharp_px = usable if s == 1 else F.pad(usable.repeat_interleave(s, 0).repeat_interleave(s, 1),
                                                 (0, w - usable.shape[1] * s, 0, h - usable.shape[0] * s))
-        views.append(_View(Ks[i], c2ws[i], img, depth, _feather(usable, opts.feather_px / s), loose,
-                           _sharpness(img, sharp_px), torch.ones(3, device=device), s, map_K))
+        views.append(_View(Ks[i], c2ws[i], img, s, map_K, depth, _feather(usable, opts.feather_px / s), loose,
+                           _sharpness(img, sharp_px), torch.ones(3, device=device)))
         tick("colouring", i + 1, len(Ks), "views")  # progress and cancel (engine.liveness), a depth map each
     top = max((vw.sharpness for vw in views), default=0.0)
     for vw in views:
@@ -282,8 +282,7 @@ def _view_samples(view: _View, pts: torch.Tensor, nrm: torch.Tensor, opts: Photo
     dist = to_cam.norm(dim=1).clamp_min(1e-9)
     cos = (to_cam * nrm).sum(dim=1) / dist
     idx = torch.nonzero(cos > (opts.relaxed_min_cos if relaxed else opts.min_cos)).squeeze(1)
-    map_K = view.K if view.map_K is None else view.map_K
-    visible, xy, z = depth_visible(view.depth, map_K, view.c2w, pts[idx], cos[idx], opts)
+    visible, xy, z = depth_visible(view.depth, view.map_K, view.c2w, pts[idx], cos[idx], opts)
     idx, xy, c, footprint = idx[visible], xy[visible], cos[idx][visible], z[visible] / float(view.K[0, 0])
     if relaxed:
         feather = _nearest(view.loose[..., None], xy)[:, 0].float()
