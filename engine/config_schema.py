@@ -411,6 +411,10 @@ class ExportConfig:
     best reproduces the training photos inside their masks (masked PSNR on 8 training views; the marching-cubes
     surface sits a fraction of a pixel inside the masks' edges). Needs masks; measured better on held-out views of
     three scenes (BENCHMARKS.md, 2026-12-03 fidelity)."""
+    silhouette_refine: bool = True
+    """Textured mesh: then move each vertex of the outline onto the training views' mask edges (at most 1.5 pixels,
+    engine/mesh/silhouette.py), the rest of the surface following as a sheet. Needs masks; measured +2.7 dB on the
+    bundled scene's held-out views (BENCHMARKS.md, 2026-12-04 fourth session)."""
     fidelity: bool = True
     """After texturing, render the asset unlit from the run's held-out views (else every 8th view) and compare it
     with the photos (masked PSNR): ``done``'s ``fidelity`` and ``fidelity.json``. A few rasterised views: seconds."""

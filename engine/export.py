@@ -173,17 +173,10 @@ def texture_asset(model: NeuSModel, scene, surface: Mesh, normals: np.ndarray, t
     asset = texture_mesh(*textured, source, normals=None if decimated else normals, texture_size=opts.texture_size,
                          detail=(surface[0], normals) if decimated else None, device=device)
     # Normals of the welded mesh, per seam-split vertex: seam copies move (and shade) together.
-    welded = mesh_vertex_normals(*textured)[asset.source_index]
-    if opts.silhouette_fit and scene is not None and scene.masks is not None:
-        from .mesh.texture_refine import silhouette_offset
-
-        idx = texturing_views(scene, holdout_every, opts.color_views)
-        offset, scores = silhouette_offset(asset.vertices, asset.faces, welded, asset.uvs, asset.texture,
-                                           scene.K[idx], scene.c2w[idx], [scene.images[i] for i in idx],
-                                           [scene.masks[i] for i in idx], device=device)
-        asset = asset._replace(vertices=(asset.vertices + offset * welded).astype(np.float32))
-        if stats is not None:
-            stats["silhouette"] = {"offset": offset, "psnr": scores}
+    welded_normals = mesh_vertex_normals(*textured)
+    welded = welded_normals[asset.source_index]
+    if (opts.silhouette_fit or opts.silhouette_refine) and scene is not None and scene.masks is not None:
+        asset = fit_silhouette(scene, asset, textured, welded_normals, opts, holdout_every, device, stats)
     if opts.texture_refine and opts.color == "photos" and scene is not None:
         asset = asset._replace(texture=refine_asset_texture(scene, asset, opts, holdout_every, device, stats))
     nmap = None
@@ -191,6 +184,44 @@ def texture_asset(model: NeuSModel, scene, surface: Mesh, normals: np.ndarray, t
         nmap = bake_normal_map(asset.vertices, asset.faces, asset.uvs, nearest_normals(surface[0], normals),
                                opts.texture_size, normals=welded, device=device)
     return asset, nmap
+
+
+def fit_silhouette(scene, asset: TexturedMesh, textured: Mesh, normals: np.ndarray, opts: ExportConfig,
+                   holdout_every: int, device: torch.device, stats: dict | None = None) -> TexturedMesh:
+    """The textured mesh's outline brought onto the training views' masks (``engine.mesh.silhouette``): the whole
+    mesh moved along its normals by ``export.silhouette_fit``'s offset, then each outline vertex by
+    ``export.silhouette_refine``. Both move the welded mesh ``textured`` (``normals``: its vertex normals), so
+    seam copies of a vertex move together; ``asset`` is its seam-split copy (``asset.source_index``)."""
+    from .mesh.silhouette import AssetJudge, best_refinement, silhouette_offset
+
+    idx = texturing_views(scene, holdout_every, opts.color_views)
+    images, masks = [scene.images[i] for i in idx], [scene.masks[i] for i in idx]
+    found: dict = {"offset": 0.0}
+    vertices = np.asarray(textured[0], np.float32)
+    if opts.silhouette_fit:
+        offset, scores = silhouette_offset(asset.vertices, asset.faces, normals[asset.source_index], asset.uvs,
+                                           asset.texture, scene.K[idx], scene.c2w[idx], images, masks, device=device)
+        vertices = (vertices + offset * normals).astype(np.float32)
+        found.update(offset=offset, psnr=scores)
+    if opts.silhouette_refine:
+        judge = AssetJudge(asset.faces, asset.uvs, asset.texture, scene.K[idx], scene.c2w[idx], images, masks,
+                           device=device)
+        found["refine"] = {}
+        vertices = best_refinement(vertices, textured[1], normals, asset.source_index, judge, scene.K[idx],
+                                   scene.c2w[idx], masks, stats=found["refine"])
+    if stats is not None:
+        stats["silhouette"] = found
+    return asset._replace(vertices=vertices[asset.source_index])
+
+
+def silhouette_fields(found: dict) -> dict:
+    """``done``'s figures of :func:`fit_silhouette` (PROTOCOL.md): ``silhouette_offset`` and, when refined,
+    ``silhouette_refine`` (views measured, mask pixels missed before each round and after, moves in pixels)."""
+    fields = {"silhouette_offset": round(float(found["offset"]), 6)}
+    if "refine" in found:
+        fields["silhouette_refine"] = {k: found["refine"].get(k) for k in ("cap_px", "psnr", "views", "missed",
+                                                                           "moved_px")}
+    return fields
 
 
 def refine_asset_texture(scene, asset: TexturedMesh, opts: ExportConfig, holdout_every: int, device: torch.device,

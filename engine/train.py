@@ -17,7 +17,7 @@ from .cancel import REQUEST, CancelToken
 from .config import export_settings, resolve_accelerators, resolve_auto
 from .device import device_name, select_device
 from .errors import Cancelled, DeviceError, Diverged, InputError
-from .export import export_mesh, frame_matrix, write_preview_mesh
+from .export import export_mesh, frame_matrix, silhouette_fields, write_preview_mesh
 from .fit_setup import FitRequest, Prepared, load_request
 from .guard import weights_finite
 from .jobs import OTHER_RANK_DONE
@@ -313,7 +313,7 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken, prepared: Pr
     if metrics:
         result["validation"] = {k: v for k, v in metrics.items() if k != "step"}
     if "silhouette" in timings:
-        result["silhouette_offset"] = round(float(timings["silhouette"]["offset"]), 6)
+        result.update(silhouette_fields(timings["silhouette"]))
     if "fidelity" in timings:
         result["fidelity"] = timings["fidelity"]
     if req.profile:

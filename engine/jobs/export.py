@@ -56,7 +56,7 @@ def export_flags(req: ExportRequest) -> Flags:
 
 
 def run(req: ExportRequest, run_dir: RunDir, emitter: Emitter, cancel: CancelToken) -> dict:
-    from ..export import export_mesh
+    from ..export import export_mesh, silhouette_fields
 
     flags = export_flags(req)
     # Before the run is read; --faces gives a face count (0, the config's "off", is not one).
@@ -76,7 +76,7 @@ def run(req: ExportRequest, run_dir: RunDir, emitter: Emitter, cancel: CancelTok
                                 "mse_before": round(fit["mse_before"], 6), "mse_after": round(fit["mse_after"], 6),
                                 "seconds": round(fit["gather_s"] + fit["optimise_s"], 2)}
     if "silhouette" in timings:
-        extra["silhouette_offset"] = round(float(timings.pop("silhouette")["offset"]), 6)
+        extra.update(silhouette_fields(timings.pop("silhouette")))
     if "fidelity" in timings:
         extra["fidelity"] = timings.pop("fidelity")
     return {"mesh": str(files["ply"].resolve()), "files": {k: str(v.resolve()) for k, v in files.items()},

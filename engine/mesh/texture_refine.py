@@ -73,7 +73,8 @@ def _upscaled_intrinsics(K: torch.Tensor, s: int) -> torch.Tensor:
     return out
 
 
-def _as_mask(x: Any) -> torch.Tensor:
+def foreground_mask(x: Any) -> torch.Tensor:
+    """A mask as (H, W) bool: bool as is, uint8 above 127, float above 0.5; an (H, W, C) one by its largest channel."""
     t = x if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(x))
     if t.ndim == 3:
         t = t.amax(dim=-1)
@@ -105,7 +106,7 @@ def gather_pixels(
         uv = interpolate(uvs, faces, frags)  # (hs, ws, 2)
         full = frags.covered.view(h, s, w, s).all(dim=3).all(dim=1)  # (h, w): the whole footprint on the mesh
         if masks is not None:
-            fg = _as_mask(masks[i]).to(device)
+            fg = foreground_mask(masks[i]).to(device)
             if erode_px > 0:
                 k = 2 * int(erode_px) + 1
                 fg = -F.max_pool2d(-fg.float()[None, None], k, 1, int(erode_px))[0, 0] > 0.5
@@ -221,72 +222,5 @@ def refine_texture(
     return dilate_texture(out, touched.cpu().numpy())
 
 
-
-
-def silhouette_offset(
-    vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray, uvs: np.ndarray, texture: np.ndarray, K: Any,
-    c2w: Any, images: Any, masks: Any, step_px: float = 0.25, max_px: float = 3.0, max_views: int = 8,
-    device: str | torch.device = "cpu",
-) -> tuple[float, dict[float, float]]:
-    """The offset along the normals (normalized units) at which the textured asset best reproduces the photos
-    inside their masks (masked PSNR, a mask pixel the asset misses counting as white: what ``engine fidelity``
-    judges on held-out views), on the given (training) views.
-
-    Marching cubes' zero level sits a fraction of a pixel inside the masks' edges (and a decimated mesh's flat
-    triangles cut inside curved parts): the missed rim costs more than any texel. Silhouette IoU is the wrong
-    criterion for that (it counts a pixel of mesh outside the mask as much as a missed mask pixel, and moved the
-    bundled run's mesh inwards, -1.8 dB held out: BENCHMARKS.md); the photos' own error weighs the rim gained
-    against the texture shifted. Offsets are multiples of ``step_px`` median pixel footprints (depth / focal): 0,
-    one step out (else in), then further that way while the PSNR rises, at most ``max_px``.
-
-    Args:
-        vertices: (V, 3); faces: (F, 3); normals: (V, 3) unit normals (welded: seam copies share them);
-        uvs: (V, 2); texture: (T, T, 3) uint8.
-        K: (N, 3, 3); c2w: (N, 3, 4); images: N of (H, W, 3) uint8; masks: N of (H, W).
-        max_views: views judged (evenly spaced).
-    Returns:
-        the chosen offset and {offset: mean masked PSNR} of every offset tried.
-    """
-    from .fidelity import render_textured
-
-    device = torch.device(device)
-    v = torch.as_tensor(np.asarray(vertices, np.float32), device=device)
-    n = torch.as_tensor(np.asarray(normals, np.float32), device=device)
-    f = torch.as_tensor(np.asarray(faces, np.int64), device=device)
-    uv = torch.as_tensor(np.asarray(uvs, np.float32), device=device)
-    tex = torch.as_tensor(np.asarray(texture, np.uint8), device=device).float() / 255.0
-    pick = np.unique(np.linspace(0, len(K) - 1, min(max_views, len(K))).round().astype(int))
-    Ks = [torch.as_tensor(np.asarray(K[i], np.float32), device=device) for i in pick]
-    cs = [torch.as_tensor(np.asarray(c2w[i], np.float32), device=device) for i in pick]
-    fg = [_as_mask(masks[i]).to(device) for i in pick]
-    photos = [torch.as_tensor(np.asarray(images[i])[..., :3], device=device) for i in pick]  # uint8 until used
-    centre = v.mean(0)
-    footprint = float(np.median([float((c[:, 3] - centre).norm()) / float(k[0, 0])
-                                 for k, c in zip(Ks, cs, strict=True)]))
-    scores: dict[float, float] = {}
-
-    def psnr(steps: int) -> float:
-        offset = steps * step_px * footprint
-        if offset not in scores:
-            moved = v + offset * n
-            values = []
-            for k, c, m, photo in zip(Ks, cs, fg, photos, strict=True):
-                rgb, _ = render_textured(moved, f, uv, tex, k, c, m.shape[0], m.shape[1])
-                mse = float(((rgb[m] - photo[m].float() / 255.0) ** 2).mean())
-                values.append(-10.0 * np.log10(max(mse, 1e-12)))
-                # Views rendered so far, of those of the offsets tried including this one (how many follow is
-                # not known); a stop request waits one view, not one offset.
-                tick("texturing", len(scores) * len(Ks) + len(values), (len(scores) + 1) * len(Ks), "views")
-            scores[offset] = float(np.mean(values))
-        return scores[offset]
-
-    limit = int(round(max_px / step_px))
-    best = 0
-    direction = 1 if psnr(1) > psnr(0) else -1
-    while abs(best) < limit and psnr(best + direction) > psnr(best):
-        best += direction
-    return best * step_px * footprint, scores
-
-
-__all__ = ["PixelSet", "RefineOptions", "gather_pixels", "photometric_mse", "refine_texture", "render_pixels",
-           "silhouette_offset"]
+__all__ = ["PixelSet", "RefineOptions", "foreground_mask", "gather_pixels", "photometric_mse", "refine_texture",
+           "render_pixels"]
