@@ -22,7 +22,7 @@ def test_texel_fit_and_silhouette_fit_on_a_real_run(masked_preview_run):
     from engine.mesh.extract import decimate, mesh_vertex_normals
     from engine.mesh.fidelity import asset_fidelity, fidelity_views
     from engine.mesh.photo import photo_source
-    from engine.mesh.silhouette import refine_silhouette, silhouette_offset
+    from engine.mesh.silhouette import AssetJudge, best_refinement, silhouette_offset
     from engine.mesh.texture import texture_mesh
     from engine.mesh.texture_refine import RefineOptions, refine_texture
 
@@ -63,12 +63,17 @@ def test_texel_fit_and_silhouette_fit_on_a_real_run(masked_preview_run):
     assert offset > 0 and moved["coverage"] > after["coverage"] + 0.01, (offset, scores, moved, after)
     assert moved["psnr"] > after["psnr"] + 0.5, (offset, scores, moved, after)
 
-    # Then each outline vertex onto the training masks' edges (the welded mesh: seam copies move together).
+    # Then each outline vertex onto the training masks' edges (the welded mesh: seam copies move together), with
+    # the cap the training views score best, as the export does.
     welded_normals = mesh_vertex_normals(uniq, inverse[tf])
+    judge = AssetJudge(tf, uvs, fitted, scene.K[train], scene.c2w[train], images, masks)
     refine: dict = {}
-    refined = refine_silhouette(uniq + offset * welded_normals, inverse[tf], welded_normals, scene.K[train],
-                                scene.c2w[train], masks, stats=refine)[inverse]
+    refined = best_refinement(uniq + offset * welded_normals, inverse[tf], welded_normals, inverse, judge,
+                              scene.K[train], scene.c2w[train], masks, stats=refine)[inverse]
     sharper = asset_fidelity(refined, tf, uvs, fitted, scene, judged)
     print("held-out masked PSNR: offset", moved, "refined", sharper, refine)
+    assert refine["cap_px"] is not None and refine["psnr"][refine["cap_px"]] > refine["psnr"][0.0], refine
     assert refine["views"] == min(32, len(train)) and refine["missed"][-1] < 0.6 * refine["missed"][0], refine
-    assert sharper["coverage"] > moved["coverage"] and sharper["psnr"] > moved["psnr"] + 0.5, (moved, sharper)
+    # Measured on this run: coverage 0.944 -> 0.974, 16.26 -> 18.20 dB held out (cap 1.5 px chosen).
+    assert sharper["coverage"] > moved["coverage"] + 0.02, (moved, sharper)
+    assert sharper["psnr"] > moved["psnr"] + 1.5, (moved, sharper)

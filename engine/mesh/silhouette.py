@@ -214,7 +214,7 @@ def refine_silhouette(
         normals: (V, 3) outward normals.
         K: (N, 3, 3); c2w: (N, 3, 4) OpenGL axes; masks: N of (H, W) foreground masks.
         stats: filled with ``views`` (measured), ``missed`` (mask pixels the mesh missed, summed over those views,
-            before each round and after the last) and ``moved_px`` (median and largest move of the vertices that
+            before each round) and ``moved_px`` (median and largest move of the vertices that
             moved, in median pixel footprints).
     Returns:
         (V, 3) float32 moved vertices.
@@ -238,17 +238,15 @@ def refine_silhouette(
     limit = opts.max_px * footprint
     offset = torch.zeros(len(v0))
     missed: list[int] = []
-    total = (opts.rounds + 1) * len(views)
+    total = opts.rounds * len(views)
 
-    def measure(v: torch.Tensor, r: int, ask: torch.Tensor | None, weight: torch.Tensor | None) -> int:
+    def measure(v: torch.Tensor, r: int, ask: torch.Tensor, weight: torch.Tensor) -> int:
         lost = 0
         for j, mv in enumerate(views):
             h, w = mv.mask.shape
             cov = rasterize_view(v, f, mv.K, mv.c2w, h, w).covered
             lost += int((mv.mask & ~cov).sum())
             tick("texturing", r * len(views) + j + 1, total, "views")  # progress and cancel (engine.liveness)
-            if ask is None:
-                continue
             xy, depth = project(v, mv.K, mv.c2w)
             cos = (n * F.normalize(v - mv.c2w[:, 3], dim=1)).sum(1)
             px = xy.round().long()
@@ -290,7 +288,6 @@ def refine_silhouette(
         move = torch.where(den > 0, 0.5 * (move + mean), move)
         offset = (offset + move).clamp(-limit, limit)
     out = v0 + offset[:, None] * n
-    missed.append(measure(out, opts.rounds, None, None))
     if stats is not None:
         moved = offset.abs() > 0
         stats.update(views=len(views), missed=missed,
