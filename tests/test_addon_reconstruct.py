@@ -50,7 +50,8 @@ def test_headless_demo_end_to_end_textured_world_frame(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "neus_blender_addon.headless", str(SAMPLE_SCENE), "--out", str(out),
            "--preset", "preview", "--steps", str(STEPS), "--device", "cpu", "--frame", "world", "--texture",
-           "--set", "export.texture_size=256", "--set", "export.silhouette_fit=false"]  # textured mesh = mesh.ply
+           "--set", "export.texture_size=256", "--set", "export.silhouette_fit=false",
+           "--set", "export.silhouette_refine=false"]  # textured mesh = mesh.ply
     for kv in FAST_EXPORT.split():
         cmd += ["--set", kv]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
