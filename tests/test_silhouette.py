@@ -72,3 +72,11 @@ def test_outline_vertices_move_onto_the_mask_edges_each_by_its_own_amount():
     radial = np.linalg.norm(out, axis=1) - START
     tangential = np.linalg.norm(out - (np.linalg.norm(out, axis=1, keepdims=True)) * normals, axis=1)
     assert tangential.max() < 1e-5 and radial.max() <= 1.5 * DIST / FOCAL + 1e-5, (tangential.max(), radial.max())
+
+    # A second cap from the same start reuses the first round's measurement (the export tries two) and ends where
+    # a fresh run would.
+    shared: dict = {}
+    refine_silhouette(v, f, normals, K, c2w, masks, SilhouetteOptions(margin_px=0.0, max_px=0.75), first_round=shared)
+    assert shared["missed"] == missed0
+    again = refine_silhouette(v, f, normals, K, c2w, masks, SilhouetteOptions(margin_px=0.0), first_round=shared)
+    assert np.array_equal(again, out)

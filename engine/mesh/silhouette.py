@@ -204,7 +204,7 @@ def _mask_view(K: Any, c2w: Any, mask: Any) -> _MaskView:
 
 def refine_silhouette(
     vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray, K: Any, c2w: Any, masks: Any,
-    options: SilhouetteOptions | None = None, stats: dict | None = None,
+    options: SilhouetteOptions | None = None, stats: dict | None = None, first_round: dict | None = None,
 ) -> np.ndarray:
     """Moves the mesh's outline onto the masks' edges, vertex by vertex (see the module docstring). On the CPU:
     a few rasterisations of each view (progress and cancel through ``engine.liveness``, a view each).
@@ -216,6 +216,8 @@ def refine_silhouette(
         stats: filled with ``views`` (measured), ``missed`` (mask pixels the mesh missed, summed over those views,
             before each round) and ``moved_px`` (median and largest move of the vertices that
             moved, in median pixel footprints).
+        first_round: the first round's measurement (which does not depend on ``max_px``), kept here by the first
+            call and reused by later calls given the same dict and the same mesh, views and options otherwise.
     Returns:
         (V, 3) float32 moved vertices.
     """
@@ -271,8 +273,14 @@ def refine_silhouette(
 
     for r in range(opts.rounds):
         v = v0 + offset[:, None] * n
-        ask, weight = torch.zeros(len(v0)), torch.zeros(len(v0))
-        missed.append(measure(v, r, ask, weight))
+        if r == 0 and first_round:
+            ask, weight = first_round["ask"], first_round["weight"]
+            missed.append(first_round["missed"])
+        else:
+            ask, weight = torch.zeros(len(v0)), torch.zeros(len(v0))
+            missed.append(measure(v, r, ask, weight))
+            if r == 0 and first_round is not None:
+                first_round.update(ask=ask, weight=weight, missed=missed[0])
         asked = weight > 0
         if not asked.any():
             break
@@ -322,9 +330,11 @@ def best_refinement(
     best = np.asarray(vertices, np.float32)
     scores = {0.0: judge(best[seams])}
     chosen: dict = {"cap_px": None}
+    first_round: dict = {}
     for cap in caps:
         found: dict = {}
-        moved = refine_silhouette(vertices, faces, normals, K, c2w, masks, SilhouetteOptions(max_px=cap), found)
+        moved = refine_silhouette(vertices, faces, normals, K, c2w, masks, SilhouetteOptions(max_px=cap), found,
+                                  first_round)
         scores[cap] = judge(moved[seams])
         if scores[cap] > max(v for k, v in scores.items() if k != cap):
             best, chosen = moved, {**found, "cap_px": cap}
