@@ -296,9 +296,6 @@ class LossWeights:
     points: Schedulable = schedule(0.0, low=0)
     """Hinge lifting the foreground opacity to at least 0.5 on rays through the capture's sparse points
     (COLMAP-layout data without masks; engine/point_prior.py); needs the packed sampler."""
-    point_sdf: Schedulable = schedule(0.0, low=0)
-    """|sdf| at the capture's sparse points: the zero level pulled through them (COLMAP-layout data without masks;
-    engine/point_prior.py); needs the packed sampler."""
 
 
 @dataclass

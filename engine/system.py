@@ -277,8 +277,6 @@ class NeuSSystem(L.LightningModule):
         if self.point_rays is not None and weights.get("points", 0) > 0:
             outputs = self._with_point_prior(outputs, weights["points"])
             timer.mark("point_prior")
-        if self.point_rays is not None and weights.get("point_sdf", 0) > 0:
-            outputs = self._with_point_sdf(outputs, weights["point_sdf"])
         self._record_step(*outputs, n_rays=origins.shape[0])
         if not self.static:  # the packed sampler knows its sample count on the host already
             self.n_rays = next_ray_count(self.n_rays, outputs[2], t.target_samples, t.min_rays,
@@ -296,20 +294,10 @@ class NeuSSystem(L.LightningModule):
         loss, terms, *rest = outputs
         return (loss + weight * term, {**terms, "points": term.detach()}, *rest)
 
-    def _with_point_sdf(self, outputs: tuple, weight: float) -> tuple:
-        """``outputs`` with the ``point_sdf`` loss added: the SDF's magnitude at a batch of the sparse points."""
-        points = self.point_rays.points
-        pick = torch.randint(len(points), (min(len(points), 4 * int(self.cfg.train.point_rays)),),
-                             device=points.device)
-        term = self.model.sdf(points[pick]).abs().mean()
-        loss, terms, *rest = outputs
-        return (loss + weight * term, {**terms, "point_sdf": term.detach()}, *rest)
-
     def attach_point_prior(self, data_dir, scene, train_idx: np.ndarray) -> str | None:
         """Turns the ``points`` loss on when it is wanted and the capture has sparse points (engine/point_prior.py),
         and keeps their occupancy cells. Returns a line for the log, or None when the loss is not wanted."""
-        if not (_may_be_positive(self.cfg.train.loss.points) or _may_be_positive(self.cfg.train.loss.point_sdf)) \
-                or self.use_mask:
+        if not _may_be_positive(self.cfg.train.loss.points) or self.use_mask:
             return None
         if self.static:
             return "the sparse-point prior (train.loss.points) needs the packed sampler: off with model.sampler=static"
