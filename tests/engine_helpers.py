@@ -58,14 +58,19 @@ def group_gone(pgid: int, within_s: float) -> bool:
         time.sleep(0.05)
 
 
+def training_progress(event: dict) -> bool:
+    """A training step's ``progress`` event (a long phase's own, e.g. loading's, names its ``stage``)."""
+    return event["event"] == "progress" and event.get("stage") is None
+
+
 def lines_until_step(proc: subprocess.Popen, step: int) -> list[str]:
-    """Reads ``proc``'s protocol lines until a ``progress`` event reaches ``step`` or the stream ends; returns the
-    lines read (hand them to :func:`parse_events` with the rest of the output)."""
+    """Reads ``proc``'s protocol lines until training's ``progress`` reaches ``step`` or the stream ends; returns
+    the lines read (hand them to :func:`parse_events` with the rest of the output)."""
     lines = []
     for line in proc.stdout:
         lines.append(line)
         event = json.loads(line)
-        if event["event"] == "progress" and event["step"] >= step:
+        if training_progress(event) and event["step"] >= step:
             break
     return lines
 

@@ -210,7 +210,7 @@ def test_cancel_imports_the_current_mesh_then_resume_finishes_the_run(bpy, tmp_p
     resumed = job_driver.active()
     assert "--resume" in resumed.process.argv and resumed.request.run_dir == tmp_path / "runs" / "run_001"
     first_steps = []
-    pump(lambda st: first_steps.append(st.step) and False)
+    pump(lambda st: st.stage == "training" and first_steps.append(st.step) and False)  # loading counts libraries
     s = bpy.context.scene.neus
     assert s.state == "done" and s.step == 20, s.last_error
     assert min(x for x in first_steps if x > 0) >= cancelled_at  # continued, not restarted

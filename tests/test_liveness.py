@@ -28,6 +28,7 @@ from engine_helpers import (
     run_engine,
     start_engine,
     stop_and_wait,
+    training_progress,
 )
 from paths import needs_sample
 
@@ -91,7 +92,7 @@ def test_each_way_to_cancel_fit_ends_it_within_2_5_s_and_resume_goes_on(tmp_path
     assert end.code == 130, end.stderr[-3000:]
     assert "--set and --config are ignored" in end.stderr  # the saved config.yaml wins, and the user is told so
     assert next(e for e in end.events if e["event"] == "start")["start_step"] == step
-    assert next(e for e in end.events if e["event"] == "progress")["step"] == step + 1
+    assert next(e for e in end.events if training_progress(e))["step"] == step + 1
     cancelled = end.final
     assert cancelled["event"] == "cancelled" and (cancelled["reason"], cancelled["export"]) == ("request", "done")
     assert cancelled["mesh"] == str((run / "mesh.ply").resolve()) and (run / "mesh.ply").is_file()
@@ -238,7 +239,7 @@ def test_engine_ends_itself_when_its_parent_dies_or_its_stdin_closes(tmp_path):
         cwd=REPO, env=engine_env(), stdout=subprocess.PIPE, text=True)
     parent_pid, _ = (int(x) for x in launcher.stdout.readline().split())
     deadline = time.monotonic() + 300
-    while not any(e["event"] == "progress" and e["step"] >= 3 for e in _events(events_file)):
+    while not any(training_progress(e) and e["step"] >= 3 for e in _events(events_file)):
         assert time.monotonic() < deadline and launcher.poll() is None, err_file.read_text()[-3000:]
         time.sleep(0.1)
     os.kill(parent_pid, signal.SIGKILL)
