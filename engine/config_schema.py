@@ -412,9 +412,10 @@ class ExportConfig:
     surface sits a fraction of a pixel inside the masks' edges). Needs masks; measured better on held-out views of
     three scenes (BENCHMARKS.md, 2026-12-03 fidelity)."""
     silhouette_refine: bool = True
-    """Textured mesh: then move each vertex of the outline onto the training views' mask edges (at most 1.5 pixels,
-    engine/mesh/silhouette.py), the rest of the surface following as a sheet. Needs masks; measured +2.7 dB on the
-    bundled scene's held-out views (BENCHMARKS.md, 2026-12-04 fourth session)."""
+    """Textured mesh: then move each vertex of the outline onto the training views' mask edges, the rest of the
+    surface following as a sheet (engine/mesh/silhouette.py; at most 0.75 or 1.5 pixels, whichever the training
+    views score better, or not at all). Needs masks; measured +3.5 dB on the bundled scene's held-out views and +3.4
+    on a thin-part scene, +0.1 on fine patterns and DTU 65 (BENCHMARKS.md, 2026-12-04 fourth session)."""
     fidelity: bool = True
     """After texturing, render the asset unlit from the run's held-out views (else every 8th view) and compare it
     with the photos (masked PSNR): ``done``'s ``fidelity`` and ``fidelity.json``. A few rasterised views: seconds."""

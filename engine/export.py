@@ -216,7 +216,8 @@ def fit_silhouette(scene, asset: TexturedMesh, textured: Mesh, normals: np.ndarr
 
 def silhouette_fields(found: dict) -> dict:
     """``done``'s figures of :func:`fit_silhouette` (PROTOCOL.md): ``silhouette_offset`` and, when refined,
-    ``silhouette_refine`` (views measured, mask pixels missed before each round and after, moves in pixels)."""
+    ``silhouette_refine`` (cap chosen and its scores, views measured, mask pixels missed before each round, moves
+    in pixels)."""
     fields = {"silhouette_offset": round(float(found["offset"]), 6)}
     if "refine" in found:
         fields["silhouette_refine"] = {k: found["refine"].get(k) for k in ("cap_px", "psnr", "views", "missed",
