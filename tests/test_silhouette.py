@@ -26,15 +26,15 @@ def _cameras() -> tuple[np.ndarray, np.ndarray]:
     return np.repeat(K[None], len(c2w), 0), c2w
 
 
-def _ellipsoid_mask(K: np.ndarray, c2w: np.ndarray) -> np.ndarray:
-    """(SIZE, SIZE) bool: pixel centres whose ray meets the ellipsoid."""
-    ys, xs = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)
+def _ellipsoid_mask(K: np.ndarray, c2w: np.ndarray, width: int = SIZE, height: int = SIZE) -> np.ndarray:
+    """(height, width) bool: pixel centres whose ray meets the ellipsoid."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
     d_cv = np.stack([(xs - K[0, 2]) / K[0, 0], (ys - K[1, 2]) / K[1, 1], np.ones_like(xs)], -1).reshape(-1, 3)
     d = (d_cv * [1.0, -1.0, -1.0]) @ c2w[:, :3].T
     o = c2w[:, 3] / AXES  # in the frame where the ellipsoid is the unit sphere
     d = d / AXES
     a, b, c = (d * d).sum(1), 2 * d @ o, o @ o - 1
-    return (b * b - 4 * a * c >= 0).reshape(SIZE, SIZE)
+    return (b * b - 4 * a * c >= 0).reshape(height, width)
 
 
 def _missed_and_over(v: np.ndarray, f: np.ndarray, K: np.ndarray, c2w: np.ndarray, masks: list) -> tuple[int, int]:
@@ -80,3 +80,25 @@ def test_outline_vertices_move_onto_the_mask_edges_each_by_its_own_amount():
     assert shared["missed"] == missed0
     again = refine_silhouette(v, f, normals, K, c2w, masks, SilhouetteOptions(margin_px=0.0), first_round=shared)
     assert np.array_equal(again, out)
+
+
+def test_big_masks_are_measured_at_a_fraction_of_their_size():
+    """A mask over ``VISIBILITY_MAX_PIXELS`` (here 2400 x 1800) is measured at half size with intrinsics to match:
+    the same ellipsoid seen by the same camera at 1200 x 900 (ray-cast at those pixel centres) differs from it only
+    along the edge."""
+    from datasets.geometry import scale_intrinsics
+    from engine.mesh.silhouette import _mask_view
+
+    K, c2w = _cameras()
+    big_K = K[0].copy()
+    big_K[:2] *= 12  # 200 px -> 2400 px wide, the same field of view
+    big_K[:2, 2] = [(2400 - 1) / 2, (1800 - 1) / 2]
+    big = _ellipsoid_mask(big_K, c2w[0], 2400, 1800)
+    view = _mask_view(big_K, c2w[0], big)
+    assert tuple(view.mask.shape) == (900, 1200)
+    assert np.allclose(view.K.numpy(), scale_intrinsics(big_K, 2), atol=1e-4)
+    half = _ellipsoid_mask(scale_intrinsics(big_K, 2), c2w[0], 1200, 900)
+    assert int((view.mask.numpy() != half).sum()) < 0.01 * half.sum(), int((view.mask.numpy() != half).sum())
+    # The signed distance is positive inside, negative outside, half a pixel at the pixels next to the edge.
+    d = view.distance.numpy()
+    assert (d[view.mask.numpy()] >= 0.5).all() and (d[~view.mask.numpy()] <= -0.5).all()
