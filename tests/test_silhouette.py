@@ -102,3 +102,13 @@ def test_big_masks_are_measured_at_a_fraction_of_their_size():
     # The signed distance is positive inside, negative outside, half a pixel at the pixels next to the edge.
     d = view.distance.numpy()
     assert (d[view.mask.numpy()] >= 0.5).all() and (d[~view.mask.numpy()] <= -0.5).all()
+
+
+def test_a_mask_without_an_edge_in_the_frame_puts_the_edge_beyond_it():
+    """A view the object fills, or misses: every pixel is as far inside (outside) as the frame is wide, so the
+    vertices it asks move by the cap, outwards (inwards), never by a distance measured from a corner."""
+    from engine.mesh.silhouette import _signed_mask_distance
+
+    full, empty = _signed_mask_distance(np.ones((30, 40), bool)), _signed_mask_distance(np.zeros((30, 40), bool))
+    assert (full == 70).all() and (empty == -70).all()
+

@@ -153,6 +153,8 @@ def _signed_mask_distance(mask: np.ndarray) -> np.ndarray:
     next to the edge lies half a pixel from it)."""
     from scipy.ndimage import distance_transform_edt
 
+    if mask.all() or not mask.any():  # no edge in the frame: it lies beyond the frame, past any cap
+        return np.full(mask.shape, float(sum(mask.shape)) * (1 if mask.all() else -1), np.float32)
     inside = distance_transform_edt(mask) - 0.5
     outside = distance_transform_edt(~mask) - 0.5
     return np.where(mask, inside, -outside).astype(np.float32)
