@@ -283,8 +283,9 @@ def distortion_loss(weights: Tensor, t_mid: Tensor, t_len: Tensor, ray_indices: 
 
 
 def _masked_mean(values: Tensor, weights: Tensor) -> Tensor:
-    """Mean of ``values`` (N, ...) over the rows whose weight (N,) is 1 (0 when none is)."""
-    per_row = values.reshape(values.shape[0], -1).mean(1)
+    """Mean of ``values`` (N, ...) over the rows whose weight (N,) is 1 (0 when none is, or N is 0: a step whose
+    rays found no foreground sample, e.g. once pruning emptied the occupancy grid)."""
+    per_row = values.reshape(values.shape[0], math.prod(values.shape[1:])).mean(1)
     return (per_row * weights).sum() / weights.sum().clamp_min(1.0)
 
 

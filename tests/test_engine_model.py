@@ -47,6 +47,23 @@ def test_every_loss_is_computed_and_reaches_the_parameters():
     assert model.geometry.encoding.table.grad.abs().sum() > 0
 
 
+def test_a_step_without_foreground_samples_still_trains_the_background():
+    """Rays that miss the foreground sphere give no foreground sample at all (as every ray does once pruning has
+    emptied the occupancy grid): every loss is finite, the sample losses are 0, and the background still learns."""
+    cfg = build_config("preview", "colmap", False, overrides=[f"train.loss.{k}=0.5" for k in ALL_LOSSES])
+    resolve_auto(cfg, has_masks=False, device_type="cpu")
+    model = NeuSModel(cfg.model)
+    o = torch.tensor([[0.0, 0.0, 3.0], [3.0, 0.0, 0.0], [0.0, -3.0, 0.0]])
+    d = torch.nn.functional.normalize(o, dim=-1)  # straight away from the sphere
+    out = model.render_rays(o, d, torch.ones(3), stratified=True)
+    assert int(out.n_samples) == 0 and out.sdf.numel() == 0
+    loss, terms = compute_losses(model, out, torch.rand(3, 3), None, cfg.train.loss, step=0)
+    assert torch.isfinite(loss) and all(torch.isfinite(v) for v in terms.values()), terms
+    assert terms["eikonal"] == 0
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.background.parameters())
+
+
 def test_zero_weight_losses_are_skipped():
     cfg, model = _small_model(**{"train.loss.sparsity": 0.0, "train.loss.eikonal": 0.0})
     o, d = _rays(16)
