@@ -196,19 +196,22 @@ def fit_silhouette(scene, asset: TexturedMesh, textured: Mesh, normals: np.ndarr
 
     idx = texturing_views(scene, holdout_every, opts.color_views)
     images, masks = [scene.images[i] for i in idx], [scene.masks[i] for i in idx]
+    # One judge for both steps: the offset's own score is the refinement's baseline.
+    judge = AssetJudge(asset.faces, asset.uvs, asset.texture, scene.K[idx], scene.c2w[idx], images, masks,
+                       device=device)
     found: dict = {"offset": 0.0}
     vertices = np.asarray(textured[0], np.float32)
+    unmoved_psnr = None
     if opts.silhouette_fit:
         offset, scores = silhouette_offset(asset.vertices, asset.faces, normals[asset.source_index], asset.uvs,
-                                           asset.texture, scene.K[idx], scene.c2w[idx], images, masks, device=device)
+                                           asset.texture, scene.K[idx], scene.c2w[idx], images, masks, judge=judge)
         vertices = (vertices + offset * normals).astype(np.float32)
         found.update(offset=offset, psnr=scores)
+        unmoved_psnr = scores[offset]
     if opts.silhouette_refine:
-        judge = AssetJudge(asset.faces, asset.uvs, asset.texture, scene.K[idx], scene.c2w[idx], images, masks,
-                           device=device)
         found["refine"] = {}
         vertices = best_refinement(vertices, textured[1], normals, asset.source_index, judge, scene.K[idx],
-                                   scene.c2w[idx], masks, stats=found["refine"])
+                                   scene.c2w[idx], masks, stats=found["refine"], unmoved_psnr=unmoved_psnr)
     if stats is not None:
         stats["silhouette"] = found
     return asset._replace(vertices=vertices[asset.source_index])

@@ -37,6 +37,12 @@ from .raster import project, rasterize_view
 from .texture_refine import foreground_mask
 
 
+def median_footprint(K: list[torch.Tensor], c2w: list[torch.Tensor], centre: torch.Tensor) -> float:
+    """Median size of a pixel at ``centre`` (3,) over the views (K (3, 3), c2w (3, 4) each): distance / focal."""
+    return float(np.median([float((c[:, 3] - centre.to(c)).norm()) / float(k[0, 0])
+                            for k, c in zip(K, c2w, strict=True)]))
+
+
 class AssetJudge:
     """The textured asset's masked PSNR on a few training views (a mask pixel the asset misses counting as white:
     what ``engine fidelity`` judges on held-out views), for any placement of its vertices.
@@ -60,10 +66,6 @@ class AssetJudge:
         self.photos = [torch.as_tensor(np.asarray(images[i])[..., :3], device=self.device) for i in pick]  # uint8
         self.renders = 0
 
-    def footprint(self, centre: torch.Tensor) -> float:
-        """Median size of a pixel at ``centre`` (3,) over the judged views (depth / focal length)."""
-        return float(np.median([float((c[:, 3] - centre.to(c)).norm()) / float(k[0, 0])
-                                for k, c in zip(self.K, self.c2w, strict=True)]))
 
     def __call__(self, vertices: Any, done: int = 0, total: int = 0) -> float:
         """Mean masked PSNR of the asset with these (V, 3) vertices; ticks (``done`` + views rendered, ``total``)."""
@@ -83,7 +85,7 @@ class AssetJudge:
 def silhouette_offset(
     vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray, uvs: np.ndarray, texture: np.ndarray, K: Any,
     c2w: Any, images: Any, masks: Any, step_px: float = 0.25, max_px: float = 3.0, max_views: int = 8,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "cpu", judge: AssetJudge | None = None,
 ) -> tuple[float, dict[float, float]]:
     """The offset along the normals (normalized units) at which the textured asset best reproduces the photos
     inside their masks (:class:`AssetJudge`), on the given (training) views.
@@ -100,13 +102,15 @@ def silhouette_offset(
         uvs: (V, 2); texture: (T, T, 3) uint8.
         K: (N, 3, 3); c2w: (N, 3, 4); images: N of (H, W, 3) uint8; masks: N of (H, W).
         max_views: views judged (evenly spaced).
+        judge: the asset's judge when the caller made one already (it judges the refinement after this too);
+            ``faces`` to ``masks``, ``max_views`` and ``device`` are then its own.
     Returns:
         the chosen offset and {offset: mean masked PSNR} of every offset tried.
     """
-    judge = AssetJudge(faces, uvs, texture, K, c2w, images, masks, max_views, device)
+    judge = judge or AssetJudge(faces, uvs, texture, K, c2w, images, masks, max_views, device)
     v = torch.as_tensor(np.asarray(vertices, np.float32), device=judge.device)
     n = torch.as_tensor(np.asarray(normals, np.float32), device=judge.device)
-    footprint = judge.footprint(v.mean(0))
+    footprint = median_footprint(judge.K, judge.c2w, v.mean(0))
     scores: dict[float, float] = {}
 
     def psnr(steps: int) -> float:
@@ -231,14 +235,14 @@ def refine_silhouette(
     edges = torch.unique(torch.cat([edges, edges.flip(1)]), dim=0)
     if len(K) == 0 or len(v0) == 0:
         return v0.numpy().copy()
-    first = foreground_mask(masks[0]).shape
+    first = tuple(masks[0].shape[:2])
     s = map_scale(*first)
     per_view = (first[0] // s) * (first[1] // s)
     count = min(opts.max_views, len(K), max(8, opts.pixel_budget // max(per_view, 1)))
     pick = np.unique(np.linspace(0, len(K) - 1, count).round().astype(int))
     views = [_mask_view(K[i], c2w[i], masks[i]) for i in pick]
     centre = v0.mean(0)
-    footprint = float(np.median([float((mv.c2w[:, 3] - centre).norm()) / float(mv.K[0, 0]) for mv in views]))
+    footprint = median_footprint([mv.K for mv in views], [mv.c2w for mv in views], centre)
     limit = opts.max_px * footprint
     offset = torch.zeros(len(v0))
     missed: list[int] = []
@@ -314,6 +318,7 @@ a scene of fine checkers and stripes at 0.75 (BENCHMARKS.md); the training views
 def best_refinement(
     vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray, seams: np.ndarray, judge: AssetJudge, K: Any,
     c2w: Any, masks: Any, caps: tuple[float, ...] = REFINE_CAPS_PX, stats: dict | None = None,
+    unmoved_psnr: float | None = None,
 ) -> np.ndarray:
     """:func:`refine_silhouette` with each cap of ``caps``, keeping the result (or the unmoved mesh) whose asset
     ``judge`` scores best.
@@ -325,12 +330,13 @@ def best_refinement(
         K, c2w, masks: the views to refine on (see :func:`refine_silhouette`).
         stats: filled with the chosen refinement's figures (:func:`refine_silhouette`), ``cap_px`` (None: unmoved)
             and ``psnr`` ({cap or 0: judged PSNR}).
+        unmoved_psnr: ``judge``'s score of ``vertices`` when known already (the offset's search judged them).
     Returns:
         (V, 3) float32 welded vertices.
     """
     seams = np.asarray(seams, np.int64)
     best = np.asarray(vertices, np.float32)
-    scores = {0.0: judge(best[seams])}
+    scores = {0.0: judge(best[seams]) if unmoved_psnr is None else unmoved_psnr}
     chosen: dict = {"cap_px": None}
     first_round: dict = {}
     for cap in caps:
@@ -345,5 +351,5 @@ def best_refinement(
     return best
 
 
-__all__ = ["REFINE_CAPS_PX", "AssetJudge", "SilhouetteOptions", "best_refinement", "refine_silhouette",
-           "silhouette_offset"]
+__all__ = ["REFINE_CAPS_PX", "AssetJudge", "SilhouetteOptions", "best_refinement", "median_footprint",
+           "refine_silhouette", "silhouette_offset"]
