@@ -163,7 +163,7 @@ def test_headless_bad_arguments_and_scene_give_one_line(tmp_path, case):
     assert not (tmp_path / "run").exists()
 
 
-def test_timer_driven_run_with_live_preview(bpy, tmp_path):
+def test_timer_driven_run_with_live_preview(bpy, tmp_path, capsys):
     from neus_blender_addon import job_driver
 
     s = bpy.context.scene.neus
@@ -184,8 +184,10 @@ def test_timer_driven_run_with_live_preview(bpy, tmp_path):
     seen = pump(lambda st: False)
     assert s.state == "done" and not s.running and not job_driver.is_running()
     steps = [x["step"] for x in seen if x["stage"] == "training"]
-    # live progress; later phases (validating, extracting, ...) show their own counts in the same field
-    assert any(0 < step < STEPS for step in steps) and max(steps) == STEPS
+    # live progress; later phases (validating, extracting, ...) show their own counts in the same field, so a tick
+    # that applies the last step and the next stage together shows the stage: the last step is read in the console
+    assert any(0 < step < STEPS for step in steps) and steps == sorted(steps) and max(steps) <= STEPS
+    assert f"[neus] Training {STEPS}/{STEPS} (100%)" in capsys.readouterr().out
     assert any(0 < x["progress"] < 1 for x in seen) and s.progress == 1.0
     assert any(x["preview"] for x in seen)  # the live preview appeared ...
     assert not any(o.name.endswith("NeuS run_001 preview") for o in bpy.data.objects)  # ... and made way for the result
