@@ -66,7 +66,6 @@ class AssetJudge:
         self.photos = [torch.as_tensor(np.asarray(images[i])[..., :3], device=self.device) for i in pick]  # uint8
         self.renders = 0
 
-
     def __call__(self, vertices: Any, done: int = 0, total: int = 0) -> float:
         """Mean masked PSNR of the asset with these (V, 3) vertices; ticks (``done`` + views rendered, ``total``)."""
         from .fidelity import render_textured
