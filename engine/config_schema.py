@@ -296,6 +296,31 @@ class LossWeights:
     points: Schedulable = schedule(0.0, low=0)
     """Hinge lifting the foreground opacity to at least 0.5 on rays through the capture's sparse points
     (COLMAP-layout data without masks; engine/point_prior.py); needs the packed sampler."""
+    sweep: Schedulable = schedule(0.0, low=0)
+    """|sdf| where a photo-consistency sweep along wrong, nearly transparent rays finds the scene (training without
+    masks; engine/photo_sweep.py, ``train.sweep``); needs the packed sampler."""
+
+
+@dataclass
+class SweepConfig:
+    """The photo-consistency sweep behind ``train.loss.sweep`` (engine/photo_sweep.py)."""
+
+    rays: int = at_least(1, 64)
+    """Most of a step's rays swept: those rendered wrong and nearly transparent."""
+    error: float = positive(0.1)
+    """A ray is wrong when its render's mean absolute channel error exceeds this."""
+    max_opacity: float = positive(0.5)
+    """... and nearly transparent below this foreground opacity."""
+    depths: int = at_least(2, 128)
+    """Jittered depths per ray through the foreground sphere."""
+    views: int = at_least(1, 8)
+    """Training views drawn per ray to project the depths into."""
+    tolerance: float = positive(0.06)
+    """A projected pixel agrees with the ray's when their mean absolute channel difference is below this."""
+    min_agreement: float = positive(0.5)
+    """The best depth needs this share of its views to agree (and 0.3 more than the ray's median depth)."""
+    peak_width: int = at_least(1, 3)
+    """At most this many depths may come within 0.15 of the best's share: one clear peak, not a grazing ray."""
 
 
 @dataclass
@@ -343,6 +368,8 @@ class TrainConfig:
     """Loss weights, each a number or a schedule {start, end, start_step, end_step}."""
     point_rays: int = at_least(1, 64)
     """Rays per step through the sparse points, for ``loss.points``."""
+    sweep: SweepConfig = section(SweepConfig)
+    """The photo-consistency sweep behind ``loss.sweep``."""
     compile: Switch = "auto"
     """torch.compile the fields; auto: on CUDA."""
     cuda_graphs: bool = False

@@ -18,6 +18,7 @@ from .compile_cache import enable_compile_cache
 from .fullstep import TRACES_AUTOGRAD, FusedStep, configure_dynamo
 from .guard import StepGuard
 from .model import NeuSModel, compute_losses, point_prior_loss, scheduled
+from .photo_sweep import SweepViews, sweep_targets
 from .point_prior import PointRays, foreground_points
 from .profiling import STEP_LISTENERS
 from .rays import directions_from_pixels
@@ -159,6 +160,7 @@ class NeuSSystem(L.LightningModule):
         self.model = NeuSModel(cfg.model)
         self.rays = rays
         self.point_rays: PointRays | None = None  # attach_point_prior
+        self.photo_sweep = False  # attach_photo_sweep
         self.n_rays = cfg.train.init_rays
         self.last_stats: dict[str, Tensor | int] = {}
         # Plain values, read once: compiled code must not reach into the (typed OmegaConf) config.
@@ -294,6 +296,30 @@ class NeuSSystem(L.LightningModule):
         loss, terms, *rest = outputs
         return (loss + weight * term, {**terms, "points": term.detach()}, *rest)
 
+    def _photo_sweep_term(self, out, origins: Tensor, dirs: Tensor, rgb: Tensor) -> Tensor:
+        """The ``sweep`` loss of a step (engine/photo_sweep.py): of the step's rays (R, 3 each), those rendered wrong
+        and nearly transparent in ``out`` are swept through the photos; |sdf| where the photos place them, summed
+        and divided by R (a per-ray loss, 0 on the rays without a target) -> ()."""
+        c = self.cfg.train.sweep
+        with torch.no_grad():
+            wrong = ((out.rgb - rgb).abs().mean(-1) > c.error) & (out.opacity < c.max_opacity)
+            pick = torch.nonzero(wrong).squeeze(1)[:c.rays]
+            photos = SweepViews(self.rays.images, self.rays.K, self.rays.c2w, self.rays.views)
+            targets, _ = sweep_targets(origins[pick], dirs[pick], rgb[pick], photos, float(self.cfg.model.radius),
+                                       c.depths, c.views, c.tolerance, c.min_agreement, c.peak_width)
+        return self.model.geometry.sdf(targets).abs().sum() / origins.shape[0]  # model.sdf is gradient-free
+
+    def attach_photo_sweep(self) -> str | None:
+        """Turns the ``sweep`` loss on when it is wanted (training without masks; engine/photo_sweep.py). Returns a
+        line for the log, or None when the loss is not wanted."""
+        if not _may_be_positive(self.cfg.train.loss.sweep) or self.use_mask:
+            return None
+        if self.static:
+            return ("the photo-consistency sweep (train.loss.sweep) needs the packed sampler: off with "
+                    "model.sampler=static")
+        self.photo_sweep = True
+        return f"photo-consistency sweep: up to {self.cfg.train.sweep.rays} wrong rays a step pull the surface"
+
     def attach_point_prior(self, data_dir, scene, train_idx: np.ndarray) -> str | None:
         """Turns the ``points`` loss on when it is wanted and the capture has sparse points (engine/point_prior.py),
         and keeps their occupancy cells. Returns a line for the log, or None when the loss is not wanted."""
@@ -394,6 +420,9 @@ class NeuSSystem(L.LightningModule):
         """
         out = self.model.render_rays(origins, dirs, bg, stratified=True)
         loss, terms = compute_losses(self.model, out, rgb, mask, weights, 0)
+        if self.photo_sweep and weights.get("sweep", 0) > 0:  # never under the static sampler (attach_photo_sweep)
+            term = self._photo_sweep_term(out, origins, dirs, rgb)
+            loss, terms = loss + weights["sweep"] * term, {**terms, "sweep": term.detach()}
         with torch.no_grad():
             c = out.complete.float()
             mse = (((out.rgb - rgb) ** 2).mean(-1) * c).sum() / c.sum().clamp_min(1.0)

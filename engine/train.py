@@ -213,9 +213,9 @@ def run_fit(req: FitRequest, emitter: Emitter, cancel: CancelToken, prepared: Pr
     # Nothing is written until the model, the checkpoint and the trainer are known to work with this config.
     with config_errors_as_input(run.config_file if req.resume else None):
         system = NeuSSystem(cfg, rays)
-    prior = system.attach_point_prior(req.data_dir, scene, train_idx)
-    if prior is not None:
-        emitter.log(prior)
+    for note in (system.attach_point_prior(req.data_dir, scene, train_idx), system.attach_photo_sweep()):
+        if note is not None:
+            emitter.log(note)
     start_step = 0
     ckpt = run.checkpoint if req.resume else None
     saved_state = None

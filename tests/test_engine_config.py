@@ -80,11 +80,13 @@ def test_saved_run_config(tmp_path):
 def test_no_mask_defaults_apply_exactly_when_training_without_masks():
     with_masks = build_config("preview", "dtu", has_masks=True)
     assert with_masks.model.min_inv_s == 0.0 and with_masks.train.loss.sparsity > 0  # dtu_mask layer
+    assert with_masks.train.loss.sweep == 0  # the mask says where the thin parts are
     for cfg in (build_config("preview", "colmap", has_masks=False),
                 build_config("preview", "dtu", has_masks=True, overrides=["data.use_mask=false"])):
         assert cfg.model.background.start_radius == 2.0
         assert cfg.model.min_inv_s.end_step == cfg.train.steps  # the floor rises over the whole run
         assert cfg.train.loss.sparsity == 0.0  # masks switched off: not the dtu_mask defaults either
+        assert cfg.train.loss.sweep > 0  # engine/photo_sweep.py
     # The user's layers still win over the no-mask defaults.
     cfg = build_config("quality", "colmap", overrides=["model.min_inv_s=0", "model.background.start_radius=1.5"])
     assert cfg.model.min_inv_s == 0 and cfg.model.background.start_radius == 1.5

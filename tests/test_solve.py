@@ -406,6 +406,7 @@ def test_the_sparse_point_prior_holds_the_foreground_where_the_points_are(solved
                                   "--progress", "jsonl", "--set", "export.resolution=48", *extra, timeout=600)
         assert code == 0, err[-3000:]
         assert ("sparse-point prior:" in err) == (name == "prior"), err[-3000:]  # the log names the points used
+        assert "photo-consistency sweep:" in err, err[-3000:]  # on in every fit without masks
         _, model = RunDir(run).load_model("cpu")
         with torch.no_grad():
             opacity = model.render_rays(origins, dirs, torch.ones(len(origins), 3), stratified=False).opacity

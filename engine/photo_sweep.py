@@ -1,0 +1,98 @@
+"""A per-ray photo-consistency sweep that pulls the surface onto thin parts when training without masks.
+
+Without masks the learned background competes with the surface for every pixel. A part a few pixels wide (an
+antenna, a handle) gets painted into the background before the surface grows into it; from then on the render is
+right on every photo and nothing pulls the surface there (engine/BENCHMARKS.md, fifth session). Its SfM points do not
+survive matching either, so the sparse-point prior (engine/point_prior.py) cannot hold it.
+
+The photos still say where such a part is. A training ray whose render is wrong and nearly transparent is followed
+through the foreground sphere at a few hundred depths; each depth is projected into a few other training views, and
+the depth whose pixels there have the ray's colour in most of them is where the ray meets the scene, when that
+agreement is a single clear peak (a grazing ray or a flat colour agrees at many depths and is skipped). The
+``sweep`` loss (``train.loss.sweep``) is |sdf| at those depths: unlike an opacity target it has a gradient however
+far the field still is from a surface there.
+
+This is plane-sweep stereo for single rays, on the fly, on any device; no library of the field offers that (pycolmap's
+PatchMatch stereo needs CUDA and works on whole images offline), hence the few lines of tensor code here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class SweepViews:
+    """The training photos the sweep projects into: images (N, H, W, 3) uint8, K (N, 3, 3), c2w (N, 3, 4) OpenGL
+    axes, views (V,) the indices of the training views among them (the same tensors as the ray source's)."""
+
+    images: Tensor
+    K: Tensor
+    c2w: Tensor
+    views: Tensor
+
+
+def sphere_span(origins: Tensor, dirs: Tensor, radius: float) -> tuple[Tensor, Tensor]:
+    """Entry and exit distances of rays through the sphere of ``radius`` at the origin: origins, dirs (M, 3), dirs
+    unit length -> near, far (M,) (near >= 0; near == far for rays that miss)."""
+    b = (origins * dirs).sum(-1)
+    c = (origins * origins).sum(-1) - radius * radius
+    half = (b * b - c).clamp_min(0).sqrt()
+    return (-b - half).clamp_min(0), (-b + half).clamp_min(0)
+
+
+def project(points: Tensor, K: Tensor, c2w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Pixel coordinates of points in cameras: points (M, D, 3); K (M, V, 3, 3), c2w (M, V, 3, 4) OpenGL axes ->
+    u, v, depth, each (M, D, V) (depth <= 0: behind the camera)."""
+    rel = points[:, :, None] - c2w[:, None, :, :3, 3]  # (M, D, V, 3)
+    cam = torch.einsum("mvji,mdvj->mdvi", c2w[..., :3, :3], rel)  # world -> camera: R^T (p - t)
+    depth = -cam[..., 2]
+    x = cam[..., 0] / depth.clamp_min(1e-6)
+    y = -cam[..., 1] / depth.clamp_min(1e-6)  # OpenGL y up -> OpenCV y down
+    K = K[:, None]
+    u = K[..., 0, 0] * x + K[..., 0, 1] * y + K[..., 0, 2]
+    v = K[..., 1, 1] * y + K[..., 1, 2]
+    return u, v, depth
+
+
+def sweep_targets(origins: Tensor, dirs: Tensor, colours: Tensor, photos: SweepViews, radius: float, depths: int,
+                  views: int, tolerance: float, min_agreement: float, peak_width: int) -> tuple[Tensor, Tensor]:
+    """Where each ray meets the scene by photo-consistency, for the rays where that is clear.
+
+    Args:
+        origins, dirs: (M, 3) rays in the normalized frame, dirs unit length; colours: (M, 3) their pixels in [0, 1].
+        photos: the training views; radius: the foreground sphere's.
+        depths: jittered depths per ray between its sphere entry and exit; views: other photos drawn per ray.
+        tolerance: a projected pixel agrees when its mean absolute channel difference is below this.
+        min_agreement: the best depth needs at least this share of the views it projects into to agree (it must
+            project into at least half of them), and 0.3 more than the ray's median depth.
+        peak_width: and at most this many depths may come within 0.15 of its share (a single clear peak).
+    Returns:
+        points (T, 3), T <= M: the best depth of each ray that passed; rays (T,): their indices among the M.
+    """
+    m = origins.shape[0]
+    device = origins.device
+    if m == 0:
+        return origins.new_zeros((0, 3)), torch.zeros(0, dtype=torch.long, device=device)
+    near, far = sphere_span(origins, dirs, radius)
+    slots = torch.arange(depths, device=device) + torch.rand(m, depths, device=device)
+    t = near[:, None] + (far - near)[:, None] * slots / depths  # (M, D)
+    points = origins[:, None] + dirs[:, None] * t[..., None]  # (M, D, 3)
+    pick = photos.views[torch.randint(0, len(photos.views), (m, views), device=device)]  # (M, V)
+    u, v, depth = project(points, photos.K[pick], photos.c2w[pick])
+    _, h, w, _ = photos.images.shape
+    ui, vi = u.round().long(), v.round().long()
+    inside = (depth > 1e-6) & (ui >= 0) & (ui < w) & (vi >= 0) & (vi < h)
+    seen = photos.images[pick[:, None].expand_as(ui), vi.clamp(0, h - 1), ui.clamp(0, w - 1)].float() / 255.0
+    agree = ((seen - colours[:, None, None]).abs().mean(-1) < tolerance) & inside  # (M, D, V)
+    seen_by = inside.float().sum(-1)
+    # A depth that few of the views see agrees by chance too easily (one view that agrees is a share of 1).
+    share = torch.where(seen_by >= views / 2, agree.float().sum(-1) / seen_by.clamp_min(1.0), 0.0)  # (M, D)
+    best, at = share.max(1)
+    clear = (best >= min_agreement) & (best >= share.median(1).values + 0.3)
+    clear &= (share >= best[:, None] - 0.15).sum(1) <= peak_width
+    rays = torch.nonzero(clear).squeeze(1)
+    return points[rays, at[rays]], rays

@@ -1,0 +1,116 @@
+"""The photo-consistency sweep (engine/photo_sweep.py) on the bundled scene's real photos and cameras: rays through
+visible points of the ground-truth surface are placed on that surface, and a scene without texture places none."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from engine_helpers import SAMPLE
+from paths import needs_sample
+from scipy.spatial import cKDTree
+
+import datasets
+from engine.photo_sweep import SweepViews, sweep_targets
+
+pytestmark = needs_sample
+
+SWEEP = {"depths": 128, "views": 8, "tolerance": 0.06, "min_agreement": 0.5, "peak_width": 3}  # the defaults
+
+
+@pytest.fixture(scope="module")
+def scene_rays():
+    """The bundled scene, and rays from four of its cameras through ground-truth surface points they see:
+    (scene, gt mesh, origins (R, 3), dirs (R, 3), their pixels' colours (R, 3))."""
+    scene = datasets.load(SAMPLE)
+    gt = trimesh.load(SAMPLE / "gt_mesh_normalized.ply", process=False)
+    points = trimesh.sample.sample_surface(gt, 1500, seed=0)[0]
+    hit = trimesh.ray.ray_triangle.RayMeshIntersector(gt)
+    origins, dirs, colours = [], [], []
+    for i in (0, 10, 20, 30):
+        c2w, K = scene.c2w[i], scene.K[i]
+        o = c2w[:, 3]
+        d = points - o
+        dist = np.linalg.norm(d, axis=1)
+        d /= dist[:, None]
+        locations, ray_index, _ = hit.intersects_location(np.broadcast_to(o, d.shape), d, multiple_hits=False)
+        first = np.full(len(points), np.inf)
+        first[ray_index] = np.linalg.norm(locations - o, axis=1)
+        seen = first >= dist - 2e-3
+        cam = (points[seen] - o) @ c2w[:, :3] * [1, -1, -1]  # OpenGL -> OpenCV camera axes
+        px = cam @ K.T
+        ij = np.round(px[:, :2] / px[:, 2:3]).astype(int)
+        inside = (ij[:, 0] >= 0) & (ij[:, 0] < scene.width) & (ij[:, 1] >= 0) & (ij[:, 1] < scene.height)
+        origins.append(np.broadcast_to(o, (inside.sum(), 3)))
+        dirs.append(d[seen][inside])
+        colours.append(scene.images[i][ij[inside, 1], ij[inside, 0]] / 255.0)
+    as_tensor = lambda a: torch.as_tensor(np.concatenate(a), dtype=torch.float32)  # noqa: E731
+    return scene, gt, as_tensor(origins), as_tensor(dirs), as_tensor(colours)
+
+
+def photos_of(scene, images: np.ndarray) -> SweepViews:
+    return SweepViews(torch.from_numpy(images), torch.as_tensor(scene.K, dtype=torch.float32),
+                      torch.as_tensor(scene.c2w, dtype=torch.float32), torch.arange(scene.n_views))
+
+
+def test_rays_through_the_surface_are_placed_on_it(scene_rays):
+    """Measured: 742 of the 2206 rays placed (34 %), 93 % of those within 0.02 of the surface (its radius is 0.76),
+    median 0.0034; the rest are a clear peak elsewhere (a colour repeated along the ray)."""
+    scene, gt, origins, dirs, colours = scene_rays
+    torch.manual_seed(0)
+    targets, _ = sweep_targets(origins, dirs, colours, photos_of(scene, scene.images), 1.0, **SWEEP)
+    off = cKDTree(trimesh.sample.sample_surface(gt, 200_000, seed=1)[0]).query(targets.numpy())[0]
+    assert len(targets) >= 0.3 * len(origins), (len(targets), len(origins))
+    assert (off < 0.02).mean() >= 0.9 and np.median(off) < 0.005, np.quantile(off, [0.5, 0.9, 0.95])
+
+
+def test_the_single_peak_rule_keeps_ambiguous_rays_out(scene_rays):
+    """With any number of near-best depths allowed, more rays are placed and far more of them far off the surface
+    (measured: 1351 rays placed, 12.5 % of them beyond 0.1, against 742 and 3.2 %)."""
+    scene, gt, origins, dirs, colours = scene_rays
+    surface = cKDTree(trimesh.sample.sample_surface(gt, 200_000, seed=1)[0])
+    far = {}
+    for width in (SWEEP["peak_width"], SWEEP["depths"]):
+        torch.manual_seed(0)
+        targets, _ = sweep_targets(origins, dirs, colours, photos_of(scene, scene.images), 1.0,
+                                **{**SWEEP, "peak_width": width})
+        far[width] = float((surface.query(targets.numpy())[0] > 0.1).mean())
+    assert far[SWEEP["peak_width"]] < 0.05 and far[SWEEP["depths"]] > 3 * far[SWEEP["peak_width"]], far
+
+
+def test_a_scene_without_texture_places_nothing(scene_rays):
+    """A flat colour agrees at every depth: no single clear peak, no target."""
+    scene, _, origins, dirs, _ = scene_rays
+    flat = np.full_like(scene.images, 128)
+    torch.manual_seed(0)
+    targets, _ = sweep_targets(origins, dirs, torch.full_like(origins, 128 / 255), photos_of(scene, flat), 1.0, **SWEEP)
+    assert targets.shape == (0, 3)
+
+
+def test_a_step_without_masks_pulls_the_field_at_the_targets():
+    """The loss as training wires it: on in a no-mask fit, off with masks and under the static sampler, and its
+    term has a gradient on the SDF's weights (the field is pulled, not just evaluated)."""
+    from engine.config import build_config, resolve_auto
+    from engine.system import NeuSSystem, RaySource
+
+    scene = datasets.load(SAMPLE, downscale=2)
+
+    def system_for(*overrides: str) -> NeuSSystem:
+        cfg = build_config("preview", "dtu", has_masks=True, overrides=list(overrides))
+        resolve_auto(cfg, has_masks=True, device_type="cpu")
+        return NeuSSystem(cfg, RaySource(scene.images, scene.masks, scene.K, scene.c2w))
+
+    assert system_for().attach_photo_sweep() is None  # masks: not wanted
+    static = system_for("data.use_mask=false", "model.sampler=static")
+    assert "needs the packed sampler" in static.attach_photo_sweep() and not static.photo_sweep
+    system = system_for("data.use_mask=false")
+    assert system.attach_photo_sweep().startswith("photo-consistency sweep:") and system.photo_sweep
+    torch.manual_seed(0)
+    system.model.update_step(0)
+    origins, dirs, rgb, _, bg = system.draw_rays(2048)
+    out = system.model.render_rays(origins, dirs, bg, stratified=True)
+    term = system._photo_sweep_term(out, origins, dirs, rgb)
+    assert float(term) > 0  # the initial sphere explains little: wrong, transparent rays with a clear target
+    grads = torch.autograd.grad(term, list(system.model.geometry.parameters()), allow_unused=True)
+    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
