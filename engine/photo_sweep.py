@@ -6,11 +6,12 @@ right on every photo and nothing pulls the surface there (engine/BENCHMARKS.md, 
 survive matching either, so the sparse-point prior (engine/point_prior.py) cannot hold it.
 
 The photos still say where such a part is. A training ray whose render is wrong and nearly transparent is followed
-through the foreground sphere at a few hundred depths; each depth is projected into a few other training views, and
-the depth whose pixels there have the ray's colour in most of them is where the ray meets the scene, when that
-agreement is a single clear peak (a grazing ray or a flat colour agrees at many depths and is skipped). The
-``sweep`` loss (``train.loss.sweep``) is |sdf| at those depths: unlike an opacity target it has a gradient however
-far the field still is from a surface there.
+through the foreground sphere at many depths (``train.sweep.depths``); each depth is projected into a few training
+photos drawn for that ray, and the depth whose pixels there have the ray's colour in most of them is where the ray
+meets the scene, when that agreement is a single clear peak (a grazing ray or a flat colour agrees at many depths
+and is skipped). The ``sweep`` loss (``train.loss.sweep``) is |sdf| at those depths: unlike an opacity target it has
+a gradient however far the field still is from a surface there. Without masks the surroundings inside the region
+that the photos agree on become surface too (a table, a backdrop; engine/BENCHMARKS.md, sixth session).
 
 This is plane-sweep stereo for single rays, on the fly, on any device; no library of the field offers that (pycolmap's
 PatchMatch stereo needs CUDA and works on whole images offline), hence the few lines of tensor code here.
@@ -65,7 +66,8 @@ def sweep_targets(origins: Tensor, dirs: Tensor, colours: Tensor, photos: SweepV
     Args:
         origins, dirs: (M, 3) rays in the normalized frame, dirs unit length; colours: (M, 3) their pixels in [0, 1].
         photos: the training views; radius: the foreground sphere's.
-        depths: jittered depths per ray between its sphere entry and exit; views: other photos drawn per ray.
+        depths: jittered depths per ray between its sphere entry and exit; views: training photos drawn per ray (its
+            own may be among them: it agrees at every depth, so it moves no peak).
         tolerance: a projected pixel agrees when its mean absolute channel difference is below this.
         min_agreement: the best depth needs at least this share of the views it projects into to agree (it must
             project into at least half of them), and 0.3 more than the ray's median depth.

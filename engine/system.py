@@ -17,7 +17,7 @@ from . import failpoints
 from .compile_cache import enable_compile_cache
 from .fullstep import TRACES_AUTOGRAD, FusedStep, configure_dynamo
 from .guard import StepGuard
-from .model import NeuSModel, compute_losses, point_prior_loss, scheduled
+from .model import NeuSModel, RenderOutput, compute_losses, point_prior_loss, scheduled
 from .photo_sweep import SweepViews, sweep_targets
 from .point_prior import PointRays, foreground_points
 from .profiling import STEP_LISTENERS
@@ -296,7 +296,7 @@ class NeuSSystem(L.LightningModule):
         loss, terms, *rest = outputs
         return (loss + weight * term, {**terms, "points": term.detach()}, *rest)
 
-    def _photo_sweep_term(self, out, origins: Tensor, dirs: Tensor, rgb: Tensor) -> Tensor:
+    def _photo_sweep_term(self, out: RenderOutput, origins: Tensor, dirs: Tensor, rgb: Tensor) -> Tensor:
         """The ``sweep`` loss of a step (engine/photo_sweep.py): of the step's rays (R, 3 each), those rendered wrong
         and nearly transparent in ``out`` are swept through the photos; |sdf| where the photos place them, summed
         and divided by R (a per-ray loss, 0 on the rays without a target) -> ()."""

@@ -1,5 +1,6 @@
 """The photo-consistency sweep (engine/photo_sweep.py) on the bundled scene's real photos and cameras: rays through
-visible points of the ground-truth surface are placed on that surface, and a scene without texture places none."""
+visible points of the ground-truth surface are placed on that surface, the single-peak rule keeps ambiguous rays
+out, a scene without texture places none, and a training step without masks pulls the field there."""
 
 from __future__ import annotations
 
