@@ -19,30 +19,22 @@ PatchMatch stereo needs CUDA and works on whole images offline), hence the few l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
+from .render.primitives import ray_sphere_intersect
 
-@dataclass
-class SweepViews:
-    """The training photos the sweep projects into: images (N, H, W, 3) uint8, K (N, 3, 3), c2w (N, 3, 4) OpenGL
-    axes, views (V,) the indices of the training views among them (the same tensors as the ray source's)."""
+
+class Photos(Protocol):
+    """The training photos the sweep projects into (``engine.system.RaySource`` is one): images (N, H, W, 3) uint8,
+    K (N, 3, 3), c2w (N, 3, 4) OpenGL axes, views (V,) the indices of the training views among them."""
 
     images: Tensor
     K: Tensor
     c2w: Tensor
     views: Tensor
-
-
-def sphere_span(origins: Tensor, dirs: Tensor, radius: float) -> tuple[Tensor, Tensor]:
-    """Entry and exit distances of rays through the sphere of ``radius`` at the origin: origins, dirs (M, 3), dirs
-    unit length -> near, far (M,) (near >= 0; near == far for rays that miss)."""
-    b = (origins * dirs).sum(-1)
-    c = (origins * origins).sum(-1) - radius * radius
-    half = (b * b - c).clamp_min(0).sqrt()
-    return (-b - half).clamp_min(0), (-b + half).clamp_min(0)
 
 
 def project(points: Tensor, K: Tensor, c2w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -59,7 +51,7 @@ def project(points: Tensor, K: Tensor, c2w: Tensor) -> tuple[Tensor, Tensor, Ten
     return u, v, depth
 
 
-def sweep_targets(origins: Tensor, dirs: Tensor, colours: Tensor, photos: SweepViews, radius: float, depths: int,
+def sweep_targets(origins: Tensor, dirs: Tensor, colours: Tensor, photos: Photos, radius: float, depths: int,
                   views: int, tolerance: float, min_agreement: float, peak_width: int) -> tuple[Tensor, Tensor]:
     """Where each ray meets the scene by photo-consistency, for the rays where that is clear.
 
@@ -79,7 +71,8 @@ def sweep_targets(origins: Tensor, dirs: Tensor, colours: Tensor, photos: SweepV
     device = origins.device
     if m == 0:
         return origins.new_zeros((0, 3)), torch.zeros(0, dtype=torch.long, device=device)
-    near, far = sphere_span(origins, dirs, radius)
+    near, far, _ = ray_sphere_intersect(origins, dirs, radius)
+    far = far.clamp_min(0)  # a sphere behind the camera: near == far == 0, no depth to sweep
     slots = torch.arange(depths, device=device) + torch.rand(m, depths, device=device)
     t = near[:, None] + (far - near)[:, None] * slots / depths  # (M, D)
     points = origins[:, None] + dirs[:, None] * t[..., None]  # (M, D, 3)

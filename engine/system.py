@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -18,7 +19,7 @@ from .compile_cache import enable_compile_cache
 from .fullstep import TRACES_AUTOGRAD, FusedStep, configure_dynamo
 from .guard import StepGuard
 from .model import NeuSModel, RenderOutput, compute_losses, point_prior_loss, scheduled
-from .photo_sweep import SweepViews, sweep_targets
+from .photo_sweep import sweep_targets
 from .point_prior import PointRays, foreground_points
 from .profiling import STEP_LISTENERS
 from .rays import directions_from_pixels
@@ -160,7 +161,7 @@ class NeuSSystem(L.LightningModule):
         self.model = NeuSModel(cfg.model)
         self.rays = rays
         self.point_rays: PointRays | None = None  # attach_point_prior
-        self.photo_sweep = False  # attach_photo_sweep
+        self.photo_sweep: dict | None = None  # train.sweep as plain values, read once (attach_photo_sweep)
         self.n_rays = cfg.train.init_rays
         self.last_stats: dict[str, Tensor | int] = {}
         # Plain values, read once: compiled code must not reach into the (typed OmegaConf) config.
@@ -300,13 +301,12 @@ class NeuSSystem(L.LightningModule):
         """The ``sweep`` loss of a step (engine/photo_sweep.py): of the step's rays (R, 3 each), those rendered wrong
         and nearly transparent in ``out`` are swept through the photos; |sdf| where the photos place them, summed
         and divided by R (a per-ray loss, 0 on the rays without a target) -> ()."""
-        c = self.cfg.train.sweep
+        c = self.photo_sweep
         with torch.no_grad():
-            wrong = ((out.rgb - rgb).abs().mean(-1) > c.error) & (out.opacity < c.max_opacity)
-            pick = torch.nonzero(wrong).squeeze(1)[:c.rays]
-            photos = SweepViews(self.rays.images, self.rays.K, self.rays.c2w, self.rays.views)
-            targets, _ = sweep_targets(origins[pick], dirs[pick], rgb[pick], photos, float(self.cfg.model.radius),
-                                       c.depths, c.views, c.tolerance, c.min_agreement, c.peak_width)
+            wrong = ((out.rgb - rgb).abs().mean(-1) > c["error"]) & (out.opacity < c["max_opacity"])
+            pick = torch.nonzero(wrong).squeeze(1)[:c["rays"]]
+            targets, _ = sweep_targets(origins[pick], dirs[pick], rgb[pick], self.rays, self.model.radius,
+                                       c["depths"], c["views"], c["tolerance"], c["min_agreement"], c["peak_width"])
         return self.model.geometry.sdf(targets).abs().sum() / origins.shape[0]  # model.sdf is gradient-free
 
     def attach_photo_sweep(self) -> str | None:
@@ -317,8 +317,8 @@ class NeuSSystem(L.LightningModule):
         if self.static:
             return ("the photo-consistency sweep (train.loss.sweep) needs the packed sampler: off with "
                     "model.sampler=static")
-        self.photo_sweep = True
-        return f"photo-consistency sweep: up to {self.cfg.train.sweep.rays} wrong rays a step pull the surface"
+        self.photo_sweep = OmegaConf.to_container(self.cfg.train.sweep, resolve=True)
+        return f"photo-consistency sweep: up to {self.photo_sweep['rays']} wrong rays a step pull the surface"
 
     def attach_point_prior(self, data_dir, scene, train_idx: np.ndarray) -> str | None:
         """Turns the ``points`` loss on when it is wanted and the capture has sparse points (engine/point_prior.py),
@@ -420,7 +420,8 @@ class NeuSSystem(L.LightningModule):
         """
         out = self.model.render_rays(origins, dirs, bg, stratified=True)
         loss, terms = compute_losses(self.model, out, rgb, mask, weights, 0)
-        if self.photo_sweep and weights.get("sweep", 0) > 0:  # never under the static sampler (attach_photo_sweep)
+        # Never under the static sampler (attach_photo_sweep), whose forward_step may be compiled.
+        if self.photo_sweep is not None and weights.get("sweep", 0) > 0:
             term = self._photo_sweep_term(out, origins, dirs, rgb)
             loss, terms = loss + weights["sweep"] * term, {**terms, "sweep": term.detach()}
         with torch.no_grad():

@@ -13,7 +13,8 @@ from paths import needs_sample
 from scipy.spatial import cKDTree
 
 import datasets
-from engine.photo_sweep import SweepViews, sweep_targets
+from engine.photo_sweep import sweep_targets
+from engine.system import RaySource
 
 pytestmark = needs_sample
 
@@ -50,9 +51,9 @@ def scene_rays():
     return scene, gt, as_tensor(origins), as_tensor(dirs), as_tensor(colours)
 
 
-def photos_of(scene, images: np.ndarray) -> SweepViews:
-    return SweepViews(torch.from_numpy(images), torch.as_tensor(scene.K, dtype=torch.float32),
-                      torch.as_tensor(scene.c2w, dtype=torch.float32), torch.arange(scene.n_views))
+def photos_of(scene, images: np.ndarray) -> RaySource:
+    """The photos as training holds them (every view a training view)."""
+    return RaySource(images, None, scene.K, scene.c2w)
 
 
 def test_rays_through_the_surface_are_placed_on_it(scene_rays):
@@ -93,7 +94,7 @@ def test_a_step_without_masks_pulls_the_field_at_the_targets():
     """The loss as training wires it: on in a no-mask fit, off with masks and under the static sampler, and its
     term has a gradient on the SDF's weights (the field is pulled, not just evaluated)."""
     from engine.config import build_config, resolve_auto
-    from engine.system import NeuSSystem, RaySource
+    from engine.system import NeuSSystem
 
     scene = datasets.load(SAMPLE, downscale=2)
 
@@ -104,9 +105,9 @@ def test_a_step_without_masks_pulls_the_field_at_the_targets():
 
     assert system_for().attach_photo_sweep() is None  # masks: not wanted
     static = system_for("data.use_mask=false", "model.sampler=static")
-    assert "needs the packed sampler" in static.attach_photo_sweep() and not static.photo_sweep
+    assert "needs the packed sampler" in static.attach_photo_sweep() and static.photo_sweep is None
     system = system_for("data.use_mask=false")
-    assert system.attach_photo_sweep().startswith("photo-consistency sweep:") and system.photo_sweep
+    assert system.attach_photo_sweep().startswith("photo-consistency sweep:") and system.photo_sweep is not None
     torch.manual_seed(0)
     system.model.update_step(0)
     origins, dirs, rgb, _, bg = system.draw_rays(2048)
