@@ -321,6 +321,17 @@ class SweepConfig:
     """The best depth needs this share of its views to agree (and 0.3 more than the ray's median depth)."""
     peak_width: int = at_least(1, 3)
     """At most this many depths may come within 0.15 of the best's share: one clear peak, not a grazing ray."""
+    scout: int = at_least(0, 128)
+    """Random pixels also swept each step whatever their render, so that the kept targets cover everything the
+    photos agree on (0: only the wrong rays)."""
+    memory: int = at_least(0, 8192)
+    """Targets kept across steps (0: a step pulls only its own)."""
+    recall: int = at_least(1, 256)
+    """Kept targets drawn each step; those confirmed are pulled with the step's own."""
+    confirm_radius: float = positive(0.02)
+    """A kept target is confirmed when ``confirm_neighbours`` others lie within this distance (normalized units)."""
+    confirm_neighbours: int = at_least(0, 3)
+    """Kept targets within ``confirm_radius`` that confirm one."""
 
 
 @dataclass

@@ -13,6 +13,13 @@ and is skipped). The ``sweep`` loss (``train.loss.sweep``) is |sdf| at those dep
 a gradient however far the field still is from a surface there. Without masks the surroundings inside the region
 that the photos agree on become surface too (a table, a backdrop; engine/BENCHMARKS.md, sixth session).
 
+A step places a few targets at most, and a part a few pixels wide is rarely among them: alone they pulled the
+antenna of the thin benchmark scene into shape but never its handle. So targets are kept across steps
+(:class:`TargetMemory`), and each step also sweeps a few random pixels whatever their render (``train.sweep.scout``):
+the kept targets grow into a dense photo-consistent point set over everything the photos agree on, and each step
+pulls a batch of them. A kept target counts only where others agree with it (neighbours within a small distance,
+from other rays): a chance match lies alone.
+
 This is plane-sweep stereo for single rays, on the fly, on any device; no library of the field offers that (pycolmap's
 PatchMatch stereo needs CUDA and works on whole images offline), hence the few lines of tensor code here.
 """
@@ -91,3 +98,41 @@ def sweep_targets(origins: Tensor, dirs: Tensor, colours: Tensor, photos: Photos
     clear &= (share >= best[:, None] - 0.15).sum(1) <= peak_width
     rays = torch.nonzero(clear).squeeze(1)
     return points[rays, at[rays]], rays
+
+
+class TargetMemory:
+    """The last ``capacity`` sweep targets, kept across steps (a ring: the oldest make room).
+
+    Args:
+        capacity: targets kept; radius, neighbours: a kept target is confirmed when at least ``neighbours`` others
+            lie within ``radius`` of it.
+    """
+
+    def __init__(self, capacity: int, radius: float, neighbours: int) -> None:
+        self.capacity, self.radius, self.neighbours = capacity, radius, neighbours
+        self.points = torch.zeros((0, 3))
+        self._next = 0  # where the next target goes once the ring is full
+
+    def __len__(self) -> int:
+        return self.points.shape[0]
+
+    def add(self, points: Tensor) -> None:
+        """Keeps ``points`` (T, 3), in place of the oldest once full."""
+        points = points.detach().to(self.points.device if len(self) else points.device)[-self.capacity:]
+        room = self.capacity - len(self)
+        if room > 0:
+            self.points = torch.cat([self.points.to(points.device), points[:room]])
+            points = points[room:]
+        if len(points):
+            slots = (self._next + torch.arange(len(points), device=points.device)) % self.capacity
+            self.points[slots] = points
+            self._next = int(slots[-1] + 1) % self.capacity
+
+    def confirmed(self, n: int) -> Tensor:
+        """Up to ``n`` kept targets drawn at random, those confirmed by their neighbours -> (C, 3), C <= n."""
+        if len(self) <= self.neighbours:
+            return self.points[:0]
+        pick = self.points[torch.randint(0, len(self), (min(n, len(self)),), device=self.points.device)]
+        # Each drawn target is within the radius of itself: it needs ``neighbours`` more.
+        near = (torch.cdist(pick, self.points) < self.radius).sum(1) - 1
+        return pick[near >= self.neighbours]

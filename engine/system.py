@@ -19,7 +19,7 @@ from .compile_cache import enable_compile_cache
 from .fullstep import TRACES_AUTOGRAD, FusedStep, configure_dynamo
 from .guard import StepGuard
 from .model import NeuSModel, RenderOutput, compute_losses, point_prior_loss, scheduled
-from .photo_sweep import sweep_targets
+from .photo_sweep import TargetMemory, sweep_targets
 from .point_prior import PointRays, foreground_points
 from .profiling import STEP_LISTENERS
 from .rays import directions_from_pixels
@@ -162,6 +162,7 @@ class NeuSSystem(L.LightningModule):
         self.rays = rays
         self.point_rays: PointRays | None = None  # attach_point_prior
         self.photo_sweep: dict | None = None  # train.sweep as plain values, read once (attach_photo_sweep)
+        self.sweep_memory: TargetMemory | None = None  # its targets kept across steps (not checkpointed: it refills)
         self.n_rays = cfg.train.init_rays
         self.last_stats: dict[str, Tensor | int] = {}
         # Plain values, read once: compiled code must not reach into the (typed OmegaConf) config.
@@ -299,14 +300,22 @@ class NeuSSystem(L.LightningModule):
 
     def _photo_sweep_term(self, out: RenderOutput, origins: Tensor, dirs: Tensor, rgb: Tensor) -> Tensor:
         """The ``sweep`` loss of a step (engine/photo_sweep.py): of the step's rays (R, 3 each), those rendered wrong
-        and nearly transparent in ``out`` are swept through the photos; |sdf| where the photos place them, summed
-        and divided by R (a per-ray loss, 0 on the rays without a target) -> ()."""
+        and nearly transparent in ``out`` are swept through the photos, with ``scout`` random pixels; |sdf| where the
+        photos place the wrong rays and at the confirmed kept targets, summed and divided by R -> ()."""
         c = self.photo_sweep
         with torch.no_grad():
             wrong = ((out.rgb - rgb).abs().mean(-1) > c["error"]) & (out.opacity < c["max_opacity"])
             pick = torch.nonzero(wrong).squeeze(1)[:c["rays"]]
-            targets, _ = sweep_targets(origins[pick], dirs[pick], rgb[pick], self.rays, self.model.radius,
-                                       c["depths"], c["views"], c["tolerance"], c["min_agreement"], c["peak_width"])
+            swept = (origins[pick], dirs[pick], rgb[pick])
+            if c["scout"] > 0 and self.sweep_memory is not None:  # scouts only feed the memory
+                scouts = self.rays.sample(c["scout"])[:3]
+                swept = tuple(torch.cat([a, b]) for a, b in zip(swept, scouts, strict=True))
+            found, rays = sweep_targets(*swept, self.rays, self.model.radius, c["depths"], c["views"],
+                                        c["tolerance"], c["min_agreement"], c["peak_width"])
+            targets = found[rays < len(pick)]  # the scouts' targets are pulled once others confirm them
+            if self.sweep_memory is not None:
+                self.sweep_memory.add(found)
+                targets = torch.cat([targets, self.sweep_memory.confirmed(c["recall"])])
         return self.model.geometry.sdf(targets).abs().sum() / origins.shape[0]  # model.sdf is gradient-free
 
     def attach_photo_sweep(self) -> str | None:
@@ -317,8 +326,11 @@ class NeuSSystem(L.LightningModule):
         if self.static:
             return ("the photo-consistency sweep (train.loss.sweep) needs the packed sampler: off with "
                     "model.sampler=static")
-        self.photo_sweep = OmegaConf.to_container(self.cfg.train.sweep, resolve=True)
-        return f"photo-consistency sweep: up to {self.photo_sweep['rays']} wrong rays a step pull the surface"
+        c = self.photo_sweep = OmegaConf.to_container(self.cfg.train.sweep, resolve=True)
+        if c["memory"] > 0:
+            self.sweep_memory = TargetMemory(c["memory"], c["confirm_radius"], c["confirm_neighbours"])
+        return (f"photo-consistency sweep: up to {c['rays']} wrong rays and {c['scout']} random pixels a step, "
+                f"{c['memory']} targets kept, pull the surface")
 
     def attach_point_prior(self, data_dir, scene, train_idx: np.ndarray) -> str | None:
         """Turns the ``points`` loss on when it is wanted and the capture has sparse points (engine/point_prior.py),

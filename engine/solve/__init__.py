@@ -316,6 +316,8 @@ def run_solve(req: SolveRequest, emitter: Emitter, token, announce: bool = True)
             "n_models": sfm["n_models"],
             "model_sizes": sfm["model_sizes"],  # photos placed in each model mapping made (the largest is kept)
             "principal_point": sfm["principal_point"],  # the final refinement: kept or not, and why
+            # the cameras' distortion terms, and whether they were set to zero (the photos did not need them)
+            "distortion": sfm.get("distortion"),
             "mapping_retry": sfm["mapping_retry"],  # null, or the misplaced images that made mapping run again
             "matcher": matcher,
             "pairs": sfm["n_pairs"],  # image pairs matched (exhaustive: all; otherwise within the pair budget)
