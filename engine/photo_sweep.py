@@ -44,14 +44,17 @@ class Photos(Protocol):
     views: Tensor
 
 
-def project(points: Tensor, K: Tensor, c2w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Pixel coordinates of points in cameras: points (M, D, 3); K (M, V, 3, 3), c2w (M, V, 3, 4) OpenGL axes ->
-    u, v, depth, each (M, D, V) (depth <= 0: behind the camera)."""
-    rel = points[:, :, None] - c2w[:, None, :, :3, 3]  # (M, D, V, 3)
-    cam = torch.einsum("mvji,mdvj->mdvi", c2w[..., :3, :3], rel)  # world -> camera: R^T (p - t)
+def project_rays(origins: Tensor, dirs: Tensor, t: Tensor, K: Tensor, c2w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Pixel coordinates of the points ``origins + t * dirs`` in cameras: origins, dirs (M, 3); t (M, D) depths
+    along each ray; K (M, V, 3, 3), c2w (M, V, 3, 4) OpenGL axes -> u, v, depth, each (M, D, V) (depth <= 0:
+    behind the camera). A point's camera coordinates are affine in t, so only the ray's two ends are rotated."""
+    R, centre = c2w[..., :3, :3], c2w[..., :3, 3]  # (M, V, 3, 3), (M, V, 3)
+    start = torch.einsum("mvji,mvj->mvi", R, origins[:, None] - centre)  # world -> camera: R^T (p - c)
+    step = torch.einsum("mvji,mj->mvi", R, dirs)
+    cam = start[:, None] + t[..., None, None] * step[:, None]  # (M, D, V, 3)
     depth = -cam[..., 2]
-    x = cam[..., 0] / depth.clamp_min(1e-6)
-    y = -cam[..., 1] / depth.clamp_min(1e-6)  # OpenGL y up -> OpenCV y down
+    inv = 1.0 / depth.clamp_min(1e-6)
+    x, y = cam[..., 0] * inv, -cam[..., 1] * inv  # OpenGL y up -> OpenCV y down
     K = K[:, None]
     u = K[..., 0, 0] * x + K[..., 0, 1] * y + K[..., 0, 2]
     v = K[..., 1, 1] * y + K[..., 1, 2]
@@ -82,13 +85,14 @@ def sweep_targets(origins: Tensor, dirs: Tensor, colours: Tensor, photos: Photos
     far = far.clamp_min(0)  # a sphere behind the camera: near == far == 0, no depth to sweep
     slots = torch.arange(depths, device=device) + torch.rand(m, depths, device=device)
     t = near[:, None] + (far - near)[:, None] * slots / depths  # (M, D)
-    points = origins[:, None] + dirs[:, None] * t[..., None]  # (M, D, 3)
     pick = photos.views[torch.randint(0, len(photos.views), (m, views), device=device)]  # (M, V)
-    u, v, depth = project(points, photos.K[pick], photos.c2w[pick])
+    u, v, depth = project_rays(origins, dirs, t, photos.K[pick], photos.c2w[pick])
     _, h, w, _ = photos.images.shape
     ui, vi = u.round().long(), v.round().long()
     inside = (depth > 1e-6) & (ui >= 0) & (ui < w) & (vi >= 0) & (vi < h)
-    seen = photos.images[pick[:, None].expand_as(ui), vi.clamp(0, h - 1), ui.clamp(0, w - 1)].float() / 255.0
+    # One flat index_select: ~3x faster on a CPU than indexing (view, row, column) with three tensors.
+    flat = (pick[:, None] * h + vi.clamp(0, h - 1)) * w + ui.clamp(0, w - 1)  # (M, D, V)
+    seen = photos.images.view(-1, 3).index_select(0, flat.reshape(-1)).view(*flat.shape, 3).float() / 255.0
     agree = ((seen - colours[:, None, None]).abs().mean(-1) < tolerance) & inside  # (M, D, V)
     seen_by = inside.float().sum(-1)
     # A depth that few of the views see agrees by chance too easily (one view that agrees is a share of 1).
@@ -97,7 +101,7 @@ def sweep_targets(origins: Tensor, dirs: Tensor, colours: Tensor, photos: Photos
     clear = (best >= min_agreement) & (best >= share.median(1).values + 0.3)
     clear &= (share >= best[:, None] - 0.15).sum(1) <= peak_width
     rays = torch.nonzero(clear).squeeze(1)
-    return points[rays, at[rays]], rays
+    return origins[rays] + dirs[rays] * t[rays, at[rays]][:, None], rays
 
 
 class TargetMemory:
