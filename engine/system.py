@@ -329,7 +329,8 @@ class NeuSSystem(L.LightningModule):
         c = self.photo_sweep = OmegaConf.to_container(self.cfg.train.sweep, resolve=True)
         if c["memory"] > 0:
             self.sweep_memory = TargetMemory(c["memory"], c["confirm_radius"], c["confirm_neighbours"])
-        return (f"photo-consistency sweep: up to {c['rays']} wrong rays and {c['scout']} random pixels a step, "
+        scouts = c["scout"] if self.sweep_memory is not None else 0  # scouts only feed the memory
+        return (f"photo-consistency sweep: up to {c['rays']} wrong rays and {scouts} random pixels a step, "
                 f"{c['memory']} targets kept, pull the surface")
 
     def attach_point_prior(self, data_dir, scene, train_idx: np.ndarray) -> str | None:
