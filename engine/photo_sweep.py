@@ -122,10 +122,11 @@ class TargetMemory:
 
     def add(self, points: Tensor) -> None:
         """Keeps ``points`` (T, 3), in place of the oldest once full."""
-        points = points.detach().to(self.points.device if len(self) else points.device)[-self.capacity:]
+        points = points.detach()[-self.capacity:]
+        self.points = self.points.to(points.device)  # the ring lives where the targets are made
         room = self.capacity - len(self)
         if room > 0:
-            self.points = torch.cat([self.points.to(points.device), points[:room]])
+            self.points = torch.cat([self.points, points[:room]])
             points = points[room:]
         if len(points):
             slots = (self._next + torch.arange(len(points), device=points.device)) % self.capacity

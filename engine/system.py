@@ -307,7 +307,7 @@ class NeuSSystem(L.LightningModule):
             wrong = ((out.rgb - rgb).abs().mean(-1) > c["error"]) & (out.opacity < c["max_opacity"])
             pick = torch.nonzero(wrong).squeeze(1)[:c["rays"]]
             swept = (origins[pick], dirs[pick], rgb[pick])
-            if c["scout"] > 0 and self.sweep_memory is not None:  # scouts only feed the memory
+            if c["scout"] > 0:
                 scouts = self.rays.sample(c["scout"])[:3]
                 swept = tuple(torch.cat([a, b]) for a, b in zip(swept, scouts, strict=True))
             found, rays = sweep_targets(*swept, self.rays, self.model.radius, c["depths"], c["views"],
@@ -329,8 +329,9 @@ class NeuSSystem(L.LightningModule):
         c = self.photo_sweep = OmegaConf.to_container(self.cfg.train.sweep, resolve=True)
         if c["memory"] > 0:
             self.sweep_memory = TargetMemory(c["memory"], c["confirm_radius"], c["confirm_neighbours"])
-        scouts = c["scout"] if self.sweep_memory is not None else 0  # scouts only feed the memory
-        return (f"photo-consistency sweep: up to {c['rays']} wrong rays and {scouts} random pixels a step, "
+        else:
+            c["scout"] = 0  # the scouts' targets only feed the kept ones
+        return (f"photo-consistency sweep: up to {c['rays']} wrong rays and {c['scout']} random pixels a step, "
                 f"{c['memory']} targets kept, pull the surface")
 
     def attach_point_prior(self, data_dir, scene, train_idx: np.ndarray) -> str | None:
