@@ -155,7 +155,8 @@ def test_radial_distortion_is_kept_only_where_the_photos_show_it(solved_sample, 
     lens = json.loads((out / "solve.json").read_text())["distortion"]
     assert lens["dropped"] is False and lens["terms"][0][0] == pytest.approx(-0.05, rel=0.2), lens
     errors = camera_errors(*paired_cameras(datasets.load(out), datasets.load(SAMPLE))).summary()
-    assert errors["median_rotation_deg"] <= 0.5 and errors["median_centre_error_pct"] <= 0.5, errors
+    # Measured on three warps of these photos (k1 0, -0.05, +0.03): 0.09-0.18 deg, 0.10-0.13 %.
+    assert errors["median_rotation_deg"] <= 0.35 and errors["median_centre_error_pct"] <= 0.3, errors
 
 
 def test_a_camera_turned_out_of_place_is_found_misplaced(solved_sample):
