@@ -318,6 +318,8 @@ def run_solve(req: SolveRequest, emitter: Emitter, token, announce: bool = True)
             "principal_point": sfm["principal_point"],  # the final refinement: kept or not, and why
             # the cameras' distortion terms, and whether they were set to zero (the photos did not need them)
             "distortion": sfm.get("distortion"),
+            # small photos: the observations over filter_px dropped and the model adjusted again (sfm._polish)
+            "polish": sfm.get("polish"),
             "mapping_retry": sfm["mapping_retry"],  # null, or the misplaced images that made mapping run again
             "matcher": matcher,
             "pairs": sfm["n_pairs"],  # image pairs matched (exhaustive: all; otherwise within the pair budget)
