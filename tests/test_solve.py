@@ -168,7 +168,9 @@ def test_radial_distortion_is_kept_only_where_the_photos_show_it(solved_sample, 
     code, _, err = run_engine("solve", str(tmp_path / "photos"), "--out", str(out), "--progress", "jsonl")
     assert code == 0, err[-3000:]
     lens = json.loads((out / "solve.json").read_text())["distortion"]
-    assert lens["dropped"] is False and lens["terms"][0][0] == pytest.approx(-0.05, rel=0.2), lens
+    # Measured: -0.045..-0.048 on a quiet machine (five solves), -0.060 in the CI's parallel run (its matching
+    # threads met another order: the term trades against the focal length on an orbit).
+    assert lens["dropped"] is False and lens["terms"][0][0] == pytest.approx(-0.05, rel=0.3), lens
     errors = camera_errors(*paired_cameras(datasets.load(out), datasets.load(SAMPLE))).summary()
     # Measured on three warps of these photos (k1 0, -0.05, +0.03): 0.09-0.18 deg, 0.10-0.13 %.
     assert errors["median_rotation_deg"] <= 0.35 and errors["median_centre_error_pct"] <= 0.3, errors
