@@ -248,7 +248,8 @@ def run_sfm(job: SfmJob, report: Callable[[dict], None]) -> dict:
         pycolmap.import_images(str(db_path), str(image_dir), pycolmap.CameraMode.SINGLE, group, reader)
     _set_focal_priors(pycolmap, db_path, job.focal_priors)
 
-    extraction = extraction_options(pycolmap, job, _longest_side(pycolmap, db_path))
+    long_side = _longest_side(pycolmap, db_path)  # thresholds scale with it (extraction, mapping, polish)
+    extraction = extraction_options(pycolmap, job, long_side)
     # SIFT extraction and matching on the GPU when this pycolmap was built with CUDA (the pycolmap-cuda wheels);
     # the CPU otherwise (the usual wheel). Not measured here: no CUDA build on the test machines.
     device = pycolmap.Device.cuda if pycolmap.has_cuda else pycolmap.Device.cpu
@@ -288,7 +289,7 @@ def run_sfm(job: SfmJob, report: Callable[[dict], None]) -> dict:
         registered += 1
         clock.tick(min(registered, len(job.names)))
 
-    models, model, retry = _map_checked(pycolmap, job, db_path, image_dir, work, on_registered)
+    models, model, retry = _map_checked(pycolmap, job, db_path, image_dir, work, long_side, on_registered)
     if model is None:
         timings["mapping_s"] = clock.close()
         cpu["mapping_s"] = clock.cpu_s
@@ -296,8 +297,7 @@ def run_sfm(job: SfmJob, report: Callable[[dict], None]) -> dict:
                 "n_pairs": len(pairs), "principal_point": None, "mapping_retry": retry, "peak_rss_mb": peak_rss_mb()}
     model, principal_point = _refine_principal_points(pycolmap, model, job.groups)
     model, distortion = _drop_unsupported_distortion(pycolmap, model, principal_point["refined"])
-    polish = _polish(pycolmap, model, _longest_side(pycolmap, db_path), principal_point["refined"],
-                     not distortion.get("dropped", False))
+    polish = _polish(pycolmap, model, long_side, principal_point["refined"], not distortion.get("dropped", False))
     timings["mapping_s"] = clock.close()
     cpu["mapping_s"] = clock.cpu_s
     registered_names = sorted(model.images[i].name for i in model.reg_image_ids())
@@ -403,15 +403,19 @@ def registration_error_px(long_side: int) -> float:
     (measured: 1 of 40 solves of the test video, 400x300 frames, put its last 6 frames 30-60 degrees off).
     Scaled with the image, within [REGISTRATION_ERROR_MIN_PX, COLMAP's 12 px].
     """
-    return float(np.clip(REGISTRATION_ERROR_PX * long_side / REGISTRATION_REFERENCE_SIDE, REGISTRATION_ERROR_MIN_PX,
-                         REGISTRATION_ERROR_PX))
+    return _scaled_to_image(REGISTRATION_ERROR_PX, REGISTRATION_ERROR_MIN_PX, long_side)
 
 
 def polish_filter_px(long_side: int) -> float:
     """The reprojection error, pixels, over which ``_polish`` drops an observation: COLMAP's 4 px on photos with the
     reference long side or larger, scaled down with smaller ones, to POLISH_FILTER_MIN_PX at least."""
-    return float(np.clip(POLISH_FILTER_PX * long_side / REGISTRATION_REFERENCE_SIDE, POLISH_FILTER_MIN_PX,
-                         POLISH_FILTER_PX))
+    return _scaled_to_image(POLISH_FILTER_PX, POLISH_FILTER_MIN_PX, long_side)
+
+
+def _scaled_to_image(reference_px: float, minimum_px: float, long_side: int) -> float:
+    """A pixel threshold set for photos with the reference long side, scaled with ``long_side``, within
+    [minimum_px, reference_px]."""
+    return float(np.clip(reference_px * long_side / REGISTRATION_REFERENCE_SIDE, minimum_px, reference_px))
 
 
 def _polish(pycolmap, model, long_side: int, refine_principal_point: bool, refine_distortion: bool) -> dict:
@@ -456,12 +460,11 @@ def _map(pycolmap, db_path: Path, image_dir: Path, sparse_dir: Path, options, on
                                         next_image_callback=on_registered)
 
 
-def _map_checked(pycolmap, job: SfmJob, db_path: Path, image_dir: Path, work: Path,
+def _map_checked(pycolmap, job: SfmJob, db_path: Path, image_dir: Path, work: Path, long_side: int,
                  on_registered: Callable[[], None]) -> tuple[dict, object, dict | None]:
     """``(models, best model or None, retry report or None)``: incremental mapping, and once more with stricter
     thresholds when the best model has misplaced images; the better of the two solves is kept (the retry
     reports no progress: it is a few seconds' pause at the end of the mapping stage)."""
-    long_side = _longest_side(pycolmap, db_path)
     models = _map(pycolmap, db_path, image_dir, work / "sparse", _mapping_options(pycolmap, job, long_side, False),
                   on_registered)
     model = _best_model(models)
