@@ -77,8 +77,10 @@ def _fit(tmp_path_factory: pytest.TempPathFactory, name: str, *args: str, timeou
     def train(root: Path) -> dict:
         folder = root / "run"
         try:
+            # One CPU thread whatever the load: the engine takes the cores idle when it starts, and another thread
+            # count sums in another order, so the run (and every bound measured on it) would follow the load.
             code, events, err = run_engine("fit", str(SAMPLE), "--out", str(folder), "--progress", "jsonl", *args,
-                                           timeout=timeout)
+                                           timeout=timeout, threads=1)
         except subprocess.TimeoutExpired as exc:  # every test using the run fails with this, not a setup error
             partial = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
             code, events, err = -1, [], f"engine fit {' '.join(args)} timed out after {timeout:.0f} s\n{partial}"

@@ -25,12 +25,15 @@ def engine_env() -> dict[str, str]:
     return env
 
 
-def run_engine(*args: str, timeout: float = 600, failpoints: str | None = None) -> tuple[int, list[dict], str]:
-    """Runs ``python -m engine ARGS`` (with ``NEUS_FAILPOINTS=failpoints`` when given); returns (exit code, parsed
-    stdout JSON lines, stderr)."""
+def run_engine(*args: str, timeout: float = 600, failpoints: str | None = None,
+               threads: int | None = None) -> tuple[int, list[dict], str]:
+    """Runs ``python -m engine ARGS`` (with ``NEUS_FAILPOINTS=failpoints`` and ``NEUS_THREADS=threads`` when given);
+    returns (exit code, parsed stdout JSON lines, stderr)."""
     env = engine_env()
     if failpoints is not None:
         env["NEUS_FAILPOINTS"] = failpoints
+    if threads is not None:
+        env["NEUS_THREADS"] = str(threads)
     proc = subprocess.run([sys.executable, "-m", "engine", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     return proc.returncode, parse_events(proc.stdout), proc.stderr
