@@ -509,7 +509,8 @@ def test_fit_on_photos_alone_solves_then_gives_a_mesh_in_place(sample_photos, tm
     print("photos-to-mesh:", metrics, "radius", gt_radius, "timings", events[-1].get("timings"))
     # 700 of the preset's 1500 steps (the suite's time). Measured (2026-12-04, 00bf35b, two runs): Chamfer-L1 1.22 /
     # 1.52 % of the object radius, F-score 0.932 / 0.864 at a 2 % threshold. The full preset: 0.71-0.83 %
-    # (BENCHMARKS.md). A wrong region (the dome as the object) measured 207 %, the background swallowing the object 17 %.
+    # (BENCHMARKS.md). A wrong region (the dome as the object) measured 207 %, the background swallowing the
+    # object 17 %.
     assert metrics["chamfer_l1"] < 0.02 * gt_radius, metrics
     assert metrics["fscore"] > 0.83, metrics
     cfg, model = RunDir(run).load_model("cpu")  # as export and render see it: the no-mask sharpness floor holds
