@@ -467,7 +467,8 @@ class ExportConfig:
     """normalized (object in the unit sphere) | world (the dataset's frame; also writes *_world files) | metres
     (the world frame in metres from the dataset's known distance, scale.json; also writes *_metres files)."""
     clean: bool = True
-    """Drop small disconnected pieces (and pieces outside the masks' visual hull)."""
+    """Drop disconnected crumbs (``engine.mesh.extract.clean_mesh``: a thin part standing free of the body is kept)
+    and pieces outside the masks' visual hull."""
 
 
 @dataclass
