@@ -444,6 +444,12 @@ class ExportConfig:
     """Fit the baked texture to the training photos: the textured mesh rasterised from each training camera, its
     texels optimised (Adam, from the photo blend) so the asset reproduces the photos (engine/mesh/texture_refine.py;
     measured sharper on held-out views, BENCHMARKS.md). Off: the blend alone, seconds faster."""
+    photo_level: bool = True
+    """Extract the surface at the SDF level where the photos place it rather than at 0: the median SDF at the
+    photo-consistent depths of 16384 random training pixels (``engine.photo_sweep.photo_surface_level``, the sweep's
+    settings in ``train.sweep``). A trained field's zero level sits up to a few thousandths of the radius inside or
+    outside that, differently in every run; measured closer to the ground truth on 20 of 22 runs of a thin-part
+    scene (BENCHMARKS.md, tenth session). Off, or too little texture to say: level 0."""
     silhouette_fit: bool = True
     """Textured mesh: move it along its normals by the offset (quarter-pixel steps, up to 3 pixels) at which it
     best reproduces the training photos inside their masks (masked PSNR on 8 training views; the marching-cubes

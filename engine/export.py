@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from . import liveness, region
 from .config_schema import ExportConfig, RunConfig
@@ -30,8 +31,10 @@ from .mesh.normal_map import bake_normal_map, nearest_normals
 from .mesh.photo import photo_source, spread_views
 from .mesh.texture import TexturedMesh, texture_mesh
 from .model import NeuSModel
+from .photo_sweep import photo_surface_level
 from .protocol import Emitter
 from .run_dir import split_views
+from .system import RaySource
 
 CPU_SDF_CHUNK = 2**15  # points per SDF call off CUDA: about 0.5 s on a busy 2-core CPU (export.chunk caps it)
 # Photo visibility comes from depth maps of a mesh of at most this many faces: visibility tolerates the small shift,
@@ -63,9 +66,9 @@ def _device_of(model: NeuSModel) -> torch.device:
 
 # ---------------------------------------------------------------------------------------------- stages
 def extract_surface(model: NeuSModel, opts: ExportConfig, chunk: int | None = None, scene=None,
-                    progress=None) -> Mesh:
-    """Stages 1-2: marching cubes (or surface nets) on the SDF, then the clean-up (small pieces, and with masks
-    pieces outside the visual hull), in the normalized frame. ``chunk``: points per SDF call (default
+                    progress=None, level: float = 0.0) -> Mesh:
+    """Stages 1-2: marching cubes (or surface nets) on the SDF at ``level``, then the clean-up (small pieces, and
+    with masks pieces outside the visual hull), in the normalized frame. ``chunk``: points per SDF call (default
     ``opts.chunk``, at most :data:`CPU_SDF_CHUNK` off CUDA: a cancel or progress event waits for the call under
     way, and a CPU gains nothing from larger calls)."""
     device = _device_of(model)
@@ -74,7 +77,7 @@ def extract_surface(model: NeuSModel, opts: ExportConfig, chunk: int | None = No
     r = model.radius
     verts, faces = march(model.surface_sdf, (-r, -r, -r), (r, r, r), resolution=opts.resolution, chunk=chunk,
                          device=device, coarse_resolution=opts.coarse_resolution, progress=progress,
-                         method=opts.method)
+                         method=opts.method, level=level)
     if opts.clean:
         masks = None if scene is None else scene.masks
         try:
@@ -275,8 +278,9 @@ def export_mesh(model: NeuSModel, cfg: RunConfig, scene, run_dir: Path, emitter:
     t0 = time.monotonic()
     holdout = cfg.data.holdout_every
     device = _device_of(model)
+    level = surface_level(model, cfg, scene, emitter, timings) if opts.photo_level else 0.0
     verts, faces = with_memory_backoff(
-        lambda chunk: extract_surface(model, opts, chunk, scene, progress=_grid_progress),
+        lambda chunk: extract_surface(model, opts, chunk, scene, progress=_grid_progress, level=level),
         opts.chunk, "export.chunk", "extract", emitter.emit)
     levels = decimate_stage(verts, faces, opts, _photo_colours(opts, scene))
     verts, faces = levels.mesh
@@ -339,6 +343,28 @@ def export_mesh(model: NeuSModel, cfg: RunConfig, scene, run_dir: Path, emitter:
             files["glb"] = write_glb(run_dir / f"mesh{suffix}.glb", out_verts, faces, colors=colors, yup=True)
     timings["export_s"] = time.monotonic() - t1
     return files
+
+
+def surface_level(model: NeuSModel, cfg: RunConfig, scene, emitter: Emitter, timings: dict) -> float:
+    """The SDF level the mesh is extracted at (``export.photo_level``): where the training photos place the surface
+    (``engine.photo_sweep.photo_surface_level``), or 0 without photos or with too little texture to say. Seconds on
+    a CPU, with progress events."""
+    if scene is None:
+        return 0.0
+    train_idx, _ = split_views(scene.n_views, cfg.data.holdout_every)
+    photos = RaySource(scene.images, None, scene.K, scene.c2w, views=train_idx)  # the scene's arrays, no copy
+    device = _device_of(model)
+    sweep = OmegaConf.to_container(cfg.train.sweep)
+    found = photo_surface_level(lambda points: model.sdf(points.to(device)), photos, model.radius, sweep,
+                                progress=lambda done, total: liveness.tick("placing the surface", done, total, "rays"))
+    if found is None:
+        emitter.log("surface level: too few photo-consistent points to place the surface; extracted at level 0")
+        return 0.0
+    level, targets = found
+    timings["surface_level"] = {"level": round(level, 6), "targets": targets}
+    emitter.log(f"surface level: the photos place the surface {abs(level):.4f} {'outside' if level > 0 else 'inside'} "
+                f"the field's zero level ({targets} points); the mesh is extracted there")
+    return level
 
 
 def _grid_progress(fraction: float) -> None:

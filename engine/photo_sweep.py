@@ -26,6 +26,7 @@ PatchMatch stereo needs CUDA and works on whole images offline), hence the few l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -141,3 +142,44 @@ class TargetMemory:
         # Each drawn target is within the radius of itself: it needs ``neighbours`` more.
         near = (torch.cdist(pick, self.points) < self.radius).sum(1) - 1
         return pick[near >= self.neighbours]
+
+
+@torch.no_grad()
+def photo_surface_level(sdf: Callable[[Tensor], Tensor], photos: Photos, radius: float, sweep: dict, rays: int = 16384,
+                        band: float = 0.02, min_targets: int = 100, chunk: int = 4096,
+                        progress: Callable[[int, int], None] | None = None) -> tuple[float, int] | None:
+    """The SDF level at which the photos place the surface: the median of ``sdf`` at the photo-consistent depths of
+    ``rays`` random training pixels, over those within ``band`` of the field's zero level.
+
+    A trained field's zero level set sits a few thousandths of the radius inside or outside where the photos agree
+    (a fraction of a pixel; which way and how far changes from one training run to the next, masks or not:
+    engine/BENCHMARKS.md, tenth session); extracting the mesh at this level instead of 0 puts it back where the
+    photos place it. The sweep's own depths scatter about the surface symmetrically (no bias on calibrated cameras),
+    so their median is the offset; the band keeps out targets on parts the field does not hold at all.
+
+    Args:
+        sdf: (M, 3) points in the normalized frame -> (M,) on the field's device; photos: the training views (on the
+            CPU: the sweep gathers pixels from them); radius: the foreground sphere's; sweep: ``train.sweep`` as plain
+            values (depths, views, tolerance, min_agreement, peak_width); rays, chunk: pixels swept, per call.
+        progress: called with (rays swept, rays) after each chunk.
+    Returns:
+        (level, targets within the band), or None when fewer than ``min_targets`` are (too little texture to say).
+        Deterministic: the pixels and depths come from a fixed seed, the global random state is left as it was.
+    """
+    keys = ("depths", "views", "tolerance", "min_agreement", "peak_width")
+    values = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for start in range(0, rays, chunk):
+            n = min(chunk, rays - start)
+            origins, dirs, colours, _ = photos.sample(n)
+            targets, _ = sweep_targets(origins, dirs, colours, photos, radius, **{k: sweep[k] for k in keys})
+            if len(targets):
+                values.append(sdf(targets).float().cpu())
+            if progress is not None:
+                progress(start + n, rays)
+    f = torch.cat(values) if values else torch.zeros(0)
+    near = f[f.abs() < band]
+    if len(near) < min_targets:
+        return None
+    return float(near.median()), len(near)

@@ -150,3 +150,48 @@ def test_a_step_without_masks_pulls_the_field_at_the_targets():
     assert len(system.sweep_memory) > scouted
     grads = torch.autograd.grad(term, list(system.model.geometry.parameters()), allow_unused=True)
     assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
+
+
+@pytest.fixture(scope="module")
+def shifted_fields():
+    """The bundled scene and fields whose zero level is the ground-truth surface moved by a known offset:
+    (scene, field(offset)), field(offset)(points (M, 3)) -> (M,) = signed distance to the truth (outside +) + offset,
+    so its zero level lies ``offset`` inside the truth."""
+    scene = datasets.load(SAMPLE)
+    gt = trimesh.load(SAMPLE / "gt_mesh_normalized.ply", process=False)
+
+    def field(offset: float):
+        return lambda p: torch.as_tensor(offset - trimesh.proximity.signed_distance(gt, p.numpy()),
+                                         dtype=torch.float32)
+
+    return scene, field
+
+
+@pytest.mark.parametrize("offset", [0.004, -0.003, 0.0])
+def test_the_photos_place_the_surface_level(shifted_fields, offset):
+    """``photo_surface_level`` finds how far a field's zero level lies from where the photos place the surface:
+    the level to extract at is the offset (measured with 4096 pixels: 0.0033 / -0.0036 / -0.0006 from 264-266
+    points in the band)."""
+    from engine.photo_sweep import photo_surface_level
+
+    scene, field = shifted_fields
+    ticks = []
+    found = photo_surface_level(field(offset), photos_of(scene, scene.images), 1.0, SWEEP, rays=4096, chunk=1024,
+                                min_targets=100, progress=lambda done, total: ticks.append((done, total)))
+    assert found is not None
+    level, targets = found
+    assert targets >= 200 and abs(level - offset) < 0.001, (level, targets)
+    assert ticks == [(1024, 4096), (2048, 4096), (3072, 4096), (4096, 4096)]
+
+
+def test_without_texture_the_level_is_left_alone(shifted_fields):
+    """A flat colour places no point: no level (the export keeps 0), and the global random state is untouched."""
+    from engine.photo_sweep import photo_surface_level
+
+    scene, field = shifted_fields
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    flat = photos_of(scene, np.full_like(scene.images, 128))
+    assert photo_surface_level(field(0.0), flat, 1.0, SWEEP, rays=2048) is None
+    assert torch.equal(torch.rand(3), expected)
