@@ -1,9 +1,9 @@
 """From a trained model to files, in explicit stages (:func:`export_mesh`):
 
-extract (the SDF's zero level set) -> clean -> decimate (every smaller mesh the export needs, in one place) ->
-colour source (the photos' depth maps built once, for the vertex colours and the texture) -> vertex colours ->
-write mesh.ply / normalization.json / frames -> [texture: UV atlas and bake, texel fit, normal map, fidelity] ->
-write the textured OBJ/GLB.
+level (where the photos place the surface) -> extract (that level set of the SDF) -> clean -> decimate (every
+smaller mesh the export needs, in one place) -> colour source (the photos' depth maps built once, for the vertex
+colours and the texture) -> vertex colours -> write mesh.ply / normalization.json / frames -> [texture: UV atlas and
+bake, texel fit, normal map, fidelity] -> write the textured OBJ/GLB.
 """
 
 from __future__ import annotations
@@ -356,7 +356,7 @@ def surface_level(model: NeuSModel, cfg: RunConfig, scene, emitter: Emitter, tim
     device = _device_of(model)
     sweep = OmegaConf.to_container(cfg.train.sweep)
     found = photo_surface_level(lambda points: model.sdf(points.to(device)), photos, model.radius, sweep,
-                                progress=lambda done, total: liveness.tick("placing the surface", done, total, "rays"))
+                                progress=lambda done, total: liveness.tick("extracting", done, total, "rays"))
     if found is None:
         emitter.log("surface level: too few photo-consistent points to place the surface; extracted at level 0")
         return 0.0

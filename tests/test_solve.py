@@ -491,6 +491,7 @@ def test_fit_on_photos_alone_solves_then_gives_a_mesh_in_place(sample_photos, tm
                                    timeout=1500)
     assert code == 0, err[-3000:]
     assert "photo-consistency sweep:" in err, err[-3000:]  # on in every fit without masks
+    assert "surface level: the photos place the surface" in err, err[-3000:]  # export.photo_level found the level
     stages = [e["stage"] for e in events if e["event"] == "stage"]
     assert stages[0] == "solving" and stages.index("mapping") < stages.index("training")
     solved = [e for e in events if e["event"] == "solved"]
