@@ -448,8 +448,9 @@ class ExportConfig:
     """Extract the surface at the SDF level where the photos place it rather than at 0: the median SDF at the
     photo-consistent depths of 16384 random training pixels (``engine.photo_sweep.photo_surface_level``, the sweep's
     settings in ``train.sweep``). A trained field's zero level sits up to a few thousandths of the radius inside or
-    outside that, differently in every run; measured closer to the ground truth on 20 of 22 runs of a thin-part
-    scene (BENCHMARKS.md, tenth session). Off, or too little texture to say: level 0."""
+    outside that, differently in every run; measured closer to the ground truth on 19 of 23 runs of a thin-part
+    scene (mean Chamfer 0.640 -> 0.566 % of the radius, worst 1.467 -> 1.465), on 2 of 4 photos-alone runs of the
+    bundled scene (0.90 -> 0.92 %; BENCHMARKS.md, tenth session). Off, or too little texture to say: level 0."""
     silhouette_fit: bool = True
     """Textured mesh: move it along its normals by the offset (quarter-pixel steps, up to 3 pixels) at which it
     best reproduces the training photos inside their masks (masked PSNR on 8 training views; the marching-cubes
