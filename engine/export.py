@@ -278,7 +278,7 @@ def export_mesh(model: NeuSModel, cfg: RunConfig, scene, run_dir: Path, emitter:
     t0 = time.monotonic()
     holdout = cfg.data.holdout_every
     device = _device_of(model)
-    level = surface_level(model, cfg, scene, emitter, timings) if opts.photo_level else 0.0
+    level = surface_level(model, cfg, scene, emitter) if opts.photo_level else 0.0
     verts, faces = with_memory_backoff(
         lambda chunk: extract_surface(model, opts, chunk, scene, progress=_grid_progress, level=level),
         opts.chunk, "export.chunk", "extract", emitter.emit)
@@ -345,7 +345,7 @@ def export_mesh(model: NeuSModel, cfg: RunConfig, scene, run_dir: Path, emitter:
     return files
 
 
-def surface_level(model: NeuSModel, cfg: RunConfig, scene, emitter: Emitter, timings: dict) -> float:
+def surface_level(model: NeuSModel, cfg: RunConfig, scene, emitter: Emitter) -> float:
     """The SDF level the mesh is extracted at (``export.photo_level``): where the training photos place the surface
     (``engine.photo_sweep.photo_surface_level``), or 0 without photos or with too little texture to say. Seconds on
     a CPU, with progress events."""
@@ -361,7 +361,6 @@ def surface_level(model: NeuSModel, cfg: RunConfig, scene, emitter: Emitter, tim
         emitter.log("surface level: too few photo-consistent points to place the surface; extracted at level 0")
         return 0.0
     level, targets = found
-    timings["surface_level"] = {"level": round(level, 6), "targets": targets}
     emitter.log(f"surface level: the photos place the surface {abs(level):.4f} {'outside' if level > 0 else 'inside'} "
                 f"the field's zero level ({targets} points); the mesh is extracted there")
     return level
